@@ -1,0 +1,49 @@
+"""ckpt: a crash-safe checkpoint manager for training loops.
+
+Create, commit, rank, prune and find checkpoints; never lose or half-publish one.
+The pure ranking and retention policies live in the sibling package ``policies``.
+"""
+
+import logging
+
+from ckpt._config import CheckpointConfig, load_config
+from ckpt._errors import (
+    CheckpointDirLockedError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    ConfigFileError,
+    InvalidCheckpointPathError,
+    InvalidStepError,
+    ReadOnlyError,
+    SerializationError,
+)
+from ckpt._manager import CheckpointManager
+from ckpt._protocol import RecoveryAction
+from ckpt._records import CheckpointRecord
+from ckpt._resolve import policies_from_config
+from ckpt._storage import Entry, LocalStorage, Lock, Storage
+
+logging.getLogger("ckpt").addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointConfig",
+    "CheckpointDirLockedError",
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointNotFoundError",
+    "CheckpointRecord",
+    "ConfigFileError",
+    "Entry",
+    "InvalidCheckpointPathError",
+    "InvalidStepError",
+    "LocalStorage",
+    "Lock",
+    "ReadOnlyError",
+    "RecoveryAction",
+    "SerializationError",
+    "Storage",
+    "load_config",
+    "policies_from_config",
+]

@@ -1,0 +1,34 @@
+"""Names on disk: what is a checkpoint, a temporary, a displaced or a trashed entry."""
+
+from __future__ import annotations
+
+import re
+
+STEP = re.compile(r"step_(0|[1-9][0-9]*)")
+TMP = re.compile(r"tmp_step_(0|[1-9][0-9]*)")
+OLD = re.compile(r"old_step_(0|[1-9][0-9]*)")
+
+INFO_FILE = "training_info.json"
+CONFIG_FILE = "config.yaml"
+META_DIR = ".ckpt"  # our own bookkeeping: lock, pins, trash
+LOCK_FILE = "lock"
+PINS_FILE = "pins.json"
+TRASH_DIR = "trash"
+
+
+def step_name(step: int) -> str:
+    return f"step_{step}"
+
+
+def tmp_name(step: int) -> str:
+    return f"tmp_step_{step}"
+
+
+def old_name(step: int) -> str:
+    return f"old_step_{step}"
+
+
+def parse(pattern: re.Pattern[str], name: str) -> int | None:
+    """The step in ``name`` if it matches ``pattern`` exactly (no leading zeros)."""
+    match = pattern.fullmatch(name)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,645 @@
+"""The checkpoint manager: the only code that lists, renames or deletes checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from ckpt import _layout, _protocol
+from ckpt._config import CheckpointConfig
+from ckpt._errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    InvalidCheckpointPathError,
+    InvalidStepError,
+    ReadOnlyError,
+)
+from ckpt._protocol import RecoveryAction
+from ckpt._records import CheckpointRecord
+from ckpt._resolve import policies_from_config
+from ckpt._serialize import decode_training_info, encode_run_config, encode_training_info
+from ckpt._storage import Entry, LocalStorage, Lock, Storage
+from policies import Decision, Hybrid, Ranking, RetentionPolicy, decide
+
+logger = logging.getLogger("ckpt")
+
+
+class _Directory:
+    """The state of one checkpoint directory, shared by its managers in this process.
+
+    Writers of one directory in one process share a single instance (and so a single
+    lock and index): a training loop that builds a new manager while an old one is
+    still alive sees one consistent directory.
+    """
+
+    def __init__(self, path: Path, storage: Storage, *, durable: bool) -> None:
+        self.path = path
+        self.storage = storage
+        self.durable = durable
+        self.mutex = threading.RLock()
+        self.index: dict[int, CheckpointRecord] = {}
+        self.pins: set[int] = set()
+        self.version = 0
+        self.users = 0
+        self.lock: Lock | None = None
+        self.recovery: tuple[RecoveryAction, ...] = ()
+        # Read-only views re-list the directory on each query and re-read only what changed.
+        self._seen: dict[int, tuple[tuple[int, int], CheckpointRecord]] = {}
+
+    @property
+    def meta(self) -> Path:
+        return self.path / _layout.META_DIR
+
+    def open_writer(self) -> None:
+        self.storage.make_dirs(_protocol.trash_dir(self.path))
+        self.lock = self.storage.lock(self.meta / _layout.LOCK_FILE)
+        try:
+            self.recovery = tuple(_protocol.recover(self.storage, self.path, durable=self.durable))
+            self.scan()
+            stale = self.pins - self.index.keys()
+            if stale:
+                logger.warning("dropping pins of steps that no longer exist: %s", sorted(stale))
+                self.pins -= stale
+                self.write_pins()
+        except BaseException:
+            self.lock.release()
+            self.lock = None
+            raise
+
+    def scan(self) -> None:
+        """Rebuild the index from disk, re-reading only entries that changed."""
+        pins = self.read_pins()
+        seen: dict[int, tuple[tuple[int, int], CheckpointRecord]] = {}
+        for entry in self.storage.list_dir(self.path):
+            step = _layout.parse(_layout.STEP, entry.name)
+            if step is None:
+                continue
+            cached = self._seen.get(step)
+            if cached is not None and cached[0] == entry.identity:
+                seen[step] = cached
+                continue
+            record = self._load(step, entry)
+            if record is not None:
+                seen[step] = (entry.identity, record)
+        index = {
+            step: replace(record, pinned=True) if step in pins else record
+            for step, (_, record) in seen.items()
+        }
+        if index != self.index or pins != self.pins:
+            self.version += 1
+        self._seen, self.index, self.pins = seen, index, pins
+
+    def _load(self, step: int, entry: Entry) -> CheckpointRecord | None:
+        if entry.kind != "dir":
+            logger.warning(
+                "ignoring %s: it is a %s, not a checkpoint directory", entry.name, entry.kind
+            )
+            return None
+        path = self.path / entry.name
+        try:
+            info = decode_training_info(self.storage.read_bytes(path / _layout.INFO_FILE))
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring %s: no readable %s (%s)", entry.name, _layout.INFO_FILE, exc)
+            return None
+        return CheckpointRecord(
+            step=step, path=path, info=MappingProxyType(info), committed_at=entry.mtime
+        )
+
+    def read_pins(self) -> set[int]:
+        try:
+            data = json.loads(self.storage.read_bytes(self.meta / _layout.PINS_FILE))
+            return {int(step) for step in data["pinned"]}
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable pins file: %s", exc)
+            return set()
+
+    def write_pins(self) -> None:
+        data = json.dumps({"pinned": sorted(self.pins)}).encode()
+        self.storage.replace_file(self.meta / _layout.PINS_FILE, data, durable=self.durable)
+
+    def changed(self) -> None:
+        self.version += 1
+
+
+_writers: dict[Path, _Directory] = {}
+_writers_mutex = threading.Lock()
+
+
+def _forget_writers_in_child() -> None:
+    # POSIX locks are not inherited by a forked child: it must not think it is a writer.
+    _writers.clear()
+    _writers_mutex.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_writers_mutex.acquire,
+        after_in_parent=_writers_mutex.release,
+        after_in_child=_forget_writers_in_child,
+    )
+
+
+def _check_step(step: object) -> int:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise InvalidStepError(f"step must be a non-negative integer, got {step!r}")
+    return step
+
+
+class CheckpointManager:
+    """Creates, commits, ranks, prunes and finds the checkpoints of one directory.
+
+    A training loop asks for a temporary directory with `init_tmp_checkpoint`, writes
+    its own files there, and publishes it with `finalize_checkpoint` (or uses the
+    `checkpoint` context manager for both). Publishing is atomic and durable, and
+    pruning follows the configured retention policy. The methods of NeMo RL's manager
+    keep their names, arguments and return types.
+
+    Unless ``read_only`` (or ``enabled: false``), a manager is its directory's writer
+    from construction: it takes an OS lock that a crashed process releases, then runs
+    restart recovery, then indexes the checkpoints once. Managers of one directory in
+    one process share that state; a writer in another process gets
+    `CheckpointDirLockedError`.
+
+    Args:
+        config: A `CheckpointConfig`, or a mapping with the seed's keys.
+        retention: A retention policy overriding the config's.
+        ranking: A ranking overriding the config's (for "best" and for the config's
+            top-k retention).
+        read_only: Take no lock and never change anything on disk; every query re-lists
+            the directory, so a reader beside a live run stays current.
+        storage: Where file operations go (default: the local file system).
+
+    Raises:
+        pydantic.ValidationError: If ``config`` is a mapping that does not validate.
+        CheckpointDirLockedError: If another process is this directory's writer.
+    """
+
+    def __init__(
+        self,
+        config: CheckpointConfig | Mapping[str, Any],
+        *,
+        retention: RetentionPolicy | None = None,
+        ranking: Ranking | None = None,
+        read_only: bool = False,
+        storage: Storage | None = None,
+    ) -> None:
+        self.config = (
+            config
+            if isinstance(config, CheckpointConfig)
+            else CheckpointConfig.model_validate(config)
+        )
+        self.ranking: Ranking
+        self.retention: RetentionPolicy
+        self.ranking, config_retention = policies_from_config(self.config, ranking=ranking)
+        self.retention = retention if retention is not None else config_retention
+        self.checkpoint_dir = Path(os.path.abspath(self.config.checkpoint_dir))
+        self.read_only = read_only or not self.config.enabled
+        self._closed = False
+        self._cache: dict[str, tuple[int, str | None]] = {}
+        storage = storage if storage is not None else LocalStorage()
+        if self.read_only:
+            self._dir = _Directory(self.checkpoint_dir, storage, durable=self.config.fsync)
+            self._dir.users = 1
+            return
+        key = Path(os.path.realpath(self.checkpoint_dir))
+        with _writers_mutex:
+            shared = _writers.get(key)
+            if shared is None:
+                shared = _Directory(self.checkpoint_dir, storage, durable=self.config.fsync)
+                shared.open_writer()
+                _writers[key] = shared
+            shared.users += 1
+        self._dir = shared
+        self._key = key
+
+    # Seed attributes, kept for code that reads them.
+    @property
+    def metric_name(self) -> str | None:
+        """The config's ``metric_name``."""
+        return self.config.metric_name
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The config's ``higher_is_better``."""
+        return self.config.higher_is_better
+
+    @property
+    def keep_top_k(self) -> int | None:
+        """The config's ``keep_top_k``."""
+        return self.config.keep_top_k
+
+    @property
+    def recovery(self) -> tuple[RecoveryAction, ...]:
+        """What restart recovery did when this directory was opened for writing."""
+        return self._dir.recovery
+
+    def __repr__(self) -> str:
+        mode = "read_only" if self.read_only else "writer"
+        return (
+            f"CheckpointManager({str(self.checkpoint_dir)!r}, {mode}, "
+            f"retention={self.retention!r}, ranking={self.ranking!r})"
+        )
+
+    # --- life cycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release this manager; the directory lock goes with the last writer of it.
+
+        Calling it twice is harmless. A closed manager refuses further use.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self.read_only:
+            return
+        with _writers_mutex:
+            self._dir.users -= 1
+            if self._dir.users == 0:
+                if self._dir.lock is not None:
+                    self._dir.lock.release()
+                    self._dir.lock = None
+                if _writers.get(self._key) is self._dir:
+                    del _writers[self._key]
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _usable(self) -> _Directory:
+        if self._closed:
+            raise CheckpointError(f"this manager of {self.checkpoint_dir} is closed")
+        if self.read_only:
+            self._dir.scan()
+        return self._dir
+
+    def _writable(self) -> _Directory:
+        if self._closed:
+            raise CheckpointError(f"this manager of {self.checkpoint_dir} is closed")
+        if self.read_only:
+            why = "read_only=True" if self.config.enabled else "`enabled` is false in its config"
+            raise ReadOnlyError(
+                f"cannot change {self.checkpoint_dir}: the manager was opened with {why}"
+            )
+        return self._dir
+
+    # --- writing ------------------------------------------------------------------
+
+    def init_tmp_checkpoint(
+        self,
+        step: int,
+        training_info: Mapping[str, Any],
+        run_config: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Create ``tmp_step_N`` holding the training info (and run config).
+
+        The loop writes its own files into the returned directory, then calls
+        `finalize_checkpoint`. Nothing in it is visible as a checkpoint until then.
+        ``training_info`` is not modified; tensors and numpy scalars in it are stored as
+        numbers. A leftover ``tmp_step_N`` from an earlier attempt is replaced.
+
+        Args:
+            step: The training step, a non-negative integer.
+            training_info: Metrics and counters, stored as ``training_info.json``.
+            run_config: The run's configuration, stored as ``config.yaml``.
+
+        Returns:
+            The absolute path of the temporary directory.
+
+        Raises:
+            InvalidStepError: If ``step`` is not a non-negative integer.
+            SerializationError: If a value cannot be stored; nothing is written then.
+            ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+        """
+        state = self._writable()
+        step = _check_step(step)
+        info_bytes = encode_training_info(training_info)
+        config_bytes = encode_run_config(run_config) if run_config is not None else None
+        tmp = self.checkpoint_dir / _layout.tmp_name(step)
+        with state.mutex:
+            if state.storage.entry(tmp) is not None:
+                logger.warning("replacing %s left by an earlier attempt at step %d", tmp, step)
+                _protocol.discard(state.storage, self.checkpoint_dir, tmp, durable=state.durable)
+            state.storage.make_dir(tmp)
+            try:
+                state.storage.write_bytes(tmp / _layout.INFO_FILE, info_bytes)
+                if config_bytes is not None:
+                    state.storage.write_bytes(tmp / _layout.CONFIG_FILE, config_bytes)
+            except BaseException:
+                state.storage.remove_tree(tmp)
+                raise
+        return tmp
+
+    def _tmp_step(self, checkpoint_path: str | os.PathLike[str]) -> tuple[Path, int]:
+        path = Path(os.path.abspath(checkpoint_path))
+        step = _layout.parse(_layout.TMP, path.name)
+        if step is None or os.path.realpath(path.parent) != os.path.realpath(self.checkpoint_dir):
+            raise InvalidCheckpointPathError(
+                f"{checkpoint_path} is not a temporary checkpoint of this manager; expected "
+                f"{self.checkpoint_dir}/tmp_step_<N> as returned by init_tmp_checkpoint"
+            )
+        return path, step
+
+    def finalize_checkpoint(self, checkpoint_path: str | os.PathLike[str]) -> None:
+        """Publish a temporary checkpoint as ``step_N``, then apply retention.
+
+        Every file under it and the directory itself are fsynced, then it is renamed
+        into place and the parent directory is fsynced. An existing ``step_N`` is
+        replaced atomically. Retention then prunes by the configured policy, never
+        touching pinned checkpoints.
+
+        Args:
+            checkpoint_path: The path `init_tmp_checkpoint` returned.
+
+        Raises:
+            InvalidCheckpointPathError: If the path is not a temporary checkpoint of this
+                manager, no longer exists, or lost its ``training_info.json``.
+            ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+        """
+        state = self._writable()
+        tmp, step = self._tmp_step(checkpoint_path)
+        with state.mutex:
+            found = state.storage.entry(tmp)
+            if found is None or found.kind != "dir":
+                raise InvalidCheckpointPathError(
+                    f"{tmp} does not exist (was it finalized or aborted already?)"
+                )
+            try:
+                info = decode_training_info(state.storage.read_bytes(tmp / _layout.INFO_FILE))
+            except (OSError, ValueError) as exc:
+                raise InvalidCheckpointPathError(
+                    f"{tmp} has no readable {_layout.INFO_FILE} ({exc}); it was not made by "
+                    f"init_tmp_checkpoint, or its file was removed"
+                ) from exc
+            final_entry = state.storage.entry(self.checkpoint_dir / _layout.step_name(step))
+            if final_entry is not None and final_entry.kind != "dir":
+                raise CheckpointError(
+                    f"cannot publish step {step}: {_layout.step_name(step)} exists and is a "
+                    f"{final_entry.kind}, not a checkpoint; move it away and finalize again"
+                )
+            if state.durable:
+                state.storage.sync_tree(tmp)
+            _protocol.publish(state.storage, self.checkpoint_dir, tmp, step, durable=state.durable)
+            final = self.checkpoint_dir / _layout.step_name(step)
+            published = state.storage.entry(final)
+            state.index[step] = CheckpointRecord(
+                step=step,
+                path=final,
+                info=MappingProxyType(info),
+                committed_at=published.mtime if published is not None else None,
+                pinned=step in state.pins,
+            )
+            state.changed()
+            logger.info("committed %s", final)
+            self._prune(state, self.retention, {})
+
+    def abort_checkpoint(self, checkpoint_path: str | os.PathLike[str]) -> None:
+        """Throw away a temporary checkpoint; a path already gone is fine.
+
+        Raises:
+            InvalidCheckpointPathError: If the path is not a temporary checkpoint of this
+                manager.
+            ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+        """
+        state = self._writable()
+        tmp, _ = self._tmp_step(checkpoint_path)
+        with state.mutex:
+            if state.storage.entry(tmp) is not None:
+                _protocol.discard(state.storage, self.checkpoint_dir, tmp, durable=state.durable)
+                logger.info("aborted %s", tmp)
+
+    @contextmanager
+    def checkpoint(
+        self,
+        step: int,
+        training_info: Mapping[str, Any],
+        run_config: Mapping[str, Any] | None = None,
+    ) -> Iterator[Path]:
+        """Yield a temporary directory; finalize it on success, abort it on an exception.
+
+        Example::
+
+            with manager.checkpoint(step, {"val_loss": loss}) as path:
+                torch.save(model.state_dict(), path / "model.pt")
+
+        Raises:
+            The errors of `init_tmp_checkpoint` and `finalize_checkpoint`; an exception
+            from the body is re-raised after the temporary directory is removed.
+        """
+        path = self.init_tmp_checkpoint(step, training_info, run_config)
+        try:
+            yield path
+        except BaseException:
+            try:
+                self.abort_checkpoint(path)
+            except Exception:
+                logger.exception("could not remove %s after a failed save", path)
+            raise
+        self.finalize_checkpoint(path)
+
+    # --- retention ----------------------------------------------------------------
+
+    def _prune(
+        self, state: _Directory, policy: RetentionPolicy, protected: Mapping[int, str]
+    ) -> None:
+        for decision in decide(policy, list(state.index.values()), protected=protected):
+            if decision.keep:
+                continue
+            record = state.index[decision.step]
+            try:
+                _protocol.discard(
+                    state.storage, self.checkpoint_dir, record.path, durable=state.durable
+                )
+            except OSError as exc:
+                logger.error("could not prune %s (kept): %s", record.path, exc)
+                continue
+            del state.index[decision.step]
+            state.changed()
+            logger.info("pruned %s: %s", record.path, decision.reason)
+
+    def remove_old_checkpoints(self, exclude_latest: bool = True) -> None:
+        """Delete the checkpoints the retention policy does not keep.
+
+        `finalize_checkpoint` already does this after every commit; call it after
+        changing pins or to prune a directory written with another policy.
+
+        Args:
+            exclude_latest: Keep the latest checkpoint whatever the policy says. With
+                ``False``, a `Hybrid` policy (the seed's ``keep_top_k``) also loses its
+                latest-step exemption, so exactly the top k remain, as in the seed.
+
+        Raises:
+            ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+        """
+        state = self._writable()
+        with state.mutex:
+            policy = self.retention
+            protected: dict[int, str] = {}
+            if exclude_latest and state.index:
+                protected[max(state.index)] = "latest step (exclude_latest=True)"
+            elif not exclude_latest and isinstance(policy, Hybrid):
+                policy = policy.without_latest()
+            self._prune(state, policy, protected)
+
+    def plan_retention(self) -> list[Decision]:
+        """Say, for every checkpoint, whether retention keeps it and why; change nothing.
+
+        This is what the next `finalize_checkpoint` would apply to the current
+        checkpoints (pins included).
+
+        Returns:
+            One `policies.Decision` per checkpoint, sorted by step.
+        """
+        state = self._usable()
+        with state.mutex:
+            return decide(self.retention, list(state.index.values()))
+
+    def pin(self, step: int) -> None:
+        """Protect the checkpoint at ``step`` from pruning; the pin survives restarts.
+
+        Raises:
+            CheckpointNotFoundError: If there is no finalized checkpoint at ``step``.
+            ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+        """
+        self._set_pinned(step, True)
+
+    def unpin(self, step: int) -> None:
+        """Remove the pin of ``step``; retention may prune it from the next prune on.
+
+        Raises:
+            CheckpointNotFoundError: If ``step`` is neither pinned nor a checkpoint.
+            ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+        """
+        self._set_pinned(step, False)
+
+    def _set_pinned(self, step: int, pinned: bool) -> None:
+        state = self._writable()
+        step = _check_step(step)
+        with state.mutex:
+            if step not in state.index and not (not pinned and step in state.pins):
+                raise CheckpointNotFoundError(
+                    f"no finalized checkpoint at step {step} in {self.checkpoint_dir}; "
+                    f"steps present: {_describe_steps(state.index)}"
+                )
+            if (step in state.pins) == pinned:
+                return
+            state.pins = state.pins | {step} if pinned else state.pins - {step}
+            state.write_pins()
+            if step in state.index:
+                state.index[step] = replace(state.index[step], pinned=pinned)
+            state.changed()
+            logger.info("%s step %d", "pinned" if pinned else "unpinned", step)
+
+    # --- queries ------------------------------------------------------------------
+
+    def list_checkpoints(self) -> list[CheckpointRecord]:
+        """Return every finalized checkpoint, sorted by step."""
+        state = self._usable()
+        with state.mutex:
+            return [state.index[step] for step in sorted(state.index)]
+
+    def _cached(self, name: str, state: _Directory, compute: Any) -> str | None:
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] == state.version:
+            return hit[1]
+        value: str | None = compute()
+        self._cache[name] = (state.version, value)
+        return value
+
+    def get_latest_checkpoint_path(self) -> str | None:
+        """Return the path of the checkpoint with the highest step, or ``None``."""
+        state = self._usable()
+        with state.mutex:
+            return self._cached(
+                "latest",
+                state,
+                lambda: str(state.index[max(state.index)].path) if state.index else None,
+            )
+
+    def get_best_checkpoint_path(self) -> str | None:
+        """Return the path of the best checkpoint by the ranking, or ``None``.
+
+        It is the checkpoint top-k retention protects first. With a metric ranking,
+        checkpoints whose metric is missing, NaN or not a number rank last, and ties go
+        to the higher step; if none has the metric, that is the latest checkpoint.
+        """
+        state = self._usable()
+        with state.mutex:
+            return self._cached("best", state, lambda: self._best(state))
+
+    def _best(self, state: _Directory) -> str | None:
+        if not state.index:
+            return None
+        ranked = self.ranking.rank(list(state.index.values()))
+        if not ranked:
+            return None
+        best = ranked[0]
+        return str(state.index[best.step].path)
+
+    def load_training_info(
+        self, checkpoint_path: str | os.PathLike[str] | None = None
+    ) -> dict[str, Any] | None:
+        """Read the ``training_info.json`` of a checkpoint.
+
+        Args:
+            checkpoint_path: A checkpoint directory; ``None`` returns ``None`` (so the
+                result of `get_latest_checkpoint_path` can be passed straight in).
+
+        Returns:
+            A fresh dict the caller may modify, or ``None``.
+
+        Raises:
+            FileNotFoundError: If the directory has no ``training_info.json``.
+        """
+        if checkpoint_path is None:
+            return None
+        storage = self._dir.storage
+        return decode_training_info(storage.read_bytes(Path(checkpoint_path) / _layout.INFO_FILE))
+
+    def should_save(self, step: int, *, last: bool = False) -> bool:
+        """Whether a loop should save at ``step``, by ``save_period`` and ``ft_save_period``.
+
+        ``step`` is the step the checkpoint would be saved as. Without either period
+        every step qualifies; with checkpointing disabled none does.
+
+        Args:
+            step: The step number the checkpoint would carry.
+            last: Whether this is the run's final step, which is always saved.
+        """
+        step = _check_step(step)
+        config = self.config
+        if not config.enabled:
+            return False
+        periods = [p for p in (config.save_period, config.ft_save_period) if p is not None]
+        return last or not periods or any(step % period == 0 for period in periods)
+
+    def refresh(self) -> None:
+        """Re-read the directory (read-only managers do this before every query)."""
+        state = self._usable()
+        if not self.read_only:
+            with state.mutex:
+                state.scan()
+
+
+def _describe_steps(index: Mapping[int, Any]) -> str:
+    steps = sorted(index)
+    if not steps:
+        return "none"
+    shown = ", ".join(map(str, steps[:10]))
+    return shown + (f", ... ({len(steps)} in all)" if len(steps) > 10 else "")

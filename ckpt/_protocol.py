@@ -1,0 +1,156 @@
+"""The on-disk protocol: publishing, two-phase deleting, and restart recovery.
+
+Every state a crash can leave is one that `recover` turns back into a clean directory
+where every finalized step is present, complete, under its own name:
+
+* ``tmp_step_N`` is never a checkpoint. A crash leaves it either unfinished, or
+  holding the previous ``step_N`` after an atomic exchange. Either way it goes.
+* ``old_step_N`` only exists between the two renames of an overwrite on systems
+  without an atomic exchange (and in directories the seed wrote). Without
+  ``step_N`` the overwrite is rolled back by renaming it back; with ``step_N`` the
+  overwrite had completed and it goes.
+* A delete first renames ``step_N`` into ``.ckpt/trash/`` in one step, then removes
+  the files, so a crash never leaves a half-deleted ``step_N``; recovery empties the
+  trash.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ckpt import _layout
+from ckpt._storage import Storage
+
+logger = logging.getLogger("ckpt")
+
+RecoveryKind = Literal[
+    "removed_temporary", "rolled_back_overwrite", "removed_displaced", "finished_delete"
+]
+
+
+@dataclass(frozen=True)
+class RecoveryAction:
+    """One thing restart recovery did to a checkpoint directory.
+
+    Attributes:
+        kind: What was done: ``"removed_temporary"``, ``"rolled_back_overwrite"``,
+            ``"removed_displaced"`` or ``"finished_delete"``.
+        path: The entry acted on.
+        detail: A sentence for logs and reports.
+    """
+
+    kind: RecoveryKind
+    path: Path
+    detail: str
+
+
+def trash_dir(directory: Path) -> Path:
+    return directory / _layout.META_DIR / _layout.TRASH_DIR
+
+
+def discard(storage: Storage, directory: Path, path: Path, *, durable: bool) -> None:
+    """Delete ``path`` in two phases: one rename out of its name, then the removal.
+
+    If the removal fails, the entry stays in the trash for the next recovery, and
+    the error is logged rather than raised: its name is already gone.
+    """
+    trashed = trash_dir(directory) / f"{path.name}.{uuid.uuid4().hex[:12]}"
+    storage.rename(path, trashed)
+    if durable:
+        storage.sync_dir(directory)
+    try:
+        storage.remove_tree(trashed)
+    except OSError as exc:
+        logger.error("could not remove %s (left for the next recovery): %s", trashed, exc)
+
+
+def publish(storage: Storage, directory: Path, tmp: Path, step: int, *, durable: bool) -> None:
+    """Move the finished temporary ``tmp`` to ``step_N``, replacing any previous one.
+
+    The caller has synced ``tmp`` already. An existing ``step_N`` is replaced by an
+    atomic exchange where the OS has one, else by two renames that `recover` rolls
+    back if interrupted; either way the displaced copy is then discarded.
+    """
+    final = directory / _layout.step_name(step)
+    existing = storage.entry(final)
+    displaced: Path | None = None
+    if existing is None:
+        storage.rename(tmp, final)
+    elif storage.exchange(tmp, final):
+        displaced = tmp  # now holds the previous step_N
+    else:
+        old = directory / _layout.old_name(step)
+        if storage.entry(old) is not None:
+            discard(storage, directory, old, durable=durable)
+        storage.rename(final, old)
+        storage.rename(tmp, final)
+        displaced = old
+    if durable:
+        storage.sync_dir(directory)
+    if displaced is not None:
+        discard(storage, directory, displaced, durable=durable)
+
+
+def recover(storage: Storage, directory: Path, *, durable: bool) -> list[RecoveryAction]:
+    """Finish or undo whatever a crash interrupted in ``directory``; log and return it."""
+    actions: list[RecoveryAction] = []
+    entries = {entry.name: entry for entry in storage.list_dir(directory)}
+    for name, entry in sorted(entries.items()):
+        tmp_step = _layout.parse(_layout.TMP, name)
+        old_step = _layout.parse(_layout.OLD, name)
+        if tmp_step is None and old_step is None:
+            continue
+        if entry.kind != "dir":
+            logger.warning("leaving %s alone: it is a %s, not a directory", name, entry.kind)
+            continue
+        path = directory / name
+        if tmp_step is not None:
+            discard(storage, directory, path, durable=durable)
+            actions.append(
+                RecoveryAction(
+                    "removed_temporary", path, f"removed {name}, left by an unfinished save"
+                )
+            )
+            continue
+        assert old_step is not None
+        final_name = _layout.step_name(old_step)
+        final = entries.get(final_name)
+        if final is None:
+            storage.rename(path, directory / final_name)
+            actions.append(
+                RecoveryAction(
+                    "rolled_back_overwrite",
+                    directory / final_name,
+                    f"renamed {name} back to {final_name}: an overwrite was interrupted "
+                    f"before the new copy was in place",
+                )
+            )
+        elif final.kind == "dir":
+            discard(storage, directory, path, durable=durable)
+            actions.append(
+                RecoveryAction(
+                    "removed_displaced",
+                    path,
+                    f"removed {name}: the overwrite of {final_name} had completed",
+                )
+            )
+        else:
+            logger.warning("leaving %s alone: %s is a %s", name, final_name, final.kind)
+    for entry in storage.list_dir(trash_dir(directory)):
+        storage.remove_tree(trash_dir(directory) / entry.name)
+        actions.append(
+            RecoveryAction(
+                "finished_delete",
+                trash_dir(directory) / entry.name,
+                f"finished deleting {entry.name.rsplit('.', 1)[0]}, interrupted by a crash",
+            )
+        )
+    if durable and actions:
+        storage.sync_dir(directory)
+    for action in actions:
+        logger.warning("recovery in %s: %s", directory, action.detail)
+    return actions

@@ -1,0 +1,77 @@
+"""The one place where config fields become ranking and retention objects."""
+
+from __future__ import annotations
+
+from ckpt._config import (
+    AnyOfSpec,
+    CheckpointConfig,
+    EveryNStepsSpec,
+    HybridSpec,
+    KeepAllSpec,
+    LatestNSpec,
+    RetentionSpec,
+    TopKSpec,
+)
+from policies import (
+    AnyOf,
+    ByMetric,
+    ByRecency,
+    EveryNSteps,
+    Hybrid,
+    KeepAll,
+    LatestN,
+    Ranking,
+    RetentionPolicy,
+    TopK,
+)
+
+
+def _from_spec(spec: RetentionSpec, ranking: Ranking) -> RetentionPolicy:
+    if isinstance(spec, TopKSpec):
+        return TopK(spec.k, ranking)
+    if isinstance(spec, HybridSpec):
+        return Hybrid(spec.k, ranking)
+    if isinstance(spec, LatestNSpec):
+        return LatestN(spec.n)
+    if isinstance(spec, EveryNStepsSpec):
+        return EveryNSteps(spec.n)
+    if isinstance(spec, KeepAllSpec):
+        return KeepAll()
+    if isinstance(spec, AnyOfSpec):
+        return AnyOf(tuple(_from_spec(part, ranking) for part in spec.policies))
+    raise TypeError(f"unknown retention spec {spec!r}")  # pragma: no cover - union is closed
+
+
+def policies_from_config(
+    config: CheckpointConfig, *, ranking: Ranking | None = None
+) -> tuple[Ranking, RetentionPolicy]:
+    """Build the ranking and retention policy a config describes.
+
+    ``metric_name`` gives `ByMetric` (unset: `ByRecency`). A ``retention`` block maps
+    kind by kind onto the built-ins. Without one, the seed's and NeMo RL's flat keys
+    apply: ``keep_top_k`` is `Hybrid` (top-k plus the latest step), where only
+    multiples of ``save_period`` compete for the top k; ``ft_keep_latest_k`` adds the
+    k most recent; neither set keeps everything. A ``ranking`` given here replaces
+    the one ``metric_name`` describes, in retention too.
+    """
+    if ranking is None:
+        ranking = (
+            ByMetric(config.metric_name, config.higher_is_better)
+            if config.metric_name is not None
+            else ByRecency()
+        )
+    if config.retention is not None:
+        return ranking, _from_spec(config.retention, ranking)
+    if config.keep_top_k is None and config.ft_keep_latest_k is None:
+        return ranking, KeepAll()
+    periodic = config.save_period if config.save_period and config.save_period > 1 else None
+    parts: list[RetentionPolicy] = []
+    if config.keep_top_k is not None:
+        parts.append(Hybrid(config.keep_top_k, ranking, periodic))
+    elif periodic is not None:
+        parts += [EveryNSteps(periodic), LatestN(1)]
+    else:
+        return ranking, KeepAll()
+    if config.ft_keep_latest_k:
+        parts.append(LatestN(config.ft_keep_latest_k))
+    return ranking, parts[0] if len(parts) == 1 else AnyOf(tuple(parts))

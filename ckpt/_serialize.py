@@ -1,0 +1,128 @@
+"""Turning training info and run configs into bytes, or a clear error before any write."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ckpt._errors import SerializationError
+
+logger = logging.getLogger("ckpt")
+
+_ACCEPTED = (
+    "accepted: str, int, float, bool, None, numpy scalars, one-element arrays or "
+    "tensors, paths, and lists, tuples and string-keyed dicts of these"
+)
+
+
+def _scalar_from_array(value: Any, where: str, kind: str) -> Any:
+    size = int(value.size) if kind == "numpy array" else int(value.numel())
+    if size != 1:
+        shape = tuple(value.shape)
+        raise SerializationError(
+            f"{where} is a {kind} of shape {shape} ({size} elements); only single-element "
+            f"values can be stored: pass a number, e.g. value.mean().item()"
+        )
+    return value.item()
+
+
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is imported
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _plain(value: Any, where: str, *, json_keys: bool, nonfinite_to_none: bool) -> Any:
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        value = _scalar_from_array(value, where, "numpy array")
+    elif _is_tensor(value):
+        value = _scalar_from_array(value, where, "torch tensor")
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if nonfinite_to_none and not math.isfinite(value):
+            logger.warning("%s is %r: stored as null (JSON has no NaN or infinity)", where, value)
+            return None
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if json_keys and not isinstance(key, str):
+                raise SerializationError(
+                    f"{where} has the key {key!r} of type {type(key).__name__}; "
+                    f"JSON objects need string keys: convert it with str()"
+                )
+            out[key] = _plain(
+                item,
+                f"{where}[{key!r}]",
+                json_keys=json_keys,
+                nonfinite_to_none=nonfinite_to_none,
+            )
+        return out
+    if isinstance(value, (list, tuple)):
+        return [
+            _plain(item, f"{where}[{i}]", json_keys=json_keys, nonfinite_to_none=nonfinite_to_none)
+            for i, item in enumerate(value)
+        ]
+    raise SerializationError(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__} ({value!r:.80}), "
+        f"which cannot be stored; {_ACCEPTED}"
+    )
+
+
+def encode_training_info(training_info: Mapping[str, Any]) -> bytes:
+    """Return ``training_info`` as JSON bytes that any parser reads.
+
+    The caller's mapping is never modified. Tensors and numpy scalars become numbers;
+    NaN and infinities become ``null`` (with a warning), since standard JSON has no
+    spelling for them.
+
+    Raises:
+        SerializationError: If a value cannot be stored, naming where it is.
+    """
+    if not isinstance(training_info, Mapping):
+        raise SerializationError(
+            f"training_info must be a dict, got {type(training_info).__name__}"
+        )
+    plain = _plain(training_info, "training_info", json_keys=True, nonfinite_to_none=True)
+    return json.dumps(plain, allow_nan=False, indent=2).encode()
+
+
+def encode_run_config(run_config: Mapping[str, Any]) -> bytes:
+    """Return ``run_config`` as YAML bytes (``yaml.safe_dump``); the input is not modified.
+
+    Raises:
+        SerializationError: If a value cannot be stored, naming where it is.
+    """
+    if not isinstance(run_config, Mapping):
+        raise SerializationError(f"run_config must be a dict, got {type(run_config).__name__}")
+    plain = _plain(run_config, "run_config", json_keys=False, nonfinite_to_none=False)
+    try:
+        return yaml.safe_dump(plain).encode()
+    except yaml.YAMLError as exc:  # e.g. a key YAML cannot represent
+        raise SerializationError(f"run_config cannot be written as YAML: {exc}") from exc
+
+
+def decode_training_info(data: bytes) -> dict[str, Any]:
+    """Parse a ``training_info.json`` (the seed's ``NaN`` spellings included).
+
+    Raises:
+        ValueError: If it is not a JSON object.
+    """
+    parsed = json.loads(data)
+    if not isinstance(parsed, dict):
+        raise ValueError(f"expected a JSON object, found {type(parsed).__name__}")
+    return parsed

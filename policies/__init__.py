@@ -1,0 +1,37 @@
+"""Pure ranking and retention policies for checkpoints: no I/O, no clock.
+
+A policy sees read-only `CheckpointView`s and returns a decision; only the manager in
+the ``ckpt`` package touches the disk.
+"""
+
+from policies._decide import Decision, decide
+from policies._ranking import ByMetric, ByRecency, Ranking
+from policies._retention import (
+    AnyOf,
+    EveryNSteps,
+    Hybrid,
+    KeepAll,
+    KeepNone,
+    LatestN,
+    RetentionPolicy,
+    TopK,
+)
+from policies._view import CheckpointView, metric_value
+
+__all__ = [
+    "AnyOf",
+    "ByMetric",
+    "ByRecency",
+    "CheckpointView",
+    "Decision",
+    "EveryNSteps",
+    "Hybrid",
+    "KeepAll",
+    "KeepNone",
+    "LatestN",
+    "Ranking",
+    "RetentionPolicy",
+    "TopK",
+    "decide",
+    "metric_value",
+]
