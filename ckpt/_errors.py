@@ -10,7 +10,7 @@ specific one also derives from the built-in exception a caller would naturally c
     ├── InvalidCheckpointPathError       (ValueError)       not a temporary dir of this manager
     ├── CheckpointNotFoundError          (LookupError)      no finalized checkpoint at that step
     ├── ReadOnlyError                    (PermissionError)  write on a read-only or disabled manager
-    └── CheckpointDirLockedError         (BlockingIOError)  another process is this directory's writer
+    └── CheckpointDirLockedError         (BlockingIOError)  another process is the writer
 
 Invalid configuration values raise pydantic's ``ValidationError`` (itself a
 ``ValueError``), and failures of the file system propagate as ``OSError``.
