@@ -1,0 +1,84 @@
+"""The public surface is exactly what we mean to export, sorted and importable."""
+
+import ckpt
+import policies
+
+CKPT_EXPORTS = [
+    "CheckpointConfig",
+    "CheckpointDirLockedError",
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointNotFoundError",
+    "CheckpointRecord",
+    "ConfigFileError",
+    "Entry",
+    "InvalidCheckpointPathError",
+    "InvalidStepError",
+    "LocalStorage",
+    "Lock",
+    "ReadOnlyError",
+    "RecoveryAction",
+    "SerializationError",
+    "Storage",
+    "load_config",
+    "policies_from_config",
+]
+
+POLICIES_EXPORTS = [
+    "AnyOf",
+    "ByMetric",
+    "ByRecency",
+    "CheckpointView",
+    "Decision",
+    "EveryNSteps",
+    "Hybrid",
+    "KeepAll",
+    "KeepNone",
+    "LatestN",
+    "Ranking",
+    "RetentionPolicy",
+    "TopK",
+    "decide",
+    "metric_value",
+]
+
+
+def test_ckpt_exports_are_what_we_mean() -> None:
+    assert ckpt.__all__ == CKPT_EXPORTS
+    assert all(hasattr(ckpt, name) for name in ckpt.__all__)
+
+
+def test_policies_exports_are_what_we_mean() -> None:
+    assert policies.__all__ == POLICIES_EXPORTS
+    assert all(hasattr(policies, name) for name in policies.__all__)
+
+
+def test_public_names_live_in_private_modules_but_say_their_package() -> None:
+    for package in (ckpt, policies):
+        for name in package.__all__:
+            module = getattr(getattr(package, name), "__module__", package.__name__)
+            assert module.startswith(f"{package.__name__}."), (name, module)
+
+
+def test_every_error_derives_from_checkpoint_error_and_a_builtin() -> None:
+    builtins = {
+        "ConfigFileError": ValueError,
+        "SerializationError": ValueError,
+        "InvalidStepError": ValueError,
+        "InvalidCheckpointPathError": ValueError,
+        "CheckpointNotFoundError": LookupError,
+        "ReadOnlyError": PermissionError,
+        "CheckpointDirLockedError": BlockingIOError,
+    }
+    for name, builtin in builtins.items():
+        error = getattr(ckpt, name)
+        assert issubclass(error, ckpt.CheckpointError)
+        assert issubclass(error, builtin)
+        assert name in ckpt._errors.__doc__
+
+
+def test_both_packages_ship_py_typed() -> None:
+    from importlib.resources import files
+
+    assert files("ckpt").joinpath("py.typed").is_file()
+    assert files("policies").joinpath("py.typed").is_file()
