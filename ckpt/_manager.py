@@ -286,7 +286,8 @@ class CheckpointManager:
         if self._closed:
             raise CheckpointError(f"this manager of {self.checkpoint_dir} is closed")
         if self.read_only:
-            self._dir.scan()
+            with self._dir.mutex:
+                self._dir.scan()
         return self._dir
 
     def _writable(self) -> _Directory:
