@@ -38,7 +38,7 @@ def _check_count(owner: str, field: str, value: object, minimum: int) -> None:
 
 
 def _check_ranking(owner: str, ranking: object) -> None:
-    if not isinstance(ranking, Ranking):
+    if isinstance(ranking, type) or not isinstance(ranking, Ranking):
         raise TypeError(
             f"{owner}.ranking must have a rank(checkpoints) method "
             f"(ByMetric, ByRecency or your own), got {ranking!r}"
@@ -198,11 +198,16 @@ class AnyOf:
     policies: tuple[RetentionPolicy, ...]
 
     def __post_init__(self) -> None:
+        if isinstance(self.policies, RetentionPolicy) or not hasattr(self.policies, "__iter__"):
+            raise TypeError(
+                f"AnyOf.policies must be a tuple of policies, got {self.policies!r}; "
+                f"write AnyOf((first, second))"
+            )
         policies = tuple(self.policies)
         if not policies:
             raise ValueError("AnyOf.policies needs at least one policy, got none")
         for policy in policies:
-            if not isinstance(policy, RetentionPolicy):
+            if isinstance(policy, type) or not isinstance(policy, RetentionPolicy):
                 raise TypeError(
                     f"AnyOf.policies must hold objects with a keep(checkpoints) method, "
                     f"got {policy!r}"

@@ -47,5 +47,8 @@ def metric_value(info: Mapping[str, Any], name: str) -> int | float | None:
         return None
     if isinstance(value, numbers.Integral):
         return int(value)
-    as_float = float(value)
+    try:
+        as_float = float(value)
+    except OverflowError:  # e.g. a huge Fraction: no finite float stands for it
+        return None
     return as_float if math.isfinite(as_float) else None
