@@ -30,7 +30,7 @@ def _count(minimum: int, *, nullable: bool) -> BeforeValidator:
     def check(value: Any, info: ValidationInfo) -> Any:
         if value is None and nullable:
             return value
-        # Integral floats (YAML's 1e6 after a Hydra override) are accepted as integers.
+        # Integral floats (1e6 from Python or a Hydra override) are accepted as integers.
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -71,7 +71,51 @@ class _Strict(BaseModel):
                 "{problems}accepted keys: {accepted}",
                 {"problems": problems, "accepted": ", ".join(valid)},
             )
+        for name, field in cls.model_fields.items():
+            if field.is_required() and name not in data:
+                raise PydanticCustomError(
+                    "ckpt_missing",
+                    "`{field}` is required ({description}), got no `{field}` key",
+                    {"field": name, "description": field.description or "no default"},
+                )
         return data
+
+
+_KINDS = ("top_k", "hybrid", "latest_n", "every_n_steps", "keep_all", "any_of")
+
+
+def _check_kind(value: Any) -> Any:
+    """Name `kind` and the accepted kinds before pydantic's discriminator does, tersely."""
+    if not isinstance(value, Mapping):
+        return value
+    accepted = ", ".join(_KINDS)
+    if "kind" not in value:
+        typo = difflib.get_close_matches("kind", [str(key) for key in value], n=1, cutoff=0.6)
+        hint = f"`{typo[0]}` looks like a typo of `kind`; " if typo else ""
+        raise PydanticCustomError(
+            "ckpt_kind",
+            "`kind` is missing from the retention block (got keys {keys}); {hint}"
+            "accepted kinds: {accepted}",
+            {"keys": sorted(map(str, value)), "hint": hint, "accepted": accepted},
+        )
+    kind = value["kind"]
+    if kind not in _KINDS:
+        raise PydanticCustomError(
+            "ckpt_kind",
+            "`kind` must be one of {accepted}, got {value}; {hint}",
+            {"accepted": accepted, "value": repr(kind), "hint": _suggest(str(kind), list(_KINDS))},
+        )
+    return value
+
+
+def _non_empty(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, list) and not value:
+        raise PydanticCustomError(
+            "ckpt_empty",
+            "`{field}` of an any_of block needs at least 1 retention block, got []",
+            {"field": info.field_name},
+        )
+    return value
 
 
 class TopKSpec(_Strict):
@@ -112,16 +156,29 @@ class AnyOfSpec(_Strict):
     """``kind: any_of``: keep what any of ``policies`` keeps."""
 
     kind: Literal["any_of"]
-    policies: Annotated[list[RetentionSpec], Field(min_length=1)]
+    policies: Annotated[list[RetentionSpec], Field(min_length=1), BeforeValidator(_non_empty)]
 
 
 RetentionSpec = Annotated[
     TopKSpec | HybridSpec | LatestNSpec | EveryNStepsSpec | KeepAllSpec | AnyOfSpec,
     Field(discriminator="kind"),
+    BeforeValidator(_check_kind),
 ]
 AnyOfSpec.model_rebuild()
 
 _DEADLINE = re.compile(r"^\d{2}:\d{2}:\d{2}:\d{2}$")
+
+
+def _deadline(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 10:03:15:00 as a base-60 integer.
+        raise PydanticCustomError(
+            "ckpt_deadline",
+            "`checkpoint_must_save_by` must be a string DD:HH:MM:SS, got the number {value} "
+            "(YAML reads an unquoted 10:03:15:00 as a number): put the value in quotes",
+            {"value": value},
+        )
+    return value
 
 
 def _ranks_by_metric(spec: RetentionSpec) -> bool:
@@ -188,7 +245,7 @@ class CheckpointConfig(_Strict):
         "on storage where durability does not matter (tmpfs, tests).",
     )
     # NeMo RL keys carried for the training loop; the manager does not use them.
-    checkpoint_must_save_by: str | None = Field(
+    checkpoint_must_save_by: Annotated[str | None, BeforeValidator(_deadline)] = Field(
         None, description="NeMo RL: wall-clock deadline DD:HH:MM:SS (not used by ckpt)."
     )
     save_optimizer: bool = Field(True, description="NeMo RL (not used by ckpt).")
@@ -238,8 +295,9 @@ class CheckpointConfig(_Strict):
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> CheckpointConfig:
     """Validate a checkpointing config from a YAML file or a mapping.
 
-    A YAML file may hold the checkpointing section itself, or a whole run config with
-    a top-level ``checkpointing:`` section (NeMo RL's layout), which is then used.
+    The file or mapping may hold the checkpointing section itself, or a whole run
+    config with a top-level ``checkpointing:`` section (NeMo RL's layout), which is
+    then used.
 
     Args:
         source: A path to a YAML file, or a mapping of config keys.
@@ -254,13 +312,14 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> Checkpoin
         FileNotFoundError: If the file does not exist.
     """
     if isinstance(source, Mapping):
-        return CheckpointConfig.model_validate(source)
-    path = Path(source)
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigFileError(f"{path} is not valid YAML: {exc}") from exc
+        data: Any = source
+    else:
+        path = Path(source)
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigFileError(f"{path} is not valid YAML: {exc}") from exc
     if isinstance(data, Mapping) and isinstance(data.get("checkpointing"), Mapping):
         data = data["checkpointing"]
     return CheckpointConfig.model_validate(data)
