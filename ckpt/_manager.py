@@ -68,7 +68,7 @@ class _Directory:
             if stale:
                 logger.warning("dropping pins of steps that no longer exist: %s", sorted(stale))
                 self.pins -= stale
-                self.write_pins()
+                self.write_pins(durable=self.durable)
         except BaseException:
             self.lock.release()
             self.lock = None
@@ -123,9 +123,9 @@ class _Directory:
             logger.warning("ignoring unreadable pins file: %s", exc)
             return set()
 
-    def write_pins(self) -> None:
+    def write_pins(self, *, durable: bool) -> None:
         data = json.dumps({"pinned": sorted(self.pins)}).encode()
-        self.storage.replace_file(self.meta / _layout.PINS_FILE, data, durable=self.durable)
+        self.storage.replace_file(self.meta / _layout.PINS_FILE, data, durable=durable)
 
     def changed(self) -> None:
         self.version += 1
@@ -204,6 +204,8 @@ class CheckpointManager:
         self.retention = retention if retention is not None else config_retention
         self.checkpoint_dir = Path(os.path.abspath(self.config.checkpoint_dir))
         self.read_only = read_only or not self.config.enabled
+        # Each manager honours its own `fsync`, even when it shares a directory's state.
+        self._durable = self.config.fsync
         self._closed = False
         self._cache: dict[str, tuple[int, str | None]] = {}
         storage = storage if storage is not None else LocalStorage()
@@ -336,7 +338,7 @@ class CheckpointManager:
         with state.mutex:
             if state.storage.entry(tmp) is not None:
                 logger.warning("replacing %s left by an earlier attempt at step %d", tmp, step)
-                _protocol.discard(state.storage, self.checkpoint_dir, tmp, durable=state.durable)
+                _protocol.discard(state.storage, self.checkpoint_dir, tmp, durable=self._durable)
             state.storage.make_dir(tmp)
             try:
                 state.storage.write_bytes(tmp / _layout.INFO_FILE, info_bytes)
@@ -394,9 +396,9 @@ class CheckpointManager:
                     f"cannot publish step {step}: {_layout.step_name(step)} exists and is a "
                     f"{final_entry.kind}, not a checkpoint; move it away and finalize again"
                 )
-            if state.durable:
+            if self._durable:
                 state.storage.sync_tree(tmp)
-            _protocol.publish(state.storage, self.checkpoint_dir, tmp, step, durable=state.durable)
+            _protocol.publish(state.storage, self.checkpoint_dir, tmp, step, durable=self._durable)
             final = self.checkpoint_dir / _layout.step_name(step)
             published = state.storage.entry(final)
             state.index[step] = CheckpointRecord(
@@ -422,7 +424,7 @@ class CheckpointManager:
         tmp, _ = self._tmp_step(checkpoint_path)
         with state.mutex:
             if state.storage.entry(tmp) is not None:
-                _protocol.discard(state.storage, self.checkpoint_dir, tmp, durable=state.durable)
+                _protocol.discard(state.storage, self.checkpoint_dir, tmp, durable=self._durable)
                 logger.info("aborted %s", tmp)
 
     @contextmanager
@@ -465,7 +467,7 @@ class CheckpointManager:
             record = state.index[decision.step]
             try:
                 _protocol.discard(
-                    state.storage, self.checkpoint_dir, record.path, durable=state.durable
+                    state.storage, self.checkpoint_dir, record.path, durable=self._durable
                 )
             except OSError as exc:
                 logger.error("could not prune %s (kept): %s", record.path, exc)
@@ -541,7 +543,7 @@ class CheckpointManager:
             if (step in state.pins) == pinned:
                 return
             state.pins = state.pins | {step} if pinned else state.pins - {step}
-            state.write_pins()
+            state.write_pins(durable=self._durable)
             if step in state.index:
                 state.index[step] = replace(state.index[step], pinned=pinned)
             state.changed()

@@ -1,5 +1,9 @@
 """The public surface is exactly what we mean to export, sorted and importable."""
 
+from pathlib import Path
+
+import pytest
+
 import ckpt
 import policies
 
@@ -82,3 +86,26 @@ def test_both_packages_ship_py_typed() -> None:
 
     assert files("ckpt").joinpath("py.typed").is_file()
     assert files("policies").joinpath("py.typed").is_file()
+
+
+@pytest.mark.subprocess
+def test_core_works_without_torch(tmp_path: Path) -> None:
+    """torch is an optional extra: blocking its import must not break a save."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+import numpy as np
+from ckpt import CheckpointManager
+with CheckpointManager({{"checkpoint_dir": {str(tmp_path)!r}, "keep_top_k": 1}}) as m:
+    with m.checkpoint(3, {{"loss": np.float32(0.5)}}) as path:
+        (path / "w").write_bytes(b"1")
+    print(m.get_latest_checkpoint_path())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "step_3")
