@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -150,9 +151,17 @@ if hasattr(os, "register_at_fork"):
 
 
 def _check_step(step: object) -> int:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise InvalidStepError(f"step must be a non-negative integer, got {step!r}")
-    return step
+    return int(step)
+
+
+def _check_strategy(name: str, value: object, protocol: type, method: str) -> None:
+    if value is not None and (isinstance(value, type) or not isinstance(value, protocol)):
+        raise TypeError(
+            f"`{name}` must be an object with a {method} method (see the policies "
+            f"package), got {value!r}"
+        )
 
 
 class CheckpointManager:
@@ -193,6 +202,8 @@ class CheckpointManager:
         read_only: bool = False,
         storage: Storage | None = None,
     ) -> None:
+        _check_strategy("retention", retention, RetentionPolicy, "keep(checkpoints)")
+        _check_strategy("ranking", ranking, Ranking, "rank(checkpoints)")
         self.config = (
             config
             if isinstance(config, CheckpointConfig)
@@ -208,6 +219,7 @@ class CheckpointManager:
         self._durable = self.config.fsync
         self._closed = False
         self._cache: dict[str, tuple[int, str | None]] = {}
+        given = storage
         storage = storage if storage is not None else LocalStorage()
         if self.read_only:
             self._dir = _Directory(self.checkpoint_dir, storage, durable=self.config.fsync)
@@ -216,6 +228,11 @@ class CheckpointManager:
         key = Path(os.path.realpath(self.checkpoint_dir))
         with _writers_mutex:
             shared = _writers.get(key)
+            if shared is not None and storage is not shared.storage and given is not None:
+                raise CheckpointError(
+                    f"{self.checkpoint_dir} is already open for writing in this process with "
+                    f"{shared.storage!r}; close that manager first, or pass the same storage"
+                )
             if shared is None:
                 shared = _Directory(self.checkpoint_dir, storage, durable=self.config.fsync)
                 shared.open_writer()

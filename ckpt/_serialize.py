@@ -39,48 +39,55 @@ def _is_tensor(value: Any) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
-def _plain(value: Any, where: str, *, json_keys: bool, nonfinite_to_none: bool) -> Any:
-    if value is None or isinstance(value, (str, bool)):
-        return value
-    if isinstance(value, np.generic):
-        value = value.item()
-    elif isinstance(value, np.ndarray):
-        value = _scalar_from_array(value, where, "numpy array")
-    elif _is_tensor(value):
-        value = _scalar_from_array(value, where, "torch tensor")
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        if nonfinite_to_none and not math.isfinite(value):
-            logger.warning("%s is %r: stored as null (JSON has no NaN or infinity)", where, value)
-            return None
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if json_keys and not isinstance(key, str):
-                raise SerializationError(
-                    f"{where} has the key {key!r} of type {type(key).__name__}; "
-                    f"JSON objects need string keys: convert it with str()"
-                )
-            out[key] = _plain(
-                item,
-                f"{where}[{key!r}]",
-                json_keys=json_keys,
-                nonfinite_to_none=nonfinite_to_none,
+def _to_plain(root: Any, name: str, *, json_keys: bool, nonfinite_to_none: bool) -> Any:
+    """A copy of ``root`` made only of JSON/YAML-safe types, or `SerializationError`."""
+    active: set[int] = set()  # containers on the current path, to catch cycles
+
+    def container(value: Any, where: str) -> Any:
+        if id(value) in active:
+            raise SerializationError(
+                f"{where} contains itself (a circular reference), which cannot be stored"
             )
-        return out
-    if isinstance(value, (list, tuple)):
-        return [
-            _plain(item, f"{where}[{i}]", json_keys=json_keys, nonfinite_to_none=nonfinite_to_none)
-            for i, item in enumerate(value)
-        ]
-    raise SerializationError(
-        f"{where} is a {type(value).__module__}.{type(value).__qualname__} ({value!r:.80}), "
-        f"which cannot be stored; {_ACCEPTED}"
-    )
+        active.add(id(value))
+        try:
+            if isinstance(value, Mapping):
+                out = {}
+                for key, item in value.items():
+                    if json_keys and not isinstance(key, str):
+                        raise SerializationError(
+                            f"{where} has the key {key!r} of type {type(key).__name__}; "
+                            f"JSON objects need string keys: convert it with str()"
+                        )
+                    out[key] = convert(item, f"{where}[{key!r}]")
+                return out
+            return [convert(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        finally:
+            active.discard(id(value))
+
+    def convert(value: Any, where: str) -> Any:
+        if isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, np.ndarray):
+            value = _scalar_from_array(value, where, "numpy array")
+        elif _is_tensor(value):
+            value = _scalar_from_array(value, where, "torch tensor")
+        if value is None or isinstance(value, (str, bool, int)):
+            return value
+        if isinstance(value, float):
+            if nonfinite_to_none and not math.isfinite(value):
+                logger.warning("%s is %r: stored as null (JSON has no NaN or inf)", where, value)
+                return None
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, (Mapping, list, tuple)):
+            return container(value, where)
+        raise SerializationError(
+            f"{where} is a {type(value).__module__}.{type(value).__qualname__} ({value!r:.80}), "
+            f"which cannot be stored; {_ACCEPTED}"
+        )
+
+    return convert(root, name)
 
 
 def encode_training_info(training_info: Mapping[str, Any]) -> bytes:
@@ -97,7 +104,7 @@ def encode_training_info(training_info: Mapping[str, Any]) -> bytes:
         raise SerializationError(
             f"training_info must be a dict, got {type(training_info).__name__}"
         )
-    plain = _plain(training_info, "training_info", json_keys=True, nonfinite_to_none=True)
+    plain = _to_plain(training_info, "training_info", json_keys=True, nonfinite_to_none=True)
     return json.dumps(plain, allow_nan=False, indent=2).encode()
 
 
@@ -109,7 +116,7 @@ def encode_run_config(run_config: Mapping[str, Any]) -> bytes:
     """
     if not isinstance(run_config, Mapping):
         raise SerializationError(f"run_config must be a dict, got {type(run_config).__name__}")
-    plain = _plain(run_config, "run_config", json_keys=False, nonfinite_to_none=False)
+    plain = _to_plain(run_config, "run_config", json_keys=False, nonfinite_to_none=False)
     try:
         return yaml.safe_dump(plain).encode()
     except yaml.YAMLError as exc:  # e.g. a key YAML cannot represent

@@ -516,7 +516,8 @@ M = ByMetric("val_reward", True)
         ({"metric_name": None}, ByRecency(), Hybrid(3, ByRecency())),
         ({"keep_top_k": None}, M, KeepAll()),
         ({"keep_top_k": None, "ft_keep_latest_k": None}, M, KeepAll()),
-        ({"save_period": 10}, M, Hybrid(3, M, every_n_steps=10)),
+        # only multiples of save_period compete for the top k; the overall best is kept too
+        ({"save_period": 10}, M, AnyOf((Hybrid(3, M, every_n_steps=10), TopK(1, M)))),
         ({"save_period": 1}, M, Hybrid(3, M)),
         (
             {"ft_keep_latest_k": 2},
@@ -526,7 +527,7 @@ M = ByMetric("val_reward", True)
         (
             {"save_period": 10, "ft_keep_latest_k": 2},
             M,
-            AnyOf((Hybrid(3, M, every_n_steps=10), LatestN(2))),
+            AnyOf((Hybrid(3, M, every_n_steps=10), TopK(1, M), LatestN(2))),
         ),
         ({"ft_keep_latest_k": 0}, M, Hybrid(3, M)),
         (
@@ -603,7 +604,10 @@ OVERRIDE = ByMetric("val_loss", False)
     [
         ({}, Hybrid(3, OVERRIDE)),
         ({"metric_name": None}, Hybrid(3, OVERRIDE)),
-        ({"save_period": 10}, Hybrid(3, OVERRIDE, every_n_steps=10)),
+        (
+            {"save_period": 10},
+            AnyOf((Hybrid(3, OVERRIDE, every_n_steps=10), TopK(1, OVERRIDE))),
+        ),
         ({"ft_keep_latest_k": 2}, AnyOf((Hybrid(3, OVERRIDE), LatestN(2)))),
         ({"keep_top_k": None, "retention": {"kind": "top_k", "k": 2}}, TopK(2, OVERRIDE)),
         ({"keep_top_k": None, "retention": {"kind": "hybrid", "k": 1}}, Hybrid(1, OVERRIDE)),
@@ -694,17 +698,17 @@ def test_nemo_rl_semantics_end_to_end(higher_is_better: bool) -> None:
     _, policy = policies_from_config(config)
     views = _views(higher_is_better)
     kept = _kept(policy, views)
-    # best multiple of 10 by the metric, plus the 2 most recent, plus the latest
-    assert kept == {20, 29, 30}
-    assert 17 not in kept  # the best overall is not a multiple of save_period
-    assert kept == _nemo_rl_kept(views, higher_is_better, 10, 1, 2)
+    # best multiple of 10 by the metric, plus the 2 most recent, plus the latest (NeMo RL),
+    # plus the best overall (17, not a multiple of 10), so "best" is never pruned
+    assert kept == {17, 20, 29, 30}
+    assert kept == _nemo_rl_kept(views, higher_is_better, 10, 1, 2) | {17}
 
 
 def test_nemo_rl_semantics_order_does_not_matter() -> None:
     config = load_config({**SEED, "save_period": 10, "keep_top_k": 1, "ft_keep_latest_k": 2})
     _, policy = policies_from_config(config)
     views = _views(True)
-    assert _kept(policy, list(reversed(views))) == _kept(policy, views) == {20, 29, 30}
+    assert _kept(policy, list(reversed(views))) == _kept(policy, views) == {17, 20, 29, 30}
 
 
 def test_nemo_rl_without_keep_top_k_keeps_periodic_and_latest() -> None:
@@ -723,7 +727,7 @@ def test_pinned_views_survive_the_built_policy() -> None:
     config = load_config({**SEED, "save_period": 10, "keep_top_k": 1, "ft_keep_latest_k": 2})
     _, policy = policies_from_config(config)
     views = [CheckpointView(v.step, v.info, pinned=v.step == 5) for v in _views(True)]
-    assert _kept(policy, views) == {5, 20, 29, 30}
+    assert _kept(policy, views) == {5, 17, 20, 29, 30}
 
 
 # --- repr round trip -------------------------------------------------------------------
