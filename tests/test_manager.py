@@ -979,3 +979,39 @@ def test_a_second_manager_asking_for_fsync_gets_it(
     with durable.checkpoint(1, {"v": 1}) as path:
         (path / "model.bin").write_bytes(b"m")
     assert len(fsynced) >= 3  # at least the files, the directory and its parent
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("retention", {"kind": "top_k"}),
+        ("retention", policies.KeepAll),
+        ("ranking", "val_loss"),
+        ("ranking", policies.ByRecency),
+    ],
+)
+def test_strategy_objects_are_checked_at_construction(
+    ckpt_dir: Path, argument: str, value: Any
+) -> None:
+    with pytest.raises(TypeError, match=f"`{argument}` must be an object with a"):
+        CheckpointManager({"checkpoint_dir": str(ckpt_dir)}, **{argument: value})
+    assert not ckpt_dir.exists()  # refused before the directory was touched
+
+
+def test_numpy_integer_steps_are_plain_steps(make_manager: Make, ckpt_dir: Path) -> None:
+    import numpy as np
+
+    manager = make_manager()
+    tmp = manager.init_tmp_checkpoint(np.int64(7), {"step": np.int64(7)})
+    assert tmp == ckpt_dir / "tmp_step_7"
+    manager.finalize_checkpoint(tmp)
+    assert steps(manager) == [7]
+    assert isinstance(manager.list_checkpoints()[0].step, int)
+
+
+def test_a_second_writer_with_another_storage_is_refused(make_manager: Make) -> None:
+    first = make_manager(storage=LocalStorage())
+    with pytest.raises(ckpt.CheckpointError, match="already open for writing"):
+        make_manager(storage=LocalStorage())
+    assert make_manager(storage=first._dir.storage).list_checkpoints() == []
+    assert make_manager().list_checkpoints() == []  # no storage given: the shared one
