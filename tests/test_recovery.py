@@ -327,6 +327,24 @@ def _overwrite_step_3(manager: CheckpointManager) -> tuple[Path, dict[str, bytes
     }
 
 
+def _crashed_overwrite(
+    directory: Path, tree: Tree, at: int, can_exchange: bool
+) -> tuple[bool, dict[int, dict[str, bytes]], dict[str, bytes], _CrashingStorage]:
+    """Overwrite step 3 with a crash at storage operation ``at``; True if it crashed."""
+    old = _prepare(directory, tree)
+    storage = _CrashingStorage(at, can_exchange=can_exchange)
+    manager = CheckpointManager(_config(directory), storage=storage)
+    try:
+        tmp, new3 = _overwrite_step_3(manager)
+        storage.armed = True
+        manager.finalize_checkpoint(tmp)
+    except _Crash:
+        return True, old, new3, storage
+    finally:
+        manager.close()
+    return False, old, new3, storage
+
+
 @pytest.mark.parametrize("can_exchange", [True, False], ids=["exchange", "two-renames"])
 def test_a_crash_at_any_point_of_an_overwrite_loses_nothing(
     tmp_path: Path, tree: Tree, can_exchange: bool
@@ -334,21 +352,9 @@ def test_a_crash_at_any_point_of_an_overwrite_loses_nothing(
     outcomes: list[str] = []
     for at in range(1, 50):
         directory = tmp_path / f"crash_at_{at}"
-        old = _prepare(directory, tree)
-        storage = _CrashingStorage(at, can_exchange=can_exchange)
-        manager = CheckpointManager(_config(directory), storage=storage)
-        try:
-            tmp, new3 = _overwrite_step_3(manager)
-            storage.armed = True
-            manager.finalize_checkpoint(tmp)
-        except _Crash:
-            finished = False
-        else:
-            finished = True
-        finally:
-            manager.close()
+        crashed, old, new3, storage = _crashed_overwrite(directory, tree, at, can_exchange)
         outcomes.append(_check_consistent(directory, old, new3, tree))
-        if finished:
+        if not crashed:
             break
     else:
         pytest.fail("finalize never completed")
@@ -371,19 +377,9 @@ def test_a_crash_during_recovery_is_recovered_later(
     for at in range(1, 20):
         for recovery_at in range(1, 20):
             directory = tmp_path / f"crash_{at}_{recovery_at}"
-            old = _prepare(directory, tree)
-            storage = _CrashingStorage(at, can_exchange=can_exchange)
-            manager = CheckpointManager(_config(directory), storage=storage)
-            try:
-                tmp, new3 = _overwrite_step_3(manager)
-                storage.armed = True
-                manager.finalize_checkpoint(tmp)
-            except _Crash:
-                pass
-            else:
+            crashed, old, new3, storage = _crashed_overwrite(directory, tree, at, can_exchange)
+            if not crashed:
                 break  # nothing crashed: no recovery to interrupt
-            finally:
-                manager.close()
             recovering = _CrashingStorage(recovery_at, can_exchange=can_exchange, armed=True)
             try:
                 CheckpointManager(_config(directory), storage=recovering).close()
