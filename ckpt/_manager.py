@@ -7,7 +7,7 @@ import logging
 import numbers
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -52,8 +52,9 @@ class _Directory:
         self.users = 0
         self.lock: Lock | None = None
         self.recovery: tuple[RecoveryAction, ...] = ()
-        # Read-only views re-list the directory on each query and re-read only what changed.
-        self._seen: dict[int, tuple[tuple[int, int], CheckpointRecord]] = {}
+        # Read-only views re-list the directory on each query and re-read only what changed;
+        # an entry that is not a checkpoint is remembered too (None), so it is warned of once.
+        self._seen: dict[int, tuple[tuple[int, int], CheckpointRecord | None]] = {}
 
     @property
     def meta(self) -> Path:
@@ -78,7 +79,7 @@ class _Directory:
     def scan(self) -> None:
         """Rebuild the index from disk, re-reading only entries that changed."""
         pins = self.read_pins()
-        seen: dict[int, tuple[tuple[int, int], CheckpointRecord]] = {}
+        seen: dict[int, tuple[tuple[int, int], CheckpointRecord | None]] = {}
         for entry in self.storage.list_dir(self.path):
             step = _layout.parse(_layout.STEP, entry.name)
             if step is None:
@@ -86,13 +87,12 @@ class _Directory:
             cached = self._seen.get(step)
             if cached is not None and cached[0] == entry.identity:
                 seen[step] = cached
-                continue
-            record = self._load(step, entry)
-            if record is not None:
-                seen[step] = (entry.identity, record)
+            else:
+                seen[step] = (entry.identity, self._load(step, entry))
         index = {
             step: replace(record, pinned=True) if step in pins else record
             for step, (_, record) in seen.items()
+            if record is not None
         }
         if index != self.index or pins != self.pins:
             self.version += 1
@@ -223,7 +223,6 @@ class CheckpointManager:
         storage = storage if storage is not None else LocalStorage()
         if self.read_only:
             self._dir = _Directory(self.checkpoint_dir, storage, durable=self.config.fsync)
-            self._dir.users = 1
             return
         key = Path(os.path.realpath(self.checkpoint_dir))
         with _writers_mutex:
@@ -574,11 +573,13 @@ class CheckpointManager:
         with state.mutex:
             return [state.index[step] for step in sorted(state.index)]
 
-    def _cached(self, name: str, state: _Directory, compute: Any) -> str | None:
+    def _cached(
+        self, name: str, state: _Directory, compute: Callable[[], str | None]
+    ) -> str | None:
         hit = self._cache.get(name)
         if hit is not None and hit[0] == state.version:
             return hit[1]
-        value: str | None = compute()
+        value = compute()
         self._cache[name] = (state.version, value)
         return value
 

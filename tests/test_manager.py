@@ -1015,3 +1015,17 @@ def test_a_second_writer_with_another_storage_is_refused(make_manager: Make) -> 
         make_manager(storage=LocalStorage())
     assert make_manager(storage=first._dir.storage).list_checkpoints() == []
     assert make_manager().list_checkpoints() == []  # no storage given: the shared one
+
+
+def test_read_only_warns_of_a_stray_entry_once(
+    make_manager: Make, save: Save, ckpt_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    save(make_manager(), 1, {})
+    (ckpt_dir / "step_7").write_text("not a checkpoint")
+    reader = make_manager(read_only=True)
+    with caplog.at_level("WARNING", logger="ckpt"):
+        for _ in range(3):
+            assert reader.get_latest_checkpoint_path() == str(ckpt_dir / "step_1")
+    assert [r.getMessage() for r in caplog.records if "step_7" in r.getMessage()] == [
+        "ignoring step_7: it is a file, not a checkpoint directory"
+    ]
