@@ -406,22 +406,29 @@ class CheckpointManager:
                     f"{tmp} has no readable {_layout.INFO_FILE} ({exc}); it was not made by "
                     f"init_tmp_checkpoint, or its file was removed"
                 ) from exc
-            final_entry = state.storage.entry(self.checkpoint_dir / _layout.step_name(step))
+            final = self.checkpoint_dir / _layout.step_name(step)
+            final_entry = state.storage.entry(final)
             if final_entry is not None and final_entry.kind != "dir":
                 raise CheckpointError(
-                    f"cannot publish step {step}: {_layout.step_name(step)} exists and is a "
+                    f"cannot publish step {step}: {final.name} exists and is a "
                     f"{final_entry.kind}, not a checkpoint; move it away and finalize again"
                 )
             if self._durable:
                 state.storage.sync_tree(tmp)
-            _protocol.publish(state.storage, self.checkpoint_dir, tmp, step, durable=self._durable)
-            final = self.checkpoint_dir / _layout.step_name(step)
-            published = state.storage.entry(final)
+            _protocol.publish(
+                state.storage,
+                self.checkpoint_dir,
+                tmp,
+                step,
+                replacing=final_entry is not None,
+                durable=self._durable,
+            )
             state.index[step] = CheckpointRecord(
                 step=step,
                 path=final,
                 info=MappingProxyType(info),
-                committed_at=published.mtime if published is not None else None,
+                # A rename keeps a directory's mtime: this is what a rescan will read.
+                committed_at=found.mtime,
                 pinned=step in state.pins,
             )
             state.changed()

@@ -68,17 +68,19 @@ def discard(storage: Storage, directory: Path, path: Path, *, durable: bool) -> 
         logger.error("could not remove %s (left for the next recovery): %s", trashed, exc)
 
 
-def publish(storage: Storage, directory: Path, tmp: Path, step: int, *, durable: bool) -> None:
+def publish(
+    storage: Storage, directory: Path, tmp: Path, step: int, *, replacing: bool, durable: bool
+) -> None:
     """Move the finished temporary ``tmp`` to ``step_N``, replacing any previous one.
 
-    The caller has synced ``tmp`` already. An existing ``step_N`` is replaced by an
-    atomic exchange where the OS has one, else by two renames that `recover` rolls
-    back if interrupted; either way the displaced copy is then discarded.
+    The caller has synced ``tmp`` already and says whether a ``step_N`` directory
+    exists. An existing one is replaced by an atomic exchange where the OS has one,
+    else by two renames that `recover` rolls back if interrupted; either way the
+    displaced copy is then discarded.
     """
     final = directory / _layout.step_name(step)
-    existing = storage.entry(final)
     displaced: Path | None = None
-    if existing is None:
+    if not replacing:
         storage.rename(tmp, final)
     elif storage.exchange(tmp, final):
         displaced = tmp  # now holds the previous step_N

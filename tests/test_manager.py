@@ -1029,3 +1029,15 @@ def test_read_only_warns_of_a_stray_entry_once(
     assert [r.getMessage() for r in caplog.records if "step_7" in r.getMessage()] == [
         "ignoring step_7: it is a file, not a checkpoint directory"
     ]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_committed_at_matches_what_a_rescan_reads(
+    make_manager: Make, save: Save, overwrite: bool
+) -> None:
+    writer = make_manager()
+    save(writer, 1, {}, files={"a": b"1"})
+    if overwrite:
+        save(writer, 1, {}, files={"a": b"2"})
+    reader = make_manager(read_only=True)
+    assert writer.list_checkpoints()[0].committed_at == reader.list_checkpoints()[0].committed_at
