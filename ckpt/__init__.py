@@ -22,6 +22,7 @@ from ckpt._protocol import RecoveryAction
 from ckpt._records import CheckpointRecord
 from ckpt._resolve import policies_from_config
 from ckpt._storage import Entry, LocalStorage, Lock, Storage
+from ckpt._verify import Problem, VerifyReport, verify
 
 logging.getLogger("ckpt").addHandler(logging.NullHandler())
 
@@ -40,10 +41,13 @@ __all__ = [
     "InvalidStepError",
     "LocalStorage",
     "Lock",
+    "Problem",
     "ReadOnlyError",
     "RecoveryAction",
     "SerializationError",
     "Storage",
+    "VerifyReport",
     "load_config",
     "policies_from_config",
+    "verify",
 ]

@@ -132,20 +132,21 @@ class _Directory:
         self.version += 1
 
 
-_writers: dict[Path, _Directory] = {}
-_writers_mutex = threading.Lock()
+# Shared with `verify`, which must not probe the lock of a directory this process writes.
+writers: dict[Path, _Directory] = {}
+writers_mutex = threading.Lock()
 
 
 def _forget_writers_in_child() -> None:
     # POSIX locks are not inherited by a forked child: it must not think it is a writer.
-    _writers.clear()
-    _writers_mutex.release()
+    writers.clear()
+    writers_mutex.release()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=_writers_mutex.acquire,
-        after_in_parent=_writers_mutex.release,
+        before=writers_mutex.acquire,
+        after_in_parent=writers_mutex.release,
         after_in_child=_forget_writers_in_child,
     )
 
@@ -225,8 +226,8 @@ class CheckpointManager:
             self._dir = _Directory(self.checkpoint_dir, storage, durable=self.config.fsync)
             return
         key = Path(os.path.realpath(self.checkpoint_dir))
-        with _writers_mutex:
-            shared = _writers.get(key)
+        with writers_mutex:
+            shared = writers.get(key)
             if shared is not None and storage is not shared.storage and given is not None:
                 raise CheckpointError(
                     f"{self.checkpoint_dir} is already open for writing in this process with "
@@ -235,7 +236,7 @@ class CheckpointManager:
             if shared is None:
                 shared = _Directory(self.checkpoint_dir, storage, durable=self.config.fsync)
                 shared.open_writer()
-                _writers[key] = shared
+                writers[key] = shared
             shared.users += 1
         self._dir = shared
         self._key = key
@@ -280,14 +281,14 @@ class CheckpointManager:
         self._closed = True
         if self.read_only:
             return
-        with _writers_mutex:
+        with writers_mutex:
             self._dir.users -= 1
             if self._dir.users == 0:
                 if self._dir.lock is not None:
                     self._dir.lock.release()
                     self._dir.lock = None
-                if _writers.get(self._key) is self._dir:
-                    del _writers[self._key]
+                if writers.get(self._key) is self._dir:
+                    del writers[self._key]
 
     def __enter__(self) -> CheckpointManager:
         return self

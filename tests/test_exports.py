@@ -20,12 +20,15 @@ CKPT_EXPORTS = [
     "InvalidStepError",
     "LocalStorage",
     "Lock",
+    "Problem",
     "ReadOnlyError",
     "RecoveryAction",
     "SerializationError",
     "Storage",
+    "VerifyReport",
     "load_config",
     "policies_from_config",
+    "verify",
 ]
 
 POLICIES_EXPORTS = [

@@ -1,0 +1,371 @@
+"""Checking a checkpoint directory against the on-disk contract, without changing it."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from ckpt import _layout, _manager, _protocol
+from ckpt._config import CheckpointConfig, load_config
+from ckpt._records import CheckpointRecord
+from ckpt._resolve import policies_from_config
+from ckpt._serialize import decode_training_info
+from ckpt._storage import Entry, LocalStorage
+from policies import ByMetric, decide, metric_value
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing `verify` found wrong in a checkpoint directory.
+
+    Attributes:
+        severity: ``"error"`` when a checkpoint is damaged or only reachable by
+            recovery; ``"warning"`` for leftovers that recovery cleans up and for
+            departures from the configured retention.
+        code: A stable identifier, for example ``"leftover_temporary"``.
+        path: The entry concerned.
+        message: What is wrong.
+        hint: What to do about it.
+    """
+
+    severity: Severity
+    code: str
+    path: Path
+    message: str
+    hint: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The problem as JSON-ready data."""
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "path": str(self.path),
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `verify` found in a checkpoint directory.
+
+    Attributes:
+        directory: The directory checked.
+        steps: The steps of the complete checkpoints found, ascending.
+        problems: Every problem found, errors first.
+        writer_active: Whether a writer held the directory's lock during the check; its
+            temporaries are then saves in progress, not leftovers.
+    """
+
+    directory: Path
+    steps: tuple[int, ...]
+    problems: tuple[Problem, ...]
+    writer_active: bool
+
+    @property
+    def ok(self) -> bool:
+        """``True`` when no problem is an error (warnings allowed)."""
+        return not self.errors
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        """The problems of severity ``"error"``."""
+        return tuple(p for p in self.problems if p.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        """The problems of severity ``"warning"``."""
+        return tuple(p for p in self.problems if p.severity == "warning")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {
+            "directory": str(self.directory),
+            "ok": self.ok,
+            "writer_active": self.writer_active,
+            "steps": list(self.steps),
+            "problems": [problem.to_dict() for problem in self.problems],
+        }
+
+
+_OPEN_WRITER = "open a writer on it (any CheckpointManager that is not read-only) to recover"
+
+
+def _writer_active(directory: Path) -> bool:
+    real = Path(os.path.realpath(directory))
+    with _manager.writers_mutex:
+        if real in _manager.writers:
+            # Probing would be wrong here: closing any descriptor of the lock file drops
+            # this process's own POSIX lock on it.
+            return True
+        try:
+            fd = os.open(directory / _layout.META_DIR / _layout.LOCK_FILE, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            # A shared lock conflicts only with a writer's exclusive one.
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                return True
+            raise
+        finally:
+            os.close(fd)
+        return False
+
+
+def _config(
+    directory: Path, config: CheckpointConfig | Mapping[str, Any] | str | os.PathLike[str]
+) -> CheckpointConfig:
+    if isinstance(config, CheckpointConfig):
+        return config
+    if isinstance(config, Mapping):
+        # The directory checked is the argument; a config need not name it.
+        section = config.get("checkpointing")
+        if isinstance(section, Mapping):
+            config = section
+        return load_config({"checkpoint_dir": str(directory), **config})
+    return load_config(config)
+
+
+def verify(
+    checkpoint_dir: str | os.PathLike[str],
+    config: CheckpointConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+) -> VerifyReport:
+    """Check a checkpoint directory and list every problem found; change nothing.
+
+    It reports leftover temporaries, interrupted overwrites and deletes, ``step_N``
+    entries that are not a directory with a readable ``training_info.json``, entries
+    named like checkpoints that the manager ignores, and pins of missing steps. Given
+    a config, it also reports checkpoints its retention would prune and checkpoints
+    missing the metric its ranking needs. While a writer holds the directory, its
+    temporaries are saves in progress and are not reported.
+
+    Run it in CI after a training job, or on a directory before resuming from it.
+
+    Args:
+        checkpoint_dir: The directory to check.
+        config: The run's checkpointing config (a `CheckpointConfig`, a mapping or a
+            YAML file); its ``checkpoint_dir`` is ignored in favour of the argument.
+
+    Returns:
+        The report; ``report.ok`` is ``False`` when any problem is an error.
+
+    Raises:
+        pydantic.ValidationError: If ``config`` does not validate.
+        ConfigFileError: If ``config`` names a file that is not valid YAML.
+    """
+    directory = Path(os.path.abspath(checkpoint_dir))
+    settings = _config(directory, config) if config is not None else None
+    storage = LocalStorage()
+    root = storage.entry(directory)
+    if root is None or root.kind != "dir":
+        what = "does not exist" if root is None else f"is a {root.kind}, not a directory"
+        problem = Problem(
+            "error",
+            "missing_directory",
+            directory,
+            f"{directory} {what}",
+            "check the path (and the config's checkpoint_dir)",
+        )
+        return VerifyReport(directory, (), (problem,), writer_active=False)
+    live = _writer_active(directory)
+    problems: list[Problem] = []
+    entries = {entry.name: entry for entry in storage.list_dir(directory)}
+    records: dict[int, CheckpointRecord] = {}
+    for name, entry in sorted(entries.items()):
+        path = directory / name
+        record = _check_entry(storage, path, entry, entries, live=live, problems=problems)
+        if record is not None:
+            records[record.step] = record
+    if not live:
+        for entry in storage.list_dir(_protocol.trash_dir(directory)):
+            problems.append(
+                Problem(
+                    "warning",
+                    "interrupted_delete",
+                    _protocol.trash_dir(directory) / entry.name,
+                    f"a delete of {entry.name.rsplit('.', 1)[0]} was interrupted",
+                    _OPEN_WRITER,
+                )
+            )
+    pins = _check_pins(storage, directory, records, problems)
+    for step in pins & records.keys():
+        records[step] = CheckpointRecord(
+            step=step,
+            path=records[step].path,
+            info=records[step].info,
+            committed_at=records[step].committed_at,
+            pinned=True,
+        )
+    if settings is not None:
+        _check_retention(settings, records, problems)
+    problems.sort(key=lambda p: (p.severity != "error", str(p.path), p.code))
+    return VerifyReport(directory, tuple(sorted(records)), tuple(problems), writer_active=live)
+
+
+def _check_entry(
+    storage: LocalStorage,
+    path: Path,
+    entry: Entry,
+    entries: Mapping[str, Entry],
+    *,
+    live: bool,
+    problems: list[Problem],
+) -> CheckpointRecord | None:
+    name = entry.name
+    step = _layout.parse(_layout.STEP, name)
+    if step is not None:
+        if entry.kind != "dir":
+            problems.append(
+                Problem(
+                    "error",
+                    "not_a_directory",
+                    path,
+                    f"{name} is a {entry.kind}, not a checkpoint directory; the manager "
+                    f"ignores it and cannot publish step {step}",
+                    "move it out of the checkpoint directory",
+                )
+            )
+            return None
+        try:
+            info = decode_training_info(storage.read_bytes(path / _layout.INFO_FILE))
+        except (OSError, ValueError) as exc:
+            problems.append(
+                Problem(
+                    "error",
+                    "unreadable_info",
+                    path,
+                    f"{name} has no readable {_layout.INFO_FILE} ({exc}); the manager ignores it",
+                    "restore the file from a copy, or move the directory away",
+                )
+            )
+            return None
+        return CheckpointRecord(
+            step=step, path=path, info=MappingProxyType(info), committed_at=entry.mtime
+        )
+    tmp_step = _layout.parse(_layout.TMP, name)
+    old_step = _layout.parse(_layout.OLD, name)
+    if (tmp_step is not None or old_step is not None) and live:
+        return None  # a save or an overwrite in progress
+    if tmp_step is not None:
+        problems.append(
+            Problem(
+                "warning",
+                "leftover_temporary",
+                path,
+                f"{name} was left by a save that never finished; it is not a checkpoint",
+                _OPEN_WRITER + ", which removes it",
+            )
+        )
+    elif old_step is not None:
+        final = _layout.step_name(old_step)
+        if final in entries:
+            problems.append(
+                Problem(
+                    "warning",
+                    "leftover_displaced",
+                    path,
+                    f"{name} is the previous copy of {final}, left by an overwrite that "
+                    f"had completed",
+                    _OPEN_WRITER + ", which removes it",
+                )
+            )
+        else:
+            problems.append(
+                Problem(
+                    "error",
+                    "interrupted_overwrite",
+                    path,
+                    f"an overwrite of {final} was interrupted: the only copy of step "
+                    f"{old_step} is {name}, and loaders looking for {final} miss it",
+                    _OPEN_WRITER + ", which renames it back",
+                )
+            )
+    elif name.startswith(("step_", "tmp_step_", "old_step_")):
+        problems.append(
+            Problem(
+                "warning",
+                "unrecognized_entry",
+                path,
+                f"{name} looks like a checkpoint name but is not one (steps are written "
+                f"without leading zeros or signs); the manager ignores it",
+                "rename or move it if it is a checkpoint you need",
+            )
+        )
+    return None
+
+
+def _check_pins(
+    storage: LocalStorage,
+    directory: Path,
+    records: Mapping[int, CheckpointRecord],
+    problems: list[Problem],
+) -> set[int]:
+    path = directory / _layout.META_DIR / _layout.PINS_FILE
+    try:
+        pins = {int(step) for step in json.loads(storage.read_bytes(path))["pinned"]}
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problems.append(
+            Problem(
+                "warning",
+                "unreadable_pins",
+                path,
+                f"the pins file cannot be read ({exc}); no checkpoint counts as pinned",
+                "pin the steps you need again (the next pin rewrites the file)",
+            )
+        )
+        return set()
+    for step in sorted(pins - records.keys()):
+        problems.append(
+            Problem(
+                "warning",
+                "stale_pin",
+                path,
+                f"step {step} is pinned but has no checkpoint",
+                "unpin it; a writer drops such pins when it opens the directory",
+            )
+        )
+    return pins
+
+
+def _check_retention(
+    config: CheckpointConfig, records: Mapping[int, CheckpointRecord], problems: list[Problem]
+) -> None:
+    ranking, retention = policies_from_config(config)
+    if isinstance(ranking, ByMetric):
+        for step in sorted(records):
+            if metric_value(records[step].info, ranking.name) is None:
+                problems.append(
+                    Problem(
+                        "warning",
+                        "missing_metric",
+                        records[step].path,
+                        f"step {step} has no usable `{ranking.name}` (missing, NaN, "
+                        f"infinite or not a number), so it ranks below every other",
+                        f"log `{ranking.name}` in training_info when saving",
+                    )
+                )
+    for decision in decide(retention, list(records.values())):
+        if not decision.keep:
+            problems.append(
+                Problem(
+                    "warning",
+                    "should_be_pruned",
+                    records[decision.step].path,
+                    f"step {decision.step} is {decision.reason}",
+                    "prune with `ckpt prune DIR --config CFG` or "
+                    "CheckpointManager.remove_old_checkpoints()",
+                )
+            )
