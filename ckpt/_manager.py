@@ -7,7 +7,7 @@ import logging
 import numbers
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +23,7 @@ from ckpt._errors import (
     InvalidStepError,
     ReadOnlyError,
 )
+from ckpt._incremental import Tracker
 from ckpt._protocol import RecoveryAction
 from ckpt._records import CheckpointRecord
 from ckpt._resolve import policies_from_config
@@ -219,7 +220,7 @@ class CheckpointManager:
         # Each manager honours its own `fsync`, even when it shares a directory's state.
         self._durable = self.config.fsync
         self._closed = False
-        self._cache: dict[str, tuple[int, str | None]] = {}
+        self._tracker = Tracker(self.retention, self.ranking)
         given = storage
         storage = storage if storage is not None else LocalStorage()
         if self.read_only:
@@ -424,6 +425,9 @@ class CheckpointManager:
                 replacing=final_entry is not None,
                 durable=self._durable,
             )
+            tracker = self._tracker
+            incremental = step not in state.index and tracker.version == state.version
+            frontier_current = incremental and tracker.frontier_version == state.version
             state.index[step] = CheckpointRecord(
                 step=step,
                 path=final,
@@ -433,8 +437,18 @@ class CheckpointManager:
                 pinned=step in state.pins,
             )
             state.changed()
+            if incremental:
+                tracker.added(state.index, step, state.version)
+            tracker.sync(state.version)
             logger.info("committed %s", final)
-            self._prune(state, self.retention, {})
+            if frontier_current and tracker.parts is not None:
+                reason = f"not kept by {self.retention!r}"
+                doomed = dict.fromkeys(tracker.doomed(state.index, step), reason)
+                failed = self._delete(state, doomed)
+            else:
+                failed = self._prune(state, self.retention, {})
+                tracker.resync_frontiers(state.index)
+            tracker.frontier_version = -1 if failed else state.version
 
     def abort_checkpoint(self, checkpoint_path: str | os.PathLike[str]) -> None:
         """Throw away a temporary checkpoint; a path already gone is fine.
@@ -484,21 +498,33 @@ class CheckpointManager:
 
     def _prune(
         self, state: _Directory, policy: RetentionPolicy, protected: Mapping[int, str]
-    ) -> None:
-        for decision in decide(policy, list(state.index.values()), protected=protected):
-            if decision.keep:
-                continue
-            record = state.index[decision.step]
+    ) -> bool:
+        """Apply ``policy`` to every checkpoint; ``True`` if a delete failed."""
+        decisions = decide(policy, list(state.index.values()), protected=protected)
+        return self._delete(state, {d.step: d.reason for d in decisions if not d.keep})
+
+    def _delete(self, state: _Directory, doomed: Mapping[int, str]) -> bool:
+        """Delete the checkpoints at ``doomed`` (step -> reason); ``True`` if one failed."""
+        tracker = self._tracker
+        current = tracker.version == state.version
+        failed = False
+        for step, reason in sorted(doomed.items()):
+            record = state.index[step]
             try:
                 _protocol.discard(
                     state.storage, self.checkpoint_dir, record.path, durable=self._durable
                 )
             except OSError as exc:
                 logger.error("could not prune %s (kept): %s", record.path, exc)
+                failed = True
                 continue
-            del state.index[decision.step]
+            del state.index[step]
             state.changed()
-            logger.info("pruned %s: %s", record.path, decision.reason)
+            tracker.removed(step)
+            logger.info("pruned %s: %s", record.path, reason)
+        if current:
+            tracker.version = state.version
+        return failed
 
     def remove_old_checkpoints(self, exclude_latest: bool = True) -> None:
         """Delete the checkpoints the retention policy does not keep.
@@ -581,25 +607,15 @@ class CheckpointManager:
         with state.mutex:
             return [state.index[step] for step in sorted(state.index)]
 
-    def _cached(
-        self, name: str, state: _Directory, compute: Callable[[], str | None]
-    ) -> str | None:
-        hit = self._cache.get(name)
-        if hit is not None and hit[0] == state.version:
-            return hit[1]
-        value = compute()
-        self._cache[name] = (state.version, value)
-        return value
-
     def get_latest_checkpoint_path(self) -> str | None:
         """Return the path of the checkpoint with the highest step, or ``None``."""
         state = self._usable()
         with state.mutex:
-            return self._cached(
-                "latest",
-                state,
-                lambda: str(state.index[max(state.index)].path) if state.index else None,
-            )
+            tracker = self._tracker
+            tracker.sync(state.version)
+            if tracker.latest is None and state.index:
+                tracker.latest = max(state.index)
+            return None if tracker.latest is None else str(state.index[tracker.latest].path)
 
     def get_best_checkpoint_path(self) -> str | None:
         """Return the path of the best checkpoint by the ranking, or ``None``.
@@ -610,16 +626,12 @@ class CheckpointManager:
         """
         state = self._usable()
         with state.mutex:
-            return self._cached("best", state, lambda: self._best(state))
-
-    def _best(self, state: _Directory) -> str | None:
-        if not state.index:
-            return None
-        ranked = self.ranking.rank(list(state.index.values()))
-        if not ranked:
-            return None
-        best = ranked[0]
-        return str(state.index[best.step].path)
+            tracker = self._tracker
+            tracker.sync(state.version)
+            if tracker.best is None and state.index:
+                ranked = self.ranking.rank(list(state.index.values()))
+                tracker.best = ranked[0].step if ranked else None
+            return None if tracker.best is None else str(state.index[tracker.best].path)
 
     def load_training_info(
         self, checkpoint_path: str | os.PathLike[str] | None = None

@@ -1041,3 +1041,69 @@ def test_committed_at_matches_what_a_rescan_reads(
         save(writer, 1, {}, files={"a": b"2"})
     reader = make_manager(read_only=True)
     assert writer.list_checkpoints()[0].committed_at == reader.list_checkpoints()[0].committed_at
+
+
+# --- per-save bookkeeping stays exact ------------------------------------------------------
+
+
+def _expected_best(manager: CheckpointManager) -> str | None:
+    records = manager.list_checkpoints()
+    ranked = manager.ranking.rank(records)
+    return str(ranked[0].path) if ranked else None
+
+
+def test_best_and_latest_follow_every_kind_of_change(
+    make_manager: Make, save: Save, ckpt_dir: Path
+) -> None:
+    loss = make_manager(metric_name="loss", higher_is_better=False, keep_top_k=2)
+    recent = make_manager(retention=policies.LatestN(10))  # shares the directory's state
+
+    def check() -> None:
+        for manager in (loss, recent):
+            assert manager.get_best_checkpoint_path() == _expected_best(manager)
+            latest = manager.list_checkpoints()[-1].path if manager.list_checkpoints() else None
+            assert manager.get_latest_checkpoint_path() == (latest and str(latest))
+
+    check()
+    for step, value in [(1, 0.5), (2, 0.2), (3, 0.9), (4, 0.1)]:
+        save(loss, step, {"loss": value})
+        check()
+    save(loss, 4, {"loss": 0.95})  # overwrite: the best becomes the worst
+    check()
+    assert loss.get_best_checkpoint_path() == str(ckpt_dir / "step_2")
+    save(recent, 5, {"loss": 0.05})  # another manager's save
+    check()
+    loss.pin(4)
+    save(loss, 6, {"loss": 0.3})
+    check()
+    assert steps(loss) == [2, 4, 5, 6]  # 4 is pinned, though the worst
+    loss.unpin(4)
+    loss.remove_old_checkpoints(exclude_latest=False)
+    check()
+    assert steps(loss) == [2, 5]  # top-2 by loss, the latest lost its exemption
+    save(loss, 7, {"loss": 0.6})
+    check()
+    assert steps(loss) == [2, 5, 7]
+
+
+class _FailingRemove(LocalStorage):
+    fail = True
+
+    def rename(self, src: Path, dst: Path) -> None:
+        if self.fail and src.name.startswith("step_") and ".ckpt" in dst.parts:
+            raise PermissionError(f"cannot move {src}")
+        super().rename(src, dst)
+
+
+def test_a_prune_that_failed_is_retried_by_the_next_save(
+    make_manager: Make, save: Save, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = _FailingRemove()
+    manager = make_manager(retention=policies.LatestN(2), storage=storage)
+    for step in (1, 2, 3, 4):
+        save(manager, step, {})
+    assert steps(manager) == [1, 2, 3, 4]  # every prune failed, and said so
+    assert "could not prune" in caplog.text
+    storage.fail = False
+    save(manager, 5, {})
+    assert steps(manager) == [4, 5]
