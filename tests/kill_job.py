@@ -1,0 +1,389 @@
+"""A scripted training job for ``test_kill.py``: it saves, overwrites and prunes, and resumes.
+
+The job saves the events of `EVENTS` in order with a Hybrid top-2 manager (``fsync`` on),
+resuming after the newest event found on disk, so a job restarted after a crash finishes
+the run. Two of the saves overwrite the step saved just before them, and four checkpoints
+are pruned on the way. Every file it writes is a deterministic function of the event, so
+a test knows every version of every step.
+
+With ``--record`` (or ``--kill-at``) it watches every file operation made under its
+checkpoint directory: ``--record`` writes them to a JSON file, ``--kill-at I`` sends
+itself SIGKILL right before the ``I``-th one (counting from 0), after writing that
+operation to ``--marker``.
+
+How operations are seen (CPython 3.10+):
+
+* audit events (`sys.addaudithook`): ``open`` with a writing or creating flag,
+  ``os.mkdir``, ``os.rename`` (also raised by ``os.replace``), ``os.remove``,
+  ``os.rmdir``, ``os.truncate`` (also ``os.ftruncate``), and the other path-changing
+  ``os`` events should they ever occur. Paths given relative to a ``dir_fd`` (as
+  ``shutil.rmtree`` does) or as a descriptor are resolved through ``/proc/self/fd``.
+* a profile function (`sys.setprofile`) for what raises no audit event: each ``write``
+  call on a file object under the directory (the job writes its payload in chunks,
+  unbuffered, so a kill can leave a partial file), ``os.write``/``os.pwrite``, and
+  ``os.fsync`` (on the file most recently opened, which is how the storage layer calls
+  it); and the ``renameat2`` calls the storage layer makes through ctypes, which raise no
+  audit event: they are seen as calls of ``ckpt._storage._rename2``, whose flags say
+  whether it is a no-replace rename or an exchange.
+
+Run it alone::
+
+    python tests/kill_job.py DIR [--mode exchange|two-renames] [--record OPS.json]
+        [--kill-at I --marker FILE] [--report FILE]
+
+or as a fork server (``--serve``): it imports everything once, then for each line read
+on stdin (a JSON list of the arguments above) forks a child that runs the job with its
+output in ``--log``, and answers one JSON line ``{"exit": code}`` where ``code`` is the
+child's exit status (``-9`` for SIGKILL). Each child is a new process that has never
+opened the directory, like a restarted job, without paying the imports again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import CodeType, FrameType
+from typing import Any
+
+import ckpt
+import ckpt._storage
+
+# (step, val_loss) of each save, in order. Events 3 and 7 overwrite the step saved just
+# before them; retention prunes step 1 at event 2, steps 2 and 4 at event 5, step 3 at 7.
+EVENTS: tuple[tuple[int, float], ...] = (
+    (1, 0.9),
+    (2, 0.5),
+    (3, 0.7),
+    (3, 0.4),
+    (4, 0.8),
+    (5, 0.3),
+    (6, 0.6),
+    (6, 0.35),
+)
+KEEP_TOP_K = 2
+MODEL_CHUNKS = 3
+STARTUP = -1  # the event of operations made before the first save
+TIDY = len(EVENTS)  # the event of the final remove_old_checkpoints()
+WATCHDOG_S = 120
+
+
+def config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    return {
+        "checkpoint_dir": str(directory),
+        "metric_name": "val_loss",
+        "higher_is_better": False,
+        "keep_top_k": KEEP_TOP_K,
+        "fsync": True,
+    }
+
+
+def training_info(event: int) -> dict[str, Any]:
+    step, loss = EVENTS[event]
+    return {"step": step, "val_loss": loss, "event": event}
+
+
+def run_config(event: int) -> dict[str, Any]:
+    return {"job": "kill_job", "event": event}
+
+
+def payload(event: int) -> dict[str, list[bytes]]:
+    """The loop's own files for the save of ``event``, as the chunks they are written in."""
+
+    def chunk(name: str, index: int, size: int) -> bytes:
+        return hashlib.sha256(f"{name} {event} {index}".encode()).digest() * (size // 32)
+
+    return {
+        "model.bin": [chunk("model", i, 4096) for i in range(MODEL_CHUNKS)],
+        "optim/state.bin": [chunk("optim", 0, 1024)],
+    }
+
+
+def tree_digest(root: str | os.PathLike[str]) -> dict[str, str]:
+    """Every entry under ``root`` by relative path: a file's sha256, ``"dir"`` or ``"link"``."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            if os.path.islink(full):
+                out[rel] = "link"
+            elif os.path.isdir(full):
+                out[rel] = "dir"
+            else:
+                with open(full, "rb") as f:
+                    out[rel] = hashlib.sha256(f.read()).hexdigest()
+    return dict(sorted(out.items()))
+
+
+class _NoExchange(ckpt.LocalStorage):
+    """Local storage on a system without ``renameat2(RENAME_EXCHANGE)``."""
+
+    def exchange(self, a: Path, b: Path) -> bool:
+        return False
+
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_PATH_EVENTS = {  # audit event -> (kind, index of the path, index of its dir_fd or None)
+    "os.mkdir": ("mkdir", 0, 2),
+    "os.remove": ("unlink", 0, 1),
+    "os.rmdir": ("rmdir", 0, 1),
+    "os.truncate": ("truncate", 0, None),
+    "os.chmod": ("chmod", 0, 2),
+    "os.chown": ("chown", 0, 3),
+    "os.utime": ("utime", 0, 3),
+    "os.symlink": ("symlink", 1, 2),
+    "os.link": ("link", 1, 3),
+    "os.setxattr": ("setxattr", 0, None),
+    "os.removexattr": ("removexattr", 0, None),
+}
+_RENAMEAT2_KIND = {1: "rename-noreplace", 2: "exchange"}
+_TRASH_ID = re.compile(r"^(\.ckpt/trash/[^/]+)\.[0-9a-f]{12}(?=/|$)")
+
+
+def _rename2_code() -> CodeType | None:
+    func = getattr(ckpt._storage, "_rename2", None)
+    return getattr(func, "__code__", None)
+
+
+class FileOps:
+    """Counts the file operations made under ``directory``; kills the process at one."""
+
+    def __init__(
+        self, directory: str, *, kill_at: int | None = None, marker: str | None = None
+    ) -> None:
+        self.roots = sorted({os.path.abspath(directory), os.path.realpath(directory)})
+        self.kill_at = kill_at
+        self.marker = marker
+        self.event = STARTUP
+        self.ops: list[tuple[str, str, int]] = []  # (kind, what, event)
+        self._last_open: str | None = None
+        self._busy = False
+        self._rename2 = _rename2_code()
+        self._syscalls: dict[Callable[..., Any], str] = {
+            os.fsync: "fsync",
+            os.fdatasync: "fsync",
+            os.write: "write",
+            os.pwrite: "write",
+        }
+
+    def start(self) -> None:
+        sys.addaudithook(self._audit)
+        sys.setprofile(self._profile)
+
+    def stop(self) -> None:
+        sys.setprofile(None)
+        self.kill_at = None  # audit hooks cannot be removed: make this one inert
+        self.roots = []
+
+    # --- naming -------------------------------------------------------------------
+
+    def _rel(self, path: Any, dir_fd: Any = None) -> str | None:
+        """``path`` relative to the directory ("." for itself), or None if outside."""
+        try:
+            if isinstance(path, int):
+                full = os.readlink(f"/proc/self/fd/{path}")
+            else:
+                full = os.fsdecode(os.fspath(path))
+                if not os.path.isabs(full) and isinstance(dir_fd, int) and dir_fd >= 0:
+                    full = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), full)
+                full = os.path.abspath(full)
+        except (OSError, TypeError):
+            return None
+        for root in self.roots:
+            if full == root:
+                return "."
+            if full.startswith(root + os.sep):
+                # trash entries carry a random suffix: name them the same in every run
+                return _TRASH_ID.sub(r"\1.ID", full[len(root) + 1 :])
+        return None
+
+    # --- hooks --------------------------------------------------------------------
+
+    def _audit(self, event: str, args: tuple[Any, ...]) -> None:
+        if self._busy or not self.roots:
+            return
+        self._busy = True
+        try:
+            if event == "open":
+                path, _mode, flags = args
+                rel = self._rel(path)
+                self._last_open = rel
+                if rel is not None and isinstance(flags, int) and flags & _WRITE_FLAGS:
+                    self._op("open-write", rel)
+            elif event == "os.rename":  # os.rename and os.replace
+                src, dst, src_fd, dst_fd = args
+                a, b = self._rel(src, src_fd), self._rel(dst, dst_fd)
+                if a is not None or b is not None:
+                    self._op("rename", f"{a} -> {b}")
+            elif event in _PATH_EVENTS:
+                kind, at, fd_at = _PATH_EVENTS[event]
+                rel = self._rel(args[at], args[fd_at] if fd_at is not None else None)
+                if rel is not None:
+                    self._op(kind, rel)
+        finally:
+            self._busy = False
+
+    def _profile(self, frame: FrameType, event: str, arg: Any) -> None:
+        if self._busy or not self.roots:
+            return
+        self._busy = True
+        try:
+            if event == "call" and frame.f_code is self._rename2:
+                src, dst, flags = (frame.f_locals.get(k) for k in ("src", "dst", "flags"))
+                a, b = self._rel(src), self._rel(dst)
+                if a is not None or b is not None:
+                    self._op(_RENAMEAT2_KIND.get(flags, f"renameat2-{flags}"), f"{a} -> {b}")
+            elif event == "c_call":
+                kind = self._syscalls.get(arg)
+                if kind is not None:
+                    if self._last_open is not None:
+                        self._op(kind, self._last_open)
+                elif getattr(arg, "__name__", None) == "write":
+                    name = getattr(getattr(arg, "__self__", None), "name", None)
+                    rel = self._rel(name) if isinstance(name, (str, os.PathLike)) else None
+                    if rel is not None:
+                        self._op("write", rel)
+        finally:
+            self._busy = False
+
+    def _op(self, kind: str, what: str) -> None:
+        index = len(self.ops)
+        self.ops.append((kind, what, self.event))
+        if index == self.kill_at:
+            if self.marker is not None:
+                fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.write(fd, json.dumps([index, kind, what, self.event]).encode())
+                os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(5)
+            os._exit(70)  # never reached: SIGKILL to oneself is delivered at once
+
+
+# --- the job ---------------------------------------------------------------------------
+
+
+def _state(manager: ckpt.CheckpointManager, directory: Path) -> dict[str, Any]:
+    trash = directory / ".ckpt" / "trash"
+    return {
+        "recovery": sorted([a.kind, a.path.name] for a in manager.recovery),
+        "entries": sorted(os.listdir(directory)),
+        "trash": sorted(os.listdir(trash)) if trash.is_dir() else None,
+        "steps": {str(r.step): tree_digest(r.path) for r in manager.list_checkpoints()},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    directory = Path(args.directory)
+    ops: FileOps | None = None
+    if args.record is not None or args.kill_at is not None:
+        ops = FileOps(str(directory), kill_at=args.kill_at, marker=args.marker)
+        ops.start()
+    versions: dict[int, dict[str, str]] = {}
+    storage = _NoExchange() if args.mode == "two-renames" else None
+    manager = ckpt.CheckpointManager(config(directory), storage=storage)
+    latest = manager.get_latest_checkpoint_path()
+    info = manager.load_training_info(latest)
+    start = int(info["event"]) + 1 if info is not None else 0
+    report: dict[str, Any] = {"start": start, "resumed": _state(manager, directory)}
+    for event in range(start, len(EVENTS)):
+        if ops is not None:
+            ops.event = event
+        step, _ = EVENTS[event]
+        with manager.checkpoint(step, training_info(event), run_config(event)) as path:
+            for rel, chunks in payload(event).items():
+                if "/" in rel:
+                    (path / rel).parent.mkdir()
+                with open(path / rel, "wb", buffering=0) as f:  # one write(2) per chunk
+                    for data in chunks:
+                        f.write(data)
+            if args.record is not None:
+                versions[event] = tree_digest(path)
+    if ops is not None:
+        ops.event = TIDY
+    # Recovery does not re-apply retention: a crash after the last save was published but
+    # before its prune finished leaves a checkpoint retention would drop, and a restart
+    # resumes after that save, so nothing would prune it. A job finishes that prune itself.
+    manager.remove_old_checkpoints()
+    if ops is not None:
+        ops.stop()
+    report["final"] = _state(manager, directory)
+    manager.close()
+    if args.record is not None:
+        assert ops is not None
+        Path(args.record).write_text(json.dumps({"ops": ops.ops, "versions": versions}))
+    if args.report is not None:
+        Path(args.report).write_text(json.dumps(report))
+    return 0
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", nargs="?")
+    parser.add_argument("--mode", choices=["exchange", "two-renames"], default="exchange")
+    parser.add_argument("--record", help="write the operations and versions here")
+    parser.add_argument("--kill-at", type=int, help="SIGKILL before this operation")
+    parser.add_argument("--marker", help="write the operation killed at here")
+    parser.add_argument("--report", help="write the state after recovery and at the end")
+    parser.add_argument("--log", help="(--serve requests) the child's stdout and stderr")
+    parser.add_argument("--serve", action="store_true", help="be a fork server")
+    args = parser.parse_args(argv)
+    if not args.serve and args.directory is None:
+        parser.error("the checkpoint directory is required")
+    return args
+
+
+def _child(argv: list[str]) -> None:
+    code = 1
+    try:
+        args = parse(argv)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        if args.log is not None:
+            log = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.close(log)
+        signal.alarm(WATCHDOG_S)  # a hung job dies of SIGALRM, not of SIGKILL
+        code = run(args)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> int:
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        argv = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            _child(argv)
+        _, status = os.waitpid(pid, 0)
+        sys.stdout.write(json.dumps({"exit": os.waitstatus_to_exitcode(status)}) + "\n")
+        sys.stdout.flush()
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    if args.serve:
+        return serve()
+    signal.alarm(WATCHDOG_S)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
