@@ -27,6 +27,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ckpt import CheckpointManager
@@ -70,58 +71,72 @@ def _median_us(samples: list[float]) -> float:
     return statistics.median(samples) * 1e6
 
 
-def measure(count: int, repeats: int, *, durable: bool, root: Path) -> dict[str, float]:
-    """Median microseconds of each operation with ``count`` checkpoints on disk."""
+def measure(
+    sizes: list[int], repeats: int, *, durable: bool, root: Path
+) -> dict[int, dict[str, float]]:
+    """Median microseconds of each operation, for each number of checkpoints on disk.
+
+    The sizes are measured side by side, save after save in turn, so that they see the
+    same machine noise.
+    """
     scratch = Path(tempfile.mkdtemp(dir=root))
-    try:
-        ours, base = scratch / "ours", scratch / "base"
-        _populate(ours, count)
-        _populate(base, count)
-        config = {
-            "checkpoint_dir": str(ours),
+    samples: dict[int, dict[str, list[float]]] = {n: {} for n in sizes}
+
+    def timed(count: int, name: str, operation: Callable[[], object]) -> None:
+        start = time.perf_counter()
+        operation()
+        samples[count].setdefault(name, []).append(time.perf_counter() - start)
+
+    def config(count: int) -> dict[str, object]:
+        return {
+            "checkpoint_dir": str(scratch / f"ours{count}"),
             "metric_name": "loss",
             "higher_is_better": False,
             "fsync": durable,
         }
-        save, rescan, first_best, first_latest, best, latest = [], [], [], [], [], []
-        with CheckpointManager(config) as manager:
+
+    try:
+        for count in sizes:
+            _populate(scratch / f"ours{count}", count)
+            _populate(scratch / f"base{count}", count)
+        managers = {count: CheckpointManager(config(count)) for count in sizes}
+        try:
             for i in range(repeats):
-                step = count + i
-                start = time.perf_counter()
-                path = manager.init_tmp_checkpoint(step, {"step": step, "loss": 0.5})
-                manager.finalize_checkpoint(path)
-                save.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                manager.get_best_checkpoint_path()
-                first_best.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                manager.get_latest_checkpoint_path()
-                first_latest.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                _baseline_save(base, step, durable=durable)
-                rescan.append(time.perf_counter() - start)
+                for count, manager in managers.items():
+                    step = count + i
+
+                    def save(manager: CheckpointManager = manager, step: int = step) -> None:
+                        path = manager.init_tmp_checkpoint(step, {"step": step, "loss": 0.5})
+                        manager.finalize_checkpoint(path)
+
+                    timed(count, "save", save)
+                    timed(count, "best_after_save", manager.get_best_checkpoint_path)
+                    timed(count, "latest_after_save", manager.get_latest_checkpoint_path)
+                    base = scratch / f"base{count}"
+                    timed(
+                        count,
+                        "rescan",
+                        lambda b=base, s=step: _baseline_save(b, s, durable=durable),
+                    )
             for _ in range(200):
-                start = time.perf_counter()
-                manager.get_best_checkpoint_path()
-                best.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                manager.get_latest_checkpoint_path()
-                latest.append(time.perf_counter() - start)
-        cold = []
+                for count, manager in managers.items():
+                    timed(count, "best", manager.get_best_checkpoint_path)
+                    timed(count, "latest", manager.get_latest_checkpoint_path)
+        finally:
+            for manager in managers.values():
+                manager.close()
         for _ in range(5):
-            start = time.perf_counter()
-            with CheckpointManager(config) as manager:
-                manager.get_best_checkpoint_path()
-                manager.get_latest_checkpoint_path()
-            cold.append(time.perf_counter() - start)
+            for count in sizes:
+
+                def cold(count: int = count) -> None:
+                    with CheckpointManager(config(count)) as manager:
+                        manager.get_best_checkpoint_path()
+                        manager.get_latest_checkpoint_path()
+
+                timed(count, "cold_start", cold)
         return {
-            "save": _median_us(save),
-            "rescan": _median_us(rescan),
-            "best_after_save": _median_us(first_best),
-            "latest_after_save": _median_us(first_latest),
-            "best": _median_us(best),
-            "latest": _median_us(latest),
-            "cold_start": _median_us(cold),
+            count: {name: _median_us(values) for name, values in by_name.items()}
+            for count, by_name in samples.items()
         }
     finally:
         shutil.rmtree(scratch)
@@ -155,10 +170,9 @@ def main() -> None:
     )
     print(header)
     for durable in (False, True):
-        first_save = None
-        for count in args.sizes:
-            r = measure(count, args.repeats, durable=durable, root=root)
-            first_save = first_save or r["save"]
+        results = measure(args.sizes, args.repeats, durable=durable, root=root)
+        first_save = results[args.sizes[0]]["save"]
+        for count, r in results.items():
             print(
                 f"{'on' if durable else 'off':>5} {count:>7} {r['save']:>8.0f} "
                 f"{r['rescan']:>9.0f} {r['rescan'] / r['save']:>5.1f}x "
