@@ -12,10 +12,12 @@ from ckpt._errors import (
     CheckpointError,
     CheckpointNotFoundError,
     ConfigFileError,
+    DeviceUnavailableError,
     InvalidCheckpointPathError,
     InvalidStepError,
     ReadOnlyError,
     SerializationError,
+    StateNotFoundError,
 )
 from ckpt._manager import CheckpointManager
 from ckpt._protocol import RecoveryAction
@@ -36,6 +38,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointRecord",
     "ConfigFileError",
+    "DeviceUnavailableError",
     "Entry",
     "InvalidCheckpointPathError",
     "InvalidStepError",
@@ -45,6 +48,7 @@ __all__ = [
     "ReadOnlyError",
     "RecoveryAction",
     "SerializationError",
+    "StateNotFoundError",
     "Storage",
     "VerifyReport",
     "load_config",

@@ -5,10 +5,13 @@ specific one also derives from the built-in exception a caller would naturally c
 
     CheckpointError                      (Exception)
     ├── ConfigFileError                  (ValueError)       config file unreadable as YAML
-    ├── SerializationError               (ValueError)       training info/run config unstorable
+    ├── SerializationError               (ValueError)       info, config or state unstorable,
+    │                                                           or a state file unreadable
     ├── InvalidStepError                 (ValueError)       step is not a non-negative integer
     ├── InvalidCheckpointPathError       (ValueError)       not a temporary dir of this manager
     ├── CheckpointNotFoundError          (LookupError)      no finalized checkpoint at that step
+    ├── StateNotFoundError               (FileNotFoundError) no state file where load_state looked
+    ├── DeviceUnavailableError           (RuntimeError)     load_state's target device is unusable
     ├── ReadOnlyError                    (PermissionError)  write on a read-only or disabled manager
     └── CheckpointDirLockedError         (BlockingIOError)  another process is the writer
 
@@ -28,9 +31,10 @@ class ConfigFileError(CheckpointError, ValueError):
 
 
 class SerializationError(CheckpointError, ValueError):
-    """Training info or a run config holds a value that cannot be stored.
+    """Training info, a run config or a model state holds a value that cannot be stored.
 
-    Raised before anything is written, so no temporary directory is left behind.
+    Raised before anything is written, so no temporary directory or file is left
+    behind. `ckpt.torch.load_state` also raises it for a file it did not write.
     """
 
 
@@ -44,6 +48,17 @@ class InvalidCheckpointPathError(CheckpointError, ValueError):
 
 class CheckpointNotFoundError(CheckpointError, LookupError):
     """No finalized checkpoint exists at the requested step."""
+
+
+class StateNotFoundError(CheckpointError, FileNotFoundError):
+    """`ckpt.torch.load_state` found no state file (or no directory) where it looked."""
+
+
+class DeviceUnavailableError(CheckpointError, RuntimeError):
+    """`ckpt.torch.load_state` was asked to put tensors on a device this process lacks.
+
+    A `RuntimeError`, as ``torch.load`` raises in that case.
+    """
 
 
 class ReadOnlyError(CheckpointError, PermissionError):

@@ -15,6 +15,7 @@ CKPT_EXPORTS = [
     "CheckpointNotFoundError",
     "CheckpointRecord",
     "ConfigFileError",
+    "DeviceUnavailableError",
     "Entry",
     "InvalidCheckpointPathError",
     "InvalidStepError",
@@ -24,6 +25,7 @@ CKPT_EXPORTS = [
     "ReadOnlyError",
     "RecoveryAction",
     "SerializationError",
+    "StateNotFoundError",
     "Storage",
     "VerifyReport",
     "load_config",
@@ -76,6 +78,8 @@ def test_every_error_derives_from_checkpoint_error_and_a_builtin() -> None:
         "CheckpointNotFoundError": LookupError,
         "ReadOnlyError": PermissionError,
         "CheckpointDirLockedError": BlockingIOError,
+        "StateNotFoundError": FileNotFoundError,
+        "DeviceUnavailableError": RuntimeError,
     }
     for name, builtin in builtins.items():
         error = getattr(ckpt, name)
@@ -106,9 +110,16 @@ with CheckpointManager({{"checkpoint_dir": {str(tmp_path)!r}, "keep_top_k": 1}})
     with m.checkpoint(3, {{"loss": np.float32(0.5)}}) as path:
         (path / "w").write_bytes(b"1")
     print(m.get_latest_checkpoint_path())
+    for save in (m.save, m.save_async):
+        try:
+            save(4, {{}}, {{}})
+        except ImportError as exc:
+            print(exc)
 """
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(tmp_path / "step_3")
+    hint = "saving model state needs torch: pip install 'ckpt-warden[torch]'"
+    assert result.stdout.splitlines() == [str(tmp_path / "step_3"), hint, hint]
+    assert not (tmp_path / "step_4").exists()
