@@ -222,8 +222,9 @@ class CheckpointConfig(_Strict):
     )
     keep_top_k: Annotated[int | None, Field(ge=0), _count(0, nullable=True)] = Field(
         None,
-        description="Keep the k best checkpoints plus the latest one. Unset (and no "
-        "ft_keep_latest_k): keep all.",
+        description="Keep the k best checkpoints plus the latest one. Unset: keep all "
+        "(except that with save_period > 1 and ft_keep_latest_k, steps off the period "
+        "are kept only while among the ft_keep_latest_k most recent).",
     )
     retention: RetentionSpec | None = Field(
         None, description="A retention policy by kind; replaces keep_top_k/ft_keep_latest_k."
@@ -243,6 +244,12 @@ class CheckpointConfig(_Strict):
         True,
         description="fsync files and directories on commit and delete. Turn off only "
         "on storage where durability does not matter (tmpfs, tests).",
+    )
+    max_pending_saves: Annotated[int, Field(ge=1), _count(1, nullable=False)] = Field(
+        1,
+        description="How many save_async snapshots may wait to be written. Each is a "
+        "host copy of the state, reused from save to save; save_async blocks when all "
+        "are in use.",
     )
     # NeMo RL keys carried for the training loop; the manager does not use them.
     checkpoint_must_save_by: Annotated[str | None, BeforeValidator(_deadline)] = Field(

@@ -7,7 +7,8 @@ import logging
 import numbers
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any
 
 from ckpt import _layout, _protocol
+from ckpt._async import AsyncWriter, import_torch
 from ckpt._config import CheckpointConfig
 from ckpt._errors import (
     CheckpointError,
@@ -53,6 +55,9 @@ class _Directory:
         self.users = 0
         self.lock: Lock | None = None
         self.recovery: tuple[RecoveryAction, ...] = ()
+        # Steps that background saves of this directory have accepted and not finished:
+        # retention must not delete a checkpoint one of them is about to replace.
+        self.saving: Counter[int] = Counter()
         # Read-only views re-list the directory on each query and re-read only what changed;
         # an entry that is not a checkpoint is remembered too (None), so it is warned of once.
         self._seen: dict[int, tuple[tuple[int, int], CheckpointRecord | None]] = {}
@@ -221,6 +226,7 @@ class CheckpointManager:
         self._durable = self.config.fsync
         self._closed = False
         self._tracker = Tracker(self.retention, self.ranking)
+        self._async: AsyncWriter | None = None
         given = storage
         storage = storage if storage is not None else LocalStorage()
         if self.read_only:
@@ -273,15 +279,26 @@ class CheckpointManager:
     # --- life cycle ---------------------------------------------------------------
 
     def close(self) -> None:
-        """Release this manager; the directory lock goes with the last writer of it.
+        """Finish pending background saves, then release this manager.
 
-        Calling it twice is harmless. A closed manager refuses further use.
+        The directory lock goes with the last writer of it. Calling it twice is
+        harmless. A closed manager refuses further use.
+
+        Raises:
+            Exception: The first error of a background save not raised yet; the manager
+                is closed all the same.
         """
         if self._closed:
             return
-        self._closed = True
-        if self.read_only:
-            return
+        try:
+            if self._async is not None:
+                self._async.stop()
+        finally:
+            self._closed = True
+            if not self.read_only:
+                self._release()
+
+    def _release(self) -> None:
         with writers_mutex:
             self._dir.users -= 1
             if self._dir.users == 0:
@@ -352,6 +369,11 @@ class CheckpointManager:
         step = _check_step(step)
         info_bytes = encode_training_info(training_info)
         config_bytes = encode_run_config(run_config) if run_config is not None else None
+        return self._init_tmp(state, step, info_bytes, config_bytes)
+
+    def _init_tmp(
+        self, state: _Directory, step: int, info_bytes: bytes, config_bytes: bytes | None
+    ) -> Path:
         tmp = self.checkpoint_dir / _layout.tmp_name(step)
         with state.mutex:
             if state.storage.entry(tmp) is not None:
@@ -441,12 +463,15 @@ class CheckpointManager:
                 tracker.added(state.index, step, state.version)
             tracker.sync(state.version)
             logger.info("committed %s", final)
+            protected = self._saving(state, but=step)
             if frontier_current and tracker.parts is not None:
                 reason = f"not kept by {self.retention!r}"
                 doomed = dict.fromkeys(tracker.doomed(state.index, step), reason)
-                failed = self._delete(state, doomed)
+                held = [s for s in doomed if s in protected]
+                failed = self._delete(state, {s: doomed[s] for s in doomed if s not in held})
+                failed = failed or bool(held)  # kept for now: decide over everything next time
             else:
-                failed = self._prune(state, self.retention, {})
+                failed = self._prune(state, self.retention, protected)
                 tracker.resync_frontiers(state.index)
             tracker.frontier_version = -1 if failed else state.version
 
@@ -474,14 +499,16 @@ class CheckpointManager:
     ) -> Iterator[Path]:
         """Yield a temporary directory; finalize it on success, abort it on an exception.
 
-        Example::
-
+        Example:
+            ```python
             with manager.checkpoint(step, {"val_loss": loss}) as path:
                 torch.save(model.state_dict(), path / "model.pt")
+            ```
 
         Raises:
-            The errors of `init_tmp_checkpoint` and `finalize_checkpoint`; an exception
-            from the body is re-raised after the temporary directory is removed.
+            Exception: The errors of `init_tmp_checkpoint` and `finalize_checkpoint`; an
+                exception from the body is re-raised after the temporary directory is
+                removed.
         """
         path = self.init_tmp_checkpoint(step, training_info, run_config)
         try:
@@ -494,6 +521,127 @@ class CheckpointManager:
             raise
         self.finalize_checkpoint(path)
 
+    # --- saving model state ---------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        training_info: Mapping[str, Any],
+        state: Any,
+        *,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Save ``state`` as the checkpoint of ``step`` and wait until it is committed.
+
+        The state (a possibly nested dict of tensors, see `ckpt.torch.save_state`) is
+        written into a temporary directory, fsynced, published as ``step_N`` and
+        retention is applied, as `finalize_checkpoint` does. Background saves
+        submitted earlier finish first, so steps are committed in submission order.
+
+        Args:
+            step: The training step, a non-negative integer.
+            training_info: Metrics and counters, stored as ``training_info.json``.
+            state: The model (and optimizer) state; read it back with
+                `ckpt.torch.load_state`.
+            run_config: The run's configuration, stored as ``config.yaml``.
+
+        Returns:
+            The path of the committed checkpoint, ``checkpoint_dir/step_N``.
+
+        Raises:
+            ImportError: If torch is not installed.
+            InvalidStepError: If ``step`` is not a non-negative integer.
+            SerializationError: If the info or the state holds something that cannot be
+                stored; nothing is written then.
+            ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+            Exception: An error of an earlier `save_async`, raised here if not raised yet.
+        """
+        self._writable()
+        step = _check_step(step)
+        save_state, _ = _state_io()
+        self.wait_until_finished()
+        with self.checkpoint(step, training_info, run_config) as path:
+            save_state(path, state, fsync=self._durable)
+        return self.checkpoint_dir / _layout.step_name(step)
+
+    def save_async(
+        self,
+        step: int,
+        training_info: Mapping[str, Any],
+        state: Any,
+        *,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Snapshot ``state`` to host memory and save it on a background thread.
+
+        It returns once every tensor is copied into host buffers that are reused from
+        save to save, so the caller may change its tensors right away. Writing, fsync,
+        publishing and retention then happen in the background, one save at a time in
+        submission order. Once ``max_pending_saves`` snapshots (default 1) wait to be
+        written, the next call blocks until one is done. Retention never deletes a
+        checkpoint that a pending save will replace. Call `wait_until_finished` (or
+        `close`, or leave a ``with`` block) before reading what was saved; saves still
+        pending when the interpreter exits are finished first.
+
+        Args:
+            step: The training step, a non-negative integer.
+            training_info: Metrics and counters; encoded now, so later changes to the
+                dict do not leak into the checkpoint.
+            state: The model (and optimizer) state, as for `save`.
+            run_config: The run's configuration, stored as ``config.yaml``.
+
+        Raises:
+            ImportError: If torch is not installed.
+            InvalidStepError: If ``step`` is not a non-negative integer.
+            SerializationError: If the info or the state holds something that cannot be
+                stored; nothing is queued then.
+            ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+            Exception: The error of an earlier background save, raised once, here or
+                from the next call that waits; this save is then not submitted.
+        """
+        directory = self._writable()
+        step = _check_step(step)
+        info_bytes = encode_training_info(training_info)
+        config_bytes = encode_run_config(run_config) if run_config is not None else None
+        save_state, check_state = _state_io()
+        check_state(state)  # refuse a bad state here, not in the background
+        if self._async is None:
+            self._async = AsyncWriter(
+                f"ckpt-save {self.checkpoint_dir.name}", self.config.max_pending_saves
+            )
+        writer = self._async
+
+        def write(snapshot: Any) -> None:
+            try:
+                tmp = self._init_tmp(directory, step, info_bytes, config_bytes)
+                try:
+                    save_state(tmp, snapshot, fsync=self._durable)
+                except BaseException:
+                    self.abort_checkpoint(tmp)
+                    raise
+                self.finalize_checkpoint(tmp)
+            finally:
+                with directory.mutex:
+                    directory.saving[step] -= 1
+
+        with directory.mutex:
+            directory.saving[step] += 1
+        try:
+            writer.submit(step, state, write)
+        except BaseException:
+            with directory.mutex:
+                directory.saving[step] -= 1
+            raise
+
+    def wait_until_finished(self) -> None:
+        """Block until every `save_async` of this manager is committed (or failed).
+
+        Raises:
+            Exception: The first error of a background save not raised yet.
+        """
+        if self._async is not None:
+            self._async.wait()
+
     # --- retention ----------------------------------------------------------------
 
     def _prune(
@@ -502,6 +650,14 @@ class CheckpointManager:
         """Apply ``policy`` to every checkpoint; ``True`` if a delete failed."""
         decisions = decide(policy, list(state.index.values()), protected=protected)
         return self._delete(state, {d.step: d.reason for d in decisions if not d.keep})
+
+    @staticmethod
+    def _saving(state: _Directory, but: int | None = None) -> dict[int, str]:
+        return {
+            step: "a save in progress is replacing it"
+            for step, count in state.saving.items()
+            if count and step != but
+        }
 
     def _delete(self, state: _Directory, doomed: Mapping[int, str]) -> bool:
         """Delete the checkpoints at ``doomed`` (step -> reason); ``True`` if one failed."""
@@ -542,26 +698,37 @@ class CheckpointManager:
         """
         state = self._writable()
         with state.mutex:
-            policy = self.retention
-            protected: dict[int, str] = {}
-            if exclude_latest and state.index:
-                protected[max(state.index)] = "latest step (exclude_latest=True)"
-            elif not exclude_latest and isinstance(policy, Hybrid):
-                policy = policy.without_latest()
-            self._prune(state, policy, protected)
+            self._prune(state, *self._manual_policy(state, exclude_latest))
 
-    def plan_retention(self) -> list[Decision]:
+    def _manual_policy(
+        self, state: _Directory, exclude_latest: bool
+    ) -> tuple[RetentionPolicy, dict[int, str]]:
+        policy = self.retention
+        protected = self._saving(state)
+        if exclude_latest and state.index:
+            protected[max(state.index)] = "latest step (exclude_latest=True)"
+        elif not exclude_latest and isinstance(policy, Hybrid):
+            policy = policy.without_latest()
+        return policy, protected
+
+    def plan_retention(self, exclude_latest: bool | None = None) -> list[Decision]:
         """Say, for every checkpoint, whether retention keeps it and why; change nothing.
 
-        This is what the next `finalize_checkpoint` would apply to the current
-        checkpoints (pins included).
+        Args:
+            exclude_latest: ``None`` (the default) plans what the next
+                `finalize_checkpoint` applies; ``True`` or ``False`` plans what
+                `remove_old_checkpoints` with that argument would do now.
 
         Returns:
-            One `policies.Decision` per checkpoint, sorted by step.
+            One `policies.Decision` per checkpoint (pins included), sorted by step.
         """
         state = self._usable()
         with state.mutex:
-            return decide(self.retention, list(state.index.values()))
+            if exclude_latest is None:
+                policy, protected = self.retention, self._saving(state)
+            else:
+                policy, protected = self._manual_policy(state, exclude_latest)
+            return decide(policy, list(state.index.values()), protected=protected)
 
     def pin(self, step: int) -> None:
         """Protect the checkpoint at ``step`` from pruning; the pin survives restarts.
@@ -676,6 +843,14 @@ class CheckpointManager:
         if not self.read_only:
             with state.mutex:
                 state.scan()
+
+
+def _state_io() -> tuple[Callable[..., Path], Callable[[Any], object]]:
+    """``ckpt.torch``'s writer and its check of a state (imported on first use)."""
+    import_torch()  # for its message naming the extra
+    from ckpt.torch import _plan, save_state  # noqa: PLC0415 - torch is an optional extra
+
+    return save_state, _plan
 
 
 def _describe_steps(index: Mapping[int, Any]) -> str:

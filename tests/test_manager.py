@@ -1107,3 +1107,19 @@ def test_a_prune_that_failed_is_retried_by_the_next_save(
     storage.fail = False
     save(manager, 5, {})
     assert steps(manager) == [4, 5]
+
+
+@pytest.mark.parametrize("exclude_latest", [True, False])
+def test_plan_retention_foretells_remove_old_checkpoints(
+    make_manager: Make, save: Save, exclude_latest: bool
+) -> None:
+    writer = make_manager()  # keep-all while saving
+    for step, loss in [(1, 0.2), (2, 0.1), (3, 0.5), (4, 0.9)]:
+        save(writer, step, {"loss": loss})
+    writer.close()
+    manager = make_manager(metric_name="loss", higher_is_better=False, keep_top_k=1)
+    assert [d.keep for d in manager.plan_retention()] == [False, True, False, True]
+    plan = manager.plan_retention(exclude_latest=exclude_latest)
+    manager.remove_old_checkpoints(exclude_latest=exclude_latest)
+    assert steps(manager) == [d.step for d in plan if d.keep]
+    assert steps(manager) == ([2, 4] if exclude_latest else [2])

@@ -1,0 +1,190 @@
+"""Asynchronous saving: snapshot to host memory in the caller, write in the background.
+
+The caller pays for one copy of its tensors into host buffers that are kept and reused
+from one save to the next (a fresh allocation of a large state costs more than the
+copy). A single background thread per manager then writes, fsyncs, finalizes and
+prunes, in the order the saves were submitted. With ``max_in_flight`` buffer sets, the
+caller blocks once that many snapshots are waiting to be written, so memory is bounded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger("ckpt")
+
+Buffers = dict[tuple[Any, ...], "torch.Tensor"]
+
+
+def import_torch() -> Any:
+    try:
+        import torch  # noqa: PLC0415 - torch is an optional extra
+    except ImportError as exc:
+        raise ImportError(
+            "saving model state needs torch: pip install 'ckpt-warden[torch]'"
+        ) from exc
+    return torch
+
+
+def snapshot(state: Any, buffers: Buffers) -> Any:
+    """Copy ``state`` with every tensor moved into a host buffer from ``buffers``.
+
+    ``state`` has been checked already (`ckpt.torch` refuses what it cannot save). A
+    buffer is reused when the tensor at the same place has the same shape and dtype as
+    last time. Two places holding the same view of the same memory (tied weights) get
+    one copy, so they stay tied in the file.
+    """
+    torch = import_torch()
+    copies: dict[tuple[Any, ...], Any] = {}
+    cuda = False
+
+    def copy(value: Any, where: tuple[Any, ...]) -> Any:
+        nonlocal cuda
+        if isinstance(value, torch.Tensor):
+            source = value.detach()
+            memory = (
+                source.untyped_storage().data_ptr(),
+                source.storage_offset(),
+                tuple(source.shape),
+                source.stride(),
+                source.dtype,
+                source.device,
+            )
+            if memory in copies:
+                return copies[memory]
+            buffer = buffers.get(where)
+            if buffer is None or buffer.shape != source.shape or buffer.dtype != source.dtype:
+                pin = source.is_cuda and torch.cuda.is_available()
+                buffer = torch.empty(source.shape, dtype=source.dtype, pin_memory=pin)
+                buffers[where] = buffer
+            buffer.copy_(source, non_blocking=source.is_cuda)
+            cuda = cuda or source.is_cuda
+            copies[memory] = buffer
+            return buffer
+        if isinstance(value, Mapping):
+            return {key: copy(item, (*where, key)) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            items = [copy(item, (*where, i)) for i, item in enumerate(value)]
+            return items if isinstance(value, list) else tuple(items)
+        return value  # a number, string, bool or None
+
+    result = copy(state, ())
+    if cuda:
+        torch.cuda.synchronize()  # the non-blocking copies must land before we return
+    return result
+
+
+@dataclass
+class Job:
+    """One save waiting for the background thread."""
+
+    step: int
+    write: Callable[[], None]
+    buffers: Buffers
+
+
+class AsyncWriter:
+    """The background thread of one manager and its pool of snapshot buffers."""
+
+    def __init__(self, name: str, max_in_flight: int) -> None:
+        self._free: queue.Queue[Buffers] = queue.Queue()
+        for _ in range(max_in_flight):
+            self._free.put({})
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._done = threading.Condition()
+        self._pending: list[int] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    @property
+    def pending_steps(self) -> list[int]:
+        """The steps submitted and not yet finished, in order."""
+        with self._done:
+            return list(self._pending)
+
+    def submit(self, step: int, state: Any, write: Callable[[Any], None]) -> None:
+        """Snapshot ``state`` (blocking while every buffer set is in use), then queue it.
+
+        Raises:
+            Exception: The first background error not raised yet; nothing is queued.
+        """
+        buffers = self._free.get()
+        try:
+            # Waiting for buffers may have let an earlier save fail: raise it, in place of
+            # submitting this one.
+            self.raise_error()
+            copied = snapshot(state, buffers)
+        except BaseException:
+            self._free.put(buffers)
+            raise
+        with self._done:
+            self._pending.append(step)
+        self._jobs.put(Job(step, lambda: write(copied), buffers))
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job.write()
+            except BaseException as exc:
+                logger.error("background save of step %d failed: %s", job.step, exc)
+                with self._done:
+                    if self._error is None:
+                        self._error = exc
+            finally:
+                self._free.put(job.buffers)
+                with self._done:
+                    self._pending.remove(job.step)
+                    self._done.notify_all()
+
+    def raise_error(self) -> None:
+        """Raise the first background error not raised yet, if any."""
+        with self._done:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def wait(self) -> None:
+        """Block until every submitted save is finished, then raise any error."""
+        with self._done:
+            self._done.wait_for(lambda: not self._pending)
+        self.raise_error()
+
+    def stop(self) -> None:
+        """Finish every submitted save, stop the thread, then raise any error."""
+        try:
+            with self._done:
+                self._done.wait_for(lambda: not self._pending)
+        finally:
+            self._jobs.put(None)
+            self._thread.join()
+            _live.discard(self)
+        self.raise_error()
+
+
+_live: weakref.WeakSet[AsyncWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    # The thread is a daemon so that a loop that never closes its manager cannot hang
+    # the interpreter; saves it accepted still complete before the process exits.
+    for writer in list(_live):
+        try:
+            writer.stop()
+        except BaseException as exc:
+            logger.error("a background save failed at exit: %s", exc)
