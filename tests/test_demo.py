@@ -1,30 +1,51 @@
+"""The demo's engine, in process; `tests/test_cli.py` runs the whole demo end to end."""
+
+from __future__ import annotations
+
+import math
+import sys
 from pathlib import Path
 
 import pytest
 
-from ckpt import demo
+import ckpt
+from ckpt import _demo
 
 
-def test_demo_run_keeps_the_best_three_the_latest_and_the_pin(tmp_path: Path) -> None:
-    with demo.run(tmp_path / "run") as manager:
+def test_the_simulated_curve_repeats_and_has_its_gaps() -> None:
+    assert _demo.step_info(12) == _demo.step_info(12)  # a restarted run sees the same values
+    assert math.isnan(_demo.step_info(_demo.NAN_STEP)["val_reward"])
+    assert "val_reward" not in _demo.step_info(13)  # not evaluated
+    assert all("train_reward" in _demo.step_info(step) for step in range(1, _demo.STEPS + 1))
+
+
+def test_training_keeps_the_best_three_the_latest_and_the_pin(tmp_path: Path) -> None:
+    config = {**_demo.demo_config(tmp_path / "run"), "fsync": False}
+    with ckpt.CheckpointManager(config) as manager:
+        _demo.train(manager, 1, _demo.STEPS)
         records = manager.list_checkpoints()
-        steps = [r.step for r in records]
-        assert 2 in steps
-        assert records[0].pinned
-        unpinned = [r for r in records if not r.pinned]
-        assert len(unpinned) <= 4  # top-3 plus the latest
-        assert steps[-1] == 12  # the latest is exempt
-        assert 5 not in steps  # the NaN step never counts as good
-        rewards = [r.info.get("val_reward") for r in unpinned]
-        assert all(isinstance(x, float) for x in rewards)
-        assert manager.get_best_checkpoint_path() == str(tmp_path / "run" / "step_12")
-        assert (tmp_path / "run" / "step_12" / "model.bin").read_bytes() == b"resumed"
-    names = {p.name for p in (tmp_path / "run").iterdir()}
-    assert names == {".ckpt"} | {f"step_{s}" for s in steps}
+        best = manager.get_best_checkpoint_path()
+    assert [r.step for r in records] == [10, 34, 36, 40]
+    assert [r.step for r in records if r.pinned] == [_demo.PINNED_STEP]
+    assert best == str(tmp_path / "run" / "step_34")
+    assert sorted(p.name for p in (tmp_path / "run" / "step_40").iterdir()) == [
+        "config.yaml",
+        "model.bin",
+        "optimizer.bin",
+        "training_info.json",
+    ]
 
 
-def test_demo_main_prints_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    demo.main([str(tmp_path / "out")])
-    out = capsys.readouterr().out
-    assert "step  val_reward  pinned" in out
-    assert f"best:   {tmp_path / 'out' / 'step_12'}" in out
+def test_the_plot_is_skipped_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in sys.modules if n.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    assert not _demo.plot(tmp_path / "plot.png", kept={40}, pinned=set(), best=40)
+    assert not (tmp_path / "plot.png").exists()
+
+
+def test_the_demo_refuses_a_directory_that_holds_a_run(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints" / "step_1").mkdir(parents=True)
+    with pytest.raises(_demo.DemoError, match="not empty"):
+        _demo.run_demo(tmp_path)
