@@ -1,0 +1,243 @@
+"""The documentation site: generated pages, the runnable example, and API coverage.
+
+The site itself is built with ``mkdocs build --strict`` in ``.ci/run``; these tests keep
+the parts that could drift from the code honest in the fast suite.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import ckpt
+import policies
+from ckpt import CheckpointConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def hooks() -> ModuleType:
+    return _load("ckpt_docs_hooks", DOCS / "hooks.py")
+
+
+@pytest.fixture(scope="module")
+def example() -> ModuleType:
+    return _load("ckpt_docs_custom_policy", DOCS / "examples" / "custom_policy.py")
+
+
+# --- the generated configuration reference ------------------------------------------
+
+
+def _table_keys(table: str) -> list[str]:
+    """The first-column names of the rows (not the header) of a generated Markdown table."""
+    body = table.split("\n", 2)[2]
+    return re.findall(r"^\| `([^`]+)` \|", body, flags=re.MULTILINE)
+
+
+def test_config_table_has_one_row_per_field_in_order(hooks: ModuleType) -> None:
+    assert _table_keys(hooks.config_table()) == list(CheckpointConfig.model_fields)
+
+
+def test_config_table_gives_type_default_and_description(hooks: ModuleType) -> None:
+    table = hooks.config_table()
+    lines = [line for line in table.splitlines() if line.startswith("| `")]
+    rows = dict(zip(_table_keys(table), lines, strict=True))
+    assert rows["checkpoint_dir"].split(" | ")[1:3] == ["path", "required"]
+    assert rows["keep_top_k"].split(" | ")[1:3] == ["int >= 0 or null", "`null`"]
+    assert rows["fsync"].split(" | ")[1:3] == ["bool", "`true`"]
+    assert "(#retention-block)" in rows["retention"]
+    for name, field in CheckpointConfig.model_fields.items():
+        assert " ".join((field.description or "").split()) in rows[name], name
+
+
+def test_retention_table_mentions_every_kind_and_key(hooks: ModuleType) -> None:
+    table = hooks.retention_table()
+    schema = CheckpointConfig.model_json_schema()
+    union = hooks._retention_union(schema)
+    kinds = sorted(union["discriminator"]["mapping"])
+    assert sorted(_table_keys(table)) == kinds
+    for ref in union["discriminator"]["mapping"].values():
+        spec = schema["$defs"][ref.rsplit("/", 1)[-1]]
+        for key in spec["properties"]:
+            if key != "kind":
+                assert f"`{key}`:" in table, (spec["title"], key)
+
+
+def test_json_schema_block_is_the_models_schema(hooks: ModuleType) -> None:
+    block = hooks.json_schema()
+    assert block.startswith("```json\n")
+    assert block.endswith("\n```")
+    assert json.loads(block[len("```json\n") : -len("\n```")]) == (
+        CheckpointConfig.model_json_schema()
+    )
+
+
+def test_configuration_page_is_generated_and_keeps_indentation(hooks: ModuleType) -> None:
+    page = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    for marker in ("config-table", "retention-table", "json-schema"):
+        assert f"<!-- ckpt:{marker} -->" in page
+    rendered = hooks.render(page)
+    assert "<!-- ckpt:" not in rendered
+    for name in CheckpointConfig.model_fields:
+        assert f"| `{name}` |" in rendered, name
+    # The schema sits in a collapsed admonition: every line of it stays indented.
+    assert '    ```json\n    {\n      "$defs"' in rendered
+
+
+def test_an_unknown_generated_block_fails(hooks: ModuleType) -> None:
+    with pytest.raises(ValueError, match="unknown generated block 'config-tabel'"):
+        hooks.render("# page\n\n<!-- ckpt:config-tabel -->\n")
+
+
+# --- the custom policy example --------------------------------------------------------
+
+
+def test_custom_policy_example_keeps_what_the_page_says(
+    example: ModuleType, tmp_path: Path
+) -> None:
+    directory = tmp_path / "checkpoints"
+    with example.run(directory) as manager:
+        assert [r.step for r in manager.list_checkpoints()] == [4, 5, 8]
+        # Step 3 has the highest reward but is over the KL budget: never "best".
+        assert manager.get_best_checkpoint_path() == str(directory / "step_5")
+        reasons = {d.step: d.reason for d in manager.plan_retention()}
+        assert all(d.keep for d in manager.plan_retention())
+    assert "milestone curriculum-1" in reasons[4]
+    assert reasons[8] == "latest-1: #1"
+    assert {p.name for p in directory.iterdir()} == {".ckpt", "step_4", "step_5", "step_8"}
+    assert (directory / "step_5" / "model.bin").read_bytes() == b"weights of step 5"
+
+
+def test_custom_policy_example_output_is_the_one_on_the_page(
+    example: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example.main(str(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    page = (DOCS / "custom-policies.md").read_text(encoding="utf-8")
+    shown = page.split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+    assert out[:-1] == shown[:-1]  # the decisions, line for line
+    assert out[-1] == f"best: {tmp_path / 'checkpoints' / 'step_5'}"
+    assert shown[-1].startswith("best: ")
+    assert shown[-1].endswith("/checkpoints/step_5")
+
+
+def test_custom_policy_example_pure_checks_pass(example: ModuleType) -> None:
+    example.check_without_disk()
+
+
+def test_custom_ranking_is_order_independent_and_puts_bad_values_last(
+    example: ModuleType,
+) -> None:
+    views = [
+        policies.CheckpointView(step=1, info={"reward": 0.5, "kl": 0.01}),
+        policies.CheckpointView(step=2, info={"reward": float("nan"), "kl": 0.01}),
+        policies.CheckpointView(step=3, info={"reward": 0.5, "kl": 0.02}),
+        policies.CheckpointView(step=4, info={"reward": 0.9}),
+        policies.CheckpointView(step=5, info={"reward": 0.7, "kl": 0.5}),
+    ]
+    ranking = example.RewardWithinKL(max_kl=0.1)
+    order = [v.step for v in ranking.rank(views)]
+    assert order == [3, 1, 5, 4, 2]  # ties and unusable values go to the higher step
+    assert [v.step for v in ranking.rank(views[::-1])] == order
+
+
+def test_every_example_section_on_the_page_exists(example: ModuleType) -> None:
+    page = (DOCS / "custom-policies.md").read_text(encoding="utf-8")
+    source = Path(example.__file__).read_text(encoding="utf-8")
+    sections = re.findall(r'--8<-- "docs/examples/custom_policy\.py:(\w+)"', page)
+    assert sections == ["imports", "ranking", "retention", "manager", "run", "pure"]
+    for name in sections:
+        assert f"# --8<-- [start:{name}]" in source
+        assert f"# --8<-- [end:{name}]" in source
+
+
+# --- API reference coverage -----------------------------------------------------------
+
+
+def _directives() -> list[str]:
+    found = []
+    for page in sorted((DOCS / "api").glob("*.md")):
+        found += re.findall(r"^::: ([\w.]+)", page.read_text(encoding="utf-8"), re.MULTILINE)
+    return found
+
+
+def _resolve(dotted: str) -> object:
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            target: object = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[split:]:
+            target = getattr(target, attribute)
+        return target
+    raise ModuleNotFoundError(dotted)
+
+
+def test_every_api_directive_names_an_existing_object() -> None:
+    directives = _directives()
+    assert directives
+    for dotted in directives:
+        _resolve(dotted)
+
+
+@pytest.mark.parametrize("package", [ckpt, policies], ids=lambda p: p.__name__)
+def test_every_public_name_has_an_api_entry(package: ModuleType) -> None:
+    documented = set(_directives())
+    missing = [name for name in package.__all__ if f"{package.__name__}.{name}" not in documented]
+    assert not missing, f"add `::: {package.__name__}.NAME` to docs/api/ for {missing}"
+
+
+def test_every_public_name_of_ckpt_torch_has_an_api_entry() -> None:
+    module = pytest.importorskip("ckpt.torch")  # skipped without the torch extra
+    documented = set(_directives())
+    assert "ckpt.torch" in documented
+    missing = [name for name in module.__all__ if f"ckpt.torch.{name}" not in documented]
+    assert not missing, f"add `::: ckpt.torch.NAME` to docs/api/torch.md for {missing}"
+
+
+# --- pages that list what the code defines --------------------------------------------
+
+
+def test_ci_page_lists_every_problem_code_with_its_severity() -> None:
+    source = (ROOT / "ckpt" / "_verify.py").read_text(encoding="utf-8")
+    in_code = set(re.findall(r'Problem\(\s*"(error|warning)",\s*"(\w+)"', source))
+    page = (DOCS / "ci.md").read_text(encoding="utf-8")
+    on_page = {
+        (severity, code)
+        for code, severity in re.findall(r"^\| `(\w+)` \| (error|warning) \|", page, re.M)
+    }
+    assert in_code
+    assert on_page == in_code
+
+
+def test_every_page_is_in_the_nav() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    pages = {
+        str(path.relative_to(DOCS))
+        for path in DOCS.rglob("*.md")
+        if "examples" not in path.relative_to(DOCS).parts
+    }
+    listed = set(re.findall(r":\s+([\w/.-]+\.md)\s*$", nav, re.MULTILINE))
+    assert pages == listed
