@@ -437,6 +437,14 @@ class CheckpointManager:
                     f"cannot publish step {step}: {final.name} exists and is a "
                     f"{final_entry.kind}, not a checkpoint; move it away and finalize again"
                 )
+            if final_entry is not None and step not in state.index:
+                # Not ours to replace: a directory without a readable training_info.json
+                # may hold someone's files (the seed's, a crash's, a user's).
+                raise CheckpointError(
+                    f"cannot publish step {step}: {final.name} exists but is not a "
+                    f"checkpoint (no readable {_layout.INFO_FILE}); move it away and "
+                    f"finalize again"
+                )
             if self._durable:
                 state.storage.sync_tree(tmp)
             _protocol.publish(

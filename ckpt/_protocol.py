@@ -142,6 +142,11 @@ def recover(storage: Storage, directory: Path, *, durable: bool) -> list[Recover
             )
         else:
             logger.warning("leaving %s alone: %s is a %s", name, final_name, final.kind)
+    meta = directory / _layout.META_DIR
+    for entry in storage.list_dir(meta):
+        # What an interrupted replace_file (of pins.json) leaves; nothing reads it.
+        if entry.kind == "file" and entry.name.startswith(".") and entry.name.endswith(".partial"):
+            storage.remove_tree(meta / entry.name)
     for entry in storage.list_dir(trash_dir(directory)):
         storage.remove_tree(trash_dir(directory) / entry.name)
         actions.append(

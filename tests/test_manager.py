@@ -1123,3 +1123,40 @@ def test_plan_retention_foretells_remove_old_checkpoints(
     manager.remove_old_checkpoints(exclude_latest=exclude_latest)
     assert steps(manager) == [d.step for d in plan if d.keep]
     assert steps(manager) == ([2, 4] if exclude_latest else [2])
+
+
+@pytest.mark.parametrize("kind", ["file", "link", "directory without training_info.json"])
+def test_finalize_never_replaces_what_is_not_a_checkpoint(
+    make_manager: Make, ckpt_dir: Path, tmp_path: Path, kind: str
+) -> None:
+    manager = make_manager()
+    stray = ckpt_dir / "step_3"
+    if kind == "file":
+        stray.write_bytes(b"precious")
+    elif kind == "link":
+        (tmp_path / "target").mkdir()
+        stray.symlink_to(tmp_path / "target")
+    else:
+        stray.mkdir()
+        (stray / "notes.txt").write_bytes(b"precious")
+    tmp = manager.init_tmp_checkpoint(3, {"loss": 1.0})
+    with pytest.raises(ckpt.CheckpointError, match="step_3 exists"):
+        manager.finalize_checkpoint(tmp)
+    assert manager.list_checkpoints() == []
+    assert tmp.is_dir()  # kept, to finalize once the entry is moved away
+    if kind == "directory without training_info.json":
+        assert (stray / "notes.txt").read_bytes() == b"precious"
+        stray.rename(tmp_path / "moved")
+    else:
+        assert os.path.lexists(stray)
+        stray.unlink()
+    manager.finalize_checkpoint(tmp)
+    assert steps(manager) == [3]
+
+
+def test_recovery_removes_a_half_written_pins_file(make_manager: Make, ckpt_dir: Path) -> None:
+    make_manager().close()
+    partial = ckpt_dir / ".ckpt" / ".pins.json.partial"
+    partial.write_bytes(b'{"pinned": [')
+    make_manager()
+    assert not partial.exists()
