@@ -6,10 +6,23 @@ the run. Two of the saves overwrite the step saved just before them, and four ch
 are pruned on the way. Every file it writes is a deterministic function of the event, so
 a test knows every version of every step.
 
+Modes (``--mode``): ``exchange`` and ``two-renames`` save synchronously with the
+`checkpoint` context manager, writing the loop's own payload files (``two-renames`` on
+a storage without an atomic exchange); ``async`` saves a small torch state dict (see
+`fill_state`) with ``save_async``, up to `ASYNC_IN_FLIGHT` saves in flight behind the
+loop, and waits for them only at the end, so every save's file operations happen on the
+manager's background thread. The loop changes its tensors in place right after each
+``save_async`` returns, as a training loop would.
+
 With ``--record`` (or ``--kill-at``) it watches every file operation made under its
-checkpoint directory: ``--record`` writes them to a JSON file, ``--kill-at I`` sends
-itself SIGKILL right before the ``I``-th one (counting from 0), after writing that
-operation to ``--marker``.
+checkpoint directory, on any thread: ``--record`` writes them to a JSON file, as
+``(kind, what, event, thread)``, ``--kill-at I`` sends the whole process SIGKILL right
+before the ``I``-th one (counting from 0), from whichever thread makes it, after writing
+that operation (and, for ``async``, how many saves were in flight) to ``--marker``.
+The event of an operation on the main thread is the save the loop is making (``async``:
+none while saves are submitted; it must make no file operation then); on the
+background thread it is the save being written, which starts with the ``mkdir`` of its
+``tmp_step_N`` (saves are written one at a time, in submission order).
 
 How operations are seen (CPython 3.10+):
 
@@ -18,35 +31,44 @@ How operations are seen (CPython 3.10+):
   ``os.rmdir``, ``os.truncate`` (also ``os.ftruncate``), and the other path-changing
   ``os`` events should they ever occur. Paths given relative to a ``dir_fd`` (as
   ``shutil.rmtree`` does) or as a descriptor are resolved through ``/proc/self/fd``.
-* a profile function (`sys.setprofile`) for what raises no audit event: each ``write``
-  call on a file object under the directory (the job writes its payload in chunks,
-  unbuffered, so a kill can leave a partial file), ``os.write``/``os.pwrite``, and
-  ``os.fsync`` (on the file most recently opened, which is how the storage layer calls
-  it); and the ``renameat2`` calls the storage layer makes through ctypes, which raise no
-  audit event: they are seen as calls of ``ckpt._storage._rename2``, whose flags say
-  whether it is a no-replace rename or an exchange.
+* a profile function (`sys.setprofile`, and `threading.setprofile` for the threads
+  started afterwards, such as the manager's background thread) for what raises no audit
+  event: each ``write`` call on a file object under the directory (the job writes its
+  payload in chunks, unbuffered, so a kill can leave a partial file; ``save_state``
+  writes a buffered file opened from a descriptor, resolved through ``/proc/self/fd``),
+  ``os.write``/``os.pwrite``, and ``os.fsync`` (on the file most recently opened by the
+  same thread, which is how the storage layer and ``save_state`` call it); and the
+  ``renameat2`` calls the storage layer makes through ctypes, which raise no audit event:
+  they are seen as calls of ``ckpt._storage._rename2``, whose flags say whether it is a
+  no-replace rename or an exchange.
+
+Names that differ from run to run are normalized: a trash entry's random suffix and a
+partial state file's (``.state.ckpt.<hex>.partial``) become ``ID``.
 
 Run it alone::
 
-    python tests/kill_job.py DIR [--mode exchange|two-renames] [--record OPS.json]
+    python tests/kill_job.py DIR [--mode exchange|two-renames|async] [--record OPS.json]
         [--kill-at I --marker FILE] [--report FILE]
 
 or as a fork server (``--serve``): it imports everything once, then for each line read
 on stdin (a JSON list of the arguments above) forks a child that runs the job with its
 output in ``--log``, and answers one JSON line ``{"exit": code}`` where ``code`` is the
 child's exit status (``-9`` for SIGKILL). Each child is a new process that has never
-opened the directory, like a restarted job, without paying the imports again.
+opened the directory, like a restarted job, without paying the imports again (torch is
+imported by the server on its first ``async`` request).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
 import re
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -74,6 +96,8 @@ MODEL_CHUNKS = 3
 STARTUP = -1  # the event of operations made before the first save
 TIDY = len(EVENTS)  # the event of the final remove_old_checkpoints()
 WATCHDOG_S = 120
+ASYNC_IN_FLIGHT = 3  # max_pending_saves: the saves save_async lets wait behind the loop
+MAIN, BACKGROUND = "MainThread", "ckpt-save"  # the threads operations are made on
 
 
 def config(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -83,6 +107,7 @@ def config(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "higher_is_better": False,
         "keep_top_k": KEEP_TOP_K,
         "fsync": True,
+        "max_pending_saves": ASYNC_IN_FLIGHT,
     }
 
 
@@ -105,6 +130,35 @@ def payload(event: int) -> dict[str, list[bytes]]:
         "model.bin": [chunk("model", i, 4096) for i in range(MODEL_CHUNKS)],
         "optim/state.bin": [chunk("optim", 0, 1024)],
     }
+
+
+def new_state() -> dict[str, Any]:
+    """The ``async`` loop's state: a few tensors (of three dtypes) and ints."""
+    import torch
+
+    return {
+        "model": {"weight": torch.zeros(4, 8), "bias": torch.zeros(8, dtype=torch.float64)},
+        "optim": {"momentum": torch.zeros(3, 5, dtype=torch.int64), "step": 0},
+        "event": 0,
+    }
+
+
+def fill_state(state: dict[str, Any], event: int) -> dict[str, Any]:
+    """Set ``state`` in place to the values of the save of ``event``; return it."""
+    import torch
+
+    model, optim = state["model"], state["optim"]
+    model["weight"].copy_(torch.arange(32.0).reshape(4, 8) * (event + 1) / 7)
+    model["bias"].fill_(event - 0.25)
+    optim["momentum"].copy_(torch.arange(15).reshape(3, 5) * 1000 + event)
+    optim["step"] = EVENTS[event][0]
+    state["event"] = event
+    return state
+
+
+def model_state(event: int) -> dict[str, Any]:
+    """The state the ``async`` loop saves at ``event``."""
+    return fill_state(new_state(), event)
 
 
 def tree_digest(root: str | os.PathLike[str]) -> dict[str, str]:
@@ -147,6 +201,9 @@ _PATH_EVENTS = {  # audit event -> (kind, index of the path, index of its dir_fd
 }
 _RENAMEAT2_KIND = {1: "rename-noreplace", 2: "exchange"}
 _TRASH_ID = re.compile(r"^(\.ckpt/trash/[^/]+)\.[0-9a-f]{12}(?=/|$)")
+_PARTIAL_ID = re.compile(r"(^|/)(\.[^/]+\.)[0-9a-f]+(\.partial)$")
+_TMP_STEP = re.compile(r"tmp_step_(\d+)")
+_PUBLISH = re.compile(r"tmp_step_(\d+) -> step_\1")
 
 
 def _rename2_code() -> CodeType | None:
@@ -163,10 +220,16 @@ class FileOps:
         self.roots = sorted({os.path.abspath(directory), os.path.realpath(directory)})
         self.kill_at = kill_at
         self.marker = marker
-        self.event = STARTUP
-        self.ops: list[tuple[str, str, int]] = []  # (kind, what, event)
-        self._last_open: str | None = None
-        self._busy = False
+        self.event: int | None = STARTUP  # of operations on the main thread
+        self.ops: list[tuple[str, str, int | None, str]] = []  # (kind, what, event, thread)
+        # async: the first event submitted, the next the background thread starts, the one
+        # it writes, how many save_async calls returned, and (--record) each save's files
+        self.first_event = self.next_event = 0
+        self.background_event: int | None = None
+        self.accepted = 0
+        self.versions: dict[int, dict[str, str]] | None = None
+        self._local = threading.local()  # busy, last_open: per thread
+        self._lock = threading.Lock()
         self._rename2 = _rename2_code()
         self._syscalls: dict[Callable[..., Any], str] = {
             os.fsync: "fsync",
@@ -178,11 +241,13 @@ class FileOps:
     def start(self) -> None:
         sys.addaudithook(self._audit)
         sys.setprofile(self._profile)
+        threading.setprofile(self._profile)  # threads started from now on
 
     def stop(self) -> None:
+        threading.setprofile(None)
         sys.setprofile(None)
         self.kill_at = None  # audit hooks cannot be removed: make this one inert
-        self.roots = []
+        self.roots = []  # (and the profile function of threads still running)
 
     # --- naming -------------------------------------------------------------------
 
@@ -202,21 +267,24 @@ class FileOps:
             if full == root:
                 return "."
             if full.startswith(root + os.sep):
-                # trash entries carry a random suffix: name them the same in every run
-                return _TRASH_ID.sub(r"\1.ID", full[len(root) + 1 :])
+                # trash entries and partial files carry a random suffix: name them the
+                # same in every run
+                rel = _TRASH_ID.sub(r"\1.ID", full[len(root) + 1 :])
+                return _PARTIAL_ID.sub(r"\1\2ID\3", rel)
         return None
 
     # --- hooks --------------------------------------------------------------------
 
     def _audit(self, event: str, args: tuple[Any, ...]) -> None:
-        if self._busy or not self.roots:
+        local = self._local
+        if getattr(local, "busy", False) or not self.roots:
             return
-        self._busy = True
+        local.busy = True
         try:
             if event == "open":
                 path, _mode, flags = args
                 rel = self._rel(path)
-                self._last_open = rel
+                local.last_open = rel
                 if rel is not None and isinstance(flags, int) and flags & _WRITE_FLAGS:
                     self._op("open-write", rel)
             elif event == "os.rename":  # os.rename and os.replace
@@ -230,12 +298,13 @@ class FileOps:
                 if rel is not None:
                     self._op(kind, rel)
         finally:
-            self._busy = False
+            local.busy = False
 
     def _profile(self, frame: FrameType, event: str, arg: Any) -> None:
-        if self._busy or not self.roots:
+        local = self._local
+        if getattr(local, "busy", False) or not self.roots:
             return
-        self._busy = True
+        local.busy = True
         try:
             if event == "call" and frame.f_code is self._rename2:
                 src, dst, flags = (frame.f_locals.get(k) for k in ("src", "dst", "flags"))
@@ -245,27 +314,50 @@ class FileOps:
             elif event == "c_call":
                 kind = self._syscalls.get(arg)
                 if kind is not None:
-                    if self._last_open is not None:
-                        self._op(kind, self._last_open)
+                    last_open = getattr(local, "last_open", None)
+                    if last_open is not None:
+                        self._op(kind, last_open)
                 elif getattr(arg, "__name__", None) == "write":
+                    # a file opened by name, or from a descriptor (its name is the fd)
                     name = getattr(getattr(arg, "__self__", None), "name", None)
-                    rel = self._rel(name) if isinstance(name, (str, os.PathLike)) else None
+                    named = isinstance(name, (str, os.PathLike)) or type(name) is int
+                    rel = self._rel(name) if named else None
                     if rel is not None:
                         self._op("write", rel)
         finally:
-            self._busy = False
+            local.busy = False
 
     def _op(self, kind: str, what: str) -> None:
-        index = len(self.ops)
-        self.ops.append((kind, what, self.event))
-        if index == self.kill_at:
-            if self.marker is not None:
-                fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.write(fd, json.dumps([index, kind, what, self.event]).encode())
-                os.close(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(5)
-            os._exit(70)  # never reached: SIGKILL to oneself is delivered at once
+        current = threading.current_thread()
+        main = current is threading.main_thread()
+        thread = MAIN if main else current.name.split(" ", 1)[0]
+        with self._lock:
+            event = self.event
+            in_flight = 0
+            if not main:
+                if kind == "mkdir" and _TMP_STEP.fullmatch(what):  # the next save starts
+                    self.background_event = self.next_event
+                    self.next_event += 1
+                    if f"tmp_step_{EVENTS[self.background_event][0]}" != what:
+                        # raised into the library's mkdir: the job fails, loudly
+                        raise RuntimeError(f"{what} is not the save of the next event")
+                event = self.background_event
+                if event is not None:  # this save, and those accepted behind it
+                    in_flight = max(1, self.first_event + self.accepted - event)
+                if self.versions is not None and event is not None and _PUBLISH.fullmatch(what):
+                    tmp = Path(self.roots[0]) / what.split(" -> ", 1)[0]
+                    self.versions[event] = tree_digest(tmp)  # as it is published
+            index = len(self.ops)
+            self.ops.append((kind, what, event, thread))
+            if index == self.kill_at:
+                if self.marker is not None:
+                    killed = {"op": [index, kind, what, event, thread], "in_flight": in_flight}
+                    fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    os.write(fd, json.dumps(killed).encode())
+                    os.close(fd)
+                os.kill(os.getpid(), signal.SIGKILL)  # the whole process, from any thread
+                time.sleep(5)
+                os._exit(70)  # never reached: SIGKILL to oneself is delivered at once
 
 
 # --- the job ---------------------------------------------------------------------------
@@ -283,30 +375,20 @@ def _state(manager: ckpt.CheckpointManager, directory: Path) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
+    if args.mode == "async":
+        _import_torch()  # a slow import: made before the hooks are set
     ops: FileOps | None = None
     if args.record is not None or args.kill_at is not None:
         ops = FileOps(str(directory), kill_at=args.kill_at, marker=args.marker)
         ops.start()
-    versions: dict[int, dict[str, str]] = {}
     storage = _NoExchange() if args.mode == "two-renames" else None
     manager = ckpt.CheckpointManager(config(directory), storage=storage)
     latest = manager.get_latest_checkpoint_path()
     info = manager.load_training_info(latest)
     start = int(info["event"]) + 1 if info is not None else 0
     report: dict[str, Any] = {"start": start, "resumed": _state(manager, directory)}
-    for event in range(start, len(EVENTS)):
-        if ops is not None:
-            ops.event = event
-        step, _ = EVENTS[event]
-        with manager.checkpoint(step, training_info(event), run_config(event)) as path:
-            for rel, chunks in payload(event).items():
-                if "/" in rel:
-                    (path / rel).parent.mkdir()
-                with open(path / rel, "wb", buffering=0) as f:  # one write(2) per chunk
-                    for data in chunks:
-                        f.write(data)
-            if args.record is not None:
-                versions[event] = tree_digest(path)
+    save = _save_async if args.mode == "async" else _save
+    versions = save(manager, start, ops, record=args.record is not None)
     if ops is not None:
         ops.event = TIDY
     # Recovery does not re-apply retention: a crash after the last save was published but
@@ -325,10 +407,54 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _save(
+    manager: ckpt.CheckpointManager, start: int, ops: FileOps | None, *, record: bool
+) -> dict[int, dict[str, str]]:
+    """Save the events from ``start`` on, writing the payload; (``record``) their files."""
+    versions: dict[int, dict[str, str]] = {}
+    for event in range(start, len(EVENTS)):
+        if ops is not None:
+            ops.event = event
+        step, _ = EVENTS[event]
+        with manager.checkpoint(step, training_info(event), run_config(event)) as path:
+            for rel, chunks in payload(event).items():
+                if "/" in rel:
+                    (path / rel).parent.mkdir()
+                with open(path / rel, "wb", buffering=0) as f:  # one write(2) per chunk
+                    for data in chunks:
+                        f.write(data)
+            if record:
+                versions[event] = tree_digest(path)
+    return versions
+
+
+def _save_async(
+    manager: ckpt.CheckpointManager, start: int, ops: FileOps | None, *, record: bool
+) -> dict[int, dict[str, str]]:
+    """Submit the saves from ``start`` on with ``save_async``; wait for them at the end."""
+    if ops is not None:
+        ops.event = None  # the main thread makes no file operation while saves are submitted
+        ops.first_event = ops.next_event = start
+        ops.versions = {} if record else None
+    state = new_state()
+    for event in range(start, len(EVENTS)):
+        step, _ = EVENTS[event]
+        fill_state(state, event)  # in place, while earlier saves may still be written
+        manager.save_async(step, training_info(event), state, run_config=run_config(event))
+        if ops is not None:
+            ops.accepted += 1
+    manager.wait_until_finished()
+    return ops.versions if ops is not None and ops.versions is not None else {}
+
+
+def _import_torch() -> None:
+    import ckpt.torch  # noqa: F401 - torch is imported only for the async mode
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", nargs="?")
-    parser.add_argument("--mode", choices=["exchange", "two-renames"], default="exchange")
+    parser.add_argument("--mode", choices=["exchange", "two-renames", "async"], default="exchange")
     parser.add_argument("--record", help="write the operations and versions here")
     parser.add_argument("--kill-at", type=int, help="SIGKILL before this operation")
     parser.add_argument("--marker", help="write the operation killed at here")
@@ -369,6 +495,9 @@ def serve() -> int:
         if not line:
             return 0
         argv = json.loads(line)
+        if "async" in argv:
+            _import_torch()  # once, in the server, for every child
+        gc.freeze()  # so that no collection in a child copies the pages of the server's objects
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             _child(argv)

@@ -2,10 +2,19 @@
 
 The job (``kill_job.py``) runs in its own process: it saves eight checkpoints with a
 Hybrid top-2 manager, overwriting a step twice and pruning four checkpoints on the way,
-and resumes from what it finds on disk. A fault-free run enumerates every file operation
-it makes under its checkpoint directory (see the job's docstring for how). Then, for
-each operation ``i``, a fresh directory gets a job killed with SIGKILL right before
-operation ``i``, and a restarted job that must finish the run. The invariants:
+and resumes from what it finds on disk. It runs in three modes: ``exchange`` and
+``two-renames`` save synchronously, writing the loop's own files (an overwrite by an
+atomic exchange, or by two renames); ``async`` saves a small torch state dict with
+``save_async``, several saves in flight behind the loop, waiting for them only at the
+end, so every save's file operations (the state file's partial write, its fsync and
+rename, the publish and the prune) happen on the manager's background thread.
+
+A fault-free run enumerates every file operation the job makes under its checkpoint
+directory, on any thread (see the job's docstring for how). Then, for each operation
+``i``, a fresh directory gets a job killed with SIGKILL right before operation ``i``
+(from the background thread, for a background operation: the whole process dies, with
+the saves queued behind that one lost), and a restarted job that must finish the run.
+The invariants:
 
 * right after the kill, a read-only manager lists only complete checkpoints, each
   byte-identical to a version the job committed for that step, none missing that was
@@ -15,12 +24,17 @@ operation ``i``, and a restarted job that must finish the run. The invariants:
   missing at all, no ``tmp_step_*``, ``old_step_*`` or trash entries left, and it
   resumes at the interrupted save or the one after it;
 * after the restarted run: exactly the steps Hybrid top-2 keeps, each byte-identical to
-  the last version written for it, latest and best as expected, nothing else on disk.
+  the last version written for it, latest and best as expected, nothing else on disk;
+* ``async``, after the kill and at the end: every ``step_N`` on disk holds a complete
+  ``state.ckpt`` and no partial one, and `ckpt.torch.load_state` reads back the tensors
+  of a committed version of that step. A restarted job resumes after the newest
+  committed save, so it redoes the saves the kill lost (submitted, not committed).
 
 Kill and restart processes are forked from a fork server that has done the imports
-once (a fresh interpreter costs ~0.4 s, ~900 of them would take minutes on 2 cores);
-the fault-free run is also made in a fresh interpreter and must make the same
-operations. Run alone with ``pytest -m kill -s`` to see the report.
+once (a fresh interpreter costs ~0.4 s, ~2 s with torch for ``async``; ~1300 of them
+would take many minutes on 2 cores); the fault-free run is also made in a fresh
+interpreter and must make the same operations. Run alone with ``pytest -m kill -s`` to
+see the report, one line per mode.
 """
 
 from __future__ import annotations
@@ -31,11 +45,12 @@ import importlib.util
 import json
 import os
 import queue
+import re
 import select
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -59,6 +74,7 @@ WORKERS = 2
 RUN_TIMEOUT_S = 150  # the job's own watchdog (SIGALRM) fires at 120 s
 
 Listing = dict[int, dict[str, str]]  # step -> tree digest
+MODES = ["exchange", "two-renames", pytest.param("async", marks=pytest.mark.torch)]
 
 
 # --- what the job should leave ---------------------------------------------------------
@@ -86,6 +102,11 @@ def test_the_plan_overwrites_and_prunes() -> None:
     assert len(steps) - len(set(steps)) == 2  # two overwrites
     pruned = {s for e in range(len(steps)) for s in kept_after(e - 1) if s not in kept_after(e)}
     assert pruned == {1, 2, 3, 4}
+    # with saves in flight, retention keeps a step that a pending save will overwrite; no
+    # step is pruned before a later save of it, so kept_after() holds for async saves too
+    for e in range(len(steps)):
+        doomed = kept_after(e - 1).keys() - kept_after(e).keys()
+        assert not doomed & set(steps[e + 1 :])
 
 
 # --- running the job -------------------------------------------------------------------
@@ -147,6 +168,55 @@ def read_only_listing(directory: Path) -> Listing:
         return {r.step: tree(r.path) for r in reader.list_checkpoints()}
 
 
+def same_state(a: Any, b: Any) -> bool:
+    """Whether two states are equal: the same structure, tensors of equal dtype and values."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return (
+            isinstance(b, torch.Tensor)
+            and (a.dtype, a.shape) == (b.dtype, b.shape)
+            and bool(torch.equal(a, b))
+        )
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(same_state(a[k], b[k]) for k in a)
+    return type(a) is type(b) and bool(a == b)
+
+
+def check_states(
+    directory: Path, allowed: Mapping[int, Iterable[int | None]], mode: str = "async"
+) -> list[str]:
+    """(async) Problems of the state file of every ``step_N`` on disk, listed or not.
+
+    Each must hold a complete ``state.ckpt`` and no partial one, whose tensors are those
+    of one of the ``allowed`` events of that step. Other modes save no state file.
+    """
+    if mode != "async":
+        return []
+    from ckpt.torch import load_state
+
+    problems = []
+    for name in sorted(os.listdir(directory) if directory.is_dir() else []):
+        match = re.fullmatch(r"step_(\d+)", name)
+        if match is None:
+            continue
+        partial = [f for f in sorted(os.listdir(directory / name)) if f.endswith(".partial")]
+        if partial:
+            problems.append(f"{name} holds a partial state file: {partial}")
+        try:
+            state = load_state(directory / name)
+        except Exception as exc:
+            problems.append(f"{name} has no complete state file: {exc!r}")
+            continue
+        events = sorted({e for e in allowed.get(int(match[1]), ()) if e is not None})
+        if not any(same_state(state, job.model_state(e)) for e in events):
+            problems.append(
+                f"{name}'s state is that of none of its events {events} "
+                f"(it says event {state.get('event') if isinstance(state, dict) else None})"
+            )
+    return problems
+
+
 def check_listing(
     listing: Listing,
     before: dict[int, int],
@@ -179,6 +249,7 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     recovery: list[str] = field(default_factory=list)
     overwrite_seen: str = ""  # for a kill inside an overwrite: "old" or "new" copy listed
+    in_flight: int = 0  # (async) saves submitted and not committed at the kill
 
 
 def check_point(
@@ -191,7 +262,7 @@ def check_point(
     versions: dict[int, dict[str, str]],
 ) -> Outcome:
     """Kill the job right before operation ``index`` (``op``), restart it, check it all."""
-    kind, what, event = op
+    _, _, event, _ = op
     out = Outcome(index, op)
     directory = root / f"kill_{index:03d}"
     marker, report = root / f"kill_{index:03d}.op", root / f"kill_{index:03d}.json"
@@ -205,22 +276,25 @@ def check_point(
     if status != -signal.SIGKILL:
         out.problems.append(f"the job exited with {status}, not -SIGKILL: {log.read_text()}")
         return out
-    killed_at = json.loads(marker.read_text()) if marker.exists() else None
-    if killed_at != [index, kind, what, event]:
-        out.problems.append(f"killed at {killed_at}, not at the enumerated operation")
+    killed = json.loads(marker.read_text()) if marker.exists() else {}
+    if killed.get("op") != [index, *op]:
+        out.problems.append(f"killed at {killed.get('op')}, not at the enumerated operation")
         return out
+    out.in_flight = killed["in_flight"]
 
     # 2. what a reader sees before anyone recovers
     seen = read_only_listing(directory)
     may_miss = set()
     for step in before.keys() & after.keys() - seen.keys():
         old = directory / f"old_step_{step}"
-        if mode == "two-renames" and old.is_dir() and tree(old) == versions[before[step]]:
+        if mode != "exchange" and old.is_dir() and tree(old) == versions[before[step]]:
             may_miss.add(step)  # between the two renames of an overwrite: recovery undoes it
     out.problems += [
         f"after the kill: {p}"
         for p in check_listing(seen, before, after, versions, may_miss=frozenset(may_miss))
     ]
+    allowed = {s: (before.get(s), after.get(s)) for s in before.keys() | after.keys()}
+    out.problems += [f"after the kill: {p}" for p in check_states(directory, allowed, mode)]
     step, _ = job.EVENTS[event] if 0 <= event < len(job.EVENTS) else (None, None)
     if step in before and step in after and step in seen:
         out.overwrite_seen = "new" if seen[step] == versions[after[step]] else "old"
@@ -254,6 +328,8 @@ def check_point(
 
     # 4. the finished run
     out.problems += check_final(directory, versions)
+    final = {s: (v,) for s, v in FINAL.items()}
+    out.problems += [f"at the end: {p}" for p in check_states(directory, final, mode)]
     return out
 
 
@@ -296,33 +372,87 @@ def record(directory: Path, mode: str, out: Path) -> tuple[list[list[Any]], dict
     return data["ops"], {int(e): d for e, d in data["versions"].items()}
 
 
-@pytest.mark.parametrize("mode", ["exchange", "two-renames"])
-def test_sigkill_before_every_file_operation(tmp_path: Path, mode: str) -> None:
-    ops, versions = record(tmp_path / "fault_free", mode, tmp_path / "ops.json")
-    kinds = collections.Counter(kind for kind, _, _ in ops)
-    if mode == "exchange" and any("old_step_" in what for _, what, _ in ops):
-        pytest.skip("renameat2(RENAME_EXCHANGE) is not supported on this file system")
-
-    # the enumeration saw what any implementation must do here, so the test cannot pass
-    # vacuously: the job's own payload writes, and at least one rename to publish each save
+def check_enumeration(ops: list[list[Any]], mode: str) -> None:
+    """The enumeration saw what any implementation must do here, so the test cannot pass
+    vacuously: the job's own payload writes (async: the state file's, on the background
+    thread), and at least one rename to publish each save."""
+    kinds = collections.Counter(kind for kind, _, _, _ in ops)
     saves = n = len(job.EVENTS)
     assert kinds["mkdir"] >= saves
-    assert kinds["open-write"] >= 3 * saves  # training_info.json and the two payload files
-    assert kinds["write"] >= (job.MODEL_CHUNKS + 2) * saves
-    assert kinds["fsync"] >= saves
-    assert kinds["rename"] + kinds["rename-noreplace"] + kinds["exchange"] >= saves
+    if mode == "async":
+        assert kinds["open-write"] >= 2 * saves  # training_info.json and the state file
+        assert kinds["write"] >= 5 * saves  # training_info.json, the state file's pieces
+        assert kinds["fsync"] >= 2 * saves
+        assert kinds["rename"] >= saves  # the state file's, to its final name
+        assert kinds["rename"] + kinds["rename-noreplace"] + kinds["exchange"] >= 2 * saves
+        check_async_ops(ops)
+    else:
+        assert kinds["open-write"] >= 3 * saves  # training_info.json and the two payload files
+        assert kinds["write"] >= (job.MODEL_CHUNKS + 2) * saves
+        assert kinds["fsync"] >= saves
+        assert kinds["rename"] + kinds["rename-noreplace"] + kinds["exchange"] >= saves
+        assert (kinds["exchange"] >= 2) == (mode == "exchange")
+        assert {thread for _, _, _, thread in ops} == {job.MAIN}
     assert kinds["unlink"] >= 1
     assert kinds["rmdir"] >= 1
-    assert (kinds["exchange"] >= 2) == (mode == "exchange")
-    assert {event for _, _, event in ops} == set(range(-1, n))
+    assert {event for _, _, event, _ in ops} == set(range(-1, n))
     assert len(ops) >= 150
 
-    # the fault-free directory, and the recorded versions are what the job meant to write
-    assert check_final(tmp_path / "fault_free", versions) == []
-    assert sorted(versions) == list(range(n))
+
+def check_async_ops(ops: list[list[Any]]) -> None:
+    """Every save's operations, the state file's included, are on the background thread."""
+    assert {thread for _, _, e, thread in ops if e in (job.STARTUP, job.TIDY)} == {job.MAIN}
+    for event, (step, _) in enumerate(job.EVENTS):
+        assert {thread for _, _, e, thread in ops if e == event} == {job.BACKGROUND}
+        mine = [(kind, what) for kind, what, e, _ in ops if e == event]
+        # the state file: written under a temporary name, fsynced, renamed, then published
+        partial = f"tmp_step_{step}/.state.ckpt.ID.partial"
+        state = [
+            ("open-write", partial),
+            ("write", partial),
+            ("fsync", partial),
+            ("rename", f"{partial} -> tmp_step_{step}/state.ckpt"),
+        ]
+        assert all(op in mine for op in state), (event, mine)
+        assert sum(op == ("write", partial) for op in mine) >= 4  # the header, each tensor
+        publish = [
+            i for i, (_, what) in enumerate(mine) if what == f"tmp_step_{step} -> step_{step}"
+        ]
+        assert len(publish) == 1, (event, mine)
+        positions = [mine.index(op) for op in state] + publish
+        assert positions == sorted(positions), (event, mine)
+
+
+def check_versions(directory: Path, versions: dict[int, dict[str, str]], mode: str) -> None:
+    """The fault-free run's directory, and the versions it recorded are what the job meant
+    to write (async: what `save_state` writes for the event's state)."""
+    assert check_final(directory, versions) == []
+    assert sorted(versions) == list(range(len(job.EVENTS)))
+    if mode != "async":
+        for event, digest in versions.items():
+            for rel, chunks in job.payload(event).items():
+                assert digest[rel] == hashlib.sha256(b"".join(chunks)).hexdigest()
+        return
+    from ckpt.torch import save_state
+
+    assert check_states(directory, {s: (v,) for s, v in FINAL.items()}) == []
     for event, digest in versions.items():
-        for rel, chunks in job.payload(event).items():
-            assert digest[rel] == hashlib.sha256(b"".join(chunks)).hexdigest()
+        assert sorted(digest) == ["config.yaml", "state.ckpt", "training_info.json"]
+        expected = save_state(directory / ".ckpt", job.model_state(event), fsync=False)
+        assert digest["state.ckpt"] == hashlib.sha256(expected.read_bytes()).hexdigest()
+        expected.unlink()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkill_before_every_file_operation(tmp_path: Path, mode: str) -> None:
+    if mode == "async":
+        pytest.importorskip("torch")
+    ops, versions = record(tmp_path / "fault_free", mode, tmp_path / "ops.json")
+    exchanges = not any("old_step_" in what for _, what, _, _ in ops)
+    if mode == "exchange" and not exchanges:
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not supported on this file system")
+    check_enumeration(ops, mode)
+    check_versions(tmp_path / "fault_free", versions, mode)
 
     with fork_servers(WORKERS, tmp_path) as servers:
         # a forked job makes exactly the operations of a fresh interpreter
@@ -346,13 +476,18 @@ def test_sigkill_before_every_file_operation(tmp_path: Path, mode: str) -> None:
             outcomes = list(pool.map(point, range(len(ops))))
 
     failed = [o for o in outcomes if o.problems]
+    kinds = collections.Counter(kind for kind, _, _, _ in ops)
     recoveries = collections.Counter(kind for o in outcomes for kind in o.recovery)
     seen = collections.Counter(o.overwrite_seen for o in outcomes if o.overwrite_seen)
+    threads = collections.Counter(o.op[3] for o in outcomes)
+    in_flight = collections.Counter(o.in_flight for o in outcomes if o.op[3] == job.BACKGROUND)
     summary = (
         f"kill points tried: {len(outcomes)}, passed: {len(outcomes) - len(failed)} "
-        f"({mode}; operations: {dict(sorted(kinds.items()))}; recovery actions on restart: "
-        f"{dict(sorted(recoveries.items()))}; overwritten step seen after the kill: "
-        f"{dict(seen)})"
+        f"({mode}; operations: {dict(sorted(kinds.items()))}; killed on thread: "
+        f"{dict(threads)}; recovery actions on restart: {dict(sorted(recoveries.items()))}; "
+        f"overwritten step seen after the kill: {dict(seen)}"
+        + (f"; saves in flight at the kill: {dict(sorted(in_flight.items()))}" if in_flight else "")
+        + ")"
     )
     print(summary)
     details = "\n".join(f"  #{o.index} before {o.op}: {'; '.join(o.problems)}" for o in failed)
@@ -363,6 +498,11 @@ def test_sigkill_before_every_file_operation(tmp_path: Path, mode: str) -> None:
     assert seen["old"] > 0
     assert seen["new"] > 0
     expected = {"removed_temporary", "finished_delete"}
-    if mode == "two-renames":
+    if not exchanges:
         expected |= {"rolled_back_overwrite", "removed_displaced"}
     assert expected <= recoveries.keys()
+    if mode == "async":
+        # killed from the background thread, often with saves queued behind the one it wrote
+        background = threads[job.BACKGROUND]
+        assert background >= 20 * len(job.EVENTS)
+        assert sum(c for k, c in in_flight.items() if k >= 2) >= background // 4
