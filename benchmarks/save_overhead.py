@@ -102,7 +102,10 @@ def measure(
         managers = {count: CheckpointManager(config(count)) for count in sizes}
         try:
             for i in range(repeats):
-                for count, manager in managers.items():
+                # Rotate which size goes first, so none always follows the heavy rescans.
+                order = sizes[i % len(sizes) :] + sizes[: i % len(sizes)]
+                for count in order:
+                    manager = managers[count]
                     step = count + i
 
                     def save(manager: CheckpointManager = manager, step: int = step) -> None:
