@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -177,6 +178,11 @@ class AsyncWriter:
 
 
 _live: weakref.WeakSet[AsyncWriter] = weakref.WeakSet()
+
+if hasattr(os, "register_at_fork"):
+    # A forked child has none of the parent's threads: waiting at its exit for the
+    # parent's saves would never end.
+    os.register_at_fork(after_in_child=_live.clear)
 
 
 @atexit.register

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -257,3 +261,34 @@ def test_pending_saves_finish_when_the_interpreter_exits(ckpt_dir: Path) -> None
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in ckpt_dir.iterdir()) == [".ckpt", "step_1", "step_2"]
     assert torch.equal(load_state(ckpt_dir / "step_2")["w"], torch.ones(1000))
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_wait_for_the_parents_saves(
+    make_manager: Make, gate: _Gate
+) -> None:
+    from ckpt import _async
+
+    manager = make_manager()
+    manager.save_async(1, {}, model(1))
+    assert gate.entered.wait(30)  # a save in flight while the loop forks a worker
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            _async._finish_at_exit()  # what the child's interpreter runs at exit
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done == (0, 0):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    gate.release.set()
+    manager.wait_until_finished()
+    assert done != (0, 0), "the child hung at exit waiting for its parent's save"
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert steps(manager) == [1]
