@@ -103,17 +103,11 @@ class AsyncWriter:
             self._free.put({})
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._done = threading.Condition()
-        self._pending: list[int] = []
+        self._pending = 0  # submitted and not finished
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         _live.add(self)
-
-    @property
-    def pending_steps(self) -> list[int]:
-        """The steps submitted and not yet finished, in order."""
-        with self._done:
-            return list(self._pending)
 
     def submit(self, step: int, state: Any, write: Callable[[Any], None]) -> None:
         """Snapshot ``state`` (blocking while every buffer set is in use), then queue it.
@@ -131,7 +125,7 @@ class AsyncWriter:
             self._free.put(buffers)
             raise
         with self._done:
-            self._pending.append(step)
+            self._pending += 1
         self._jobs.put(Job(step, lambda: write(copied), buffers))
 
     def _run(self) -> None:
@@ -149,7 +143,7 @@ class AsyncWriter:
             finally:
                 self._free.put(job.buffers)
                 with self._done:
-                    self._pending.remove(job.step)
+                    self._pending -= 1
                     self._done.notify_all()
 
     def raise_error(self) -> None:
@@ -159,17 +153,19 @@ class AsyncWriter:
         if error is not None:
             raise error
 
-    def wait(self) -> None:
-        """Block until every submitted save is finished, then raise any error."""
+    def _drain(self) -> None:
         with self._done:
             self._done.wait_for(lambda: not self._pending)
+
+    def wait(self) -> None:
+        """Block until every submitted save is finished, then raise any error."""
+        self._drain()
         self.raise_error()
 
     def stop(self) -> None:
         """Finish every submitted save, stop the thread, then raise any error."""
         try:
-            with self._done:
-                self._done.wait_for(lambda: not self._pending)
+            self._drain()
         finally:
             self._jobs.put(None)
             self._thread.join()

@@ -19,12 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from ckpt import __version__, _layout
 from ckpt._cli_output import (
-    _describe_steps,
     _error,
     _iso,
     _library_log,
@@ -37,10 +35,16 @@ from ckpt._cli_output import (
     _table,
     _value,
 )
-from ckpt._config import CheckpointConfig, load_config
-from ckpt._errors import CheckpointDirLockedError, CheckpointError
+from ckpt._config import (
+    RETENTION_KINDS,
+    CheckpointConfig,
+    config_section,
+    load_config,
+    read_config_file,
+)
+from ckpt._errors import CheckpointDirLockedError, CheckpointError, ConfigFileError
 from ckpt._manager import CheckpointManager
-from ckpt._records import CheckpointRecord
+from ckpt._records import CheckpointRecord, describe_steps
 from ckpt._resolve import policies_from_config
 from ckpt._verify import Problem, VerifyReport, verify
 from policies import Decision, decide, metric_value
@@ -214,7 +218,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         for line in _prune_lines(directory, plan, sizes, failed, dry_run=args.dry_run):
             print(line)
     if failed:
-        raise CliError(f"could not prune {_describe_steps(failed)} (see the errors above)")
+        raise CliError(f"could not prune {describe_steps(failed)} (see the errors above)")
     return 0
 
 
@@ -440,18 +444,14 @@ def _writer(config: CheckpointConfig, doing: str) -> CheckpointManager:
 def _read_config_file(path: str) -> tuple[Mapping[str, Any], tuple[str, ...]]:
     """The checkpointing keys of a YAML file, and where they sit in it (for messages)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data, where = config_section(read_config_file(path))
     except OSError as exc:
         raise CliError(f"cannot read the config {path}: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CliError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
-    if isinstance(data, Mapping) and isinstance(data.get("checkpointing"), Mapping):
-        return data["checkpointing"], ("checkpointing",)  # a whole run config, as NeMo RL's
+    except ConfigFileError as exc:
+        raise CliError(" ".join(str(exc).split())) from exc
     if not isinstance(data, Mapping):
         raise CliError(f"{path} holds {type(data).__name__}, not a mapping of config keys")
-    return data, ()
+    return data, where
 
 
 def _load_config(path: str, overrides: Mapping[str, Any]) -> CheckpointConfig:
@@ -472,10 +472,6 @@ def _config_for(
     return _load_config(path, keys)
 
 
-# Kind tags pydantic puts in the location of an error inside a retention block.
-_KIND_TAGS = {"top_k", "hybrid", "latest_n", "every_n_steps", "keep_all", "any_of"}
-
-
 def _invalid(source: str, exc: ValidationError, where: tuple[str, ...]) -> str:
     lines = [f"{source} is not a valid checkpointing config:"]
     for error in exc.errors(include_url=False):
@@ -483,7 +479,7 @@ def _invalid(source: str, exc: ValidationError, where: tuple[str, ...]) -> str:
         for part in (*where, *error["loc"]):
             if isinstance(part, int):
                 loc += f"[{part}]"
-            elif part not in _KIND_TAGS:
+            elif part not in RETENTION_KINDS:  # pydantic's tag of a retention block
                 loc += f".{part}" if loc else str(part)
         lines.append(f"  {loc}: {error['msg']}" if loc else f"  {error['msg']}")
     return "\n".join(lines)
@@ -692,7 +688,7 @@ def _tick_on_info(bar: _Progress) -> Iterator[None]:
 
 
 def _report_lines(report: VerifyReport, ignored: int) -> list[str]:
-    steps = f"steps {_describe_steps(report.steps)}" if report.steps else "none"
+    steps = f"steps {describe_steps(report.steps)}" if report.steps else "none"
     head = f"{report.directory}: {len(report.steps)} checkpoints ({steps})"
     if report.writer_active:
         head += "; a writer is active (its temporaries are saves in progress)"

@@ -101,18 +101,6 @@ def _iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
 
 
-def _describe_steps(steps: Sequence[int]) -> str:
-    """``1-4, 7, 9-12``: runs of consecutive steps, the first ten runs at most."""
-    runs: list[list[int]] = []
-    for step in sorted(steps):
-        if runs and step == runs[-1][-1] + 1:
-            runs[-1].append(step)
-        else:
-            runs.append([step])
-    parts = [f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs]
-    return ", ".join(parts[:10]) + (f", ... ({len(steps)} in all)" if len(parts) > 10 else "")
-
-
 class _Progress:
     """A progress bar on stderr while something long runs, drawn only on a terminal.
 

@@ -81,14 +81,14 @@ class _Strict(BaseModel):
         return data
 
 
-_KINDS = ("top_k", "hybrid", "latest_n", "every_n_steps", "keep_all", "any_of")
+RETENTION_KINDS = ("top_k", "hybrid", "latest_n", "every_n_steps", "keep_all", "any_of")
 
 
 def _check_kind(value: Any) -> Any:
     """Name `kind` and the accepted kinds before pydantic's discriminator does, tersely."""
     if not isinstance(value, Mapping):
         return value
-    accepted = ", ".join(_KINDS)
+    accepted = ", ".join(RETENTION_KINDS)
     if "kind" not in value:
         typo = difflib.get_close_matches("kind", [str(key) for key in value], n=1, cutoff=0.6)
         hint = f"`{typo[0]}` looks like a typo of `kind`; " if typo else ""
@@ -99,11 +99,15 @@ def _check_kind(value: Any) -> Any:
             {"keys": sorted(map(str, value)), "hint": hint, "accepted": accepted},
         )
     kind = value["kind"]
-    if kind not in _KINDS:
+    if kind not in RETENTION_KINDS:
         raise PydanticCustomError(
             "ckpt_kind",
             "`kind` must be one of {accepted}, got {value}; {hint}",
-            {"accepted": accepted, "value": repr(kind), "hint": _suggest(str(kind), list(_KINDS))},
+            {
+                "accepted": accepted,
+                "value": repr(kind),
+                "hint": _suggest(str(kind), list(RETENTION_KINDS)),
+            },
         )
     return value
 
@@ -318,15 +322,30 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> Checkpoin
         ConfigFileError: If the file is not valid YAML.
         FileNotFoundError: If the file does not exist.
     """
-    if isinstance(source, Mapping):
-        data: Any = source
-    else:
-        path = Path(source)
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigFileError(f"{path} is not valid YAML: {exc}") from exc
+    data = source if isinstance(source, Mapping) else read_config_file(source)
+    return CheckpointConfig.model_validate(config_section(data)[0])
+
+
+def read_config_file(path: str | os.PathLike[str]) -> Any:
+    """The parsed contents of a YAML config file.
+
+    Raises:
+        ConfigFileError: If the file is not valid YAML.
+        OSError: If it cannot be read.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{path} is not valid YAML: {exc}") from exc
+
+
+def config_section(data: Any) -> tuple[Any, tuple[str, ...]]:
+    """The checkpointing section of ``data``, and the keys leading to it.
+
+    A whole run config (NeMo RL's layout) holds it under ``checkpointing:``; anything
+    else is taken as the section itself.
+    """
     if isinstance(data, Mapping) and isinstance(data.get("checkpointing"), Mapping):
-        data = data["checkpointing"]
-    return CheckpointConfig.model_validate(data)
+        return data["checkpointing"], ("checkpointing",)
+    return data, ()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import numbers
 import os
@@ -27,9 +26,15 @@ from ckpt._errors import (
 )
 from ckpt._incremental import Tracker
 from ckpt._protocol import RecoveryAction
-from ckpt._records import CheckpointRecord
+from ckpt._records import CheckpointRecord, NotACheckpointError, describe_steps, load_record
 from ckpt._resolve import policies_from_config
-from ckpt._serialize import decode_training_info, encode_run_config, encode_training_info
+from ckpt._serialize import (
+    decode_pins,
+    decode_training_info,
+    encode_pins,
+    encode_run_config,
+    encode_training_info,
+)
 from ckpt._storage import Entry, LocalStorage, Lock, Storage
 from policies import Decision, Hybrid, Ranking, RetentionPolicy, decide
 
@@ -105,25 +110,15 @@ class _Directory:
         self._seen, self.index, self.pins = seen, index, pins
 
     def _load(self, step: int, entry: Entry) -> CheckpointRecord | None:
-        if entry.kind != "dir":
-            logger.warning(
-                "ignoring %s: it is a %s, not a checkpoint directory", entry.name, entry.kind
-            )
-            return None
-        path = self.path / entry.name
         try:
-            info = decode_training_info(self.storage.read_bytes(path / _layout.INFO_FILE))
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring %s: no readable %s (%s)", entry.name, _layout.INFO_FILE, exc)
+            return load_record(self.storage, self.path / entry.name, step, entry)
+        except NotACheckpointError as exc:
+            logger.warning("ignoring %s: %s", entry.name, exc.detail)
             return None
-        return CheckpointRecord(
-            step=step, path=path, info=MappingProxyType(info), committed_at=entry.mtime
-        )
 
     def read_pins(self) -> set[int]:
         try:
-            data = json.loads(self.storage.read_bytes(self.meta / _layout.PINS_FILE))
-            return {int(step) for step in data["pinned"]}
+            return decode_pins(self.storage.read_bytes(self.meta / _layout.PINS_FILE))
         except FileNotFoundError:
             return set()
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -131,7 +126,7 @@ class _Directory:
             return set()
 
     def write_pins(self, *, durable: bool) -> None:
-        data = json.dumps({"pinned": sorted(self.pins)}).encode()
+        data = encode_pins(self.pins)
         self.storage.replace_file(self.meta / _layout.PINS_FILE, data, durable=durable)
 
     def changed(self) -> None:
@@ -763,7 +758,7 @@ class CheckpointManager:
             if step not in state.index and not (not pinned and step in state.pins):
                 raise CheckpointNotFoundError(
                     f"no finalized checkpoint at step {step} in {self.checkpoint_dir}; "
-                    f"steps present: {_describe_steps(state.index)}"
+                    f"steps present: {describe_steps(state.index) or 'none'}"
                 )
             if (step in state.pins) == pinned:
                 return
@@ -859,11 +854,3 @@ def _state_io() -> tuple[Callable[..., Path], Callable[[Any], object]]:
     from ckpt.torch import _plan, save_state  # noqa: PLC0415 - torch is an optional extra
 
     return save_state, _plan
-
-
-def _describe_steps(index: Mapping[int, Any]) -> str:
-    steps = sorted(index)
-    if not steps:
-        return "none"
-    shown = ", ".join(map(str, steps[:10]))
-    return shown + (f", ... ({len(steps)} in all)" if len(steps) > 10 else "")

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from ckpt import _layout
-from ckpt._storage import Storage
+from ckpt._storage import Entry, Storage
 
 logger = logging.getLogger("ckpt")
 
@@ -97,31 +98,67 @@ def publish(
         discard(storage, directory, displaced, durable=durable)
 
 
-def recover(storage: Storage, directory: Path, *, durable: bool) -> list[RecoveryAction]:
-    """Finish or undo whatever a crash interrupted in ``directory``; log and return it."""
-    actions: list[RecoveryAction] = []
-    entries = {entry.name: entry for entry in storage.list_dir(directory)}
+LeftoverKind = Literal["temporary", "interrupted_overwrite", "displaced", "foreign"]
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """An entry named like a crash's leftover, and which kind `recover` takes it for.
+
+    ``"foreign"`` ones are left alone (they are not directories, or the ``step_N`` an
+    ``old_step_N`` belongs to is not one); ``detail`` says why.
+    """
+
+    kind: LeftoverKind
+    name: str
+    step: int
+    detail: str = ""
+
+
+def find_leftovers(entries: Mapping[str, Entry]) -> list[Leftover]:
+    """Classify the temporaries and displaced copies of a directory listing, by name."""
+    found = []
     for name, entry in sorted(entries.items()):
         tmp_step = _layout.parse(_layout.TMP, name)
         old_step = _layout.parse(_layout.OLD, name)
         if tmp_step is None and old_step is None:
             continue
+        step = tmp_step if tmp_step is not None else old_step
+        assert step is not None
         if entry.kind != "dir":
-            logger.warning("leaving %s alone: it is a %s, not a directory", name, entry.kind)
-            continue
+            found.append(Leftover("foreign", name, step, f"it is a {entry.kind}, not a directory"))
+        elif tmp_step is not None:
+            found.append(Leftover("temporary", name, step))
+        else:
+            final = entries.get(_layout.step_name(step))
+            if final is None:
+                found.append(Leftover("interrupted_overwrite", name, step))
+            elif final.kind == "dir":
+                found.append(Leftover("displaced", name, step))
+            else:
+                detail = f"{final.name} is a {final.kind}"
+                found.append(Leftover("foreign", name, step, detail))
+    return found
+
+
+def recover(storage: Storage, directory: Path, *, durable: bool) -> list[RecoveryAction]:
+    """Finish or undo whatever a crash interrupted in ``directory``; log and return it."""
+    actions: list[RecoveryAction] = []
+    entries = {entry.name: entry for entry in storage.list_dir(directory)}
+    for leftover in find_leftovers(entries):
+        name = leftover.name
         path = directory / name
-        if tmp_step is not None:
+        final_name = _layout.step_name(leftover.step)
+        if leftover.kind == "foreign":
+            logger.warning("leaving %s alone: %s", name, leftover.detail)
+        elif leftover.kind == "temporary":
             discard(storage, directory, path, durable=durable)
             actions.append(
                 RecoveryAction(
                     "removed_temporary", path, f"removed {name}, left by an unfinished save"
                 )
             )
-            continue
-        assert old_step is not None
-        final_name = _layout.step_name(old_step)
-        final = entries.get(final_name)
-        if final is None:
+        elif leftover.kind == "interrupted_overwrite":
             storage.rename(path, directory / final_name)
             actions.append(
                 RecoveryAction(
@@ -131,7 +168,7 @@ def recover(storage: Storage, directory: Path, *, durable: bool) -> list[Recover
                     f"before the new copy was in place",
                 )
             )
-        elif final.kind == "dir":
+        else:
             discard(storage, directory, path, durable=durable)
             actions.append(
                 RecoveryAction(
@@ -140,8 +177,6 @@ def recover(storage: Storage, directory: Path, *, durable: bool) -> list[Recover
                     f"removed {name}: the overwrite of {final_name} had completed",
                 )
             )
-        else:
-            logger.warning("leaving %s alone: %s is a %s", name, final_name, final.kind)
     meta = directory / _layout.META_DIR
     for entry in storage.list_dir(meta):
         # What an interrupted replace_file (of pins.json) leaves; nothing reads it.

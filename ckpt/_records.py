@@ -1,10 +1,15 @@
-"""What the manager reports about a finalized checkpoint."""
+"""What the manager reports about a finalized checkpoint, and how it reads one."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
+from ckpt import _layout
+from ckpt._serialize import decode_training_info
+from ckpt._storage import Entry, Storage
 from policies import CheckpointView
 
 
@@ -21,3 +26,46 @@ class CheckpointRecord(CheckpointView):
     """
 
     path: Path
+
+
+class NotACheckpointError(Exception):
+    """A ``step_N`` entry that is not a checkpoint; ``code`` says why (for `verify`)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def load_record(storage: Storage, path: Path, step: int, entry: Entry) -> CheckpointRecord:
+    """Read the checkpoint ``step`` at ``path``, whose listing entry is ``entry``.
+
+    Raises:
+        NotACheckpointError: If it is not a directory with a readable training info.
+    """
+    if entry.kind != "dir":
+        raise NotACheckpointError(
+            "not_a_directory", f"it is a {entry.kind}, not a checkpoint directory"
+        )
+    try:
+        info = decode_training_info(storage.read_bytes(path / _layout.INFO_FILE))
+    except (OSError, ValueError) as exc:
+        raise NotACheckpointError(
+            "unreadable_info", f"no readable {_layout.INFO_FILE} ({exc})"
+        ) from exc
+    return CheckpointRecord(
+        step=step, path=path, info=MappingProxyType(info), committed_at=entry.mtime
+    )
+
+
+def describe_steps(steps: Iterable[int]) -> str:
+    """``1-4, 7, 9-12``: runs of consecutive steps, the first ten runs at most."""
+    ordered = sorted(steps)
+    runs: list[list[int]] = []
+    for step in ordered:
+        if runs and step == runs[-1][-1] + 1:
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    parts = [f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs]
+    return ", ".join(parts[:10]) + (f", ... ({len(ordered)} in all)" if len(parts) > 10 else "")

@@ -133,3 +133,19 @@ def decode_training_info(data: bytes) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ValueError(f"expected a JSON object, found {type(parsed).__name__}")
     return parsed
+
+
+def encode_pins(pins: set[int]) -> bytes:
+    """The contents of ``.ckpt/pins.json``."""
+    return json.dumps({"pinned": sorted(pins)}).encode()
+
+
+def decode_pins(data: bytes) -> set[int]:
+    """Parse ``.ckpt/pins.json``.
+
+    Raises:
+        ValueError: If it is not JSON (`json.JSONDecodeError` is one).
+        KeyError: If it has no ``pinned`` list.
+        TypeError: If ``pinned`` holds something that is not a step.
+    """
+    return {int(step) for step in json.loads(data)["pinned"]}

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Literal
 
 from ckpt import _layout, _manager, _protocol
-from ckpt._config import CheckpointConfig, load_config
-from ckpt._records import CheckpointRecord
+from ckpt._config import CheckpointConfig, config_section, load_config
+from ckpt._protocol import Leftover, find_leftovers
+from ckpt._records import CheckpointRecord, NotACheckpointError, load_record
 from ckpt._resolve import policies_from_config
-from ckpt._serialize import decode_training_info
+from ckpt._serialize import decode_pins
 from ckpt._storage import Entry, LocalStorage
 from policies import ByMetric, decide, metric_value
 
@@ -97,6 +96,27 @@ class VerifyReport:
         }
 
 
+# Every code `verify` reports, with its severity.
+SEVERITIES: dict[str, Severity] = {
+    "missing_directory": "error",
+    "not_a_directory": "error",
+    "unreadable_info": "error",
+    "interrupted_overwrite": "error",
+    "leftover_temporary": "warning",
+    "leftover_displaced": "warning",
+    "interrupted_delete": "warning",
+    "unrecognized_entry": "warning",
+    "unreadable_pins": "warning",
+    "stale_pin": "warning",
+    "should_be_pruned": "warning",
+    "missing_metric": "warning",
+}
+
+
+def _problem(code: str, path: Path, message: str, hint: str) -> Problem:
+    return Problem(SEVERITIES[code], code, path, message, hint)
+
+
 _OPEN_WRITER = "open a writer on it (any CheckpointManager that is not read-only) to recover"
 
 
@@ -130,10 +150,7 @@ def _config(
         return config
     if isinstance(config, Mapping):
         # The directory checked is the argument; a config need not name it.
-        section = config.get("checkpointing")
-        if isinstance(section, Mapping):
-            config = section
-        return load_config({"checkpoint_dir": str(directory), **config})
+        return load_config({"checkpoint_dir": str(directory), **config_section(config)[0]})
     return load_config(config)
 
 
@@ -170,8 +187,7 @@ def verify(
     root = storage.entry(directory)
     if root is None or root.kind != "dir":
         what = "does not exist" if root is None else f"is a {root.kind}, not a directory"
-        problem = Problem(
-            "error",
+        problem = _problem(
             "missing_directory",
             directory,
             f"{directory} {what}",
@@ -183,15 +199,33 @@ def verify(
     entries = {entry.name: entry for entry in storage.list_dir(directory)}
     records: dict[int, CheckpointRecord] = {}
     for name, entry in sorted(entries.items()):
-        path = directory / name
-        record = _check_entry(storage, path, entry, entries, live=live, problems=problems)
-        if record is not None:
-            records[record.step] = record
+        step = _layout.parse(_layout.STEP, name)
+        if step is not None:
+            record = _check_step(storage, directory / name, step, entry, problems)
+            if record is not None:
+                records[step] = record
+        elif (
+            name.startswith(("step_", "tmp_step_", "old_step_"))
+            and _layout.parse(_layout.TMP, name) is None
+            and _layout.parse(_layout.OLD, name) is None
+        ):
+            problems.append(
+                _problem(
+                    "unrecognized_entry",
+                    directory / name,
+                    f"{name} looks like a checkpoint name but is not one (steps are written "
+                    f"without leading zeros or signs); the manager ignores it",
+                    "rename or move it if it is a checkpoint you need",
+                )
+            )
+    for leftover in find_leftovers(entries):
+        # While a writer works, its temporaries are saves and overwrites in progress.
+        if leftover.kind == "foreign" or not live:
+            problems.append(_leftover_problem(directory, leftover))
     if not live:
         for entry in storage.list_dir(_protocol.trash_dir(directory)):
             problems.append(
-                Problem(
-                    "warning",
+                _problem(
                     "interrupted_delete",
                     _protocol.trash_dir(directory) / entry.name,
                     f"a delete of {entry.name.rsplit('.', 1)[0]} was interrupted",
@@ -200,109 +234,62 @@ def verify(
             )
     pins = _check_pins(storage, directory, records, problems)
     for step in pins & records.keys():
-        records[step] = CheckpointRecord(
-            step=step,
-            path=records[step].path,
-            info=records[step].info,
-            committed_at=records[step].committed_at,
-            pinned=True,
-        )
+        records[step] = replace(records[step], pinned=True)
     if settings is not None:
         _check_retention(settings, records, problems)
     problems.sort(key=lambda p: (p.severity != "error", str(p.path), p.code))
     return VerifyReport(directory, tuple(sorted(records)), tuple(problems), writer_active=live)
 
 
-def _check_entry(
-    storage: LocalStorage,
-    path: Path,
-    entry: Entry,
-    entries: Mapping[str, Entry],
-    *,
-    live: bool,
-    problems: list[Problem],
+def _check_step(
+    storage: LocalStorage, path: Path, step: int, entry: Entry, problems: list[Problem]
 ) -> CheckpointRecord | None:
-    name = entry.name
-    step = _layout.parse(_layout.STEP, name)
-    if step is not None:
-        if entry.kind != "dir":
-            problems.append(
-                Problem(
-                    "error",
-                    "not_a_directory",
-                    path,
-                    f"{name} is a {entry.kind}, not a checkpoint directory; the manager "
-                    f"ignores it and cannot publish step {step}",
-                    "move it out of the checkpoint directory",
-                )
-            )
-            return None
-        try:
-            info = decode_training_info(storage.read_bytes(path / _layout.INFO_FILE))
-        except (OSError, ValueError) as exc:
-            problems.append(
-                Problem(
-                    "error",
-                    "unreadable_info",
-                    path,
-                    f"{name} has no readable {_layout.INFO_FILE} ({exc}); the manager ignores it",
-                    "restore the file from a copy, or move the directory away",
-                )
-            )
-            return None
-        return CheckpointRecord(
-            step=step, path=path, info=MappingProxyType(info), committed_at=entry.mtime
-        )
-    tmp_step = _layout.parse(_layout.TMP, name)
-    old_step = _layout.parse(_layout.OLD, name)
-    if (tmp_step is not None or old_step is not None) and live:
-        return None  # a save or an overwrite in progress
-    if tmp_step is not None:
-        problems.append(
-            Problem(
-                "warning",
-                "leftover_temporary",
-                path,
-                f"{name} was left by a save that never finished; it is not a checkpoint",
-                _OPEN_WRITER + ", which removes it",
-            )
-        )
-    elif old_step is not None:
-        final = _layout.step_name(old_step)
-        if final in entries:
-            problems.append(
-                Problem(
-                    "warning",
-                    "leftover_displaced",
-                    path,
-                    f"{name} is the previous copy of {final}, left by an overwrite that "
-                    f"had completed",
-                    _OPEN_WRITER + ", which removes it",
-                )
-            )
+    try:
+        return load_record(storage, path, step, entry)
+    except NotACheckpointError as exc:
+        if exc.code == "not_a_directory":
+            hint = "move it out of the checkpoint directory"
+            also = f"cannot publish step {step}"
         else:
-            problems.append(
-                Problem(
-                    "error",
-                    "interrupted_overwrite",
-                    path,
-                    f"an overwrite of {final} was interrupted: the only copy of step "
-                    f"{old_step} is {name}, and loaders looking for {final} miss it",
-                    _OPEN_WRITER + ", which renames it back",
-                )
-            )
-    elif name.startswith(("step_", "tmp_step_", "old_step_")):
-        problems.append(
-            Problem(
-                "warning",
-                "unrecognized_entry",
-                path,
-                f"{name} looks like a checkpoint name but is not one (steps are written "
-                f"without leading zeros or signs); the manager ignores it",
-                "rename or move it if it is a checkpoint you need",
-            )
+            hint = "restore the file from a copy, or move the directory away"
+            also = f"refuses to publish step {step} over it"
+        message = f"{path.name}: {exc.detail}; the manager ignores it and {also}"
+        problems.append(_problem(exc.code, path, message, hint))
+        return None
+
+
+def _leftover_problem(directory: Path, leftover: Leftover) -> Problem:
+    name, path = leftover.name, directory / leftover.name
+    final = _layout.step_name(leftover.step)
+    if leftover.kind == "temporary":
+        return _problem(
+            "leftover_temporary",
+            path,
+            f"{name} was left by a save that never finished; it is not a checkpoint",
+            _OPEN_WRITER + ", which removes it",
         )
-    return None
+    if leftover.kind == "displaced":
+        return _problem(
+            "leftover_displaced",
+            path,
+            f"{name} is the previous copy of {final}, left by an overwrite that had completed",
+            _OPEN_WRITER + ", which removes it",
+        )
+    if leftover.kind == "interrupted_overwrite":
+        return _problem(
+            "interrupted_overwrite",
+            path,
+            f"an overwrite of {final} was interrupted: the only copy of step "
+            f"{leftover.step} is {name}, and loaders looking for {final} miss it",
+            _OPEN_WRITER + ", which renames it back",
+        )
+    return _problem(
+        "unrecognized_entry",
+        path,
+        f"{name} is named like a leftover of a crash but {leftover.detail}; recovery "
+        f"leaves it alone and the manager ignores it",
+        "move it out of the checkpoint directory if it is not yours",
+    )
 
 
 def _check_pins(
@@ -313,13 +300,12 @@ def _check_pins(
 ) -> set[int]:
     path = directory / _layout.META_DIR / _layout.PINS_FILE
     try:
-        pins = {int(step) for step in json.loads(storage.read_bytes(path))["pinned"]}
+        pins = decode_pins(storage.read_bytes(path))
     except FileNotFoundError:
         return set()
     except (OSError, ValueError, KeyError, TypeError) as exc:
         problems.append(
-            Problem(
-                "warning",
+            _problem(
                 "unreadable_pins",
                 path,
                 f"the pins file cannot be read ({exc}); no checkpoint counts as pinned",
@@ -329,8 +315,7 @@ def _check_pins(
         return set()
     for step in sorted(pins - records.keys()):
         problems.append(
-            Problem(
-                "warning",
+            _problem(
                 "stale_pin",
                 path,
                 f"step {step} is pinned but has no checkpoint",
@@ -348,8 +333,7 @@ def _check_retention(
         for step in sorted(records):
             if metric_value(records[step].info, ranking.name) is None:
                 problems.append(
-                    Problem(
-                        "warning",
+                    _problem(
                         "missing_metric",
                         records[step].path,
                         f"step {step} has no usable `{ranking.name}` (missing, NaN, "
@@ -360,8 +344,7 @@ def _check_retention(
     for decision in decide(retention, list(records.values())):
         if not decision.keep:
             problems.append(
-                Problem(
-                    "warning",
+                _problem(
                     "should_be_pruned",
                     records[decision.step].path,
                     f"step {decision.step} is {decision.reason}",

@@ -10,8 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +163,60 @@ def snapshot() -> Callable[[Path], Snapshot]:
 def tree() -> Callable[[Path], dict[str, bytes]]:
     """`read_tree` as a fixture."""
     return read_tree
+
+
+@pytest.fixture
+def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The real paths ``os.fsync`` is called on from now on, in order (fsync still runs)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to name fsynced descriptors")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return synced
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    import time
+
+    import ckpt
+
+    manager = ckpt.CheckpointManager({"checkpoint_dir": sys.argv[1], "fsync": False})
+    path = manager.init_tmp_checkpoint(7, {"v": 7})
+    (path / "model.bin").write_bytes(b"half written")
+    print("ready", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+@pytest.fixture
+def writer_elsewhere(ckpt_dir: Path) -> Callable[[], AbstractContextManager[None]]:
+    """A block during which another process is the writer of ``ckpt_dir``.
+
+    It holds the lock with a half-written ``tmp_step_7`` and is killed with SIGKILL when
+    the block ends, leaving that temporary behind for recovery.
+    """
+
+    @contextmanager
+    def hold() -> Iterator[None]:
+        with subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(ckpt_dir)], stdout=subprocess.PIPE, text=True
+        ) as holder:
+            try:
+                assert holder.stdout is not None
+                assert holder.stdout.readline() == "ready\n"
+                yield
+            finally:
+                holder.send_signal(signal.SIGKILL)
+                holder.wait(timeout=30)
+        assert holder.returncode == -signal.SIGKILL
+
+    return hold

@@ -14,6 +14,7 @@ import pytest
 
 import ckpt
 from ckpt import _cli
+from ckpt._records import describe_steps
 from tests.conftest import snapshot_tree
 
 # val_reward by step: 3 has none, 5 diverged; the best is 4, the worst usable 1.
@@ -392,7 +393,7 @@ def test_progress_stays_quiet_when_piped() -> None:
 
 
 def test_steps_are_described_as_runs() -> None:
-    assert _cli._describe_steps([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
-    many = _cli._describe_steps(list(range(0, 40, 2)))
+    assert describe_steps([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
+    many = describe_steps(list(range(0, 40, 2)))
     assert many.startswith("0, 2, 4")
     assert many.endswith("... (20 in all)")

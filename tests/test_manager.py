@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from ckpt import CheckpointManager, LocalStorage
 
 Make = Callable[..., CheckpointManager]
 Save = Callable[..., Path]
+Hold = Callable[[], AbstractContextManager[None]]
 
 
 def steps(manager: CheckpointManager) -> list[int]:
@@ -889,41 +890,15 @@ def test_a_forked_child_is_not_the_writer(make_manager: Make, save: Save, ckpt_d
     assert steps(manager) == [1, 2]
 
 
-_HOLDER = textwrap.dedent(
-    """
-    import sys
-    import time
-
-    import ckpt
-
-    manager = ckpt.CheckpointManager({"checkpoint_dir": sys.argv[1], "fsync": False})
-    path = manager.init_tmp_checkpoint(7, {"v": 7})
-    (path / "model.bin").write_bytes(b"half written")
-    print("ready", flush=True)
-    time.sleep(120)
-    """
-)
-
-
 @pytest.mark.subprocess
 def test_a_killed_writer_does_not_block_the_next(
-    make_manager: Make, save: Save, ckpt_dir: Path
+    make_manager: Make, save: Save, ckpt_dir: Path, writer_elsewhere: Hold
 ) -> None:
     first = make_manager()
     save(first, 1, {})
     first.close()
-    with subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(ckpt_dir)], stdout=subprocess.PIPE, text=True
-    ) as holder:
-        try:
-            assert holder.stdout is not None
-            assert holder.stdout.readline() == "ready\n"
-            with pytest.raises(ckpt.CheckpointDirLockedError):
-                ckpt.CheckpointManager({"checkpoint_dir": str(ckpt_dir)})
-        finally:
-            holder.send_signal(signal.SIGKILL)
-            holder.wait(timeout=30)
-    assert holder.returncode == -signal.SIGKILL
+    with writer_elsewhere(), pytest.raises(ckpt.CheckpointDirLockedError):
+        ckpt.CheckpointManager({"checkpoint_dir": str(ckpt_dir)})
     manager = make_manager()
     assert [(a.kind, a.path) for a in manager.recovery] == [
         ("removed_temporary", ckpt_dir / "tmp_step_7")
@@ -1160,3 +1135,49 @@ def test_recovery_removes_a_half_written_pins_file(make_manager: Make, ckpt_dir:
     partial.write_bytes(b'{"pinned": [')
     make_manager()
     assert not partial.exists()
+
+
+class _CountingRetention:
+    """A custom policy: keeps the two highest steps, and counts its calls."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def keep(self, checkpoints: Sequence[policies.CheckpointView]) -> dict[int, str]:
+        self.sizes.append(len(checkpoints))
+        return dict.fromkeys(sorted(c.step for c in checkpoints)[-2:], "mine")
+
+
+def test_a_save_decides_over_everything_only_when_it_must(
+    make_manager: Make, save: Save, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ckpt._manager as manager_module
+
+    full: list[int] = []
+    real_decide = manager_module.decide
+
+    def counting_decide(policy: Any, views: Any, **kwargs: Any) -> Any:
+        full.append(len(views))
+        return real_decide(policy, views, **kwargs)
+
+    monkeypatch.setattr(manager_module, "decide", counting_decide)
+    manager = make_manager(metric_name="loss", higher_is_better=False, keep_top_k=2)
+    for step in range(1, 8):
+        save(manager, step, {"loss": 1 / step})
+    assert full == [1]  # the first save after opening; then only the new one is weighed
+    manager.pin(7)
+    save(manager, 8, {"loss": 0.5})
+    save(manager, 9, {"loss": 0.5})
+    assert full == [1, 3]  # a pin is a change the shortcut did not see: one full decision
+    save(manager, 9, {"loss": 0.01})  # an overwrite changes a metric already weighed
+    assert full == [1, 3, 3]
+    assert steps(manager) == [7, 9]  # top-2 by loss; 7 is also pinned
+
+    custom = _CountingRetention()
+    other = make_manager(retention=custom)
+    full.clear()
+    save(other, 10, {})
+    save(other, 11, {})
+    assert full == [3, 4]  # a policy of unknown shape is always asked about everything
+    assert custom.sizes == [3, 4]
+    assert steps(other) == [7, 10, 11]

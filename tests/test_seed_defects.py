@@ -656,23 +656,13 @@ def test_11_overwrite_syncs_before_publishing_and_before_removing_the_old_copy(
 
 
 def test_11_every_file_and_directory_is_fsynced(
-    make_manager: Make, ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch
+    make_manager: Make, ckpt_dir: Path, fsynced: list[str]
 ) -> None:
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("needs /proc/self/fd to name fsynced descriptors")
     manager = make_manager(fsync=True)
     tmp = manager.init_tmp_checkpoint(1, {"score": 1.0}, {"lr": 0.1})
     (tmp / "model.bin").write_bytes(b"weights")
     (tmp / "optim").mkdir()
     (tmp / "optim" / "state.bin").write_bytes(b"state")
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
     manager.finalize_checkpoint(tmp)
     wanted = {
         tmp / "training_info.json",
@@ -684,8 +674,8 @@ def test_11_every_file_and_directory_is_fsynced(
         ckpt_dir,
     }
     resolved = {Path(os.path.realpath(p)) for p in wanted}
-    assert resolved <= {Path(p) for p in synced}
-    assert synced[-1] == os.path.realpath(ckpt_dir)  # the rename into place is made durable
+    assert resolved <= {Path(p) for p in fsynced}
+    assert fsynced[-1] == os.path.realpath(ckpt_dir)  # the rename into place is made durable
 
 
 def test_11_fsync_false_syncs_nothing(

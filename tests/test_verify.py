@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -189,35 +189,16 @@ _TRY_WRITER = textwrap.dedent(
     """
 )
 
-_HOLDER = textwrap.dedent(
-    """
-    import sys
-    import time
-    import ckpt
-
-    manager = ckpt.CheckpointManager({"checkpoint_dir": sys.argv[1], "fsync": False})
-    manager.init_tmp_checkpoint(7, {"v": 7})
-    print("ready", flush=True)
-    time.sleep(120)
-    """
-)
-
 
 @pytest.mark.subprocess
-def test_a_writer_in_another_process_is_seen(ckpt_dir: Path) -> None:
-    with subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(ckpt_dir)], stdout=subprocess.PIPE, text=True
-    ) as holder:
-        try:
-            assert holder.stdout is not None
-            assert holder.stdout.readline() == "ready\n"
-            live = ckpt.verify(ckpt_dir)
-            # Probing did not take the lock away from the holder.
-            with pytest.raises(ckpt.CheckpointDirLockedError):
-                ckpt.CheckpointManager({"checkpoint_dir": str(ckpt_dir)})
-        finally:
-            holder.send_signal(signal.SIGKILL)
-            holder.wait(timeout=30)
+def test_a_writer_in_another_process_is_seen(
+    ckpt_dir: Path, writer_elsewhere: Callable[[], AbstractContextManager[None]]
+) -> None:
+    with writer_elsewhere():
+        live = ckpt.verify(ckpt_dir)
+        # Probing did not take the lock away from the holder.
+        with pytest.raises(ckpt.CheckpointDirLockedError):
+            ckpt.CheckpointManager({"checkpoint_dir": str(ckpt_dir)})
     assert live.writer_active
     assert live.problems == ()
     dead = ckpt.verify(ckpt_dir)
@@ -244,3 +225,24 @@ def test_the_report_is_json_ready(ckpt_dir: Path, write_step: WriteStep) -> None
             }
         ],
     }
+
+
+def test_what_recovery_leaves_alone_is_reported_as_such(
+    make_manager: Make, save: Save, ckpt_dir: Path, tmp_path: Path
+) -> None:
+    first = make_manager()
+    save(first, 1, {})
+    first.close()
+    (ckpt_dir / "tmp_step_4").write_bytes(b"a file")
+    (ckpt_dir / "old_step_5").symlink_to(tmp_path)
+    (ckpt_dir / "step_6").write_bytes(b"a file")
+    (ckpt_dir / "old_step_6").mkdir()  # its step_6 is not a checkpoint directory
+    expected = [
+        ("error", "not_a_directory", "step_6"),
+        ("warning", "unrecognized_entry", "old_step_5"),
+        ("warning", "unrecognized_entry", "old_step_6"),
+        ("warning", "unrecognized_entry", "tmp_step_4"),
+    ]
+    assert codes(ckpt.verify(ckpt_dir)) == expected
+    assert make_manager().recovery == ()  # recovery leaves them be, as the report says
+    assert codes(ckpt.verify(ckpt_dir)) == expected
