@@ -151,6 +151,11 @@ def _fsync_path(path: str, flags: int) -> None:
         os.close(fd)
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Call fsync on the directory ``path``, so that renames in it are durable."""
+    _fsync_path(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY)
+
+
 class _FileLock:
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
@@ -268,7 +273,7 @@ class LocalStorage:
 
     def sync_dir(self, path: Path) -> None:
         """Call fsync on the directory ``path`` so renames in it are durable."""
-        _fsync_path(str(path), os.O_RDONLY | os.O_DIRECTORY)
+        fsync_dir(path)
 
     def lock(self, path: Path) -> _FileLock:
         """Take the exclusive writer lock held in the file ``path``.

@@ -64,6 +64,7 @@ from ckpt._errors import (
     SerializationError,
     StateNotFoundError,
 )
+from ckpt._storage import fsync_dir
 
 __all__ = ["STATE_FILE", "MapLocation", "load_state", "save_state"]
 
@@ -186,6 +187,20 @@ def _scalar(value: Any) -> Any:
     raise TypeError
 
 
+def _view_key(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """Equal for two tensors that are the same view of the same memory (tied weights)."""
+    return (
+        tensor.device,
+        tensor.untyped_storage().data_ptr(),
+        tensor.storage_offset(),
+        tuple(tensor.shape),
+        tensor.stride(),
+        tensor.dtype,
+        tensor.is_conj(),
+        tensor.is_neg(),
+    )
+
+
 def _child(where: str, key: Any) -> str:
     return f"{where}/{key}" if where else str(key)
 
@@ -201,16 +216,7 @@ class _Planner:
     def tensor(self, value: torch.Tensor, where: str) -> dict[str, int]:
         plan = self.plan
         value = _check_tensor(value, where)
-        key = (
-            value.device,
-            value.untyped_storage().data_ptr(),
-            value.storage_offset(),
-            tuple(value.shape),
-            value.stride(),
-            value.dtype,
-            value.is_conj(),
-            value.is_neg(),
-        )
+        key = _view_key(value)
         if value.numel() and key in self.seen:
             return {"tensor": self.seen[key]}
         index = len(plan.tensors)
@@ -331,14 +337,6 @@ def _byte_blocks(tensor: torch.Tensor, staging: _Staging) -> Iterator[memoryview
         yield buffer.numpy().data
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_state(directory: str | os.PathLike[str], state: Any, *, fsync: bool = True) -> Path:
     """Write ``state`` into ``directory`` as `STATE_FILE`, replacing one already there.
 
@@ -401,7 +399,7 @@ def save_state(directory: str | os.PathLike[str], state: Any, *, fsync: bool = T
             os.unlink(partial)
         raise
     if fsync:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return final
 
 
