@@ -39,7 +39,7 @@ RUN_CONFIG = {"lr": 1e-6, "algorithm": "grpo", "seed": 0}
 PLOT_EXTRA = "pip install 'ckpt-warden[plot]'"
 
 
-class DemoError(RuntimeError):
+class DemoError(ckpt.CheckpointError, RuntimeError):
     """The demo could not run as planned (its directory is taken, the child misbehaved)."""
 
 
