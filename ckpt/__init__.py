@@ -16,8 +16,10 @@ from ckpt._errors import (
     InvalidCheckpointPathError,
     InvalidStepError,
     ReadOnlyError,
+    SaveInProgressError,
     SerializationError,
     StateNotFoundError,
+    UnsafeFileError,
 )
 from ckpt._manager import CheckpointManager
 from ckpt._protocol import RecoveryAction
@@ -47,9 +49,11 @@ __all__ = [
     "Problem",
     "ReadOnlyError",
     "RecoveryAction",
+    "SaveInProgressError",
     "SerializationError",
     "StateNotFoundError",
     "Storage",
+    "UnsafeFileError",
     "VerifyReport",
     "load_config",
     "policies_from_config",

@@ -533,7 +533,8 @@ class _Listing:
         total = _size(sum(s or 0 for s in self.sizes.values()))
         configured = self.config_file is not None
         policy = f"retention {_short(self.retention)}" if configured else "no --config"
-        out = [f"{self.directory}: {len(self.records)} checkpoints, {total} on disk; {policy}"]
+        count = _plural(len(self.records), "checkpoint")
+        out = [f"{self.directory}: {count}, {total} on disk; {policy}"]
         shown = list(self.metrics())[:3]
         header = ["step", *shown, "size", "committed", "pinned"]
         if configured:
@@ -648,7 +649,7 @@ def _prune_lines(
     doomed = [d.step for d in plan if not d.keep and d.step not in failed]
     freed = _size(sum(sizes.get(step) or 0 for step in doomed))
     verb = "would prune" if dry_run else "pruned"  # the action column: "prune" or "pruned"
-    head = f"{verb} {len(doomed)} of {len(plan)} checkpoints in {directory} ({freed})"
+    head = f"{verb} {len(doomed)} of {_plural(len(plan), 'checkpoint')} in {directory} ({freed})"
     out = [head + ("; dry run, nothing changed" if dry_run else "")]
     rows = []
     for d in plan:
@@ -689,7 +690,7 @@ def _tick_on_info(bar: _Progress) -> Iterator[None]:
 
 def _report_lines(report: VerifyReport, ignored: int) -> list[str]:
     steps = f"steps {describe_steps(report.steps)}" if report.steps else "none"
-    head = f"{report.directory}: {len(report.steps)} checkpoints ({steps})"
+    head = f"{report.directory}: {_plural(len(report.steps), 'checkpoint')} ({steps})"
     if report.writer_active:
         head += "; a writer is active (its temporaries are saves in progress)"
     out = [head]

@@ -13,7 +13,10 @@ specific one also derives from the built-in exception a caller would naturally c
     ├── StateNotFoundError               (FileNotFoundError) no state file where load_state looked
     ├── DeviceUnavailableError           (RuntimeError)     load_state's target device is unusable
     ├── ReadOnlyError                    (PermissionError)  write on a read-only or disabled manager
-    └── CheckpointDirLockedError         (BlockingIOError)  another process is the writer
+    ├── CheckpointDirLockedError         (BlockingIOError)  another process is the writer
+    ├── SaveInProgressError              (RuntimeError)     another thread is saving that step
+    └── UnsafeFileError                  (OSError)          a link, FIFO, device or oversized file
+                                                                where ckpt reads or writes its own
 
 Invalid configuration values raise pydantic's ``ValidationError`` (itself a
 ``ValueError``), and failures of the file system propagate as ``OSError``.
@@ -67,3 +70,22 @@ class ReadOnlyError(CheckpointError, PermissionError):
 
 class CheckpointDirLockedError(CheckpointError, BlockingIOError):
     """Another process holds the writer lock on the checkpoint directory."""
+
+
+class UnsafeFileError(CheckpointError, OSError):
+    """A file ckpt reads or writes itself is not a plain file or directory it may use.
+
+    For its own files (``training_info.json``, ``config.yaml``, and the lock, pins and
+    trash under ``.ckpt/``) ckpt never follows a symbolic link, never opens a FIFO or a
+    device, and never reads more than 64 MiB, so a crafted entry can neither redirect a
+    delete out of the checkpoint directory nor hang or exhaust a reader.
+    """
+
+
+class SaveInProgressError(CheckpointError, RuntimeError):
+    """Another thread of this process is saving the same step on this directory.
+
+    `CheckpointManager.save` and `CheckpointManager.save_async` wait for each other;
+    `CheckpointManager.init_tmp_checkpoint` refuses a step whose temporary directory
+    another live thread holds, rather than replace it under that thread.
+    """

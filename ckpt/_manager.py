@@ -23,19 +23,25 @@ from ckpt._errors import (
     InvalidCheckpointPathError,
     InvalidStepError,
     ReadOnlyError,
+    SaveInProgressError,
 )
 from ckpt._incremental import Tracker
 from ckpt._protocol import RecoveryAction
-from ckpt._records import CheckpointRecord, NotACheckpointError, describe_steps, load_record
+from ckpt._records import (
+    CheckpointRecord,
+    NotACheckpointError,
+    VanishedError,
+    describe_steps,
+    load_record,
+)
 from ckpt._resolve import policies_from_config
 from ckpt._serialize import (
-    decode_pins,
     decode_training_info,
     encode_pins,
     encode_run_config,
     encode_training_info,
 )
-from ckpt._storage import Entry, LocalStorage, Lock, Storage
+from ckpt._storage import Entry, LocalStorage, Lock, Storage, describe_kind
 from policies import Decision, Hybrid, Ranking, RetentionPolicy, decide
 
 logger = logging.getLogger("ckpt")
@@ -63,6 +69,12 @@ class _Directory:
         # Steps that background saves of this directory have accepted and not finished:
         # retention must not delete a checkpoint one of them is about to replace.
         self.saving: Counter[int] = Counter()
+        # One `save` (or background save) at a time, so that two threads saving on one
+        # manager both commit rather than replace each other's temporary directory.
+        self.save_lock = threading.Lock()
+        # Step -> the thread that got tmp_step_N from init_tmp_checkpoint and has not
+        # finalized or aborted it yet.
+        self.live: dict[int, int] = {}
         # Read-only views re-list the directory on each query and re-read only what changed;
         # an entry that is not a checkpoint is remembered too (None), so it is warned of once.
         self._seen: dict[int, tuple[tuple[int, int], CheckpointRecord | None]] = {}
@@ -72,9 +84,11 @@ class _Directory:
         return self.path / _layout.META_DIR
 
     def open_writer(self) -> None:
+        _protocol.check_metadata(self.storage, self.path)
         self.storage.make_dirs(_protocol.trash_dir(self.path))
         self.lock = self.storage.lock(self.meta / _layout.LOCK_FILE)
         try:
+            _protocol.check_metadata(self.storage, self.path)  # as it is now we hold the lock
             self.recovery = tuple(_protocol.recover(self.storage, self.path, durable=self.durable))
             self.scan()
             stale = self.pins - self.index.keys()
@@ -112,16 +126,16 @@ class _Directory:
     def _load(self, step: int, entry: Entry) -> CheckpointRecord | None:
         try:
             return load_record(self.storage, self.path / entry.name, step, entry)
+        except VanishedError:
+            return None  # pruned or replaced while listed; the next scan sees what is there
         except NotACheckpointError as exc:
             logger.warning("ignoring %s: %s", entry.name, exc.detail)
             return None
 
     def read_pins(self) -> set[int]:
         try:
-            return decode_pins(self.storage.read_bytes(self.meta / _layout.PINS_FILE))
-        except FileNotFoundError:
-            return set()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return _protocol.read_pins(self.storage, self.path)
+        except (OSError, ValueError) as exc:
             logger.warning("ignoring unreadable pins file: %s", exc)
             return set()
 
@@ -150,6 +164,10 @@ if hasattr(os, "register_at_fork"):
         after_in_parent=writers_mutex.release,
         after_in_child=_forget_writers_in_child,
     )
+
+
+def _thread_alive(ident: int) -> bool:
+    return any(thread.ident == ident for thread in threading.enumerate())
 
 
 def _check_step(step: object) -> int:
@@ -370,8 +388,22 @@ class CheckpointManager:
         self, state: _Directory, step: int, info_bytes: bytes, config_bytes: bytes | None
     ) -> Path:
         tmp = self.checkpoint_dir / _layout.tmp_name(step)
+        me = threading.get_ident()
         with state.mutex:
-            if state.storage.entry(tmp) is not None:
+            owner = state.live.get(step)
+            if owner is not None and owner != me and _thread_alive(owner):
+                raise SaveInProgressError(
+                    f"step {step} is being saved by another thread of this process (into "
+                    f"{tmp}); save() and save_async() wait for each other, but "
+                    f"init_tmp_checkpoint does not: finalize or abort that save first"
+                )
+            found = state.storage.entry(tmp)
+            if found is not None:
+                if found.kind != "dir":
+                    raise CheckpointError(
+                        f"cannot save step {step}: {tmp.name} exists and is a "
+                        f"{describe_kind(found.kind)}, not a directory ckpt made; move it away"
+                    )
                 logger.warning("replacing %s left by an earlier attempt at step %d", tmp, step)
                 _protocol.discard(state.storage, self.checkpoint_dir, tmp, durable=self._durable)
             state.storage.make_dir(tmp)
@@ -382,6 +414,7 @@ class CheckpointManager:
             except BaseException:
                 state.storage.remove_tree(tmp)
                 raise
+            state.live[step] = me
         return tmp
 
     def _tmp_step(self, checkpoint_path: str | os.PathLike[str]) -> tuple[Path, int]:
@@ -450,6 +483,7 @@ class CheckpointManager:
                 replacing=final_entry is not None,
                 durable=self._durable,
             )
+            state.live.pop(step, None)
             tracker = self._tracker
             incremental = step not in state.index and tracker.version == state.version
             frontier_current = incremental and tracker.frontier_version == state.version
@@ -487,8 +521,9 @@ class CheckpointManager:
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
         """
         state = self._writable()
-        tmp, _ = self._tmp_step(checkpoint_path)
+        tmp, step = self._tmp_step(checkpoint_path)
         with state.mutex:
+            state.live.pop(step, None)
             if state.storage.entry(tmp) is not None:
                 _protocol.discard(state.storage, self.checkpoint_dir, tmp, durable=self._durable)
                 logger.info("aborted %s", tmp)
@@ -563,7 +598,7 @@ class CheckpointManager:
         step = _check_step(step)
         save_state, _ = _state_io()
         self.wait_until_finished()
-        with self.checkpoint(step, training_info, run_config) as path:
+        with self._dir.save_lock, self.checkpoint(step, training_info, run_config) as path:
             save_state(path, state, fsync=self._durable)
         return self.checkpoint_dir / _layout.step_name(step)
 
@@ -616,13 +651,14 @@ class CheckpointManager:
 
         def write(snapshot: Any) -> None:
             try:
-                tmp = self._init_tmp(directory, step, info_bytes, config_bytes)
-                try:
-                    save_state(tmp, snapshot, fsync=self._durable)
-                except BaseException:
-                    self.abort_checkpoint(tmp)
-                    raise
-                self.finalize_checkpoint(tmp)
+                with directory.save_lock:
+                    tmp = self._init_tmp(directory, step, info_bytes, config_bytes)
+                    try:
+                        save_state(tmp, snapshot, fsync=self._durable)
+                    except BaseException:
+                        self.abort_checkpoint(tmp)
+                        raise
+                    self.finalize_checkpoint(tmp)
             finally:
                 with directory.mutex:
                     directory.saving[step] -= 1

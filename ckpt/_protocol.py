@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Literal
 
 from ckpt import _layout
-from ckpt._storage import Entry, Storage
+from ckpt._errors import UnsafeFileError
+from ckpt._serialize import decode_pins
+from ckpt._storage import Entry, EntryKind, Storage, describe_kind
 
 logger = logging.getLogger("ckpt")
 
@@ -51,6 +53,85 @@ class RecoveryAction:
 
 def trash_dir(directory: Path) -> Path:
     return directory / _layout.META_DIR / _layout.TRASH_DIR
+
+
+# ckpt's own entries under the checkpoint directory, and the kind each must be.
+_META_KINDS: tuple[tuple[tuple[str, ...], EntryKind], ...] = (
+    ((_layout.META_DIR,), "dir"),
+    ((_layout.META_DIR, _layout.TRASH_DIR), "dir"),
+    ((_layout.META_DIR, _layout.LOCK_FILE), "file"),
+    ((_layout.META_DIR, _layout.PINS_FILE), "file"),
+)
+
+
+@dataclass(frozen=True)
+class UnsafeEntry:
+    """One of ckpt's own entries (``.ckpt``, its trash, lock or pins) of the wrong kind."""
+
+    path: Path
+    found: EntryKind
+    expected: EntryKind
+
+    @property
+    def detail(self) -> str:
+        return (
+            f"{self.path} is a {describe_kind(self.found)}, where ckpt keeps a "
+            f"{describe_kind(self.expected)} of its own"
+        )
+
+
+def unsafe_metadata(storage: Storage, directory: Path) -> list[UnsafeEntry]:
+    """The entries of ckpt's own under ``directory`` that are not what ckpt made, outermost first.
+
+    A link there would send the lock, the pins and above all the trash (which is
+    emptied) somewhere else; nothing below a wrong ``.ckpt`` is looked at.
+    """
+    found: list[UnsafeEntry] = []
+    for parts, expected in _META_KINDS:
+        if found and found[0].path == directory / parts[0]:
+            break  # a bad .ckpt: what is inside is not ours to look into
+        path = directory.joinpath(*parts)
+        entry = storage.entry(path)
+        if entry is not None and entry.kind != expected:
+            found.append(UnsafeEntry(path, entry.kind, expected))
+    return found
+
+
+def check_metadata(storage: Storage, directory: Path) -> None:
+    """Refuse to write in ``directory`` if ckpt's own entries are not what ckpt made.
+
+    Raises:
+        UnsafeFileError: Naming each wrong entry; nothing was changed.
+    """
+    problems = unsafe_metadata(storage, directory)
+    if problems:
+        raise UnsafeFileError(
+            "; ".join(p.detail for p in problems)
+            + ". ckpt never follows a link out of the checkpoint directory, so it will not "
+            "write here: move the entry away (a writer recreates what it needs)"
+        )
+
+
+def read_pins(storage: Storage, directory: Path) -> set[int]:
+    """The pinned steps of ``directory``; none if it has no pins file.
+
+    Raises:
+        UnsafeFileError: If ``.ckpt`` or its pins file is a link or a special file.
+        ValueError: If the pins file does not hold a list of steps.
+        OSError: If it cannot be read.
+    """
+    meta = storage.entry(directory / _layout.META_DIR)
+    if meta is None:
+        return set()
+    if meta.kind != "dir":
+        raise UnsafeFileError(
+            f"{directory / _layout.META_DIR} is a {describe_kind(meta.kind)}, not ckpt's "
+            f"own directory; its pins are not read"
+        )
+    try:
+        return decode_pins(storage.read_bytes(directory / _layout.META_DIR / _layout.PINS_FILE))
+    except FileNotFoundError:
+        return set()
 
 
 def discard(storage: Storage, directory: Path, path: Path, *, durable: bool) -> None:

@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 from ckpt import _layout
 from ckpt._serialize import decode_training_info
-from ckpt._storage import Entry, Storage
+from ckpt._storage import Entry, Storage, describe_kind
 from policies import CheckpointView
 
 
@@ -37,25 +37,46 @@ class NotACheckpointError(Exception):
         self.detail = detail
 
 
+class VanishedError(NotACheckpointError):
+    """The entry was removed or replaced while it was read: a live writer's doing."""
+
+    def __init__(self) -> None:
+        super().__init__("vanished", "it was removed while it was read")
+
+
 def load_record(storage: Storage, path: Path, step: int, entry: Entry) -> CheckpointRecord:
     """Read the checkpoint ``step`` at ``path``, whose listing entry is ``entry``.
 
+    A writer may prune or replace ``step_N`` while it is read: a read that fails is
+    looked at again, and a checkpoint that is gone is `VanishedError` (a race, not
+    damage), one that was replaced is read anew.
+
     Raises:
         NotACheckpointError: If it is not a directory with a readable training info.
+        VanishedError: If it disappeared while it was read.
     """
-    if entry.kind != "dir":
-        raise NotACheckpointError(
-            "not_a_directory", f"it is a {entry.kind}, not a checkpoint directory"
+    for _ in range(3):
+        if entry.kind != "dir":
+            raise NotACheckpointError(
+                "not_a_directory",
+                f"it is a {describe_kind(entry.kind)}, not a checkpoint directory",
+            )
+        try:
+            info = decode_training_info(storage.read_bytes(path / _layout.INFO_FILE))
+        except (OSError, ValueError) as exc:
+            now = storage.entry(path)
+            if now is None:
+                raise VanishedError from exc
+            if now.identity == entry.identity:
+                raise NotACheckpointError(
+                    "unreadable_info", f"no readable {_layout.INFO_FILE} ({exc})"
+                ) from exc
+            entry = now
+            continue
+        return CheckpointRecord(
+            step=step, path=path, info=MappingProxyType(info), committed_at=entry.mtime
         )
-    try:
-        info = decode_training_info(storage.read_bytes(path / _layout.INFO_FILE))
-    except (OSError, ValueError) as exc:
-        raise NotACheckpointError(
-            "unreadable_info", f"no readable {_layout.INFO_FILE} ({exc})"
-        ) from exc
-    return CheckpointRecord(
-        step=step, path=path, info=MappingProxyType(info), committed_at=entry.mtime
-    )
+    raise VanishedError  # replaced on every look: a writer overwriting it in a loop
 
 
 def describe_steps(steps: Iterable[int]) -> str:

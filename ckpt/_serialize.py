@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from ckpt._errors import SerializationError
+from ckpt._text import short_repr
 
 logger = logging.getLogger("ckpt")
 
@@ -123,13 +124,21 @@ def encode_run_config(run_config: Mapping[str, Any]) -> bytes:
         raise SerializationError(f"run_config cannot be written as YAML: {exc}") from exc
 
 
+def _json(data: bytes) -> Any:
+    """``json.loads``, with nesting too deep for it reported as a `ValueError`."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("it is nested too deeply to be read") from None
+
+
 def decode_training_info(data: bytes) -> dict[str, Any]:
     """Parse a ``training_info.json`` (the seed's ``NaN`` spellings included).
 
     Raises:
-        ValueError: If it is not a JSON object.
+        ValueError: If it is not a JSON object (or not UTF-8 JSON at all).
     """
-    parsed = json.loads(data)
+    parsed = _json(data)
     if not isinstance(parsed, dict):
         raise ValueError(f"expected a JSON object, found {type(parsed).__name__}")
     return parsed
@@ -141,11 +150,18 @@ def encode_pins(pins: set[int]) -> bytes:
 
 
 def decode_pins(data: bytes) -> set[int]:
-    """Parse ``.ckpt/pins.json``.
+    """Parse ``.ckpt/pins.json``: ``{"pinned": [step, ...]}``.
 
     Raises:
-        ValueError: If it is not JSON (`json.JSONDecodeError` is one).
-        KeyError: If it has no ``pinned`` list.
-        TypeError: If ``pinned`` holds something that is not a step.
+        ValueError: If it is not JSON of that shape, with non-negative integer steps.
     """
-    return {int(step) for step in json.loads(data)["pinned"]}
+    parsed = _json(data)
+    pinned = parsed.get("pinned") if isinstance(parsed, dict) else None
+    if not isinstance(pinned, list):
+        raise ValueError(f'expected {{"pinned": [step, ...]}}, found {short_repr(parsed)}')
+    for step in pinned:
+        if type(step) is not int or step < 0:
+            raise ValueError(
+                f"`pinned` holds {short_repr(step)}, which is not a step (a non-negative integer)"
+            )
+    return set(pinned)

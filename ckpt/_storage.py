@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from ckpt._errors import CheckpointDirLockedError
+from ckpt._errors import CheckpointDirLockedError, UnsafeFileError
 
 EntryKind = Literal["dir", "file", "symlink", "other"]
 
@@ -51,8 +51,16 @@ class Lock(Protocol):
         ...
 
 
+MAX_READ_BYTES = 64 << 20
+"""The largest file `Storage.read_bytes` reads: ckpt's own files are small."""
+
+
 class Storage(Protocol):
-    """The file operations the manager needs. Paths are absolute."""
+    """The file operations the manager needs. Paths are absolute.
+
+    None of them follows a symbolic link in the last component of a path: a link is
+    listed, renamed and removed as a link, and never read or written through.
+    """
 
     def list_dir(self, path: Path) -> list[Entry]:
         """List ``path``; an empty list if it does not exist."""
@@ -63,7 +71,13 @@ class Storage(Protocol):
         ...
 
     def read_bytes(self, path: Path) -> bytes:
-        """Return the contents of the file at ``path``."""
+        """Return the contents of the regular file at ``path``.
+
+        Raises:
+            FileNotFoundError: If there is nothing at ``path``.
+            UnsafeFileError: If it is a symbolic link, a FIFO, a device or a directory,
+                or holds more than `MAX_READ_BYTES`; nothing blocks or is read then.
+        """
         ...
 
     def write_bytes(self, path: Path, data: bytes) -> None:
@@ -107,6 +121,7 @@ class Storage(Protocol):
 
         Raises:
             CheckpointDirLockedError: If another process holds it.
+            UnsafeFileError: If ``path`` is a symbolic link or not a regular file.
         """
         ...
 
@@ -141,6 +156,44 @@ def _rename2(src: Path, dst: Path, flags: int) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(src), None, str(dst))
+
+
+_KIND_NAMES = {"dir": "directory", "symlink": "symbolic link", "other": "FIFO, socket or device"}
+
+
+def describe_kind(kind: EntryKind) -> str:
+    """``kind`` in words, for messages: ``"symbolic link"``, ``"directory"``..."""
+    return _KIND_NAMES.get(kind, kind)
+
+
+def _open_regular(path: Path, flags: int, *, create: bool = False) -> int:
+    """Open the regular file ``path`` without following a link or blocking on a FIFO."""
+    flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    if not create:
+        # Look before opening: opening a device can have effects of its own.
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _unsafe(path, _kind(st.st_mode))
+    try:
+        fd = os.open(path, flags | (os.O_CREAT if create else 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise _unsafe(path, "symlink") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # it changed between the look and the open
+        os.close(fd)
+        raise _unsafe(path, _kind(st.st_mode))
+    return fd
+
+
+def _unsafe(path: Path, kind: EntryKind) -> UnsafeFileError:
+    return UnsafeFileError(
+        errno.EINVAL,
+        f"ckpt uses only regular files here and will not follow or open a "
+        f"{describe_kind(kind)}; move it away",
+        str(path),
+    )
 
 
 def _fsync_path(path: str, flags: int) -> None:
@@ -209,23 +262,49 @@ class LocalStorage:
         return Entry(path.name, _kind(st.st_mode), st.st_mtime, (st.st_ino, st.st_mtime_ns))
 
     def read_bytes(self, path: Path) -> bytes:
-        """Return the contents of the file at ``path``."""
-        return path.read_bytes()
+        """Return the contents of the regular file at ``path``.
+
+        Raises:
+            FileNotFoundError: If there is nothing at ``path``.
+            UnsafeFileError: If it is a symbolic link, a FIFO, a device or a directory,
+                or holds more than `MAX_READ_BYTES`; nothing blocks or is read then.
+        """
+        with open(_open_regular(path, os.O_RDONLY), "rb") as f:
+            data = f.read(MAX_READ_BYTES + 1)
+        if len(data) > MAX_READ_BYTES:
+            raise UnsafeFileError(
+                errno.EFBIG,
+                f"larger than the {MAX_READ_BYTES >> 20} MiB ckpt reads of its own files",
+                str(path),
+            )
+        return data
 
     def write_bytes(self, path: Path, data: bytes) -> None:
         """Create the file ``path`` (which must not exist) holding ``data``."""
-        with open(path, "xb") as f:
+        with open(path, "xb") as f:  # O_EXCL: an existing name, a link too, is refused
             f.write(data)
 
     def replace_file(self, path: Path, data: bytes, *, durable: bool) -> None:
-        """Atomically replace the file ``path`` with ``data``; fsync it if ``durable``."""
+        """Atomically replace the file ``path`` with ``data``; fsync it if ``durable``.
+
+        The data goes to ``.NAME.partial`` beside it first (created afresh, never
+        through a link), which a failure removes again.
+        """
         partial = path.with_name(f".{path.name}.partial")
-        with open(partial, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(partial, path)
+        entry = self.entry(partial)
+        if entry is not None and entry.kind != "dir":  # a crash's leftover, or a link
+            os.unlink(partial)
+        try:
+            with open(partial, "xb") as f:
+                f.write(data)
+                f.flush()
+                if durable:
+                    os.fsync(f.fileno())
+            os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
         if durable:
             self.sync_dir(path.parent)
 
@@ -283,8 +362,9 @@ class LocalStorage:
 
         Raises:
             CheckpointDirLockedError: If another process holds it.
+            UnsafeFileError: If ``path`` is a symbolic link or not a regular file.
         """
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _open_regular(path, os.O_RDWR, create=True)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -301,3 +381,25 @@ class LocalStorage:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         return _FileLock(fd)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a writer holds the lock file ``path`` (taken with `LocalStorage.lock`).
+
+    Never call it for a lock this process holds: closing any descriptor of the file
+    drops the process's own POSIX lock on it.
+    """
+    try:
+        fd = _open_regular(path, os.O_RDONLY)
+    except OSError:  # absent, or not a lock ckpt made
+        return False
+    try:
+        # A shared lock conflicts only with a writer's exclusive one.
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -13,10 +11,9 @@ from typing import Any, Literal
 from ckpt import _layout, _manager, _protocol
 from ckpt._config import CheckpointConfig, config_section, load_config
 from ckpt._protocol import Leftover, find_leftovers
-from ckpt._records import CheckpointRecord, NotACheckpointError, load_record
+from ckpt._records import CheckpointRecord, NotACheckpointError, VanishedError, load_record
 from ckpt._resolve import policies_from_config
-from ckpt._serialize import decode_pins
-from ckpt._storage import Entry, LocalStorage
+from ckpt._storage import Entry, LocalStorage, lock_held
 from policies import ByMetric, decide, metric_value
 
 Severity = Literal["error", "warning"]
@@ -101,6 +98,7 @@ SEVERITIES: dict[str, Severity] = {
     "missing_directory": "error",
     "not_a_directory": "error",
     "unreadable_info": "error",
+    "unsafe_metadata": "error",
     "interrupted_overwrite": "error",
     "leftover_temporary": "warning",
     "leftover_displaced": "warning",
@@ -127,20 +125,7 @@ def _writer_active(directory: Path) -> bool:
             # Probing would be wrong here: closing any descriptor of the lock file drops
             # this process's own POSIX lock on it.
             return True
-        try:
-            fd = os.open(directory / _layout.META_DIR / _layout.LOCK_FILE, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            # A shared lock conflicts only with a writer's exclusive one.
-            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EAGAIN):
-                return True
-            raise
-        finally:
-            os.close(fd)
-        return False
+        return lock_held(directory / _layout.META_DIR / _layout.LOCK_FILE)
 
 
 def _config(
@@ -194,8 +179,18 @@ def verify(
             "check the path (and the config's checkpoint_dir)",
         )
         return VerifyReport(directory, (), (problem,), writer_active=False)
-    live = _writer_active(directory)
-    problems: list[Problem] = []
+    problems = [
+        _problem(
+            "unsafe_metadata",
+            unsafe.path,
+            f"{unsafe.detail}; a writer refuses to open this directory (it never follows "
+            f"a link out of it), and readers ignore the pins",
+            "move the entry away; a writer recreates what it needs",
+        )
+        for unsafe in _protocol.unsafe_metadata(storage, directory)
+    ]
+    meta_ok = not problems
+    live = meta_ok and _writer_active(directory)
     entries = {entry.name: entry for entry in storage.list_dir(directory)}
     records: dict[int, CheckpointRecord] = {}
     for name, entry in sorted(entries.items()):
@@ -222,7 +217,7 @@ def verify(
         # While a writer works, its temporaries are saves and overwrites in progress.
         if leftover.kind == "foreign" or not live:
             problems.append(_leftover_problem(directory, leftover))
-    if not live:
+    if not live and meta_ok:
         for entry in storage.list_dir(_protocol.trash_dir(directory)):
             problems.append(
                 _problem(
@@ -232,7 +227,7 @@ def verify(
                     _OPEN_WRITER,
                 )
             )
-    pins = _check_pins(storage, directory, records, problems)
+    pins = _check_pins(storage, directory, records, problems) if meta_ok else set()
     for step in pins & records.keys():
         records[step] = replace(records[step], pinned=True)
     if settings is not None:
@@ -246,6 +241,8 @@ def _check_step(
 ) -> CheckpointRecord | None:
     try:
         return load_record(storage, path, step, entry)
+    except VanishedError:
+        return None  # a live writer pruned it while we read: not damage
     except NotACheckpointError as exc:
         if exc.code == "not_a_directory":
             hint = "move it out of the checkpoint directory"
@@ -300,10 +297,8 @@ def _check_pins(
 ) -> set[int]:
     path = directory / _layout.META_DIR / _layout.PINS_FILE
     try:
-        pins = decode_pins(storage.read_bytes(path))
-    except FileNotFoundError:
-        return set()
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        pins = _protocol.read_pins(storage, directory)
+    except (OSError, ValueError) as exc:
         problems.append(
             _problem(
                 "unreadable_pins",

@@ -1,0 +1,441 @@
+"""Hostile directories: links, special files and crafted entries never cost a user's data.
+
+Each test builds what an attacker (or an unlucky `ln -s`) could leave in or beside a
+checkpoint directory and checks that nothing outside it is touched, nothing hangs, and
+the failure is a clear error or a warning about that one entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+import torch
+
+import ckpt
+import ckpt.torch
+from ckpt import CheckpointManager, UnsafeFileError, verify
+from ckpt._cli import main as cli
+
+pytestmark = pytest.mark.usefixtures("no_hang")
+
+
+@pytest.fixture
+def no_hang() -> Iterator[None]:
+    """Turn a hang (a FIFO opened for reading, say) into a failure instead of a stuck run."""
+
+    def fail(signum: int, frame: FrameType | None) -> None:
+        raise AssertionError("hung: still running after 20 s")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(20)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A directory outside the run, holding a file nobody may touch."""
+    outside = tmp_path / "victim"
+    outside.mkdir()
+    (outside / "important").write_bytes(b"precious")
+    return outside
+
+
+def _untouched(victim: Path) -> None:
+    assert sorted(p.name for p in victim.iterdir()) == ["important"]
+    assert (victim / "important").read_bytes() == b"precious"
+
+
+def _two_checkpoints(make_manager: Callable[..., CheckpointManager], save: Any) -> Path:
+    with make_manager() as manager:
+        save(manager, 1, {"loss": 1.0})
+        save(manager, 2, {"loss": 0.5})
+        return manager.checkpoint_dir
+
+
+# --- links in ckpt's own metadata ------------------------------------------------------
+
+
+@pytest.mark.parametrize("link", [".ckpt", ".ckpt/trash"])
+def test_a_linked_metadata_directory_is_refused_and_its_target_untouched(
+    make_manager: Callable[..., CheckpointManager],
+    save: Any,
+    ckpt_dir: Path,
+    victim: Path,
+    link: str,
+    tmp_path: Path,
+) -> None:
+    _two_checkpoints(make_manager, save)
+    target = ckpt_dir / link
+    # What was there goes aside; the link takes its place (the reproduction of the issue).
+    target.rename(tmp_path / "aside")
+    target.symlink_to(victim)
+    with pytest.raises(UnsafeFileError, match=r"symbolic link.*never follows a link"):
+        make_manager()
+    _untouched(victim)
+    assert sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith("step_")) == [
+        "step_1",
+        "step_2",
+    ]
+
+
+def test_a_linked_trash_is_never_emptied_even_with_leftovers_in_it(
+    ckpt_dir: Path, victim: Path, write_step: Any
+) -> None:
+    write_step(ckpt_dir, "tmp_step_3", {"loss": 1})  # recovery would discard it into trash
+    (ckpt_dir / ".ckpt").mkdir()
+    (ckpt_dir / ".ckpt" / "trash").symlink_to(victim)
+    with pytest.raises(UnsafeFileError):
+        CheckpointManager({"checkpoint_dir": str(ckpt_dir)})
+    _untouched(victim)
+    assert (ckpt_dir / "tmp_step_3" / "training_info.json").exists()
+
+
+def test_a_linked_lock_file_is_refused_without_truncating_its_target(
+    ckpt_dir: Path, victim: Path
+) -> None:
+    (ckpt_dir / ".ckpt").mkdir(parents=True)
+    (ckpt_dir / ".ckpt" / "lock").symlink_to(victim / "important")
+    with pytest.raises(UnsafeFileError, match="lock"):
+        CheckpointManager({"checkpoint_dir": str(ckpt_dir)})
+    _untouched(victim)
+
+
+def test_a_linked_partial_pins_file_is_replaced_not_written_through(
+    make_manager: Callable[..., CheckpointManager], save: Any, ckpt_dir: Path, victim: Path
+) -> None:
+    _two_checkpoints(make_manager, save)
+    (ckpt_dir / ".ckpt" / ".pins.json.partial").symlink_to(victim / "important")
+    with make_manager() as manager:
+        manager.pin(1)
+        assert [r.step for r in manager.list_checkpoints() if r.pinned] == [1]
+    _untouched(victim)
+    assert not (ckpt_dir / ".ckpt" / ".pins.json.partial").exists()
+    assert json.loads((ckpt_dir / ".ckpt" / "pins.json").read_text()) == {"pinned": [1]}
+
+
+def test_readers_of_a_directory_with_a_linked_metadata_dir_ignore_it_and_report_it(
+    make_manager: Callable[..., CheckpointManager],
+    save: Any,
+    ckpt_dir: Path,
+    victim: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _two_checkpoints(make_manager, save)
+    (ckpt_dir / ".ckpt").rename(tmp_path / "aside")
+    (victim / "pins.json").write_text('{"pinned": [2]}')
+    (ckpt_dir / ".ckpt").symlink_to(victim)
+    with caplog.at_level(logging.WARNING, "ckpt"):
+        reader = make_manager(read_only=True)
+        assert [(r.step, r.pinned) for r in reader.list_checkpoints()] == [(1, False), (2, False)]
+    assert "not ckpt's own directory" in caplog.text
+    report = verify(ckpt_dir)
+    assert [(p.code, p.path.name) for p in report.errors] == [("unsafe_metadata", ".ckpt")]
+    assert report.steps == (1, 2)
+    assert sorted(p.name for p in victim.iterdir()) == ["important", "pins.json"]
+
+
+# --- special files and huge files where ckpt reads ----------------------------------------
+
+
+def _special(path: Path, kind: str, tmp_path: Path) -> None:
+    if path.exists():
+        path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        big = tmp_path / "big.json"
+        with open(big, "wb") as f:
+            f.truncate(ckpt._storage.MAX_READ_BYTES + 1)  # sparse: nothing is written
+        path.symlink_to(big) if kind == "link-to-big" else big.rename(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "big", "link-to-big"])
+def test_a_special_or_huge_training_info_makes_only_its_step_unreadable(
+    make_manager: Callable[..., CheckpointManager],
+    save: Any,
+    ckpt_dir: Path,
+    kind: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _two_checkpoints(make_manager, save)
+    _special(ckpt_dir / "step_2" / "training_info.json", kind, tmp_path)
+    with make_manager() as writer:  # the writer opens, and the other step is intact
+        assert [r.step for r in writer.list_checkpoints()] == [1]
+        assert writer.get_latest_checkpoint_path() == str(ckpt_dir / "step_1")
+    report = verify(ckpt_dir)
+    assert [(p.code, p.path.name) for p in report.errors] == [("unreadable_info", "step_2")]
+    assert cli(["ls", str(ckpt_dir)]) == 0
+    assert cli(["latest", str(ckpt_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(ckpt_dir / "step_1")
+    assert cli(["check", str(ckpt_dir)]) == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "big"])
+def test_a_special_or_huge_pins_file_is_refused_by_writers_and_ignored_by_readers(
+    make_manager: Callable[..., CheckpointManager],
+    save: Any,
+    ckpt_dir: Path,
+    kind: str,
+    tmp_path: Path,
+) -> None:
+    _two_checkpoints(make_manager, save)
+    _special(ckpt_dir / ".ckpt" / "pins.json", kind, tmp_path)
+    if kind == "big":  # a regular file: a writer reads it, warns, and carries on
+        with make_manager() as writer:
+            assert [r.pinned for r in writer.list_checkpoints()] == [False, False]
+        codes = [p.code for p in verify(ckpt_dir).problems]
+        assert codes == ["unreadable_pins"]
+    else:
+        with pytest.raises(UnsafeFileError, match=r"pins\.json"):
+            make_manager()
+        assert [p.code for p in verify(ckpt_dir).errors] == ["unsafe_metadata"]
+    reader = make_manager(read_only=True)
+    assert [r.step for r in reader.list_checkpoints()] == [1, 2]
+
+
+def test_a_fifo_lock_file_does_not_hang_check_or_the_writer(
+    make_manager: Callable[..., CheckpointManager], save: Any, ckpt_dir: Path
+) -> None:
+    _two_checkpoints(make_manager, save)
+    (ckpt_dir / ".ckpt" / "lock").unlink()
+    os.mkfifo(ckpt_dir / ".ckpt" / "lock")
+    assert [p.code for p in verify(ckpt_dir).errors] == ["unsafe_metadata"]
+    with pytest.raises(UnsafeFileError):
+        make_manager()
+
+
+# --- crafted contents -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pins", "why"),
+    [
+        (b'{"pinned": [1e999]}', "inf"),
+        (b'{"pinned": "123"}', "expected"),
+        (b'{"pinned": [1.9]}', "1.9"),
+        (b'{"pinned": [true]}', "True"),
+        (b'{"pinned": [-1]}', "-1"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"\xff\xfe", "pins"),
+    ],
+)
+def test_a_crafted_pins_file_pins_nothing_and_stops_nothing(
+    make_manager: Callable[..., CheckpointManager],
+    save: Any,
+    ckpt_dir: Path,
+    pins: bytes,
+    why: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _two_checkpoints(make_manager, save)
+    (ckpt_dir / ".ckpt" / "pins.json").write_bytes(pins)
+    with caplog.at_level(logging.WARNING, "ckpt"), make_manager() as writer:
+        assert [(r.step, r.pinned) for r in writer.list_checkpoints()] == [(1, False), (2, False)]
+        writer.pin(2)  # the run goes on: the next pin rewrites the file
+    assert "ignoring unreadable pins file" in caplog.text
+    assert why in caplog.text or why == "pins"
+    assert json.loads((ckpt_dir / ".ckpt" / "pins.json").read_text()) == {"pinned": [2]}
+
+
+def test_a_deeply_nested_training_info_is_a_warning_about_that_step(
+    make_manager: Callable[..., CheckpointManager],
+    save: Any,
+    ckpt_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _two_checkpoints(make_manager, save)
+    (ckpt_dir / "step_2" / "training_info.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with caplog.at_level(logging.WARNING, "ckpt"), make_manager() as writer:
+        assert [r.step for r in writer.list_checkpoints()] == [1]
+    assert "step_2" in caplog.text
+    assert "nested too deeply" in caplog.text
+    (problem,) = verify(ckpt_dir).errors
+    assert (problem.code, problem.path.name) == ("unreadable_info", "step_2")
+    assert cli(["ls", str(ckpt_dir)]) == 0
+    assert "1 checkpoint," in capsys.readouterr().out
+
+
+# --- races with a live writer ---------------------------------------------------------
+
+
+def test_verify_takes_a_step_pruned_while_it_reads_for_a_race_not_damage(
+    make_manager: Callable[..., CheckpointManager],
+    save: Any,
+    ckpt_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    _two_checkpoints(make_manager, save)
+    real = ckpt.LocalStorage.read_bytes
+
+    def pruned_first(self: ckpt.LocalStorage, path: Path) -> bytes:
+        if path.parent.name == "step_2" and path.parent.exists():
+            path.parent.rename(tmp_path / "pruned")  # what a writer's delete does first
+        return real(self, path)
+
+    monkeypatch.setattr(ckpt.LocalStorage, "read_bytes", pruned_first)
+    report = verify(ckpt_dir)
+    assert report.problems == ()
+    assert report.steps == (1,)
+
+
+def test_verify_reads_a_step_replaced_while_it_reads(
+    make_manager: Callable[..., CheckpointManager],
+    save: Any,
+    ckpt_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    _two_checkpoints(make_manager, save)
+    real = ckpt.LocalStorage.read_bytes
+    replaced = []
+
+    def overwritten_first(self: ckpt.LocalStorage, path: Path) -> bytes:
+        if path.parent.name == "step_2" and not replaced:
+            replaced.append(path)
+            new = tmp_path / "new"
+            new.mkdir()
+            (new / "training_info.json").write_text('{"loss": 0.25}')
+            path.parent.rename(tmp_path / "old")
+            new.rename(path.parent)  # what an overwrite's exchange looks like to a reader
+            raise FileNotFoundError(path)  # the old copy's file was gone when read
+        return real(self, path)
+
+    monkeypatch.setattr(ckpt.LocalStorage, "read_bytes", overwritten_first)
+    report = verify(ckpt_dir)
+    assert report.problems == ()
+    assert report.steps == (1, 2)
+
+
+def test_check_beside_a_writer_that_saves_and_prunes_reports_no_error(
+    make_manager: Callable[..., CheckpointManager], save: Any, ckpt_dir: Path
+) -> None:
+    writer = make_manager(
+        metric_name="loss", higher_is_better=False, retention={"kind": "top_k", "k": 3}
+    )
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        step = 0
+        try:
+            while not stop.is_set():
+                save(writer, step, {"loss": float(step % 7)})
+                step += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        errors = [p for _ in range(150) for p in verify(ckpt_dir).errors]
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not failures
+    assert errors == []
+
+
+def test_two_threads_saving_the_same_steps_on_one_manager_commit_every_save(
+    make_manager: Callable[..., CheckpointManager],
+) -> None:
+
+    manager = make_manager()
+    failures: list[BaseException] = []
+    returned: list[tuple[int, int]] = []
+
+    def run(thread: int) -> None:
+        try:
+            for step in range(30):
+                state = {"w": torch.full((64,), float(thread))}
+                manager.save(step, {"thread": thread}, state)
+                returned.append((thread, step))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    assert len(returned) == 60
+    records = manager.list_checkpoints()
+    assert [r.step for r in records] == list(range(30))
+    for record in records:  # each step holds one whole save, the info and state of one thread
+        state = ckpt.torch.load_state(record.path)
+        assert state["w"].eq(float(record.info["thread"])).all()
+    assert not [p for p in manager.checkpoint_dir.iterdir() if p.name.startswith("tmp_")]
+
+
+def test_init_tmp_refuses_a_step_another_live_thread_is_writing(
+    make_manager: Callable[..., CheckpointManager], save: Any
+) -> None:
+    manager = make_manager()
+    got: list[Path] = []
+    release = threading.Event()
+
+    def hold() -> None:
+        got.append(manager.init_tmp_checkpoint(5, {"by": "thread"}))
+        release.wait(10)
+        (got[0] / "model.bin").write_bytes(b"thread's")
+        manager.finalize_checkpoint(got[0])
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    while not got:
+        threading.Event().wait(0.01)
+    with pytest.raises(ckpt.SaveInProgressError, match="step 5 is being saved by another thread"):
+        manager.init_tmp_checkpoint(5, {"by": "main"})
+    release.set()
+    thread.join(10)
+    assert (manager.checkpoint_dir / "step_5" / "model.bin").read_bytes() == b"thread's"
+    save(manager, 5, {"by": "main"})  # once that save is done, the step is free again
+    assert manager.load_training_info(manager.get_latest_checkpoint_path()) == {"by": "main"}
+
+
+def test_a_thread_may_start_its_own_step_afresh(
+    make_manager: Callable[..., CheckpointManager],
+) -> None:
+    manager = make_manager()
+    first = manager.init_tmp_checkpoint(5, {"attempt": 1})
+    (first / "half").write_bytes(b"x")
+    second = manager.init_tmp_checkpoint(5, {"attempt": 2})  # same thread: a retry
+    assert second == first
+    assert not (second / "half").exists()
+    manager.finalize_checkpoint(second)
+    assert manager.load_training_info(str(manager.checkpoint_dir / "step_5")) == {"attempt": 2}
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_init_tmp_refuses_a_temporary_name_that_is_not_a_directory(
+    make_manager: Callable[..., CheckpointManager], ckpt_dir: Path, victim: Path, kind: str
+) -> None:
+    manager = make_manager()
+    tmp = ckpt_dir / "tmp_step_3"
+    if kind == "file":
+        tmp.write_bytes(b"someone's")
+    else:
+        tmp.symlink_to(victim)
+    with pytest.raises(ckpt.CheckpointError, match="tmp_step_3 exists and is a"):
+        manager.init_tmp_checkpoint(3, {})
+    assert tmp.is_symlink() if kind == "symlink" else tmp.read_bytes() == b"someone's"
+    _untouched(victim)
