@@ -93,9 +93,11 @@ class AsyncWriter:
     """The background thread of one manager and its pool of snapshot buffers."""
 
     def __init__(self, name: str, max_in_flight: int) -> None:
-        self._free: queue.Queue[Buffers] = queue.Queue()
-        for _ in range(max_in_flight):
-            self._free.put({})
+        # A slot is a set of snapshot buffers; one is made only when a save needs it, so
+        # a generous max_in_flight costs nothing until saves actually pile up.
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._free: list[Buffers] = []
+        self._free_mutex = threading.Lock()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._done = threading.Condition()
         self._pending = 0  # submitted and not finished
@@ -110,14 +112,16 @@ class AsyncWriter:
         Raises:
             Exception: The first background error not raised yet; nothing is queued.
         """
-        buffers = self._free.get()
+        self._slots.acquire()
+        with self._free_mutex:
+            buffers = self._free.pop() if self._free else {}
         try:
             # Waiting for buffers may have let an earlier save fail: raise it, in place of
             # submitting this one.
             self.raise_error()
             copied = snapshot(state, buffers)
         except BaseException:
-            self._free.put(buffers)
+            self._release(buffers)
             raise
         with self._done:
             self._pending += 1
@@ -136,10 +140,15 @@ class AsyncWriter:
                     if self._error is None:
                         self._error = exc
             finally:
-                self._free.put(job.buffers)
+                self._release(job.buffers)
                 with self._done:
                     self._pending -= 1
                     self._done.notify_all()
+
+    def _release(self, buffers: Buffers) -> None:
+        with self._free_mutex:
+            self._free.append(buffers)
+        self._slots.release()
 
     def raise_error(self) -> None:
         """Raise the first background error not raised yet, if any."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ckpt import __version__, _layout
+from ckpt import __version__, _layout, _protocol
 from ckpt._cli_output import (
     _error,
     _iso,
@@ -30,7 +30,6 @@ from ckpt._cli_output import (
     _plural,
     _print_json,
     _Progress,
-    _short,
     _size,
     _table,
     _value,
@@ -46,7 +45,8 @@ from ckpt._errors import CheckpointDirLockedError, CheckpointError, ConfigFileEr
 from ckpt._manager import CheckpointManager
 from ckpt._records import CheckpointRecord, describe_steps
 from ckpt._resolve import policies_from_config
-from ckpt._verify import Problem, VerifyReport, verify
+from ckpt._storage import LocalStorage
+from ckpt._verify import SEVERITIES, Problem, VerifyReport, verify
 from policies import Decision, decide, metric_value
 
 _EXIT_STATUS = """\
@@ -114,16 +114,33 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 def _cmd_best(args: argparse.Namespace) -> int:
     directory = _existing_dir(args.directory)
+    parser: argparse.ArgumentParser = args.parser
+    recorded = _recorded_ranking(directory)
     overrides: dict[str, Any] = {}
     if args.metric is not None:
         overrides["metric_name"] = args.metric
     if args.higher_is_better is not None:
         overrides["higher_is_better"] = args.higher_is_better
+    if args.config is None:
+        if args.metric is None and recorded is None:
+            parser.error(
+                f"give --metric NAME and --max or --min (or a --config that sets "
+                f"metric_name): {directory} records no ranking of its own"
+            )
+        if args.metric is None:
+            overrides = {**recorded, **overrides}  # type: ignore[dict-item]
+        elif args.higher_is_better is None:
+            if recorded is None or recorded.get("metric_name") != args.metric:
+                parser.error(
+                    f"say --max (higher is better) or --min (lower is better) for "
+                    f"`{args.metric}`: {directory} does not record a direction for it"
+                )
+            overrides["higher_is_better"] = recorded["higher_is_better"]
     config = _config_for(directory, args.config, overrides)
     name = config.metric_name
     if name is None:
-        parser: argparse.ArgumentParser = args.parser
         parser.error("give --metric NAME, or a --config that sets metric_name")
+    _warn_if_contradicting(directory, recorded, config)
     with CheckpointManager(config, read_only=True) as manager:
         best = manager.get_best_checkpoint_path()
         if best is None:
@@ -148,6 +165,32 @@ def _cmd_latest(args: argparse.Namespace) -> int:
         raise CliError(f"no checkpoints in {directory}")
     print(latest)
     return 0
+
+
+def _recorded_ranking(directory: Path) -> dict[str, Any] | None:
+    """The metric and direction the run's writer ranks by; ``None`` if not recorded."""
+    try:
+        recorded = _protocol.read_ranking(LocalStorage(), directory)
+    except (OSError, ValueError) as exc:
+        logging.getLogger("ckpt").warning("ignoring the run's recorded ranking: %s", exc)
+        return None
+    if recorded is None or "custom" in recorded or recorded["metric_name"] is None:
+        return None  # ranked by recency, or by an object only the run's code has
+    return recorded
+
+
+def _warn_if_contradicting(
+    directory: Path, recorded: Mapping[str, Any] | None, config: CheckpointConfig
+) -> None:
+    if recorded is None or recorded["metric_name"] != config.metric_name:
+        return
+    if recorded["higher_is_better"] != config.higher_is_better:
+        run = "higher" if recorded["higher_is_better"] else "lower"
+        asked = "higher" if config.higher_is_better else "lower"
+        logging.getLogger("ckpt").warning(
+            f"{directory} ranks `{config.metric_name}` {run} is better, and this asks for "
+            f"{asked} is better: the path printed is the run's worst by its own ranking"
+        )
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -244,8 +287,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     config = _load_config(args.file, {})
     ranking, retention = policies_from_config(config)
     print(f"{args.file}: valid")
-    print(f"  ranking:   {_short(repr(ranking))}")
-    print(f"  retention: {_short(repr(retention))}")
+    print(f"  ranking:   {ranking!r}")
+    print(f"  retention: {retention!r}")
     return 0
 
 
@@ -368,7 +411,7 @@ def _add_queries(commands: _Commands) -> None:
     sub.add_argument("--metric", metavar="NAME", help="the training_info key to rank by")
     direction = sub.add_mutually_exclusive_group()
     for flag, higher, text in [
-        ("--max", True, "higher is better (default)"),
+        ("--max", True, "higher is better"),
         ("--min", False, "lower is better"),
     ]:
         direction.add_argument(
@@ -388,7 +431,8 @@ def _add_queries(commands: _Commands) -> None:
         metavar="CODE",
         action="append",
         default=[],
-        help="do not count problems with this code (repeatable)",
+        choices=sorted(SEVERITIES),
+        help="do not count problems with this code (repeatable): %(choices)s",
     )
     _with_json(sub)
 
@@ -532,7 +576,7 @@ class _Listing:
             return [f"{self.directory}: no checkpoints"]
         total = _size(sum(s or 0 for s in self.sizes.values()))
         configured = self.config_file is not None
-        policy = f"retention {_short(self.retention)}" if configured else "no --config"
+        policy = f"retention {self.retention}" if configured else "no --config"
         count = _plural(len(self.records), "checkpoint")
         out = [f"{self.directory}: {count}, {total} on disk; {policy}"]
         shown = list(self.metrics())[:3]
@@ -546,7 +590,7 @@ class _Listing:
             row.append("pinned" if r.pinned else "")
             if configured:
                 decision = self.decisions[r.step]
-                row += ["keep" if decision.keep else "prune", _short(decision.reason)]
+                row += ["keep" if decision.keep else "prune", decision.reason]
             rows.append(row)
         out += _table(header, rows, numeric=len(shown) + 2)
         if self.best is not None and self.metric_name is not None:
@@ -566,7 +610,9 @@ def list_lines(directory: Path, config_file: str | None) -> list[str]:
 
 
 def _list(directory: Path, config_file: str | None) -> _Listing:
-    config = _config_for(directory, config_file)
+    # Without a config, the listing ranks the way the run does, as far as it recorded it.
+    recorded = _recorded_ranking(directory) if config_file is None else None
+    config = _config_for(directory, config_file, recorded)
     with CheckpointManager(config, read_only=True) as manager:
         records = manager.list_checkpoints()
         # What plan_retention() and get_best_checkpoint_path() give, over this one
@@ -655,7 +701,7 @@ def _prune_lines(
     for d in plan:
         action = "keep" if d.keep else "FAILED" if d.step in failed else verb.rsplit(maxsplit=1)[-1]
         size = _size(sizes.get(d.step)) if not d.keep else ""
-        rows.append([str(d.step), size, action, _short(d.reason)])
+        rows.append([str(d.step), size, action, d.reason])
     return out + _table(["step", "size", "action", "why"], rows, numeric=2)
 
 

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,17 +48,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: int) -
         return "  ".join(cells).rstrip()
 
     return [line(header), *(line(row) for row in rows)]
-
-
-_BY_METRIC = re.compile(
-    r"ByMetric\(name=(?P<q>['\"])(?P<name>.*?)(?P=q), higher_is_better=(?P<up>True|False)\)"
-)
-
-
-def _short(text: str) -> str:
-    """Shorten the policy reprs inside a retention reason, for a table."""
-    text = _BY_METRIC.sub(lambda m: f"{m['name']} ({'max' if m['up'] == 'True' else 'min'})", text)
-    return text.replace("ByRecency()", "recency").replace(", every_n_steps=None", "")
 
 
 def _value(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -21,11 +22,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ckpt._errors import ConfigFileError
+from ckpt._text import short_repr
 
 
-def _count(minimum: int, *, nullable: bool) -> BeforeValidator:
+def _count(minimum: int, *, nullable: bool, maximum: int | None = None) -> BeforeValidator:
     """A before-validator giving our own message for "an integer >= minimum"."""
-    accepted = f"an integer >= {minimum}" + (" or null" if nullable else "")
+    accepted = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum else "")
+    accepted += " or null" if nullable else ""
 
     def check(value: Any, info: ValidationInfo) -> Any:
         if value is None and nullable:
@@ -33,20 +36,30 @@ def _count(minimum: int, *, nullable: bool) -> BeforeValidator:
         # Integral floats (1e6 from Python or a Hydra override) are accepted as integers.
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
             raise PydanticCustomError(
                 "ckpt_count",
                 "`{field}` must be {accepted}, got {value}",
-                {"field": info.field_name, "accepted": accepted, "value": repr(value)},
+                {"field": info.field_name, "accepted": accepted, "value": short_repr(value)},
             )
         return value
 
     return BeforeValidator(check)
 
 
+def _key_text(key: Any) -> str:
+    return key if isinstance(key, str) and len(key) <= 40 else short_repr(key, 40)
+
+
 def _suggest(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`? " if close else ""
+    """``", did you mean `x`?"`` for the closest valid name, or nothing."""
+    close = difflib.get_close_matches(name[:100], valid, n=1, cutoff=0.6)
+    return f", did you mean `{close[0]}`?" if close else ""
 
 
 class _Strict(BaseModel):
@@ -63,12 +76,15 @@ class _Strict(BaseModel):
         unknown = [key for key in data if key not in cls.model_fields]
         if unknown:
             problems = "; ".join(
-                f"unknown key `{key}` (got {data[key]!r}), {_suggest(str(key), valid)}"
-                for key in unknown
+                f"unknown key `{_key_text(key)}` (got "
+                f"{short_repr(data[key])}){_suggest(str(key), valid)}"
+                for key in unknown[:5]
             )
+            if len(unknown) > 5:
+                problems += f"; and {len(unknown) - 5} more unknown keys"
             raise PydanticCustomError(
                 "ckpt_unknown_key",
-                "{problems}accepted keys: {accepted}",
+                "{problems}; accepted keys: {accepted}",
                 {"problems": problems, "accepted": ", ".join(valid)},
             )
         for name, field in cls.model_fields.items():
@@ -96,16 +112,16 @@ def _check_kind(value: Any) -> Any:
             "ckpt_kind",
             "`kind` is missing from the retention block (got keys {keys}); {hint}"
             "accepted kinds: {accepted}",
-            {"keys": sorted(map(str, value)), "hint": hint, "accepted": accepted},
+            {"keys": short_repr(sorted(map(str, value))), "hint": hint, "accepted": accepted},
         )
     kind = value["kind"]
     if kind not in RETENTION_KINDS:
         raise PydanticCustomError(
             "ckpt_kind",
-            "`kind` must be one of {accepted}, got {value}; {hint}",
+            "`kind` must be one of {accepted}, got {value}{hint}",
             {
                 "accepted": accepted,
-                "value": repr(kind),
+                "value": short_repr(kind),
                 "hint": _suggest(str(kind), list(RETENTION_KINDS)),
             },
         )
@@ -180,9 +196,69 @@ def _deadline(value: Any) -> Any:
             "ckpt_deadline",
             "`checkpoint_must_save_by` must be a string DD:HH:MM:SS, got the number {value} "
             "(YAML reads an unquoted 10:03:15:00 as a number): put the value in quotes",
-            {"value": value},
+            {"value": short_repr(value)},
         )
     return value
+
+
+def _checkpoint_dir(value: Any) -> Any:
+    """Refuse the paths where a writer would prune directories that are not the run's."""
+    if not isinstance(value, (str, os.PathLike)):
+        return value  # pydantic says what a path is
+    text = os.fspath(value)
+    if isinstance(text, bytes) or not text.strip():
+        raise PydanticCustomError(
+            "ckpt_checkpoint_dir",
+            "`checkpoint_dir` must name the run's own directory, got {value}: an empty path "
+            "would mean the current directory, and a writer prunes every step_N "
+            "directory it finds there; give a path such as results/run1",
+            {"value": short_repr(value)},
+        )
+    absolute = os.path.abspath(text)
+    roots = {os.path.abspath(os.sep): "the file system's root"}
+    with contextlib.suppress(RuntimeError, KeyError):  # no home directory known
+        roots.setdefault(os.path.abspath(Path.home()), "your home directory")
+    if absolute in roots:
+        raise PydanticCustomError(
+            "ckpt_checkpoint_dir",
+            "`checkpoint_dir` must name the run's own directory, got {value}, which is "
+            "{what}: a writer there would take every step_N directory in it for its own "
+            "and prune it; use a directory of the run, such as {example}",
+            {
+                "value": short_repr(value),
+                "what": roots[absolute],
+                "example": os.path.join(absolute, "runs", "run1"),
+            },
+        )
+    return value
+
+
+_MAX_DEPTH = 32
+
+
+def _depth_error(where: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "ckpt_too_deep",
+        "the config is nested more than {limit} levels deep (at {where}); a checkpointing "
+        "config is a few levels deep: look for a runaway any_of or a pasted structure",
+        {"limit": _MAX_DEPTH, "where": where},
+    )
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse input nested deeper than `_MAX_DEPTH`, before anything recurses into it."""
+    pending: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    seen: set[int] = set()  # shared or circular containers are walked once
+    while pending:
+        value, where = pending.pop()
+        if not isinstance(value, (Mapping, list, tuple)) or id(value) in seen:
+            continue
+        if len(where) > _MAX_DEPTH:
+            parts = [_key_text(key) for key in (*where[:4], "...", *where[-2:])]
+            raise _depth_error(".".join(parts))
+        seen.add(id(value))
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        pending.extend((item, (*where, key)) for key, item in items)
 
 
 def _ranks_by_metric(spec: RetentionSpec) -> bool:
@@ -214,7 +290,11 @@ class CheckpointConfig(_Strict):
         description="Whether checkpointing is on. When off the manager only reads: "
         "it takes no lock, creates nothing, and refuses to write.",
     )
-    checkpoint_dir: Path = Field(description="Directory holding the step_N checkpoints.")
+    checkpoint_dir: Annotated[Path, BeforeValidator(_checkpoint_dir)] = Field(
+        description="Directory holding the step_N checkpoints: the run's own directory "
+        "(not empty, not / and not the home directory, where a writer would take every "
+        "step_N for its own)."
+    )
     metric_name: str | None = Field(
         None,
         min_length=1,
@@ -249,7 +329,9 @@ class CheckpointConfig(_Strict):
         description="fsync files and directories on commit and delete. Turn off only "
         "on storage where durability does not matter (tmpfs, tests).",
     )
-    max_pending_saves: Annotated[int, Field(ge=1), _count(1, nullable=False)] = Field(
+    max_pending_saves: Annotated[
+        int, Field(ge=1, le=1024), _count(1, nullable=False, maximum=1024)
+    ] = Field(
         1,
         description="How many save_async snapshots may wait to be written. Each is a "
         "host copy of the state, reused from save to save; save_async blocks when all "
@@ -268,6 +350,12 @@ class CheckpointConfig(_Strict):
     is_peft: bool = Field(False, description="NeMo RL (not used by ckpt).")
     peft_config: Any = Field(None, description="NeMo RL (not used by ckpt).")
     pretrained_checkpoint: str | None = Field(None, description="NeMo RL (not used by ckpt).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        _check_depth(data)
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> CheckpointConfig:
@@ -298,7 +386,7 @@ class CheckpointConfig(_Strict):
             raise PydanticCustomError(
                 "ckpt_deadline",
                 "`checkpoint_must_save_by` must look like DD:HH:MM:SS, got {value}",
-                {"value": repr(deadline)},
+                {"value": short_repr(deadline)},
             )
         return self
 
@@ -319,7 +407,8 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> Checkpoin
     Raises:
         pydantic.ValidationError: If a key is unknown or a value is invalid; the
             message names the field, the value and what is accepted.
-        ConfigFileError: If the file is not valid YAML.
+        ConfigFileError: If the file is not UTF-8 YAML, or is too large or too deeply
+            nested (or expands too far through aliases) to be a checkpointing config.
         FileNotFoundError: If the file does not exist.
     """
     data = source if isinstance(source, Mapping) else read_config_file(source)
@@ -330,14 +419,86 @@ def read_config_file(path: str | os.PathLike[str]) -> Any:
     """The parsed contents of a YAML config file.
 
     Raises:
-        ConfigFileError: If the file is not valid YAML.
+        ConfigFileError: If the file is not UTF-8 YAML, is over 16 MiB, nests more than
+            32 levels, or expands through aliases to more than 100,000 values.
         OSError: If it cannot be read.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    with open(path, "rb") as f:  # a FIFO is fine: `ckpt config validate <(make-config)`
+        data = f.read(_MAX_FILE + 1)
+    if len(data) > _MAX_FILE:
+        raise ConfigFileError(
+            f"{path} is larger than {_MAX_FILE >> 20} MiB; a checkpointing config is a few "
+            f"lines (is it the right file?)"
+        )
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(
+            f"{path} is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); save "
+            f"it as UTF-8"
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, path)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ConfigFileError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigFileError(f"{path} is not valid YAML: {short_repr(exc, 600)}") from exc
+    except RecursionError:
+        raise ConfigFileError(f"{path} is nested too deeply to be a checkpointing config") from None
+    finally:
+        loader.dispose()
+
+
+_MAX_FILE = 16 << 20
+_MAX_VALUES = 100_000
+
+
+def _check_expansion(root: yaml.Node, path: str | os.PathLike[str]) -> None:
+    """Refuse YAML whose aliases expand to more than `_MAX_VALUES` values, or nest deeply.
+
+    An alias is shared, not copied, when loaded, but every message or check that walks
+    the result pays for it expanded: a few hundred bytes of nested aliases (an "alias
+    bomb") expand to billions of values.
+    """
+    sizes: dict[int, int] = {}  # expanded size of each node already walked
+    open_nodes: set[int] = set()
+    pending: list[tuple[yaml.Node, bool, int]] = [(root, False, 0)]
+    while pending:
+        node, done, depth = pending.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = _children(node)
+        if done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > _MAX_VALUES:
+                raise ConfigFileError(
+                    f"{path} expands to more than {_MAX_VALUES:,} values through YAML "
+                    f"aliases (an alias bomb?); a checkpointing config has a few dozen"
+                )
+            continue
+        if key in open_nodes:
+            raise ConfigFileError(f"{path} holds a YAML alias that refers to itself")
+        if depth > _MAX_DEPTH:
+            raise ConfigFileError(
+                f"{path} is nested more than {_MAX_DEPTH} levels deep; a checkpointing "
+                f"config is a few levels deep"
+            )
+        open_nodes.add(key)
+        pending.append((node, True, depth))
+        pending.extend((child, False, depth + 1) for child in children if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def config_section(data: Any) -> tuple[Any, tuple[str, ...]]:

@@ -13,6 +13,7 @@ CONFIG_FILE = "config.yaml"
 META_DIR = ".ckpt"  # our own bookkeeping: lock, pins, trash
 LOCK_FILE = "lock"
 PINS_FILE = "pins.json"
+RANKING_FILE = "ranking.json"  # the run's ranking, for readers given no config
 TRASH_DIR = "trash"
 
 

@@ -38,11 +38,13 @@ from ckpt._resolve import policies_from_config
 from ckpt._serialize import (
     decode_training_info,
     encode_pins,
+    encode_ranking,
     encode_run_config,
     encode_training_info,
 )
 from ckpt._storage import Entry, LocalStorage, Lock, Storage, describe_kind
-from policies import Decision, Hybrid, Ranking, RetentionPolicy, decide
+from ckpt._text import short_repr
+from policies import ByMetric, ByRecency, Decision, Hybrid, Ranking, RetentionPolicy, decide
 
 logger = logging.getLogger("ckpt")
 
@@ -75,6 +77,8 @@ class _Directory:
         # Step -> the thread that got tmp_step_N from init_tmp_checkpoint and has not
         # finalized or aborted it yet.
         self.live: dict[int, int] = {}
+        self._ranking: bytes | None = None  # what .ckpt/ranking.json holds, once read
+        self._ranking_read = False
         # Read-only views re-list the directory on each query and re-read only what changed;
         # an entry that is not a checkpoint is remembered too (None), so it is warned of once.
         self._seen: dict[int, tuple[tuple[int, int], CheckpointRecord | None]] = {}
@@ -94,8 +98,7 @@ class _Directory:
             stale = self.pins - self.index.keys()
             if stale:
                 logger.warning("dropping pins of steps that no longer exist: %s", sorted(stale))
-                self.pins -= stale
-                self.write_pins(durable=self.durable)
+                self.write_pins(self.pins - stale, durable=self.durable)
         except BaseException:
             self.lock.release()
             self.lock = None
@@ -139,9 +142,24 @@ class _Directory:
             logger.warning("ignoring unreadable pins file: %s", exc)
             return set()
 
-    def write_pins(self, *, durable: bool) -> None:
-        data = encode_pins(self.pins)
+    def write_pins(self, pins: set[int], *, durable: bool) -> None:
+        """Make ``pins`` the pins on disk, then in memory: a failed write changes neither."""
+        data = encode_pins(pins)
         self.storage.replace_file(self.meta / _layout.PINS_FILE, data, durable=durable)
+        self.pins = pins
+
+    def record_ranking(self, data: bytes, *, durable: bool) -> None:
+        """Record the ranking commits are made with, for readers given no config."""
+        path = self.meta / _layout.RANKING_FILE
+        if not self._ranking_read:
+            try:
+                self._ranking = self.storage.read_bytes(path)
+            except OSError:  # absent, or unreadable: rewritten below
+                self._ranking = None
+            self._ranking_read = True
+        if data != self._ranking:
+            self.storage.replace_file(path, data, durable=durable)
+            self._ranking = data
 
     def changed(self) -> None:
         self.version += 1
@@ -164,6 +182,14 @@ if hasattr(os, "register_at_fork"):
         after_in_parent=writers_mutex.release,
         after_in_child=_forget_writers_in_child,
     )
+
+
+def _ranking_record(ranking: Ranking) -> bytes:
+    if type(ranking) is ByMetric:
+        return encode_ranking(ranking.name, ranking.higher_is_better, None)
+    if type(ranking) is ByRecency:
+        return encode_ranking(None, True, None)
+    return encode_ranking(None, True, short_repr(ranking, 200))
 
 
 def _thread_alive(ident: int) -> bool:
@@ -239,6 +265,7 @@ class CheckpointManager:
         self._durable = self.config.fsync
         self._closed = False
         self._tracker = Tracker(self.retention, self.ranking)
+        self._ranking_record = _ranking_record(self.ranking)
         self._async: AsyncWriter | None = None
         given = storage
         storage = storage if storage is not None else LocalStorage()
@@ -473,6 +500,7 @@ class CheckpointManager:
                     f"checkpoint (no readable {_layout.INFO_FILE}); move it away and "
                     f"finalize again"
                 )
+            state.record_ranking(self._ranking_record, durable=self._durable)
             if self._durable:
                 state.storage.sync_tree(tmp)
             _protocol.publish(
@@ -798,8 +826,9 @@ class CheckpointManager:
                 )
             if (step in state.pins) == pinned:
                 return
-            state.pins = state.pins | {step} if pinned else state.pins - {step}
-            state.write_pins(durable=self._durable)
+            state.write_pins(
+                state.pins | {step} if pinned else state.pins - {step}, durable=self._durable
+            )
             if step in state.index:
                 state.index[step] = replace(state.index[step], pinned=pinned)
             state.changed()

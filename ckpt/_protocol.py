@@ -21,11 +21,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ckpt import _layout
 from ckpt._errors import UnsafeFileError
-from ckpt._serialize import decode_pins
+from ckpt._serialize import decode_pins, decode_ranking
 from ckpt._storage import Entry, EntryKind, Storage, describe_kind
 
 logger = logging.getLogger("ckpt")
@@ -61,6 +61,7 @@ _META_KINDS: tuple[tuple[tuple[str, ...], EntryKind], ...] = (
     ((_layout.META_DIR, _layout.TRASH_DIR), "dir"),
     ((_layout.META_DIR, _layout.LOCK_FILE), "file"),
     ((_layout.META_DIR, _layout.PINS_FILE), "file"),
+    ((_layout.META_DIR, _layout.RANKING_FILE), "file"),
 )
 
 
@@ -112,6 +113,37 @@ def check_metadata(storage: Storage, directory: Path) -> None:
         )
 
 
+def _meta_file(storage: Storage, directory: Path, name: str) -> bytes | None:
+    """A file of ``.ckpt``; ``None`` if absent. `UnsafeFileError` if ``.ckpt`` is a link."""
+    meta = storage.entry(directory / _layout.META_DIR)
+    if meta is None:
+        return None
+    if meta.kind != "dir":
+        raise UnsafeFileError(
+            f"{directory / _layout.META_DIR} is a {describe_kind(meta.kind)}, not ckpt's "
+            f"own directory; its {name} is not read"
+        )
+    try:
+        return storage.read_bytes(directory / _layout.META_DIR / name)
+    except FileNotFoundError:
+        return None
+
+
+def read_ranking(storage: Storage, directory: Path) -> dict[str, Any] | None:
+    """The ranking the run's writer recorded: ``{"metric_name", "higher_is_better"}``.
+
+    A run ranked by a custom object records ``{"custom": repr}`` instead; ``None`` if
+    nothing is recorded (a directory NeMo RL's manager or an older ckpt wrote).
+
+    Raises:
+        UnsafeFileError: If ``.ckpt`` or the file is a link or a special file.
+        ValueError: If the file does not hold a ranking record.
+        OSError: If it cannot be read.
+    """
+    data = _meta_file(storage, directory, _layout.RANKING_FILE)
+    return None if data is None else decode_ranking(data)
+
+
 def read_pins(storage: Storage, directory: Path) -> set[int]:
     """The pinned steps of ``directory``; none if it has no pins file.
 
@@ -120,18 +152,8 @@ def read_pins(storage: Storage, directory: Path) -> set[int]:
         ValueError: If the pins file does not hold a list of steps.
         OSError: If it cannot be read.
     """
-    meta = storage.entry(directory / _layout.META_DIR)
-    if meta is None:
-        return set()
-    if meta.kind != "dir":
-        raise UnsafeFileError(
-            f"{directory / _layout.META_DIR} is a {describe_kind(meta.kind)}, not ckpt's "
-            f"own directory; its pins are not read"
-        )
-    try:
-        return decode_pins(storage.read_bytes(directory / _layout.META_DIR / _layout.PINS_FILE))
-    except FileNotFoundError:
-        return set()
+    data = _meta_file(storage, directory, _layout.PINS_FILE)
+    return set() if data is None else decode_pins(data)
 
 
 def discard(storage: Storage, directory: Path, path: Path, *, durable: bool) -> None:

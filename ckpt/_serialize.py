@@ -32,7 +32,18 @@ def _scalar_from_array(value: Any, where: str, kind: str) -> Any:
             f"{where} is a {kind} of shape {shape} ({size} elements); only single-element "
             f"values can be stored: pass a number, e.g. value.mean().item()"
         )
-    return value.item()
+    try:
+        return value.item()
+    except (RuntimeError, NotImplementedError) as exc:  # a meta tensor has no value to read
+        device = getattr(value, "device", "cpu")
+        raise SerializationError(
+            f"{where} is a {kind} whose value cannot be read on {device} ({exc}); pass a "
+            f"number computed on a real device"
+        ) from None
+
+
+_MAX_DEPTH = 64  # how deep training info and a run config may nest
+_MAX_INT_BITS = 1024  # far beyond any counter; a longer int fails to print as a number
 
 
 def _is_tensor(value: Any) -> bool:
@@ -45,6 +56,11 @@ def _to_plain(root: Any, name: str, *, json_keys: bool, nonfinite_to_none: bool)
     active: set[int] = set()  # containers on the current path, to catch cycles
 
     def container(value: Any, where: str) -> Any:
+        if len(active) >= _MAX_DEPTH:
+            raise SerializationError(
+                f"{where[:100]}... nests more than {_MAX_DEPTH} levels deep, which cannot be "
+                f"stored; flatten it"
+            )
         if id(value) in active:
             raise SerializationError(
                 f"{where} contains itself (a circular reference), which cannot be stored"
@@ -72,6 +88,11 @@ def _to_plain(root: Any, name: str, *, json_keys: bool, nonfinite_to_none: bool)
             value = _scalar_from_array(value, where, "numpy array")
         elif _is_tensor(value):
             value = _scalar_from_array(value, where, "torch tensor")
+        if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+            raise SerializationError(
+                f"{where} is an integer of {value.bit_length()} bits, too large to store "
+                f"as a number (at most {_MAX_INT_BITS} bits); store it as a string"
+            )
         if value is None or isinstance(value, (str, bool, int)):
             return value
         if isinstance(value, float):
@@ -84,7 +105,8 @@ def _to_plain(root: Any, name: str, *, json_keys: bool, nonfinite_to_none: bool)
         if isinstance(value, (Mapping, list, tuple)):
             return container(value, where)
         raise SerializationError(
-            f"{where} is a {type(value).__module__}.{type(value).__qualname__} ({value!r:.80}), "
+            f"{where} is a {type(value).__module__}.{type(value).__qualname__} "
+            f"({short_repr(value)}), "
             f"which cannot be stored; {_ACCEPTED}"
         )
 
@@ -142,6 +164,30 @@ def decode_training_info(data: bytes) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ValueError(f"expected a JSON object, found {type(parsed).__name__}")
     return parsed
+
+
+def encode_ranking(metric_name: str | None, higher_is_better: bool, custom: str | None) -> bytes:
+    """The contents of ``.ckpt/ranking.json``: the ranking a run's writer commits with."""
+    if custom is not None:
+        return json.dumps({"custom": custom}).encode()
+    return json.dumps({"metric_name": metric_name, "higher_is_better": higher_is_better}).encode()
+
+
+def decode_ranking(data: bytes) -> dict[str, Any]:
+    """Parse ``.ckpt/ranking.json``.
+
+    Raises:
+        ValueError: If it is not what `encode_ranking` writes.
+    """
+    parsed = _json(data)
+    if isinstance(parsed, dict) and parsed.keys() == {"custom"}:
+        if isinstance(parsed["custom"], str):
+            return parsed
+    elif isinstance(parsed, dict) and parsed.keys() == {"metric_name", "higher_is_better"}:
+        name, higher = parsed["metric_name"], parsed["higher_is_better"]
+        if (name is None or (isinstance(name, str) and name)) and isinstance(higher, bool):
+            return parsed
+    raise ValueError(f"expected a ranking record, found {short_repr(parsed)}")
 
 
 def encode_pins(pins: set[int]) -> bytes:

@@ -50,6 +50,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ _FORMAT = 1
 _DATA_ALIGN = 4096  # where the data section starts: page-aligned, for mmap or O_DIRECT
 _TENSOR_ALIGN = 64  # each tensor's start, from the data section's start
 _MAX_HEADER = 1 << 30
+_MAX_DIM = (1 << 62) - 1  # a dimension torch can represent (its sizes are signed 64-bit)
 _MAX_IO = 256 << 20  # bytes per write or read call (Linux caps one at just under 2 GiB)
 _BUFFER = 1 << 20  # the file buffer, which gathers small tensors into large writes
 _MAX_STAGING = 64 << 20  # the host buffer that bounces tensors not in CPU memory
@@ -116,6 +118,8 @@ _DTYPES: dict[str, torch.dtype] = {
     if isinstance(getattr(torch, name, None), torch.dtype)
 }
 _DTYPE_NAME = {dtype: name for name, dtype in _DTYPES.items()}
+_ITEMSIZE = {dtype: dtype.itemsize for dtype in _DTYPES.values()}  # a lookup is faster
+_ENTRY_KEYS = frozenset({"dtype", "shape", "offset", "device"})
 
 _ACCEPTED = (
     "a state holds tensors, ints, floats, strings, bools and None in dicts, lists and tuples"
@@ -433,7 +437,7 @@ def _device_for(saved: str, map_location: MapLocation) -> torch.device:
 def _check_device(device: torch.device) -> None:
     try:
         torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:  # torch raises either
+    except Exception as exc:  # torch raises RuntimeError, AssertionError, ImportError...
         raise DeviceUnavailableError(
             f"cannot load tensors onto {device}: {exc}; pass map_location='cpu' (or a "
             f"mapping such as {{'{device}': 'cpu'}}) to load them elsewhere"
@@ -482,14 +486,15 @@ def _entries(header: Any) -> tuple[list[_Entry], int]:
     if not isinstance(tensors, list):
         raise _Invalid("'tensors' is not a list")
     entries: list[_Entry] = []
+    devices: set[str] = set()  # checked once each: a state has a handful
     for i, item in enumerate(tensors):
-        entries.append(_entry(i, item, entries[-1].end if entries else 0, data_size))
+        entries.append(_entry(i, item, entries[-1].end if entries else 0, data_size, devices))
     return entries, data_size
 
 
-def _entry(i: int, item: Any, end: int, data_size: int) -> _Entry:
+def _entry(i: int, item: Any, end: int, data_size: int, devices: set[str]) -> _Entry:
     """Tensor ``i``'s description, which must start at or after ``end``."""
-    if not isinstance(item, dict) or set(item) != {"dtype", "shape", "offset", "device"}:
+    if not isinstance(item, dict) or item.keys() != _ENTRY_KEYS:
         raise _Invalid(f"tensor {i} is not described by dtype, shape, offset and device")
     dtype = _DTYPES.get(item["dtype"]) if isinstance(item["dtype"], str) else None
     if dtype is None:
@@ -497,19 +502,23 @@ def _entry(i: int, item: Any, end: int, data_size: int) -> _Entry:
     if not isinstance(item["shape"], list):
         raise _Invalid(f"tensor {i} has the shape {item['shape']!r}, not a list")
     shape = tuple(_int(n, f"a dimension of tensor {i}") for n in item["shape"])
+    if any(n > _MAX_DIM for n in shape):  # torch cannot even allocate an empty one
+        raise _Invalid(f"tensor {i} has the shape {shape}, beyond what a tensor can hold")
     offset = _int(item["offset"], f"the offset of tensor {i}", low=end)
     if offset % _TENSOR_ALIGN:
         raise _Invalid(f"the offset of tensor {i} is not a multiple of {_TENSOR_ALIGN}")
-    nbytes = math.prod(shape) * dtype.itemsize
+    nbytes = math.prod(shape) * _ITEMSIZE[dtype]
     if offset + nbytes > data_size:
         raise _Invalid(f"tensor {i} ends after the data ({offset + nbytes} > {data_size} bytes)")
     device = item["device"]
     if not isinstance(device, str):
         raise _Invalid(f"tensor {i} has the device {device!r}, not a string")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise _Invalid(f"tensor {i} has the device {device!r}") from None
+    if device not in devices:
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise _Invalid(f"tensor {i} has the device {device[:100]!r}") from None
+        devices.add(device)
     return _Entry(dtype, shape, offset, nbytes, device)
 
 
@@ -563,6 +572,50 @@ def _read_tensor(f: io.RawIOBase, entry: _Entry, device: torch.device, path: Pat
     return out
 
 
+def _read_tensors(
+    f: io.RawIOBase, entries: list[_Entry], data_start: int, map_location: MapLocation, path: Path
+) -> list[torch.Tensor]:
+    """Every tensor of the file, on its device; `DeviceUnavailableError` before any read."""
+    targets = {name: _device_for(name, map_location) for name in {e.device for e in entries}}
+    for device in set(targets.values()):
+        _check_device(device)
+    tensors = []
+    position = -1
+    for entry in entries:
+        device = targets[entry.device]
+        if not entry.nbytes:  # nothing to read: no seek, no buffer
+            tensors.append(torch.empty(entry.shape, dtype=entry.dtype, device=device))
+            continue
+        if position != data_start + entry.offset:
+            f.seek(data_start + entry.offset)
+        tensors.append(_read_tensor(f, entry, device, path))
+        position = data_start + entry.end
+    return tensors
+
+
+def _open_state(path: Path) -> io.FileIO:
+    """Open the regular file ``path`` (through a link is fine) without blocking on a FIFO."""
+    st = os.stat(path)  # look before opening: opening a FIFO or a device can block or act
+    if not stat.S_ISREG(st.st_mode):
+        raise SerializationError(
+            f"{path} is a {_kind_name(st.st_mode)}, not a state file written by "
+            f"ckpt.torch.save_state"
+        )
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the look and the open
+        os.close(fd)
+        raise SerializationError(f"{path} changed into a special file while it was opened")
+    return io.FileIO(fd, "rb")
+
+
+def _kind_name(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    return "device or socket"
+
+
 def load_state(directory: str | os.PathLike[str], map_location: MapLocation = None) -> Any:
     """Read the state `save_state` wrote into ``directory``.
 
@@ -587,7 +640,7 @@ def load_state(directory: str | os.PathLike[str], map_location: MapLocation = No
         StateNotFoundError: If ``directory`` or its `STATE_FILE` does not exist (a
             `FileNotFoundError`).
         SerializationError: If the file is not one `save_state` wrote (another format, a
-            pickle, a truncated or altered file).
+            pickle, a truncated or altered file, a directory, a FIFO or a device).
         DeviceUnavailableError: If a tensor would go to a device this process cannot use
             (a `RuntimeError`); nothing is read then. Pass ``map_location="cpu"``, say.
         TypeError: If ``map_location`` is not one of the forms above.
@@ -600,7 +653,7 @@ def load_state(directory: str | os.PathLike[str], map_location: MapLocation = No
         )
     path = Path(directory) / STATE_FILE
     try:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        f = _open_state(path)
     except (FileNotFoundError, NotADirectoryError) as exc:
         if not os.path.exists(directory):
             where = f"there is no directory {directory}"
@@ -633,13 +686,7 @@ def load_state(directory: str | os.PathLike[str], map_location: MapLocation = No
                 raise _Invalid(
                     f"it is {size} bytes long, not {data_start + data_size} (truncated?)"
                 )
-            devices = [_device_for(entry.device, map_location) for entry in entries]
-            for device in set(devices):
-                _check_device(device)
-            tensors = []
-            for entry, device in zip(entries, devices, strict=True):
-                f.seek(data_start + entry.offset)
-                tensors.append(_read_tensor(f, entry, device, path))
+            tensors = _read_tensors(f, entries, data_start, map_location, path)
             return _decode(header["state"], tensors)
         except (_Invalid, RecursionError) as exc:
             raise SerializationError(

@@ -716,9 +716,16 @@ class ManagerMachine(RuleBasedStateMachine):
 
     def _no_leftovers(self) -> None:
         meta = self.directory / ".ckpt"
-        # A kill inside LocalStorage.replace_file leaves its `.pins.json.partial` until the
+        # A kill inside LocalStorage.replace_file leaves its `.NAME.partial` until the
         # next restart's recovery removes it.
-        assert set(os.listdir(meta)) <= {"lock", "pins.json", "trash", ".pins.json.partial"}
+        assert set(os.listdir(meta)) <= {
+            "lock",
+            "pins.json",
+            "ranking.json",
+            "trash",
+            ".pins.json.partial",
+            ".ranking.json.partial",
+        }
         assert os.listdir(meta / "trash") == []
         leftovers = {n for n in os.listdir(self.directory) if n.startswith(("old_", "tmp_step"))}
         assert leftovers <= {f"tmp_step_{s}" for s in self.open} | self.strays.keys()

@@ -120,7 +120,7 @@ def test_ls_json_with_a_config_says_what_retention_keeps_and_why(
 
 @pytest.mark.subprocess
 def test_best_and_latest_print_just_a_path(run_dir: Path) -> None:
-    best = ckpt_cli("best", run_dir, "--metric", "val_reward")
+    best = ckpt_cli("best", run_dir, "--metric", "val_reward", "--max")
     assert (best.returncode, best.stdout, best.stderr) == (0, step_path(run_dir, 4) + "\n", "")
     lowest = ckpt_cli("best", run_dir, "--metric", "val_reward", "--min")
     assert (lowest.returncode, lowest.stdout) == (0, step_path(run_dir, 1) + "\n")
@@ -133,7 +133,7 @@ def test_best_and_latest_print_just_a_path(run_dir: Path) -> None:
 def test_best_and_latest_print_nothing_and_fail_when_there_is_none(
     run_dir: Path, tmp_path: Path
 ) -> None:
-    typo = ckpt_cli("best", run_dir, "--metric", "val_rewrd")
+    typo = ckpt_cli("best", run_dir, "--metric", "val_rewrd", "--max")
     assert typo.returncode == 1
     assert "no checkpoint" in one_error_line(typo)
     assert "val_reward" in typo.stderr  # the metrics that do exist
@@ -141,6 +141,64 @@ def test_best_and_latest_print_nothing_and_fail_when_there_is_none(
     empty = ckpt_cli("latest", tmp_path / "empty")
     assert empty.returncode == 1
     assert "no checkpoints" in one_error_line(empty)
+
+
+@pytest.fixture
+def loss_run(tmp_path: Path) -> Path:
+    """A run ranked by val_loss, lower is better: step 2 is its best, step 3 its worst."""
+    directory = tmp_path / "loss-run"
+    config = {"checkpoint_dir": str(directory), "metric_name": "val_loss"}
+    with ckpt.CheckpointManager({**config, "higher_is_better": False, "fsync": False}) as manager:
+        for step, loss in {1: 0.5, 2: 0.1, 3: 0.9}.items():
+            with manager.checkpoint(step, {"val_loss": loss}):
+                pass
+    return directory
+
+
+def test_best_without_flags_ranks_the_way_the_run_does(
+    loss_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli.main(["best", str(loss_run)]) == 0
+    assert _cli.main(["best", str(loss_run), "--metric", "val_loss"]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [step_path(loss_run, 2)] * 2
+    assert out.err == ""
+    assert _cli.main(["ls", str(loss_run)]) == 0
+    assert f"best:    {step_path(loss_run, 2)} (val_loss 0.1)" in capsys.readouterr().out
+
+
+def test_best_asking_for_the_opposite_direction_warns(
+    loss_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli.main(["best", str(loss_run), "--metric", "val_loss", "--max"]) == 0
+    out = capsys.readouterr()
+    assert out.out == step_path(loss_run, 3) + "\n"
+    assert "ckpt: warning:" in out.err
+    assert "ranks `val_loss` lower is better" in out.err
+
+
+def test_best_needs_a_direction_the_run_did_not_record(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:  # run_dir ranks by recency: no metric
+        _cli.main(["best", str(run_dir), "--metric", "val_reward"])
+    assert exited.value.code == 2
+    assert "say --max (higher is better) or --min" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        _cli.main(["best", str(run_dir)])
+    assert exited.value.code == 2
+    assert "records no ranking of its own" in capsys.readouterr().err
+
+
+def test_check_refuses_an_unknown_code_to_ignore(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _cli.main(["check", str(run_dir), "--ignore", "bogus_code"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus_code'" in err
+    assert "missing_metric" in err
 
 
 # --- check ------------------------------------------------------------------------------
@@ -272,7 +330,9 @@ def test_config_validate_accepts_a_good_file_and_names_each_bad_field(
     good = ckpt_cli("config", "validate", config_file)
     assert good.returncode == 0
     assert good.stdout.splitlines()[0] == f"{config_file}: valid"
-    assert "retention: Hybrid(k=2, ranking=val_reward (max))" in good.stdout
+    ranking = "ByMetric(name='val_reward', higher_is_better=True)"
+    retention = f"Hybrid(k=2, ranking={ranking}, every_n_steps=None)"
+    assert f"retention: {retention}" in good.stdout  # the repr, as everywhere: valid Python
     bad_file = tmp_path / "bad.yaml"
     bad_file.write_text(
         "checkpointing:\n  checkpoint_dir: x\n  retention: {kind: latest_n, n: 0}\n"

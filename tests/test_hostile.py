@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 import ckpt
 import ckpt.torch
@@ -439,3 +440,233 @@ def test_init_tmp_refuses_a_temporary_name_that_is_not_a_directory(
         manager.init_tmp_checkpoint(3, {})
     assert tmp.is_symlink() if kind == "symlink" else tmp.read_bytes() == b"someone's"
     _untouched(victim)
+
+
+# --- dangerous roots ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_checkpoint_dir_is_refused_before_anything_is_pruned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_step: Any, value: str
+) -> None:
+    write_step(tmp_path, "step_1", {"unrelated": True})
+    write_step(tmp_path, "step_2", {"unrelated": True})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match=r"`checkpoint_dir` must name the run's own"):
+        CheckpointManager({"checkpoint_dir": value, "keep_top_k": 0})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_1", "step_2"]
+
+
+@pytest.mark.parametrize("which", ["root", "home", "home-with-slash"])
+def test_the_root_and_the_home_directory_are_refused(which: str) -> None:
+    home = str(Path.home())
+    value = {"root": "/", "home": home, "home-with-slash": home + "/./"}[which]
+    with pytest.raises(ValidationError, match=r"root|home directory") as caught:
+        ckpt.load_config({"checkpoint_dir": value})
+    assert "runs/run1" in str(caught.value)
+
+
+# --- unbounded work from a small input --------------------------------------------------------
+
+
+def _bomb(levels: int) -> str:
+    lines = ["checkpoint_dir: x", 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for n in range(1, levels):
+        lines.append(f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 7)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_in_a_short_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_bomb(9))  # 7**9: forty million values from a few hundred bytes
+    with pytest.raises(ckpt.ConfigFileError, match="alias bomb"):
+        ckpt.load_config(path)
+    assert cli(["config", "validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "expands to more than 100,000 values" in err
+    assert len(err) < 300
+
+
+def test_values_quoted_in_messages_are_cut_short(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "small-bomb.yaml"
+    path.write_text(_bomb(5))  # under the limit: loaded, and quoted by the message
+    assert cli(["config", "validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("unknown key") == 5
+    assert len(err) < 2000
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("checkpoint_dir: x\na: &a [*a]\n", "refers to itself"),
+        ("checkpoint_dir: x\nz: " + "[" * 20_000 + "]" * 20_000 + "\n", "nested"),
+        ("checkpoint_dir: x\nz: " + "[" * 40 + "]" * 40 + "\n", "nested more than 32"),
+    ],
+    ids=["self-alias", "20000-deep", "40-deep"],
+)
+def test_yaml_that_refers_to_itself_or_nests_deeply_is_refused(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ckpt.ConfigFileError, match=match):
+        ckpt.load_config(path)
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"checkpoint_dir: \xff\xfe\n")
+    with pytest.raises(ckpt.ConfigFileError, match=r"not UTF-8 text \(byte 16 is 0xff\)"):
+        ckpt.load_config(path)
+
+
+def test_a_huge_config_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    with open(path, "wb") as f:
+        f.truncate((16 << 20) + 1)
+    with pytest.raises(ckpt.ConfigFileError, match="larger than 16 MiB"):
+        ckpt.load_config(path)
+
+
+def _nested_any_of(depth: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {"kind": "keep_all"}
+    for _ in range(depth):
+        spec = {"kind": "any_of", "policies": [spec]}
+    return spec
+
+
+def test_a_deeply_nested_config_mapping_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError, match="nested more than 32 levels deep") as caught:
+        ckpt.load_config({"checkpoint_dir": "x", "retention": _nested_any_of(300)})
+    assert len(str(caught.value)) < 1000
+    assert ckpt.load_config({"checkpoint_dir": "x", "retention": _nested_any_of(10)})
+
+
+def test_unknown_keys_read_as_sentences() -> None:
+    with pytest.raises(ValidationError) as caught:
+        ckpt.load_config({"checkpoint_dir": "x", "zzz": 1, "keep_topk": 2})
+    (error,) = caught.value.errors()
+    assert error["msg"].startswith(
+        "unknown key `zzz` (got 1); unknown key `keep_topk` (got 2), did you mean "
+        "`keep_top_k`?; accepted keys: checkpoint_dir, "
+    )
+    assert ", ;" not in error["msg"]
+    with pytest.raises(ValidationError) as caught:
+        ckpt.load_config({"checkpoint_dir": "x", "retention": {"kind": "bogus"}})
+    assert caught.value.errors()[0]["msg"].endswith("got 'bogus'")
+
+
+def test_max_pending_saves_is_bounded_and_slots_are_made_only_when_used(
+    make_manager: Callable[..., CheckpointManager],
+) -> None:
+    with pytest.raises(ValidationError, match=r"an integer >= 1 and <= 1024, got 1000000000000"):
+        ckpt.load_config({"checkpoint_dir": "x", "max_pending_saves": 10**12})
+    manager = make_manager(max_pending_saves=1024)
+    manager.save_async(1, {}, {"w": torch.zeros(4)})
+    manager.wait_until_finished()
+    assert manager._async is not None
+    assert len(manager._async._free) == 1  # one buffer set, made by the one save
+
+
+# --- errors that are ours -----------------------------------------------------------------
+
+
+def _deep_dict(depth: int) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for _ in range(depth):
+        info = {"a": info}
+    return info
+
+
+@pytest.mark.parametrize(
+    ("info", "match"),
+    [
+        (_deep_dict(500), "nests more than 64 levels"),
+        ({"big": 10**5000}, "too large to store as a number"),
+        ({"loss": torch.empty((), device="meta")}, "cannot be read on meta"),
+    ],
+    ids=["500-deep", "10**5000", "meta-tensor"],
+)
+def test_unstorable_training_info_is_a_serialization_error_and_writes_nothing(
+    make_manager: Callable[..., CheckpointManager], ckpt_dir: Path, info: Any, match: str
+) -> None:
+    manager = make_manager()
+    with pytest.raises(ckpt.SerializationError, match=match):
+        manager.init_tmp_checkpoint(1, info)
+    with pytest.raises(ckpt.SerializationError, match=match):
+        manager.init_tmp_checkpoint(1, {"ok": 1}, run_config=info)
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [".ckpt"]
+
+
+def _state_file(tmp_path: Path, **entry: Any) -> Path:
+    """A state file whose one tensor is described by ``entry``'s fields instead."""
+    directory = tmp_path / "state"
+    directory.mkdir()
+    ckpt.torch.save_state(directory, {"x": torch.zeros(2)}, fsync=False)
+    path = directory / ckpt.torch.STATE_FILE
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[8:16], "little")
+    header = json.loads(raw[16 : 16 + length])
+    header["tensors"][0].update(entry)
+    body = json.dumps(header).encode()
+    head = raw[:8] + len(body).to_bytes(8, "little") + body
+    path.write_bytes(head + bytes(-len(head) % 4096) + bytes(header["data_size"]))
+    return directory
+
+
+@pytest.mark.parametrize("device", ["hpu", "privateuseone", "xla"])
+def test_load_state_onto_a_device_torch_cannot_use_is_device_unavailable(
+    tmp_path: Path, device: str
+) -> None:
+    directory = _state_file(tmp_path, device=device)
+    with pytest.raises(ckpt.DeviceUnavailableError, match=f"cannot load tensors onto {device}"):
+        ckpt.torch.load_state(directory)
+    assert ckpt.torch.load_state(directory, map_location="cpu")["x"].tolist() == [0.0, 0.0]
+
+
+def test_load_state_refuses_a_shape_no_tensor_can_have(tmp_path: Path) -> None:
+    directory = _state_file(tmp_path, shape=[0, 2**70])
+    with pytest.raises(ckpt.SerializationError, match="beyond what a tensor can hold"):
+        ckpt.torch.load_state(directory)
+
+
+@pytest.mark.parametrize("kind", ["directory", "FIFO"])
+def test_load_state_of_a_special_state_file_is_refused_without_blocking(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / ckpt.torch.STATE_FILE
+    path.mkdir() if kind == "directory" else os.mkfifo(path)
+    with pytest.raises(ckpt.SerializationError, match=f"is a {kind}, not a state file"):
+        ckpt.torch.load_state(tmp_path)
+
+
+def test_a_failed_pins_write_leaves_no_partial_file(
+    make_manager: Callable[..., CheckpointManager],
+    save: Any,
+    ckpt_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager = make_manager(fsync=True)
+    save(manager, 1)
+    manager.pin(1)
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt._storage.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        manager.unpin(1)
+    monkeypatch.undo()
+    assert [r.pinned for r in manager.list_checkpoints()] == [True]  # as on disk
+    assert sorted(p.name for p in (ckpt_dir / ".ckpt").iterdir()) == [
+        "lock",
+        "pins.json",
+        "ranking.json",
+        "trash",
+    ]
+    assert json.loads((ckpt_dir / ".ckpt" / "pins.json").read_text()) == {"pinned": [1]}

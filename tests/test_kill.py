@@ -339,7 +339,7 @@ def check_final(directory: Path, versions: dict[int, dict[str, str]]) -> list[st
     if entries != [".ckpt"] + [f"step_{s}" for s in sorted(FINAL)]:
         problems.append(f"at the end: entries {entries}")
     meta = directory / ".ckpt"
-    if sorted(os.listdir(meta)) != ["lock", "trash"] or os.listdir(meta / "trash"):
+    if sorted(os.listdir(meta)) != ["lock", "ranking.json", "trash"] or os.listdir(meta / "trash"):
         problems.append(f"at the end: .ckpt holds {sorted(map(str, meta.rglob('*')))}")
     with ckpt.CheckpointManager(job.config(directory), read_only=True) as reader:
         listing = {r.step: tree(r.path) for r in reader.list_checkpoints()}

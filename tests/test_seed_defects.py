@@ -698,7 +698,8 @@ def test_11_fsync_false_syncs_nothing(
     kinds = {call[0] for call in storage.calls}
     assert "sync_tree" not in kinds
     assert "sync_dir" not in kinds
-    assert [call[2] for call in storage.calls if call[0] == "replace_file"] == [False, False]
+    replaced = [(call[1].name, call[2]) for call in storage.calls if call[0] == "replace_file"]
+    assert replaced == [("ranking.json", False), ("pins.json", False), ("pins.json", False)]
     assert fsynced == []
 
 
