@@ -214,16 +214,30 @@ def plot(path: Path, *, kept: set[int], pinned: set[int], best: int | None) -> b
         ``False`` without writing anything when matplotlib is not installed.
     """
     try:
-        # The object API with the Agg canvas: no GUI, no global pyplot state.
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-        from matplotlib.figure import Figure  # noqa: PLC0415
+        figure = draw(kept=kept, pinned=pinned, best=best)
     except ImportError:
         return False
+    figure.savefig(path, dpi=100)
+    return True
+
+
+def draw(*, kept: set[int], pinned: set[int], best: int | None) -> Any:
+    """The plot of `plot`, as a matplotlib ``Figure``.
+
+    Raises:
+        ImportError: If matplotlib is not installed.
+    """
+    # The object API with the Agg canvas: no GUI, no global pyplot state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
     values = {step: metric_value(step_info(step), METRIC) for step in range(1, STEPS + 1)}
     scored = {step: value for step, value in values.items() if value is not None}
-    figure = Figure(figsize=(9, 4.8), layout="constrained")
+    figure = Figure(figsize=(9, 5.4), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    # Steps without a value get a strip of their own under the curve: drawn on the value
+    # axis at any height, they would read as scores.
+    axes, strip = figure.subplots(2, 1, sharex=True, height_ratios=[7, 1])
     axes.plot(list(scored), list(scored.values()), color="0.8", linewidth=1, zorder=1)
 
     def mark(steps: Sequence[int], **style: Any) -> None:
@@ -252,29 +266,30 @@ def plot(path: Path, *, kept: set[int], pinned: set[int], best: int | None) -> b
     if best is not None:
         mark([best], marker="*", color="gold", edgecolors="black", s=300, zorder=5, label="best")
     unscored = [step for step in values if step not in scored]
-    floor = min(scored.values()) - 0.05
-    axes.scatter(
+    strip.scatter(
         unscored,
-        [floor] * len(unscored),
+        [0] * len(unscored),
         marker="x",
         color=["tab:green" if step in kept else "0.5" for step in unscored],
-        label=f"no usable {METRIC} (NaN or not evaluated)",
     )
-    axes.axvline(CRASH_STEP - 0.5, color="tab:red", linestyle="--", linewidth=1)
+    strip.set_yticks([0], [f"no usable\n{METRIC}"], fontsize="small")
+    strip.set_ylim(-1, 1)
+    for panel in (axes, strip):
+        panel.axvline(CRASH_STEP - 0.5, color="tab:red", linestyle="--", linewidth=1)
     axes.annotate(
         "SIGKILL mid-save,\nrestart + recovery",
-        xy=(CRASH_STEP - 0.5, floor),
+        xy=(CRASH_STEP - 0.5, 0),
+        xycoords=("data", "axes fraction"),
         xytext=(4, 4),
         textcoords="offset points",
         color="tab:red",
         fontsize="small",
     )
-    axes.set_xlabel("step")
+    strip.set_xlabel("step (x: NaN or not evaluated; green if kept)")
     axes.set_ylabel(METRIC)
     axes.set_title(f"ckpt demo: the {TOP_K} best by {METRIC} + the latest, one pinned")
     axes.legend(loc="upper left", fontsize="small")
-    figure.savefig(path, dpi=100)
-    return True
+    return figure
 
 
 if __name__ == "__main__":

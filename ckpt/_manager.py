@@ -371,7 +371,7 @@ class CheckpointManager:
         if self._closed:
             raise CheckpointError(f"this manager of {self.checkpoint_dir} is closed")
         if self.read_only:
-            why = "read_only=True" if self.config.enabled else "`enabled` is false in its config"
+            why = "read_only=True" if self.config.enabled else "`enabled: false` in its config"
             raise ReadOnlyError(
                 f"cannot change {self.checkpoint_dir}: the manager was opened with {why}"
             )

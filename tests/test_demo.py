@@ -49,3 +49,15 @@ def test_the_demo_refuses_a_directory_that_holds_a_run(tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / "step_1").mkdir(parents=True)
     with pytest.raises(_demo.DemoError, match="not empty"):
         _demo.run_demo(tmp_path)
+
+
+def test_steps_without_a_value_are_drawn_apart_from_the_values() -> None:
+    figure = _demo.draw(kept={10, 34, 36, 40}, pinned={10}, best=34)
+    values, strip = figure.axes
+    scored = {s for s in range(1, _demo.STEPS + 1) if "val_reward" in _demo.step_info(s)}
+    scored.discard(_demo.NAN_STEP)
+    on_values = {round(x) for c in values.collections for x, _ in c.get_offsets()}
+    on_strip = {round(x) for c in strip.collections for x, _ in c.get_offsets()}
+    assert on_values == scored  # every marker on the value axis stands for a real value
+    assert on_strip == set(range(1, _demo.STEPS + 1)) - scored
+    assert [t.get_text() for t in strip.get_yticklabels()] == ["no usable\nval_reward"]
