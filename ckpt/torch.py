@@ -454,7 +454,7 @@ def _int(value: Any, what: str, low: int = 0) -> int:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     dtype: torch.dtype
     shape: tuple[int, ...]
@@ -681,6 +681,7 @@ def load_state(directory: str | os.PathLike[str], map_location: MapLocation = No
             except (ValueError, RecursionError) as exc:
                 raise _Invalid(f"its header is not JSON ({exc})") from None
             entries, data_size = _entries(header)
+            del header["tensors"]  # the parsed descriptions: entries hold what is needed
             data_start = -(-(16 + length) // _DATA_ALIGN) * _DATA_ALIGN
             if size != data_start + data_size:
                 raise _Invalid(
