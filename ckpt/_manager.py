@@ -93,16 +93,29 @@ class _Directory:
         self.lock = self.storage.lock(self.meta / _layout.LOCK_FILE)
         try:
             _protocol.check_metadata(self.storage, self.path)  # as it is now we hold the lock
-            self.recovery = tuple(_protocol.recover(self.storage, self.path, durable=self.durable))
+            self.recovery = self.recover()
+        except BaseException:
+            self.lock.release()
+            self.lock = None
+            raise
+
+    def recover(self) -> tuple[RecoveryAction, ...]:
+        """Repair what a crash left, then index the directory as it is on disk.
+
+        It runs when the directory is opened for writing, and again whenever another
+        manager of this process joins it: the disk may have changed meanwhile (another
+        tool, a crash of NeMo RL's manager). A temporary directory that a save of this
+        process is writing is not a leftover, and is left alone.
+        """
+        with self.mutex:
+            ours = {_layout.tmp_name(step) for step in self.live}
+            actions = _protocol.recover(self.storage, self.path, durable=self.durable, keep=ours)
             self.scan()
             stale = self.pins - self.index.keys()
             if stale:
                 logger.warning("dropping pins of steps that no longer exist: %s", sorted(stale))
                 self.write_pins(self.pins - stale, durable=self.durable)
-        except BaseException:
-            self.lock.release()
-            self.lock = None
-            raise
+            return tuple(actions)
 
     def scan(self) -> None:
         """Rebuild the index from disk, re-reading only entries that changed."""
@@ -284,6 +297,8 @@ class CheckpointManager:
                 shared = _Directory(self.checkpoint_dir, storage, durable=self.config.fsync)
                 shared.open_writer()
                 writers[key] = shared
+            else:
+                shared.recovery += shared.recover()  # see the disk as it is now
             shared.users += 1
         self._dir = shared
         self._key = key
@@ -306,7 +321,11 @@ class CheckpointManager:
 
     @property
     def recovery(self) -> tuple[RecoveryAction, ...]:
-        """What restart recovery did when this directory was opened for writing."""
+        """What restart recovery did to this directory since this process opened it.
+
+        Recovery runs when the first writer of a directory opens it, and again when
+        another manager of the same process joins it; this is every action of both.
+        """
         return self._dir.recovery
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -244,12 +244,19 @@ def find_leftovers(entries: Mapping[str, Entry]) -> list[Leftover]:
     return found
 
 
-def recover(storage: Storage, directory: Path, *, durable: bool) -> list[RecoveryAction]:
-    """Finish or undo whatever a crash interrupted in ``directory``; log and return it."""
+def recover(
+    storage: Storage, directory: Path, *, durable: bool, keep: Collection[str] = ()
+) -> list[RecoveryAction]:
+    """Finish or undo whatever a crash interrupted in ``directory``; log and return it.
+
+    Entries named in ``keep`` (temporaries that live saves are writing) are left alone.
+    """
     actions: list[RecoveryAction] = []
     entries = {entry.name: entry for entry in storage.list_dir(directory)}
     for leftover in find_leftovers(entries):
         name = leftover.name
+        if name in keep:
+            continue
         path = directory / name
         final_name = _layout.step_name(leftover.step)
         if leftover.kind == "foreign":

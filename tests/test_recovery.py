@@ -230,6 +230,50 @@ def test_managers_sharing_a_directory_report_the_same_recovery(
     assert second.recovery == first.recovery
 
 
+def test_a_second_manager_sees_the_disk_as_it_is_and_repairs_a_crash(
+    make_manager: Make, save: Any, ckpt_dir: Path, write_step: Callable[..., Path]
+) -> None:
+    first = make_manager()
+    save(first, 1, {"v": 1}, {"model.bin": b"one"})
+    save(first, 2, {"v": 2}, {"model.bin": b"two"})
+    # Meanwhile the directory changes under it: what a crash between the two renames of
+    # NeMo RL's overwrite of step 2 leaves.
+    (ckpt_dir / "step_2").rename(ckpt_dir / "old_step_2")
+    write_step(ckpt_dir, "tmp_step_2", {"v": "new, unfinished"})
+    second = make_manager()
+    assert second.get_latest_checkpoint_path() == str(ckpt_dir / "step_2")
+    assert (ckpt_dir / "step_2" / "model.bin").read_bytes() == b"two"  # rolled back
+    assert names(ckpt_dir) == [".ckpt", "step_1", "step_2"]
+    assert sorted(a.kind for a in second.recovery) == ["removed_temporary", "rolled_back_overwrite"]
+    assert first.get_latest_checkpoint_path() == second.get_latest_checkpoint_path()
+
+
+def test_a_second_manager_never_reports_a_step_that_is_gone(
+    make_manager: Make, save: Any, ckpt_dir: Path, tmp_path: Path
+) -> None:
+    first = make_manager(metric_name="v")
+    for step in (1, 2, 3):
+        save(first, step, {"v": step})
+    (ckpt_dir / "step_3").rename(tmp_path / "moved-away")
+    second = make_manager(metric_name="v")
+    assert steps(second) == steps(first) == [1, 2]
+    assert second.get_best_checkpoint_path() == str(ckpt_dir / "step_2")
+    assert first.get_latest_checkpoint_path() == str(ckpt_dir / "step_2")
+
+
+def test_a_second_manager_leaves_a_live_save_of_its_process_alone(
+    make_manager: Make, ckpt_dir: Path
+) -> None:
+    first = make_manager()
+    tmp = first.init_tmp_checkpoint(5, {"v": 5})
+    (tmp / "model.bin").write_bytes(b"being written")
+    second = make_manager()
+    assert second.recovery == ()
+    assert (tmp / "model.bin").read_bytes() == b"being written"
+    first.finalize_checkpoint(tmp)
+    assert steps(second) == [5]
+
+
 # --- crash injection ---------------------------------------------------------------------
 
 
