@@ -10,11 +10,18 @@ With N finalized checkpoints already on disk it measures, for N = 100, 1,000 and
 * the median cost of ``get_best_checkpoint_path`` and ``get_latest_checkpoint_path``
   right after a save (the first query after a change) and when repeated;
 * a cold start: a new manager on the directory (lock, recovery, one scan), then best
-  and latest (page cache warm, as after a job restart on the same node).
+  and latest (page cache warm, as after a job restart on the same node);
+* the median save under each built-in retention policy, and an ``any_of`` of them, with
+  a ``k`` or ``n`` larger than the history (so nothing is pruned and every checkpoint
+  stays ranked), fsync off: the case where re-ranking the kept set would grow with N.
 
 Run:
 
     python benchmarks/save_overhead.py [--sizes 100 1000 10000] [--repeats 30] [--dir DIR]
+        [--policies-only]
+
+On a disk, creating entries in a directory of 10,000 is itself slower and noisier than
+in one of 100; ``--dir /dev/shm`` measures the manager's own work apart from that.
 """
 
 from __future__ import annotations
@@ -145,6 +152,64 @@ def measure(
         shutil.rmtree(scratch)
 
 
+# Retention blocks whose kept set is the whole history: k and n beyond any size measured.
+POLICIES: dict[str, dict[str, object]] = {
+    "top_k k=100000": {"retention": {"kind": "top_k", "k": 100_000}},
+    "keep_top_k=100000": {"keep_top_k": 100_000},
+    "latest_n n=100000": {"retention": {"kind": "latest_n", "n": 100_000}},
+    "every_n_steps n=1": {"retention": {"kind": "every_n_steps", "n": 1}},
+    "keep_all": {"retention": {"kind": "keep_all"}},
+    "any_of(all above)": {
+        "retention": {
+            "kind": "any_of",
+            "policies": [
+                {"kind": "top_k", "k": 100_000},
+                {"kind": "hybrid", "k": 100_000},
+                {"kind": "latest_n", "n": 100_000},
+                {"kind": "every_n_steps", "n": 1000},
+            ],
+        }
+    },
+}
+
+
+def measure_policies(sizes: list[int], repeats: int, root: Path) -> dict[str, dict[int, float]]:
+    """Median microseconds of a save under each of `POLICIES`, by checkpoints on disk."""
+    results: dict[str, dict[int, float]] = {}
+    for name, keys in POLICIES.items():
+        scratch = Path(tempfile.mkdtemp(dir=root))
+        samples: dict[int, list[float]] = {n: [] for n in sizes}
+        try:
+            managers = {}
+            for count in sizes:
+                _populate(scratch / str(count), count)
+                config = {
+                    "checkpoint_dir": str(scratch / str(count)),
+                    "metric_name": "loss",
+                    "higher_is_better": False,
+                    "fsync": False,
+                    **keys,
+                }
+                managers[count] = CheckpointManager(config)
+            try:
+                for i in range(repeats + 1):
+                    order = sizes[i % len(sizes) :] + sizes[: i % len(sizes)]
+                    for count in order:
+                        manager, step = managers[count], count + i
+                        start = time.perf_counter()
+                        path = manager.init_tmp_checkpoint(step, {"step": step, "loss": 1 / step})
+                        manager.finalize_checkpoint(path)
+                        if i:  # the first save after opening decides over everything
+                            samples[count].append(time.perf_counter() - start)
+            finally:
+                for manager in managers.values():
+                    manager.close()
+        finally:
+            shutil.rmtree(scratch)
+        results[name] = {count: _median_us(values) for count, values in samples.items()}
+    return results
+
+
 def _filesystem(path: Path) -> str:
     best = ("?", "")
     with open("/proc/mounts", encoding="utf-8") as mounts:
@@ -160,12 +225,26 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument(
+        "--policies-only", action="store_true", help="only the table of saves by retention"
+    )
     args = parser.parse_args()
     root = args.dir.resolve()
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} cpus, python "
         f"{platform.python_version()}; directory {root} ({_filesystem(root)})"
     )
+    if not args.policies_only:
+        _history(args, root)
+    print()
+    print("save medians in microseconds by retention, fsync off, nothing pruned:")
+    print(f"{'retention':>20} " + " ".join(f"{n:>8}" for n in args.sizes) + "  last/first")
+    for name, by_size in measure_policies(args.sizes, args.repeats, root).items():
+        cells = " ".join(f"{by_size[n]:>8.0f}" for n in args.sizes)
+        print(f"{name:>20} {cells}  {by_size[args.sizes[-1]] / by_size[args.sizes[0]]:>9.2f}x")
+
+
+def _history(args: argparse.Namespace, root: Path) -> None:
     print("medians in microseconds; ratio = naive rescan / ckpt")
     header = (
         f"{'fsync':>5} {'on disk':>7} {'save':>8} {'rescan':>9} {'ratio':>6} "

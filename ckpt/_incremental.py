@@ -7,25 +7,30 @@ policies it need not: a policy splits into parts of two shapes.
   alone, so their answer never changes once given.
 * Bounded parts (`TopK`, `Hybrid`, `LatestN`, `KeepNone`, under a ranking that orders
   by a fixed per-checkpoint key: `ByMetric`, `ByRecency`) keep a set that a new
-  checkpoint can only enter: what such a part keeps out of ``S + [new]`` is what it
-  keeps out of ``K + [new]`` for any ``K`` between its previous answer and ``S``.
+  checkpoint can only enter, pushing out at most one other (and, for `Hybrid`, the
+  previous latest).
 
-So a save re-decides only over each bounded part's previous answer plus the new
-checkpoint. Anything the tracker did not see happen (an overwrite, a pin, a prune
+Each bounded part's answer is kept in a heap with its worst member on top, so a save
+costs O(log N) per part however large ``k`` is: a new checkpoint goes in, and what no
+longer fits comes out and is deleted unless another part, a pin or a per-checkpoint
+part keeps it. Anything the tracker did not see happen (an overwrite, a pin, a prune
 with other settings, another manager's change, a failed delete) and any custom policy
-or ranking send the manager back to deciding over everything, which also resyncs the
-tracker.
+or ranking send the manager back to deciding over everything, which also rebuilds
+the heaps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import heapq
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ckpt._records import CheckpointRecord
 from policies import (
     AnyOf,
     ByMetric,
     ByRecency,
+    CheckpointView,
     EveryNSteps,
     Hybrid,
     KeepAll,
@@ -68,6 +73,86 @@ def split(policy: RetentionPolicy) -> _Parts | None:
     return None
 
 
+def _worst_first(key: Any) -> Any:
+    """A heap key that puts the largest (worst) of the ranking's keys on top."""
+    return tuple(-part for part in key) if isinstance(key, tuple) else -key
+
+
+class _Best:
+    """The ``k`` best eligible checkpoints by a fixed key: a bounded part's answer."""
+
+    def __init__(self, k: int, key: Callable[[CheckpointView], Any], every: int | None) -> None:
+        self.k = k
+        self.key = key
+        self.every = every
+        self.members: set[int] = set()
+        # Stale entries (steps discarded since) are skipped as they surface.
+        self._heap: list[tuple[Any, int]] = []
+
+    def add(self, view: CheckpointView, index: Mapping[int, CheckpointRecord]) -> set[int]:
+        """Take in the new ``view``; return the steps that are no longer kept."""
+        step = view.step
+        if self.k == 0 or (self.every is not None and step % self.every):
+            return {step}
+        heapq.heappush(self._heap, (_worst_first(self.key(view)), step))
+        self.members.add(step)
+        out = set()
+        while len(self.members) > self.k:
+            _, worst = heapq.heappop(self._heap)
+            if worst in self.members:
+                self.members.discard(worst)
+                out.add(worst)
+        return out
+
+    def discard(self, step: int) -> None:
+        self.members.discard(step)
+
+    def __contains__(self, step: int) -> bool:
+        return step in self.members
+
+
+class _BestAndLatest(_Best):
+    """`Hybrid`'s answer: the ``k`` best eligible checkpoints, and the latest of all."""
+
+    latest: int | None = None
+
+    def add(self, view: CheckpointView, index: Mapping[int, CheckpointRecord]) -> set[int]:
+        out = super().add(view, index)
+        previous = self.latest
+        if previous is None:  # never known, or deleted: the latest of the others
+            previous = max((s for s in index if s != view.step), default=None)
+        if previous is None or view.step > previous:
+            self.latest = view.step
+            out.discard(view.step)
+            if previous is not None:
+                out.add(previous)
+        else:
+            self.latest = previous
+        return {s for s in out if s not in self}
+
+    def discard(self, step: int) -> None:
+        super().discard(step)
+        if step == self.latest:
+            self.latest = None
+
+    def __contains__(self, step: int) -> bool:
+        return step in self.members or step == self.latest
+
+
+def _frontier(part: RetentionPolicy, views: Iterable[CheckpointView]) -> _Best:
+    frontier: _Best
+    if isinstance(part, LatestN):
+        frontier = _Best(part.n, ByRecency().key, None)
+    elif isinstance(part, Hybrid):
+        frontier = _BestAndLatest(part.k, part.ranking.key, part.every_n_steps)  # type: ignore[attr-defined]
+    else:
+        assert isinstance(part, TopK)
+        frontier = _Best(part.k, part.ranking.key, part.every_n_steps)  # type: ignore[attr-defined]
+    for view in sorted(views, key=lambda v: v.step):
+        frontier.add(view, {})
+    return frontier
+
+
 class Tracker:
     """One manager's running answers about its directory.
 
@@ -86,7 +171,7 @@ class Tracker:
         self.best: int | None = None
         self.latest: int | None = None
         self.frontier_version = -1
-        self._frontiers: list[set[int]] = []
+        self._frontiers: list[_Best] = []
 
     def sync(self, version: int) -> None:
         """Forget best and latest unless they describe ``version``."""
@@ -110,24 +195,23 @@ class Tracker:
         Only valid while ``frontier_version`` was current before the commit.
         """
         assert self.parts is not None
-        alone, bounded = self.parts
-        candidates = {step}.union(*self._frontiers)
-        self._frontiers = [
-            set(part.keep([index[s] for s in frontier | {step}]))
-            for part, frontier in zip(bounded, self._frontiers, strict=True)
-        ]
-        kept = set().union(*self._frontiers)
+        alone = self.parts[0]
+        candidates = {step}
+        for frontier in self._frontiers:
+            candidates |= frontier.add(index[step], index)
         return sorted(
             s
-            for s in candidates - kept
-            if not index[s].pinned and not any(part.keep([index[s]]) for part in alone)
+            for s in candidates
+            if not index[s].pinned
+            and not any(s in frontier for frontier in self._frontiers)
+            and not any(part.keep([index[s]]) for part in alone)
         )
 
     def resync_frontiers(self, index: Mapping[int, CheckpointRecord]) -> None:
-        """Recompute the bounded parts' answers from the whole index (O(N))."""
+        """Rebuild the bounded parts' answers from the whole index (O(N log N))."""
         if self.parts is not None:
             views = list(index.values())
-            self._frontiers = [set(part.keep(views)) for part in self.parts[1]]
+            self._frontiers = [_frontier(part, views) for part in self.parts[1]]
 
     def removed(self, step: int) -> None:
         """Account for the deletion of ``step``."""

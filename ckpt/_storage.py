@@ -166,8 +166,11 @@ def describe_kind(kind: EntryKind) -> str:
     return _KIND_NAMES.get(kind, kind)
 
 
-def _open_regular(path: Path, flags: int, *, create: bool = False) -> int:
-    """Open the regular file ``path`` without following a link or blocking on a FIFO."""
+def _open_regular(path: Path, flags: int, *, create: bool = False) -> tuple[int, int]:
+    """Open the regular file ``path`` without following a link or blocking on a FIFO.
+
+    Returns the descriptor (the caller closes it) and the file's size.
+    """
     flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     if not create:
         # Look before opening: opening a device can have effects of its own.
@@ -184,7 +187,7 @@ def _open_regular(path: Path, flags: int, *, create: bool = False) -> int:
     if not stat.S_ISREG(st.st_mode):  # it changed between the look and the open
         os.close(fd)
         raise _unsafe(path, _kind(st.st_mode))
-    return fd
+    return fd, st.st_size
 
 
 def _unsafe(path: Path, kind: EntryKind) -> UnsafeFileError:
@@ -269,15 +272,25 @@ class LocalStorage:
             UnsafeFileError: If it is a symbolic link, a FIFO, a device or a directory,
                 or holds more than `MAX_READ_BYTES`; nothing blocks or is read then.
         """
-        with open(_open_regular(path, os.O_RDONLY), "rb") as f:
-            data = f.read(MAX_READ_BYTES + 1)
-        if len(data) > MAX_READ_BYTES:
-            raise UnsafeFileError(
-                errno.EFBIG,
-                f"larger than the {MAX_READ_BYTES >> 20} MiB ckpt reads of its own files",
-                str(path),
-            )
-        return data
+        fd, size = _open_regular(path, os.O_RDONLY)
+        try:
+            # Read what fstat says is there, plus one byte to see a file still growing;
+            # never ask for the whole limit (that allocates it).
+            chunks: list[bytes] = []
+            total = 0
+            while total <= MAX_READ_BYTES and size <= MAX_READ_BYTES:
+                chunk = os.read(fd, min(max(size - total, 0) + 1, MAX_READ_BYTES + 1 - total))
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                total += len(chunk)
+        finally:
+            os.close(fd)
+        raise UnsafeFileError(
+            errno.EFBIG,
+            f"larger than the {MAX_READ_BYTES >> 20} MiB ckpt reads of its own files",
+            str(path),
+        )
 
     def write_bytes(self, path: Path, data: bytes) -> None:
         """Create the file ``path`` (which must not exist) holding ``data``."""
@@ -364,7 +377,7 @@ class LocalStorage:
             CheckpointDirLockedError: If another process holds it.
             UnsafeFileError: If ``path`` is a symbolic link or not a regular file.
         """
-        fd = _open_regular(path, os.O_RDWR, create=True)
+        fd, _ = _open_regular(path, os.O_RDWR, create=True)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -390,7 +403,7 @@ def lock_held(path: Path) -> bool:
     drops the process's own POSIX lock on it.
     """
     try:
-        fd = _open_regular(path, os.O_RDONLY)
+        fd, _ = _open_regular(path, os.O_RDONLY)
     except OSError:  # absent, or not a lock ckpt made
         return False
     try:

@@ -53,9 +53,10 @@ class ByMetric:
 
     def rank(self, checkpoints: Sequence[CheckpointView], /) -> list[CheckpointView]:
         """Order ``checkpoints`` by the metric, best first (see the class docstring)."""
-        return sorted(checkpoints, key=self._key)
+        return sorted(checkpoints, key=self.key)
 
-    def _key(self, view: CheckpointView) -> tuple[int, int | float, int]:
+    def key(self, view: CheckpointView, /) -> tuple[int, int | float, int]:
+        """The sort key `rank` orders by, smallest first: a total order, ties by step."""
         value = metric_value(view.info, self.name)
         if value is None:
             return (1, 0, -view.step)
@@ -68,4 +69,8 @@ class ByRecency:
 
     def rank(self, checkpoints: Sequence[CheckpointView], /) -> list[CheckpointView]:
         """Order ``checkpoints`` by step, highest first."""
-        return sorted(checkpoints, key=lambda view: -view.step)
+        return sorted(checkpoints, key=self.key)
+
+    def key(self, view: CheckpointView, /) -> int:
+        """The sort key `rank` orders by, smallest first."""
+        return -view.step

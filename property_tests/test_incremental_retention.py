@@ -31,10 +31,12 @@ rankings = st.one_of(
     st.just(ByRecency()),
 )
 periods = st.none() | st.integers(1, 4)
+# Small k fills up and evicts; a k larger than the history (up to 40 saves) never does.
+counts = st.integers(1, 4) | st.integers(30, 100)
 leaves: st.SearchStrategy[RetentionPolicy] = st.one_of(
-    st.builds(TopK, st.integers(1, 4), rankings, periods),
-    st.builds(Hybrid, st.integers(0, 4), rankings, periods),
-    st.builds(LatestN, st.integers(1, 4)),
+    st.builds(TopK, counts, rankings, periods),
+    st.builds(Hybrid, counts | st.just(0), rankings, periods),
+    st.builds(LatestN, counts),
     st.builds(EveryNSteps, st.integers(1, 5)),
     st.just(KeepAll()),
     st.just(KeepNone()),
