@@ -6,7 +6,7 @@ The pure ranking and retention policies live in the sibling package ``policies``
 
 import logging
 
-from ckpt._config import CheckpointConfig, load_config
+from ckpt._config import CheckpointConfig, PretrainedCheckpoint, load_config
 from ckpt._errors import (
     CheckpointDirLockedError,
     CheckpointError,
@@ -46,6 +46,7 @@ __all__ = [
     "InvalidStepError",
     "LocalStorage",
     "Lock",
+    "PretrainedCheckpoint",
     "Problem",
     "ReadOnlyError",
     "RecoveryAction",

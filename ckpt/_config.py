@@ -267,6 +267,20 @@ def _ranks_by_metric(spec: RetentionSpec) -> bool:
     return isinstance(spec, (TopKSpec, HybridSpec))
 
 
+class PretrainedCheckpoint(BaseModel):
+    """NeMo RL's ``pretrained_checkpoint``: a Megatron checkpoint to take initial weights from.
+
+    Other keys are kept, as NeMo RL keeps them.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    path: str = Field(description="The checkpoint: an iteration directory or a root of them.")
+    format: Literal["megatron_bridge", "megatron_lm"] = Field(
+        description="megatron_bridge (written by NeMo RL) or megatron_lm (upstream)."
+    )
+
+
 class CheckpointConfig(_Strict):
     """The checkpointing section of a run config.
 
@@ -349,7 +363,25 @@ class CheckpointConfig(_Strict):
     model_repo_id: str = Field("", description="NeMo RL (not used by ckpt).")
     is_peft: bool = Field(False, description="NeMo RL (not used by ckpt).")
     peft_config: Any = Field(None, description="NeMo RL (not used by ckpt).")
-    pretrained_checkpoint: str | None = Field(None, description="NeMo RL (not used by ckpt).")
+    pretrained_checkpoint: PretrainedCheckpoint | str | None = Field(
+        None,
+        description="NeMo RL: initial weights from a Megatron checkpoint, as {path, format} "
+        "(a plain path, the older form, is accepted too); not used by ckpt.",
+    )
+    save_data_plane: bool = Field(
+        False, description="NeMo RL: include the data plane in checkpoints (not used by ckpt)."
+    )
+    load_replay_buffer: bool | None = Field(
+        None,
+        description="NeMo RL: restore the replay buffer on resume; unset and true both "
+        "restore, only false opts out (not used by ckpt).",
+    )
+    protect_best: bool = Field(
+        False,
+        description="With keep_top_k and save_period > 1, also keep the best checkpoint of "
+        "all steps, not only of the save_period multiples, so get_best_checkpoint_path "
+        "never names one the next save prunes. Off: NeMo RL's rule exactly.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -389,6 +421,28 @@ class CheckpointConfig(_Strict):
                 {"value": short_repr(deadline)},
             )
         return self
+
+
+def as_config(config: Any) -> CheckpointConfig:
+    """A `CheckpointConfig` from one, a mapping, or a pydantic model of the same keys.
+
+    A pydantic model (NeMo RL's ``CheckpointingConfig``, say) is dumped with its extra
+    keys and validated here like a mapping.
+
+    Raises:
+        pydantic.ValidationError: If the keys do not validate.
+        TypeError: If ``config`` is none of these.
+    """
+    if isinstance(config, CheckpointConfig):
+        return config
+    if isinstance(config, Mapping):
+        return CheckpointConfig.model_validate(config)
+    if isinstance(config, BaseModel):
+        return CheckpointConfig.model_validate(config.model_dump())
+    raise TypeError(
+        f"the config must be a CheckpointConfig, a mapping of config keys or a pydantic "
+        f"model of them (NeMo RL's CheckpointingConfig), got {type(config).__name__}"
+    )
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> CheckpointConfig:

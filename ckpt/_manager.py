@@ -16,7 +16,9 @@ from typing import Any
 
 from ckpt import _layout, _protocol
 from ckpt._async import AsyncWriter, import_torch
-from ckpt._config import CheckpointConfig
+from pydantic import BaseModel
+
+from ckpt._config import CheckpointConfig, PretrainedCheckpoint, as_config
 from ckpt._errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -254,7 +256,7 @@ class CheckpointManager:
 
     def __init__(
         self,
-        config: CheckpointConfig | Mapping[str, Any],
+        config: CheckpointConfig | Mapping[str, Any] | BaseModel,
         *,
         retention: RetentionPolicy | None = None,
         ranking: Ranking | None = None,
@@ -263,11 +265,7 @@ class CheckpointManager:
     ) -> None:
         _check_strategy("retention", retention, RetentionPolicy, "keep(checkpoints)")
         _check_strategy("ranking", ranking, Ranking, "rank(checkpoints)")
-        self.config = (
-            config
-            if isinstance(config, CheckpointConfig)
-            else CheckpointConfig.model_validate(config)
-        )
+        self.config = as_config(config)
         self.ranking: Ranking
         self.retention: RetentionPolicy
         self.ranking, config_retention = policies_from_config(self.config, ranking=ranking)
@@ -318,6 +316,36 @@ class CheckpointManager:
     def keep_top_k(self) -> int | None:
         """The config's ``keep_top_k``."""
         return self.config.keep_top_k
+
+    @property
+    def save_period(self) -> int | None:
+        """The config's ``save_period``."""
+        return self.config.save_period
+
+    @property
+    def ft_keep_latest_k(self) -> int | None:
+        """The config's ``ft_keep_latest_k``."""
+        return self.config.ft_keep_latest_k
+
+    @property
+    def save_optimizer(self) -> bool:
+        """The config's ``save_optimizer`` (default true): NeMo RL's loop reads it."""
+        return self.config.save_optimizer
+
+    @property
+    def save_data_plane(self) -> bool:
+        """The config's ``save_data_plane`` (default false): NeMo RL's loop reads it."""
+        return self.config.save_data_plane
+
+    @property
+    def load_replay_buffer(self) -> bool | None:
+        """The config's ``load_replay_buffer``: ``None`` (unset) and true both restore."""
+        return self.config.load_replay_buffer
+
+    @property
+    def pretrained_checkpoint(self) -> PretrainedCheckpoint | str | None:
+        """The config's ``pretrained_checkpoint``, as NeMo RL types it."""
+        return self.config.pretrained_checkpoint
 
     @property
     def recovery(self) -> tuple[RecoveryAction, ...]:
@@ -402,7 +430,7 @@ class CheckpointManager:
         self,
         step: int,
         training_info: Mapping[str, Any],
-        run_config: Mapping[str, Any] | None = None,
+        run_config: Mapping[str, Any] | BaseModel | None = None,
     ) -> Path:
         """Create ``tmp_step_N`` holding the training info (and run config).
 
@@ -414,7 +442,8 @@ class CheckpointManager:
         Args:
             step: The training step, a non-negative integer.
             training_info: Metrics and counters, stored as ``training_info.json``.
-            run_config: The run's configuration, stored as ``config.yaml``.
+            run_config: The run's configuration, a dict or a pydantic model (dumped with
+                ``mode="json"``), stored as ``config.yaml``.
 
         Returns:
             The absolute path of the temporary directory.
@@ -580,7 +609,7 @@ class CheckpointManager:
         self,
         step: int,
         training_info: Mapping[str, Any],
-        run_config: Mapping[str, Any] | None = None,
+        run_config: Mapping[str, Any] | BaseModel | None = None,
     ) -> Iterator[Path]:
         """Yield a temporary directory; finalize it on success, abort it on an exception.
 
@@ -614,7 +643,7 @@ class CheckpointManager:
         training_info: Mapping[str, Any],
         state: Any,
         *,
-        run_config: Mapping[str, Any] | None = None,
+        run_config: Mapping[str, Any] | BaseModel | None = None,
     ) -> Path:
         """Save ``state`` as the checkpoint of ``step`` and wait until it is committed.
 
@@ -628,7 +657,8 @@ class CheckpointManager:
             training_info: Metrics and counters, stored as ``training_info.json``.
             state: The model (and optimizer) state; read it back with
                 `ckpt.torch.load_state`.
-            run_config: The run's configuration, stored as ``config.yaml``.
+            run_config: The run's configuration, a dict or a pydantic model (dumped with
+                ``mode="json"``), stored as ``config.yaml``.
 
         Returns:
             The path of the committed checkpoint, ``checkpoint_dir/step_N``.
@@ -655,7 +685,7 @@ class CheckpointManager:
         training_info: Mapping[str, Any],
         state: Any,
         *,
-        run_config: Mapping[str, Any] | None = None,
+        run_config: Mapping[str, Any] | BaseModel | None = None,
     ) -> None:
         """Snapshot ``state`` to host memory and save it on a background thread.
 
@@ -673,7 +703,8 @@ class CheckpointManager:
             training_info: Metrics and counters; encoded now, so later changes to the
                 dict do not leak into the checkpoint.
             state: The model (and optimizer) state, as for `save`.
-            run_config: The run's configuration, stored as ``config.yaml``.
+            run_config: The run's configuration, a dict or a pydantic model (dumped with
+                ``mode="json"``), stored as ``config.yaml``.
 
         Raises:
             ImportError: If torch is not installed.

@@ -48,11 +48,11 @@ def policies_from_config(
     """Build the ranking and retention policy a config describes.
 
     ``metric_name`` gives `ByMetric` (unset: `ByRecency`). A ``retention`` block maps
-    kind by kind onto the built-ins. Without one, the seed's and NeMo RL's flat keys
-    apply: ``keep_top_k`` is `Hybrid` (top-k plus the latest step), where only
-    multiples of ``save_period`` compete for the top k (as in NeMo RL), and then the
-    overall best is kept too, so the best checkpoint is always one retention keeps;
-    ``ft_keep_latest_k`` adds the k most recent; neither set keeps everything.
+    kind by kind onto the built-ins. Without one, NeMo RL's flat keys apply as NeMo RL
+    defines them, a union: ``keep_top_k`` is `Hybrid` (top-k plus the latest step),
+    where only multiples of ``save_period`` compete for the top k; without it, every
+    multiple of ``save_period`` is kept; ``ft_keep_latest_k`` adds the k most recent;
+    neither set keeps everything. ``protect_best`` also keeps the best of all steps.
     A ``ranking`` given here replaces the one ``metric_name`` describes, in retention
     too.
     """
@@ -70,7 +70,7 @@ def policies_from_config(
     parts: list[RetentionPolicy] = []
     if config.keep_top_k is not None:
         parts.append(Hybrid(config.keep_top_k, ranking, periodic))
-        if periodic is not None and config.keep_top_k > 0:
+        if periodic is not None and config.keep_top_k > 0 and config.protect_best:
             # "Best" ranks every step; keep it so it is never pruned by a worse save.
             parts.append(TopK(1, ranking))
     elif periodic is not None:

@@ -131,12 +131,18 @@ def encode_training_info(training_info: Mapping[str, Any]) -> bytes:
     return json.dumps(plain, allow_nan=False, indent=2).encode()
 
 
-def encode_run_config(run_config: Mapping[str, Any]) -> bytes:
+def encode_run_config(run_config: Any) -> bytes:
     """Return ``run_config`` as YAML bytes (``yaml.safe_dump``); the input is not modified.
+
+    A pydantic model (anything with ``model_dump``, as NeMo RL passes its run config) is
+    dumped with ``mode="json"`` first, so enums and paths become plain values.
 
     Raises:
         SerializationError: If a value cannot be stored, naming where it is.
     """
+    dump = getattr(run_config, "model_dump", None)
+    if not isinstance(run_config, Mapping) and callable(dump):
+        run_config = dump(mode="json")
     if not isinstance(run_config, Mapping):
         raise SerializationError(f"run_config must be a dict, got {type(run_config).__name__}")
     plain = _to_plain(run_config, "run_config", json_keys=False, nonfinite_to_none=False)

@@ -49,6 +49,9 @@ def _type(node: Schema, schema: Schema) -> str:
             parts = [_type(part, schema) for part in node[combinator]]
             return " or ".join(dict.fromkeys(parts))
     if "$ref" in node:
+        target = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        if "kind" not in target.get("properties", {}):  # a plain sub-model
+            return f"mapping of {', '.join(f'`{key}`' for key in target['properties'])}"
         return f"[`kind: {_kind_of(node['$ref'], schema)}` block](#{RETENTION_ANCHOR})"
     if "const" in node:
         return f"`{json.dumps(node['const'])}`"

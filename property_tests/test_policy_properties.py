@@ -330,14 +330,14 @@ def test_decide_is_deterministic_order_free_and_keeps_pins(
     st.none() | st.integers(1, 5),
     st.none() | st.integers(0, 3),
 )
-def test_the_best_is_kept_by_every_top_k_config(
+def test_the_best_is_kept_by_every_top_k_config_with_protect_best(
     views: list[CheckpointView],
     higher: bool,
     k: int,
     save_period: int | None,
     ft_keep_latest_k: int | None,
 ) -> None:
-    """The manager's best (the ranking's first) is always among what retention keeps."""
+    """With protect_best, the manager's best (the ranking's first) is always kept."""
     config = CheckpointConfig(
         checkpoint_dir="unused",
         metric_name="m",
@@ -345,6 +345,7 @@ def test_the_best_is_kept_by_every_top_k_config(
         keep_top_k=k,
         save_period=save_period,
         ft_keep_latest_k=ft_keep_latest_k,
+        protect_best=True,
     )
     ranking, policy = policies_from_config(config)
     if not views:

@@ -516,8 +516,15 @@ M = ByMetric("val_reward", True)
         ({"metric_name": None}, ByRecency(), Hybrid(3, ByRecency())),
         ({"keep_top_k": None}, M, KeepAll()),
         ({"keep_top_k": None, "ft_keep_latest_k": None}, M, KeepAll()),
-        # only multiples of save_period compete for the top k; the overall best is kept too
-        ({"save_period": 10}, M, AnyOf((Hybrid(3, M, every_n_steps=10), TopK(1, M)))),
+        # only multiples of save_period compete for the top k, as in NeMo RL
+        ({"save_period": 10}, M, Hybrid(3, M, every_n_steps=10)),
+        # protect_best: the overall best is kept too
+        (
+            {"save_period": 10, "protect_best": True},
+            M,
+            AnyOf((Hybrid(3, M, every_n_steps=10), TopK(1, M))),
+        ),
+        ({"save_period": 1, "protect_best": True}, M, Hybrid(3, M)),
         ({"save_period": 1}, M, Hybrid(3, M)),
         (
             {"ft_keep_latest_k": 2},
@@ -526,6 +533,11 @@ M = ByMetric("val_reward", True)
         ),
         (
             {"save_period": 10, "ft_keep_latest_k": 2},
+            M,
+            AnyOf((Hybrid(3, M, every_n_steps=10), LatestN(2))),
+        ),
+        (
+            {"save_period": 10, "ft_keep_latest_k": 2, "protect_best": True},
             M,
             AnyOf((Hybrid(3, M, every_n_steps=10), TopK(1, M), LatestN(2))),
         ),
@@ -604,8 +616,9 @@ OVERRIDE = ByMetric("val_loss", False)
     [
         ({}, Hybrid(3, OVERRIDE)),
         ({"metric_name": None}, Hybrid(3, OVERRIDE)),
+        ({"save_period": 10}, Hybrid(3, OVERRIDE, every_n_steps=10)),
         (
-            {"save_period": 10},
+            {"save_period": 10, "protect_best": True},
             AnyOf((Hybrid(3, OVERRIDE, every_n_steps=10), TopK(1, OVERRIDE))),
         ),
         ({"ft_keep_latest_k": 2}, AnyOf((Hybrid(3, OVERRIDE), LatestN(2)))),
@@ -698,17 +711,34 @@ def test_nemo_rl_semantics_end_to_end(higher_is_better: bool) -> None:
     _, policy = policies_from_config(config)
     views = _views(higher_is_better)
     kept = _kept(policy, views)
-    # best multiple of 10 by the metric, plus the 2 most recent, plus the latest (NeMo RL),
-    # plus the best overall (17, not a multiple of 10), so "best" is never pruned
-    assert kept == {17, 20, 29, 30}
-    assert kept == _nemo_rl_kept(views, higher_is_better, 10, 1, 2) | {17}
+    # best multiple of 10 by the metric, plus the 2 most recent, plus the latest: NeMo RL's
+    # rule exactly (step 17, the best overall but not a multiple of 10, is not kept)
+    assert kept == {20, 29, 30}
+    assert kept == _nemo_rl_kept(views, higher_is_better, 10, 1, 2)
+
+
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_protect_best_also_keeps_the_best_of_all_steps(higher_is_better: bool) -> None:
+    config = load_config(
+        {
+            **SEED,
+            "higher_is_better": higher_is_better,
+            "save_period": 10,
+            "keep_top_k": 1,
+            "ft_keep_latest_k": 2,
+            "protect_best": True,
+        }
+    )
+    _, policy = policies_from_config(config)
+    views = _views(higher_is_better)
+    assert _kept(policy, views) == _nemo_rl_kept(views, higher_is_better, 10, 1, 2) | {17}
 
 
 def test_nemo_rl_semantics_order_does_not_matter() -> None:
     config = load_config({**SEED, "save_period": 10, "keep_top_k": 1, "ft_keep_latest_k": 2})
     _, policy = policies_from_config(config)
     views = _views(True)
-    assert _kept(policy, list(reversed(views))) == _kept(policy, views) == {17, 20, 29, 30}
+    assert _kept(policy, list(reversed(views))) == _kept(policy, views) == {20, 29, 30}
 
 
 def test_nemo_rl_without_keep_top_k_keeps_periodic_and_latest() -> None:
@@ -727,7 +757,7 @@ def test_pinned_views_survive_the_built_policy() -> None:
     config = load_config({**SEED, "save_period": 10, "keep_top_k": 1, "ft_keep_latest_k": 2})
     _, policy = policies_from_config(config)
     views = [CheckpointView(v.step, v.info, pinned=v.step == 5) for v in _views(True)]
-    assert _kept(policy, views) == {5, 17, 20, 29, 30}
+    assert _kept(policy, views) == {5, 20, 29, 30}
 
 
 # --- repr round trip -------------------------------------------------------------------

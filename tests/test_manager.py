@@ -470,20 +470,30 @@ def test_a_policy_returning_garbage_is_a_type_error(make_manager: Make, save: Sa
         save(manager, 1, {})
 
 
-def test_save_period_limits_top_k_candidates(make_manager: Make, save: Save) -> None:
+def test_save_period_limits_top_k_candidates_as_nemo_rl_does(
+    make_manager: Make, save: Save
+) -> None:
     manager = make_manager(metric_name="score", keep_top_k=1, save_period=2)
     for step, score in [(1, 9.0), (2, 1.0), (3, 8.0), (4, 2.0), (5, 0.0)]:
         save(manager, step, {"score": score})
-    # 4 is the best even step, 5 the latest, 1 the best overall (what "best" points at)
+    # 4 is the best even step and 5 the latest; 1, the best of all, is not a multiple of 2
+    assert steps(manager) == [4, 5]
+    assert manager.get_best_checkpoint_path() == str(manager.checkpoint_dir / "step_4")
+
+
+def test_protect_best_keeps_the_best_of_all_steps_too(make_manager: Make, save: Save) -> None:
+    manager = make_manager(metric_name="score", keep_top_k=1, save_period=2, protect_best=True)
+    for step, score in [(1, 9.0), (2, 1.0), (3, 8.0), (4, 2.0), (5, 0.0)]:
+        save(manager, step, {"score": score})
     assert steps(manager) == [1, 4, 5]
     assert manager.get_best_checkpoint_path() == str(manager.checkpoint_dir / "step_1")
 
 
-def test_the_best_survives_saving_a_worse_checkpoint_with_save_period(
+def test_with_protect_best_the_best_survives_saving_a_worse_checkpoint(
     make_manager: Make, save: Save
 ) -> None:
-    """DESIGN: "best" is always the one retention protects first, save_period or not."""
-    manager = make_manager(metric_name="score", keep_top_k=1, save_period=2)
+    """ "best" is the one retention protects first, save_period or not, with protect_best."""
+    manager = make_manager(metric_name="score", keep_top_k=1, save_period=2, protect_best=True)
     for step, score in [(1, 1.0), (2, 2.0), (3, 9.0)]:
         save(manager, step, {"score": score})
     best = manager.get_best_checkpoint_path()

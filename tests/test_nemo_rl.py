@@ -1,0 +1,162 @@
+"""NeMo RL's current manager API, as its training loops call it.
+
+Config objects and attributes, run configs given as pydantic models, NeMo RL's
+retention rule, the warnings of `get_best_checkpoint_path`, `get_resume_paths`, and
+asynchronous finalization (`begin_finalization`, `finalize_pending`, `shutdown`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+import ckpt
+from ckpt import CheckpointManager
+
+Make = Callable[..., CheckpointManager]
+
+
+class _Optim(enum.Enum):
+    ADAM = "adam"
+
+
+class RunConfig(BaseModel):
+    """A run config as NeMo RL's loops pass it: a pydantic model, with an enum in it."""
+
+    lr: float
+    optimizer: _Optim
+    path: Path
+
+
+class CheckpointingConfig(BaseModel):
+    """The shape of NeMo RL's pydantic checkpointing config (extra keys allowed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool
+    checkpoint_dir: str | Path
+    metric_name: str | None
+    higher_is_better: bool
+    save_period: int
+    keep_top_k: int | None = None
+    ft_keep_latest_k: int | None = None
+    save_optimizer: bool = True
+    save_data_plane: bool = False
+    load_replay_buffer: bool | None = None
+    pretrained_checkpoint: dict[str, str] | None = None
+
+
+def _steps(manager: CheckpointManager) -> list[int]:
+    return [r.step for r in manager.list_checkpoints()]
+
+
+# --- configs, attributes and run configs ---------------------------------------------------
+
+
+def test_a_pydantic_config_object_is_accepted_with_its_extra_keys(ckpt_dir: Path) -> None:
+    config = CheckpointingConfig(
+        enabled=True,
+        checkpoint_dir=ckpt_dir,
+        metric_name="val:loss",
+        higher_is_better=False,
+        save_period=10,
+        keep_top_k=2,
+        save_data_plane=True,
+        load_replay_buffer=False,
+        pretrained_checkpoint={"path": "/ckpts/base", "format": "megatron_bridge"},
+        model_repo_id="org/model",  # an extra key NeMo RL carries for the loop
+    )
+    with CheckpointManager(config) as manager:
+        assert manager.checkpoint_dir == ckpt_dir
+        assert (manager.metric_name, manager.higher_is_better) == ("val:loss", False)
+        assert (manager.keep_top_k, manager.save_period, manager.ft_keep_latest_k) == (2, 10, None)
+        assert manager.save_optimizer is True
+        assert manager.save_data_plane is True
+        assert manager.load_replay_buffer is False
+        pretrained = manager.pretrained_checkpoint
+        assert isinstance(pretrained, ckpt.PretrainedCheckpoint)
+        assert (pretrained.path, pretrained.format) == ("/ckpts/base", "megatron_bridge")
+        assert manager.config.model_repo_id == "org/model"
+
+
+def test_load_replay_buffer_is_tri_state_and_save_optimizer_defaults_to_true(
+    ckpt_dir: Path,
+) -> None:
+    unset = ckpt.load_config({"checkpoint_dir": str(ckpt_dir)})
+    assert unset.load_replay_buffer is None
+    assert unset.save_optimizer is True
+    assert ckpt.load_config({"checkpoint_dir": "x", "load_replay_buffer": True}).load_replay_buffer
+    with pytest.raises(ValueError, match="format"):
+        ckpt.load_config({"checkpoint_dir": "x", "pretrained_checkpoint": {"path": "p"}})
+
+
+def test_a_config_of_another_type_is_a_clear_type_error() -> None:
+    with pytest.raises(TypeError, match="a mapping of config keys or a pydantic model"):
+        CheckpointManager(["checkpoint_dir", "x"])  # type: ignore[arg-type]
+
+
+def test_a_pydantic_run_config_is_dumped_in_json_mode(make_manager: Make) -> None:
+    manager = make_manager()
+    run_config = RunConfig(lr=0.1, optimizer=_Optim.ADAM, path=Path("/data"))
+    tmp = manager.init_tmp_checkpoint(1, {"loss": 0.5}, run_config)
+    assert yaml.safe_load((tmp / "config.yaml").read_text()) == {
+        "lr": 0.1,
+        "optimizer": "adam",
+        "path": "/data",
+    }
+
+
+# --- NeMo RL's retention rule -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "kept"),
+    [
+        ({"keep_top_k": 2}, [1, 3, 6]),  # the 2 lowest losses of all steps, and the latest
+        ({"keep_top_k": 1, "save_period": 2}, [6]),
+        ({"ft_keep_latest_k": 2, "save_period": 100}, [5, 6]),
+        ({"ft_keep_latest_k": 1, "save_period": 2}, [2, 4, 6]),  # every multiple, and latest
+        ({"keep_top_k": 1, "ft_keep_latest_k": 2, "save_period": 2}, [5, 6]),
+        ({}, [1, 2, 3, 4, 5, 6]),
+    ],
+)
+def test_retention_is_nemo_rls_union(
+    make_manager: Make, keys: dict[str, Any], kept: list[int]
+) -> None:
+    manager = make_manager(metric_name="loss", higher_is_better=False, **keys)
+    for step, loss in [(1, 0.1), (2, 0.9), (3, 0.2), (4, 0.8), (5, 0.3), (6, 0.7)]:
+        tmp = manager.init_tmp_checkpoint(step, {"loss": loss})
+        manager.finalize_checkpoint(tmp)
+    assert _steps(manager) == kept
+
+
+def test_with_a_save_period_the_best_of_all_steps_can_go_unless_protected(
+    make_manager: Make, tmp_path: Path
+) -> None:
+    history = [(1, 0.99), (2, 0.5), (3, 0.95), (4, 0.9), (5, 0.2), (6, 0.3)]  # reward
+    # Multiples of 2 compete: 4 is their best. Step 1 is the best of all steps.
+    for protect, kept in [(False, [4, 6]), (True, [1, 4, 6])]:
+        manager = make_manager(
+            checkpoint_dir=str(tmp_path / str(protect)),
+            metric_name="reward",
+            keep_top_k=1,
+            save_period=2,
+            protect_best=protect,
+        )
+        for step, reward in history:
+            manager.finalize_checkpoint(manager.init_tmp_checkpoint(step, {"reward": reward}))
+        assert _steps(manager) == kept, protect
+
+
+def test_the_run_config_file_holds_what_nemo_rl_writes(make_manager: Make, ckpt_dir: Path) -> None:
+    manager = make_manager()
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(3, {"loss": 0.5}, {"model": "m"}))
+    assert json.loads((ckpt_dir / "step_3" / "training_info.json").read_text()) == {"loss": 0.5}
+    assert yaml.safe_load((ckpt_dir / "step_3" / "config.yaml").read_text()) == {"model": "m"}
