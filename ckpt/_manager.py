@@ -14,10 +14,10 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from ckpt import _layout, _protocol
-from ckpt._async import AsyncWriter, import_torch
 from pydantic import BaseModel
 
+from ckpt import _layout, _protocol
+from ckpt._async import AsyncWriter, import_torch
 from ckpt._config import CheckpointConfig, PretrainedCheckpoint, as_config
 from ckpt._errors import (
     CheckpointError,
