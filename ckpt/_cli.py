@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,7 +42,12 @@ from ckpt._config import (
     load_config,
     read_config_file,
 )
-from ckpt._errors import CheckpointDirLockedError, CheckpointError, ConfigFileError
+from ckpt._errors import (
+    CheckpointDirLockedError,
+    CheckpointError,
+    ConfigFileError,
+    MissingMetricWarning,
+)
 from ckpt._manager import CheckpointManager
 from ckpt._records import CheckpointRecord, describe_steps
 from ckpt._resolve import policies_from_config
@@ -79,7 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug: bool = args.debug
     # The demo tells its own story; elsewhere the library's warnings (recovery, files
     # it ignores) are part of the answer.
-    with _library_log(debug=debug, shown=debug or args.command != "demo"):
+    with (
+        _library_log(debug=debug, shown=debug or args.command != "demo"),
+        warnings.catch_warnings(),
+    ):
+        # Commands say themselves which checkpoints lack a metric (`best` fails, `ls`
+        # counts them); the library's warning about it would only repeat that.
+        warnings.simplefilter("ignore", MissingMetricWarning)
         try:
             return int(args.handler(args))
         except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -175,7 +176,9 @@ def run_demo(workdir: Path) -> None:
         train(manager, start, STEPS)
         kept = {r.step for r in manager.list_checkpoints()}
         pinned = {r.step for r in manager.list_checkpoints() if r.pinned}
-        best_path = manager.get_best_checkpoint_path()
+        with warnings.catch_warnings():  # steps without val_reward are the demo's point
+            warnings.simplefilter("ignore", ckpt.MissingMetricWarning)
+            best_path = manager.get_best_checkpoint_path()
     best = int(Path(best_path).name.removeprefix("step_")) if best_path else None
 
     print(f"\n4. the result: $ ckpt ls {checkpoint_dir} --config {config_file}")

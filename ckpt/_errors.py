@@ -20,6 +20,10 @@ specific one also derives from the built-in exception a caller would naturally c
 
 Invalid configuration values raise pydantic's ``ValidationError`` (itself a
 ``ValueError``), and failures of the file system propagate as ``OSError``.
+
+Warnings (not errors) derive from ``UserWarning``::
+
+    MissingMetricWarning                 (UserWarning)      checkpoints lack the ranking metric
 """
 
 from __future__ import annotations
@@ -88,4 +92,13 @@ class SaveInProgressError(CheckpointError, RuntimeError):
     `CheckpointManager.save` and `CheckpointManager.save_async` wait for each other;
     `CheckpointManager.init_tmp_checkpoint` refuses a step whose temporary directory
     another live thread holds, rather than replace it under that thread.
+    """
+
+
+class MissingMetricWarning(UserWarning):
+    """`CheckpointManager.get_best_checkpoint_path` met checkpoints without the metric.
+
+    They rank below every checkpoint that has it; when none has it, the latest is
+    returned. Filter it like any warning, for example
+    ``warnings.simplefilter("ignore", ckpt.MissingMetricWarning)``.
     """

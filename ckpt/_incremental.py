@@ -39,6 +39,7 @@ from policies import (
     Ranking,
     RetentionPolicy,
     TopK,
+    metric_value,
 )
 
 _Parts = tuple[tuple[RetentionPolicy, ...], tuple[RetentionPolicy, ...]]
@@ -172,18 +173,33 @@ class Tracker:
         self.latest: int | None = None
         self.frontier_version = -1
         self._frontiers: list[_Best] = []
+        self._missing: set[int] | None = None  # steps without a usable metric
 
     def sync(self, version: int) -> None:
         """Forget best and latest unless they describe ``version``."""
         if self.version != version:
             self.best = self.latest = None
+            self._missing = None
             self.version = version
+
+    def missing_steps(self, index: Mapping[int, CheckpointRecord], metric: str) -> set[int]:
+        """The steps of ``index`` without a usable ``metric``, kept up to date per save."""
+        if self._missing is None:
+            self._missing = {s for s, r in index.items() if metric_value(r.info, metric) is None}
+        return self._missing
 
     def added(self, index: Mapping[int, CheckpointRecord], step: int, version: int) -> None:
         """Update best and latest for the new ``step`` (not an overwrite) at ``version``."""
         self.version = version
         if self.latest is not None:
             self.latest = max(self.latest, step)
+        ranking = self.ranking
+        if (
+            self._missing is not None
+            and isinstance(ranking, ByMetric)
+            and metric_value(index[step].info, ranking.name) is None
+        ):
+            self._missing.add(step)
         if self.best is not None:
             self.best = (
                 self.ranking.rank([index[self.best], index[step]])[0].step if self.keyed else None
@@ -217,6 +233,8 @@ class Tracker:
         """Account for the deletion of ``step``."""
         for frontier in self._frontiers:
             frontier.discard(step)
+        if self._missing is not None:
+            self._missing.discard(step)
         if step == self.best:
             self.best = None
         if step == self.latest:

@@ -6,6 +6,7 @@ import logging
 import numbers
 import os
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from ckpt._errors import (
     CheckpointNotFoundError,
     InvalidCheckpointPathError,
     InvalidStepError,
+    MissingMetricWarning,
     ReadOnlyError,
     SaveInProgressError,
 )
@@ -908,6 +910,10 @@ class CheckpointManager:
         It is the checkpoint top-k retention protects first. With a metric ranking,
         checkpoints whose metric is missing, NaN or not a number rank last, and ties go
         to the higher step; if none has the metric, that is the latest checkpoint.
+
+        Warns (as NeMo RL's manager does) with a `MissingMetricWarning`, a
+        `UserWarning`, naming how many checkpoints and which steps lack the metric, and
+        again when none has it and the latest is returned.
         """
         state = self._usable()
         with state.mutex:
@@ -916,7 +922,34 @@ class CheckpointManager:
             if tracker.best is None and state.index:
                 ranked = self.ranking.rank(list(state.index.values()))
                 tracker.best = ranked[0].step if ranked else None
-            return None if tracker.best is None else str(state.index[tracker.best].path)
+            if tracker.best is None:
+                return None
+            if isinstance(self.ranking, ByMetric):
+                self._warn_missing(tracker.missing_steps(state.index, self.ranking.name))
+            return str(state.index[tracker.best].path)
+
+    def _warn_missing(self, missing: set[int]) -> None:
+        if not missing:
+            return
+        name = self.ranking.name  # type: ignore[attr-defined]
+        hint = (
+            "log it at every step you save (in NeMo RL, enable val_at_end or align "
+            "val_period with max_steps, so the last checkpoints are evaluated)"
+        )
+        warnings.warn(
+            f"Ignoring {len(missing)} checkpoint(s) at step(s) {describe_steps(missing)} "
+            f"when choosing the best: they have no usable {name!r} (missing, NaN or not a "
+            f"number) and rank below every other; {hint}",
+            MissingMetricWarning,
+            stacklevel=3,
+        )
+        if len(missing) == len(self._dir.index):
+            warnings.warn(
+                f"No checkpoints contain metric {name!r} with a usable value. Returning "
+                f"latest checkpoint, step {max(missing)}; {hint}",
+                MissingMetricWarning,
+                stacklevel=3,
+            )
 
     def load_training_info(
         self, checkpoint_path: str | os.PathLike[str] | None = None

@@ -21,6 +21,7 @@ CKPT_EXPORTS = [
     "InvalidStepError",
     "LocalStorage",
     "Lock",
+    "MissingMetricWarning",
     "PretrainedCheckpoint",
     "Problem",
     "ReadOnlyError",

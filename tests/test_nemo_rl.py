@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,50 @@ def test_the_run_config_file_holds_what_nemo_rl_writes(make_manager: Make, ckpt_
     manager.finalize_checkpoint(manager.init_tmp_checkpoint(3, {"loss": 0.5}, {"model": "m"}))
     assert json.loads((ckpt_dir / "step_3" / "training_info.json").read_text()) == {"loss": 0.5}
     assert yaml.safe_load((ckpt_dir / "step_3" / "config.yaml").read_text()) == {"model": "m"}
+
+
+# --- warnings of get_best_checkpoint_path ---------------------------------------------------
+
+
+def test_best_warns_once_naming_the_checkpoints_without_the_metric(make_manager: Make) -> None:
+    manager = make_manager(metric_name="loss", higher_is_better=False)
+    for step, info in [(1, {"loss": 0.5}), (2, {"acc": 0.8}), (3, {"loss": 0.3}), (4, {})]:
+        manager.finalize_checkpoint(manager.init_tmp_checkpoint(step, info))
+    with pytest.warns(ckpt.MissingMetricWarning) as caught:
+        best = manager.get_best_checkpoint_path()
+    assert best == str(manager.checkpoint_dir / "step_3")
+    (warning,) = caught
+    assert str(warning.message).startswith("Ignoring 2 checkpoint(s) at step(s) 2, 4 ")
+    assert "val_at_end" in str(warning.message)  # what a NeMo RL user can do about it
+    assert issubclass(warning.category, UserWarning)
+
+
+def test_best_warns_twice_when_no_checkpoint_has_the_metric(make_manager: Make) -> None:
+    manager = make_manager(metric_name="loss")
+    for step in (1, 2, 3):
+        manager.finalize_checkpoint(manager.init_tmp_checkpoint(step, {"acc": step}))
+    reader = make_manager(metric_name="loss", read_only=True)
+    for queried in (manager, reader):
+        with pytest.warns(ckpt.MissingMetricWarning) as caught:
+            assert queried.get_best_checkpoint_path() == str(manager.checkpoint_dir / "step_3")
+        first, second = (str(w.message) for w in caught)
+        assert first.startswith("Ignoring 3 checkpoint(s) at step(s) 1-3 ")
+        assert second.startswith("No checkpoints contain metric 'loss'")
+        assert "Returning latest checkpoint, step 3" in second
+
+
+def test_the_count_of_checkpoints_without_the_metric_follows_saves_and_prunes(
+    make_manager: Make,
+) -> None:
+    manager = make_manager(metric_name="loss", higher_is_better=False, keep_top_k=1)
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(1, {"loss": 0.5}))
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(2, {}))  # kept: the latest
+    with pytest.warns(
+        ckpt.MissingMetricWarning, match=r"Ignoring 1 checkpoint\(s\) at step\(s\) 2 "
+    ):
+        manager.get_best_checkpoint_path()
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(3, {"loss": 0.7}))  # prunes 2
+    assert _steps(manager) == [1, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert manager.get_best_checkpoint_path() == str(manager.checkpoint_dir / "step_1")

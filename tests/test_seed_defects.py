@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,10 @@ def test_1_unusable_latest_metric_never_displaces_the_best(
     save(manager, 3, {"score": bad})
     # the unusable one is only kept as the exempt latest step, never as the best
     assert steps(manager) == [2, 3]
-    assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_2")
+    with pytest.warns(
+        ckpt.MissingMetricWarning, match=r"Ignoring 1 checkpoint\(s\) at step\(s\) 3 "
+    ):
+        assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_2")
     manager.remove_old_checkpoints(exclude_latest=False)
     assert steps(manager) == [2]
     assert step_dirs(ckpt_dir) == {"step_2"}
@@ -99,7 +103,8 @@ def test_1_nan_written_by_the_seed_ranks_last(
     write_step(ckpt_dir, "step_3", raw_info=b'{"score": ' + token.encode() + b"}")
     manager = make_manager(metric_name="score", higher_is_better=higher_is_better, keep_top_k=1)
     assert steps(manager) == [1, 2, 3]  # seed files with NaN tokens are still readable
-    assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_2")
+    with pytest.warns(ckpt.MissingMetricWarning, match="no usable 'score'"):
+        assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_2")
     manager.remove_old_checkpoints(exclude_latest=False)
     assert step_dirs(ckpt_dir) == {"step_2"}
 
@@ -115,10 +120,15 @@ def test_2_missing_metric_does_not_raise_and_ranks_last(
     save(manager, 1, {"score": 0.5})
     save(manager, 2, {"train_loss": 1.0})  # no validation this step
     assert steps(manager) == [1, 2]  # kept as the latest only
-    assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_1")
+    with pytest.warns(
+        ckpt.MissingMetricWarning, match=r"Ignoring 1 checkpoint\(s\) at step\(s\) 2 "
+    ):
+        assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_1")
     save(manager, 3, {"score": 0.4 if higher_is_better else 0.6})
     assert steps(manager) == [1, 3]
-    assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every checkpoint has the metric now: no warning
+        assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_1")
 
 
 def test_2_without_any_metric_the_best_is_the_latest(
@@ -128,7 +138,12 @@ def test_2_without_any_metric_the_best_is_the_latest(
     for step in (1, 2, 3, 4):
         save(manager, step, {"train_loss": 1.0 / step})
     assert steps(manager) == [3, 4]  # without the metric, ties go to the higher steps
-    assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_4")
+    with pytest.warns(ckpt.MissingMetricWarning) as caught:
+        assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_4")
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert messages[0].startswith("Ignoring 2 checkpoint(s) at step(s) 3-4 ")
+    assert "Returning latest checkpoint, step 4" in messages[1]
 
 
 # --- 3. caller's dict and JSON types -----------------------------------------------------
