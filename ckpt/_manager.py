@@ -39,6 +39,7 @@ from ckpt._records import (
     load_record,
 )
 from ckpt._resolve import policies_from_config
+from ckpt._resume import resume_paths
 from ckpt._serialize import (
     decode_training_info,
     encode_pins,
@@ -364,6 +365,36 @@ class CheckpointManager:
             f"CheckpointManager({str(self.checkpoint_dir)!r}, {mode}, "
             f"retention={self.retention!r}, ranking={self.ranking!r})"
         )
+
+    @staticmethod
+    def get_resume_paths(
+        last_checkpoint_path: str | os.PathLike[str] | None,
+        *,
+        model_component: str = "policy",
+    ) -> tuple[Path | None, Path | None]:
+        """Where the weights and the optimizer state of a NeMo RL checkpoint are.
+
+        It looks under ``<checkpoint>/<model_component>/``: a DTensor checkpoint has an
+        ``optimizer/`` directory beside ``weights/``; a Megatron checkpoint
+        (``weights/iter_0000000`` with ``common.pt`` or ``metadata.json``) holds the
+        optimizer state inside the weights, which megatron-core is asked about.
+
+        Args:
+            last_checkpoint_path: A checkpoint directory, typically
+                `get_latest_checkpoint_path`'s answer; ``None`` on a fresh run.
+            model_component: The model's subtree: ``"policy"`` or ``"value"``.
+
+        Returns:
+            ``(weights, optimizer)``; ``(None, None)`` without a checkpoint. For a
+            Megatron checkpoint ``optimizer`` only says there is state to load (it is
+            loaded from ``weights``). ``optimizer`` is ``None``, with a `UserWarning`,
+            when the checkpoint has no optimizer state.
+
+        Raises:
+            ImportError: For a Megatron checkpoint when megatron-core is not installed
+                (the ``megatron`` extra).
+        """
+        return resume_paths(last_checkpoint_path, model_component)
 
     # --- life cycle ---------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -208,3 +209,90 @@ def test_the_count_of_checkpoints_without_the_metric_follows_saves_and_prunes(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert manager.get_best_checkpoint_path() == str(manager.checkpoint_dir / "step_1")
+
+
+# --- get_resume_paths --------------------------------------------------------------------------
+
+
+def _megatron_iteration(
+    step_dir: Path, component: str, common: dict[str, Any], **sharded: Any
+) -> Path:
+    """A Megatron checkpoint as megatron-core reads it: common state, and torch_dist shards."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    iteration = step_dir / component / "weights" / "iter_0000000"
+    iteration.mkdir(parents=True)
+    torch.save(common, iteration / "common.pt")
+    if sharded:
+        with warnings.catch_warnings():  # DCP says it saves from one process: it does
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save(sharded, checkpoint_id=str(iteration), no_dist=True)
+    backends = {"sharded_backend": "torch_dist", "sharded_backend_version": 1}
+    backends |= {"common_backend": "torch", "common_backend_version": 1}
+    (iteration / "metadata.json").write_text(json.dumps(backends))
+    return iteration
+
+
+def test_resume_paths_of_no_checkpoint_are_none() -> None:
+    assert CheckpointManager.get_resume_paths(None) == (None, None)
+    assert CheckpointManager.get_resume_paths("") == (None, None)
+
+
+@pytest.mark.parametrize("component", ["policy", "value"])
+def test_resume_paths_of_a_dtensor_checkpoint(tmp_path: Path, component: str) -> None:
+    (tmp_path / component / "weights").mkdir(parents=True)
+    (tmp_path / component / "optimizer").mkdir()
+    weights, optimizer = CheckpointManager.get_resume_paths(tmp_path, model_component=component)
+    assert (weights, optimizer) == (
+        tmp_path / component / "weights",
+        tmp_path / component / "optimizer",
+    )
+    if component == "policy":  # the default, as for NeMo RL's one-argument callers
+        assert CheckpointManager.get_resume_paths(str(tmp_path)) == (weights, optimizer)
+
+
+def test_resume_paths_without_optimizer_state_warn(tmp_path: Path) -> None:
+    (tmp_path / "policy" / "weights").mkdir(parents=True)  # saved with save_optimizer: false
+    with pytest.warns(UserWarning, match="Optimizer state not found under"):
+        assert CheckpointManager.get_resume_paths(tmp_path) == (
+            tmp_path / "policy" / "weights",
+            None,
+        )
+
+
+def test_resume_paths_of_megatron_checkpoints_ask_megatron_core(tmp_path: Path) -> None:
+    import torch
+
+    with_common = tmp_path / "common"
+    _megatron_iteration(with_common, "policy", {"optimizer": {"step": 3}, "iteration": 1})
+    weights, optimizer = CheckpointManager.get_resume_paths(with_common)
+    assert (weights, optimizer) == (
+        with_common / "policy" / "weights",
+        with_common / "policy" / "optimizer",
+    )
+
+    sharded = tmp_path / "sharded"  # a MoE's ChainedOptimizer prefixes its keys
+    state = {"decoder.w": torch.zeros(2), "chained_1.optimizer.state.exp_avg": torch.zeros(2)}
+    _megatron_iteration(sharded, "value", {"iteration": 1}, **state)
+    _, optimizer = CheckpointManager.get_resume_paths(sharded, model_component="value")
+    assert optimizer == sharded / "value" / "optimizer"
+
+    weights_only = tmp_path / "weights-only"
+    _megatron_iteration(weights_only, "policy", {"iteration": 1}, **{"decoder.w": torch.zeros(2)})
+    with pytest.warns(UserWarning, match="Optimizer state not found"):
+        assert CheckpointManager.get_resume_paths(weights_only)[1] is None
+
+
+def test_resume_paths_of_a_megatron_checkpoint_without_megatron_core_name_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iteration = tmp_path / "policy" / "weights" / "iter_0000000"
+    iteration.mkdir(parents=True)
+    (iteration / "common.pt").write_bytes(b"")
+    for name in [n for n in sys.modules if n.split(".")[0] == "megatron"] + ["megatron"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    with pytest.raises(
+        ImportError, match=r"needs megatron-core: pip install 'ckpt-warden\[megatron\]'"
+    ):
+        CheckpointManager.get_resume_paths(tmp_path)

@@ -1,0 +1,71 @@
+"""Where the weights and the optimizer state of a NeMo RL checkpoint are, for a resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+MEGATRON_EXTRA = "pip install 'ckpt-warden[megatron]'"
+_ITERATION = "iter_0000000"  # the one iteration NeMo RL's Megatron workers write
+_CHAINED = re.compile(r"^chained_\d+\.")  # prefixes of a ChainedOptimizer's sub-optimizers
+
+
+def resume_paths(
+    last_checkpoint_path: str | os.PathLike[str] | None, model_component: str
+) -> tuple[Path | None, Path | None]:
+    """See `CheckpointManager.get_resume_paths`."""
+    if not last_checkpoint_path:
+        return None, None
+    component = Path(last_checkpoint_path) / model_component
+    weights, optimizer = component / "weights", component / "optimizer"
+    if optimizer.exists():  # DTensor: the optimizer has a directory of its own
+        return weights, optimizer
+    iteration = weights / _ITERATION
+    if (iteration / "common.pt").exists() or (iteration / "metadata.json").exists():
+        # Megatron: the optimizer state lives inside the weights' checkpoint, if at all;
+        # `optimizer` is then only the signal that there is some to load.
+        if _megatron_has_optimizer(iteration):
+            return weights, optimizer
+    warnings.warn(
+        f"Optimizer state not found under {component}: no {optimizer.name}/ directory "
+        f"(DTensor) and no optimizer state inside {weights} (Megatron); the optimizer "
+        f"starts fresh",
+        UserWarning,
+        stacklevel=3,
+    )
+    return weights, None
+
+
+def _megatron_has_optimizer(iteration: Path) -> bool:
+    core = _megatron_dist_checkpointing(iteration)
+    if "optimizer" in core.load_common_state_dict(str(iteration)):
+        return True  # saved with the common state (older Megatron checkpoints)
+    if not (iteration / "metadata.json").exists():
+        return False
+    # torch_dist checkpoints shard optimizer tensors apart from the common state; what
+    # was stored says more than the run config's intent.
+    keys = core.serialization.load_sharded_metadata(str(iteration))
+    return any(_is_optimizer_key(str(key)) for key in keys)
+
+
+def _is_optimizer_key(key: str) -> bool:
+    key = _CHAINED.sub("", key)
+    return key == "optimizer" or key.startswith(("optimizer.", "optimizer/"))
+
+
+def _megatron_dist_checkpointing(iteration: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # Its import tells of optional kernels it lacks; not the caller's business here.
+            warnings.simplefilter("ignore")
+            from megatron.core import dist_checkpointing  # noqa: PLC0415
+            from megatron.core.dist_checkpointing import serialization  # noqa: PLC0415, F401
+    except ImportError as exc:
+        raise ImportError(
+            f"{iteration} is a Megatron checkpoint; telling whether it holds optimizer "
+            f"state needs megatron-core: {MEGATRON_EXTRA}"
+        ) from exc
+    return dist_checkpointing
