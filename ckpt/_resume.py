@@ -24,11 +24,11 @@ def resume_paths(
     if optimizer.exists():  # DTensor: the optimizer has a directory of its own
         return weights, optimizer
     iteration = weights / _ITERATION
-    if (iteration / "common.pt").exists() or (iteration / "metadata.json").exists():
-        # Megatron: the optimizer state lives inside the weights' checkpoint, if at all;
-        # `optimizer` is then only the signal that there is some to load.
-        if _megatron_has_optimizer(iteration):
-            return weights, optimizer
+    megatron = (iteration / "common.pt").exists() or (iteration / "metadata.json").exists()
+    # Megatron: the optimizer state lives inside the weights' checkpoint, if at all;
+    # `optimizer` is then only the signal that there is some to load.
+    if megatron and _megatron_has_optimizer(iteration):
+        return weights, optimizer
     warnings.warn(
         f"Optimizer state not found under {component}: no {optimizer.name}/ directory "
         f"(DTensor) and no optimizer state inside {weights} (Megatron); the optimizer "
