@@ -15,6 +15,7 @@ specific one also derives from the built-in exception a caller would naturally c
     ├── ReadOnlyError                    (PermissionError)  write on a read-only or disabled manager
     ├── CheckpointDirLockedError         (BlockingIOError)  another process is the writer
     ├── SaveInProgressError              (RuntimeError)     another thread is saving that step
+    ├── FinalizationError                (RuntimeError)     a background finalization failed
     └── UnsafeFileError                  (OSError)          a link, FIFO, device or oversized file
                                                                 where ckpt reads or writes its own
 
@@ -101,4 +102,14 @@ class MissingMetricWarning(UserWarning):
     They rank below every checkpoint that has it; when none has it, the latest is
     returned. Filter it like any warning, for example
     ``warnings.simplefilter("ignore", ckpt.MissingMetricWarning)``.
+    """
+
+
+class FinalizationError(CheckpointError, RuntimeError):
+    """A background finalization (`CheckpointManager.begin_finalization`) failed.
+
+    Raised once, by the next `CheckpointManager.finalize_pending`,
+    `CheckpointManager.begin_finalization`, `CheckpointManager.shutdown` or ``with``
+    exit, chained to the error of the ``wait_fn`` or the commit. A `RuntimeError`
+    whose message starts "Background checkpoint finalization failed", as NeMo RL's.
     """

@@ -29,6 +29,7 @@ from ckpt._errors import (
     ReadOnlyError,
     SaveInProgressError,
 )
+from ckpt._finalize import Finalizer
 from ckpt._incremental import Tracker
 from ckpt._protocol import RecoveryAction
 from ckpt._records import (
@@ -281,6 +282,7 @@ class CheckpointManager:
         self._tracker = Tracker(self.retention, self.ranking)
         self._ranking_record = _ranking_record(self.ranking)
         self._async: AsyncWriter | None = None
+        self._finalizer: Finalizer | None = None
         given = storage
         storage = storage if storage is not None else LocalStorage()
         if self.read_only:
@@ -399,20 +401,25 @@ class CheckpointManager:
     # --- life cycle ---------------------------------------------------------------
 
     def close(self) -> None:
-        """Finish pending background saves, then release this manager.
+        """Finish pending background saves and finalizations, then release this manager.
 
-        The directory lock goes with the last writer of it. Calling it twice is
-        harmless. A closed manager refuses further use.
+        It waits for what `shutdown` waits for and for every `save_async`. The
+        directory lock goes with the last writer of it. Calling it twice is harmless. A
+        closed manager refuses further use.
 
         Raises:
+            FinalizationError: A background finalization failed (not raised yet).
             Exception: The first error of a background save not raised yet; the manager
                 is closed all the same.
         """
         if self._closed:
             return
         try:
-            if self._async is not None:
-                self._async.stop()
+            try:
+                self.shutdown()
+            finally:
+                if self._async is not None:
+                    self._async.stop()
         finally:
             self._closed = True
             if not self.read_only:
@@ -437,7 +444,108 @@ class CheckpointManager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()  # a failed last checkpoint must not pass unnoticed
+            return
+        try:
+            self.close()
+        except Exception as error:
+            # Best effort while the block's own exception propagates: never mask it.
+            warnings.warn(
+                f"checkpoint finalization failed while an exception left the `with` block "
+                f"({error!r}); the block's exception is raised, not this",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    # --- NeMo RL's asynchronous finalization -------------------------------------------
+
+    def begin_finalization(
+        self,
+        checkpoint_path: str | os.PathLike[str],
+        wait_fn: Callable[[], object] | None = None,
+    ) -> None:
+        """Commit a temporary checkpoint in the background, once its writers are done.
+
+        It returns at once. A background thread calls ``wait_fn`` (which returns when
+        the workers' asynchronous writes are complete: for Megatron,
+        ``policy.finalize_async_save``), then commits exactly as `finalize_checkpoint`
+        does (fsync, atomic publish), then queues retention on a pruning thread, off
+        the loop's path. A previous finalization is waited for first. Retention never
+        deletes the checkpoint that a finalization in flight will replace; a pruning
+        failure is a `UserWarning` and never undoes the commit.
+
+        Args:
+            checkpoint_path: The path `init_tmp_checkpoint` returned.
+            wait_fn: Blocks until every write into ``checkpoint_path`` is done; ``None``
+                when they are done already.
+
+        Raises:
+            FinalizationError: The previous finalization failed; this one is not begun.
+            InvalidCheckpointPathError: If the path is not a temporary checkpoint of this
+                manager.
+            ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+        """
+        state = self._writable()
+        tmp, step = self._tmp_step(checkpoint_path)
+        finalizer = self._finalizer
+        if finalizer is None:
+            finalizer = self._finalizer = Finalizer(f"ckpt {self.checkpoint_dir.name}")
+        finalizer.wait()
+        with state.mutex:
+            state.saving[step] += 1
+
+        def commit() -> None:
+            try:
+                with state.mutex:
+                    self._commit(state, tmp, step)
+                    self._tracker.frontier_version = -1  # retention decides over all, below
+            except BaseException:
+                with state.mutex:
+                    state.live.pop(step, None)  # not ours to keep: a joining manager may clean it
+                raise
+            finally:
+                with state.mutex:
+                    state.saving[step] -= 1
+
+        def prune() -> None:
+            with state.mutex:
+                failed = self._prune(state, self.retention, self._saving(state))
+                self._tracker.resync_frontiers(state.index)
+                self._tracker.frontier_version = -1 if failed else state.version
+            if failed:
+                raise CheckpointError(f"a delete in {self.checkpoint_dir} failed (logged above)")
+
+        finalizer.begin(str(tmp), wait_fn, commit, prune)
+
+    def finalize_pending(self) -> None:
+        """Block until the finalization in flight is committed (not until it is pruned).
+
+        A no-op when nothing is pending; calling it twice is harmless.
+
+        Raises:
+            FinalizationError: The background finalization failed (a `RuntimeError`
+                chained to the cause); raised once.
+        """
+        if self._finalizer is not None:
+            self._finalizer.wait()
+
+    def shutdown(self) -> None:
+        """Block until the finalization in flight is committed and its pruning is done.
+
+        Call it when training ends; the manager stays usable, and calling it twice is
+        harmless. `close` (and leaving a ``with`` block) does it too.
+
+        Raises:
+            FinalizationError: The background finalization failed; raised once.
+        """
+        if self._finalizer is not None:
+            self._finalizer.shutdown()
+
+    @property
+    def has_pending_finalization(self) -> bool:
+        """Whether a `begin_finalization` is still waiting or committing."""
+        return self._finalizer is not None and self._finalizer.pending
 
     def _usable(self) -> _Directory:
         if self._closed:
@@ -554,72 +662,85 @@ class CheckpointManager:
         state = self._writable()
         tmp, step = self._tmp_step(checkpoint_path)
         with state.mutex:
-            found = state.storage.entry(tmp)
-            if found is None or found.kind != "dir":
-                raise InvalidCheckpointPathError(
-                    f"{tmp} does not exist (was it finalized or aborted already?)"
-                )
-            try:
-                info = decode_training_info(state.storage.read_bytes(tmp / _layout.INFO_FILE))
-            except (OSError, ValueError) as exc:
-                raise InvalidCheckpointPathError(
-                    f"{tmp} has no readable {_layout.INFO_FILE} ({exc}); it was not made by "
-                    f"init_tmp_checkpoint, or its file was removed"
-                ) from exc
-            final = self.checkpoint_dir / _layout.step_name(step)
-            final_entry = state.storage.entry(final)
-            if final_entry is not None and final_entry.kind != "dir":
-                raise CheckpointError(
-                    f"cannot publish step {step}: {final.name} exists and is a "
-                    f"{final_entry.kind}, not a checkpoint; move it away and finalize again"
-                )
-            if final_entry is not None and step not in state.index:
-                # Not ours to replace: a directory without a readable training_info.json
-                # may hold someone's files (the seed's, a crash's, a user's).
-                raise CheckpointError(
-                    f"cannot publish step {step}: {final.name} exists but is not a "
-                    f"checkpoint (no readable {_layout.INFO_FILE}); move it away and "
-                    f"finalize again"
-                )
-            state.record_ranking(self._ranking_record, durable=self._durable)
-            if self._durable:
-                state.storage.sync_tree(tmp)
-            _protocol.publish(
-                state.storage,
-                self.checkpoint_dir,
-                tmp,
-                step,
-                replacing=final_entry is not None,
-                durable=self._durable,
+            frontier_current = self._commit(state, tmp, step)
+            self._retain(state, step, frontier_current=frontier_current)
+
+    def _commit(self, state: _Directory, tmp: Path, step: int) -> bool:
+        """Publish ``tmp`` as ``step_N`` and index it (the caller holds the mutex).
+
+        Returns whether the retention tracker can decide this commit incrementally.
+        """
+        found = state.storage.entry(tmp)
+        if found is None or found.kind != "dir":
+            raise InvalidCheckpointPathError(
+                f"{tmp} does not exist (was it finalized or aborted already?)"
             )
-            state.live.pop(step, None)
-            tracker = self._tracker
-            incremental = step not in state.index and tracker.version == state.version
-            frontier_current = incremental and tracker.frontier_version == state.version
-            state.index[step] = CheckpointRecord(
-                step=step,
-                path=final,
-                info=MappingProxyType(info),
-                # A rename keeps a directory's mtime: this is what a rescan will read.
-                committed_at=found.mtime,
-                pinned=step in state.pins,
+        try:
+            info = decode_training_info(state.storage.read_bytes(tmp / _layout.INFO_FILE))
+        except (OSError, ValueError) as exc:
+            raise InvalidCheckpointPathError(
+                f"{tmp} has no readable {_layout.INFO_FILE} ({exc}); it was not made by "
+                f"init_tmp_checkpoint, or its file was removed"
+            ) from exc
+        final = self.checkpoint_dir / _layout.step_name(step)
+        final_entry = state.storage.entry(final)
+        if final_entry is not None and final_entry.kind != "dir":
+            raise CheckpointError(
+                f"cannot publish step {step}: {final.name} exists and is a "
+                f"{final_entry.kind}, not a checkpoint; move it away and finalize again"
             )
-            state.changed()
-            if incremental:
-                tracker.added(state.index, step, state.version)
-            tracker.sync(state.version)
-            logger.info("committed %s", final)
-            protected = self._saving(state, but=step)
-            if frontier_current and tracker.parts is not None:
-                reason = f"not kept by {self.retention!r}"
-                doomed = dict.fromkeys(tracker.doomed(state.index, step), reason)
-                held = [s for s in doomed if s in protected]
-                failed = self._delete(state, {s: doomed[s] for s in doomed if s not in held})
-                failed = failed or bool(held)  # kept for now: decide over everything next time
-            else:
-                failed = self._prune(state, self.retention, protected)
-                tracker.resync_frontiers(state.index)
-            tracker.frontier_version = -1 if failed else state.version
+        if final_entry is not None and step not in state.index:
+            # Not ours to replace: a directory without a readable training_info.json
+            # may hold someone's files (the seed's, a crash's, a user's).
+            raise CheckpointError(
+                f"cannot publish step {step}: {final.name} exists but is not a "
+                f"checkpoint (no readable {_layout.INFO_FILE}); move it away and "
+                f"finalize again"
+            )
+        state.record_ranking(self._ranking_record, durable=self._durable)
+        if self._durable:
+            state.storage.sync_tree(tmp)
+        _protocol.publish(
+            state.storage,
+            self.checkpoint_dir,
+            tmp,
+            step,
+            replacing=final_entry is not None,
+            durable=self._durable,
+        )
+        state.live.pop(step, None)
+        tracker = self._tracker
+        incremental = step not in state.index and tracker.version == state.version
+        frontier_current = incremental and tracker.frontier_version == state.version
+        state.index[step] = CheckpointRecord(
+            step=step,
+            path=final,
+            info=MappingProxyType(info),
+            # A rename keeps a directory's mtime: this is what a rescan will read.
+            committed_at=found.mtime,
+            pinned=step in state.pins,
+        )
+        state.changed()
+        if incremental:
+            tracker.added(state.index, step, state.version)
+        tracker.sync(state.version)
+        logger.info("committed %s", final)
+        return frontier_current
+
+    def _retain(self, state: _Directory, step: int, *, frontier_current: bool) -> None:
+        """Apply retention after the commit of ``step`` (the caller holds the mutex)."""
+        tracker = self._tracker
+        protected = self._saving(state, but=step)
+        if frontier_current and tracker.parts is not None:
+            reason = f"not kept by {self.retention!r}"
+            doomed = dict.fromkeys(tracker.doomed(state.index, step), reason)
+            held = [s for s in doomed if s in protected]
+            failed = self._delete(state, {s: doomed[s] for s in doomed if s not in held})
+            failed = failed or bool(held)  # kept for now: decide over everything next time
+        else:
+            failed = self._prune(state, self.retention, protected)
+            tracker.resync_frontiers(state.index)
+        tracker.frontier_version = -1 if failed else state.version
 
     def abort_checkpoint(self, checkpoint_path: str | os.PathLike[str]) -> None:
         """Throw away a temporary checkpoint; a path already gone is fine.

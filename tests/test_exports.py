@@ -17,6 +17,7 @@ CKPT_EXPORTS = [
     "ConfigFileError",
     "DeviceUnavailableError",
     "Entry",
+    "FinalizationError",
     "InvalidCheckpointPathError",
     "InvalidStepError",
     "LocalStorage",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -296,3 +297,152 @@ def test_resume_paths_of_a_megatron_checkpoint_without_megatron_core_name_the_ex
         ImportError, match=r"needs megatron-core: pip install 'ckpt-warden\[megatron\]'"
     ):
         CheckpointManager.get_resume_paths(tmp_path)
+
+
+# --- asynchronous finalization -------------------------------------------------------------
+
+
+def test_finalization_waits_for_the_writers_then_commits_in_the_background(
+    make_manager: Make, ckpt_dir: Path
+) -> None:
+    manager = make_manager()
+    tmp = manager.init_tmp_checkpoint(1, {"loss": 0.1})
+    release = threading.Event()
+    order: list[str] = []
+
+    def writers_done() -> None:  # stands for Megatron's finalize_async_save
+        assert release.wait(10)
+        (tmp / "model.bin").write_bytes(b"written late")
+        order.append("waited")
+
+    manager.begin_finalization(tmp, wait_fn=writers_done)  # returns at once
+    assert manager.has_pending_finalization
+    assert not (ckpt_dir / "step_1").exists()
+    release.set()
+    manager.finalize_pending()
+    assert order == ["waited"]
+    assert not manager.has_pending_finalization
+    assert (ckpt_dir / "step_1" / "model.bin").read_bytes() == b"written late"
+    assert _steps(manager) == [1]
+    manager.finalize_pending()  # nothing pending: a no-op
+
+
+def test_a_second_finalization_waits_for_the_first_and_commits_in_order(make_manager: Make) -> None:
+    manager = make_manager()
+    first = manager.init_tmp_checkpoint(1, {})
+    gate = threading.Event()
+    manager.begin_finalization(first, wait_fn=lambda: gate.wait(10))
+    second = manager.init_tmp_checkpoint(2, {})  # the loop goes on meanwhile
+    threading.Timer(0.2, gate.set).start()
+    manager.begin_finalization(second)  # blocks until the first is committed
+    assert _steps(manager) in ([1], [1, 2])
+    manager.shutdown()
+    assert _steps(manager) == [1, 2]
+
+
+def test_a_failed_finalization_is_raised_once_and_commits_nothing(
+    make_manager: Make, ckpt_dir: Path
+) -> None:
+    manager = make_manager()
+    tmp = manager.init_tmp_checkpoint(1, {})
+
+    def failed_writes() -> None:
+        raise ValueError("a worker's async write failed")
+
+    manager.begin_finalization(tmp, wait_fn=failed_writes)
+    with pytest.raises(
+        ckpt.FinalizationError, match=r"^Background checkpoint finalization failed"
+    ) as caught:
+        manager.finalize_pending()
+    assert isinstance(caught.value, RuntimeError)
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert not manager.has_pending_finalization
+    manager.finalize_pending()  # raised once: now clean
+    assert _steps(manager) == []
+    manager.begin_finalization(manager.init_tmp_checkpoint(1, {"retry": True}))
+    manager.shutdown()
+    assert _steps(manager) == [1]
+    assert not (ckpt_dir / "tmp_step_1").exists()
+
+
+def test_shutdown_waits_for_pruning_and_leaves_the_manager_usable(make_manager: Make) -> None:
+    manager = make_manager(keep_top_k=1)  # by recency: the latest is the one kept
+    for step in (1, 2, 3):
+        manager.begin_finalization(manager.init_tmp_checkpoint(step, {}))
+    manager.shutdown()
+    manager.shutdown()
+    assert _steps(manager) == [3]
+    manager.begin_finalization(manager.init_tmp_checkpoint(4, {}))
+    manager.shutdown()
+    assert _steps(manager) == [4]
+
+
+class _NoDeletes(ckpt.LocalStorage):
+    """Publishing works; moving a checkpoint into the trash, the first step of a delete, fails."""
+
+    def rename(self, src: Path, dst: Path) -> None:
+        if dst.parent.name == "trash":
+            raise PermissionError(13, "Permission denied", str(src))
+        super().rename(src, dst)
+
+
+def test_a_failed_prune_warns_and_never_undoes_the_commit(make_manager: Make) -> None:
+    manager = make_manager(keep_top_k=0, storage=_NoDeletes())  # only the latest is kept
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(1, {}))
+
+    def finalize_step_2() -> None:
+        manager.begin_finalization(manager.init_tmp_checkpoint(2, {}))
+        manager.shutdown()
+
+    with pytest.warns(UserWarning, match="could not prune old checkpoints in the background"):
+        finalize_step_2()
+    assert _steps(manager) == [1, 2]  # committed; step 1 stays until a prune can delete it
+
+
+def test_retention_spares_a_step_a_finalization_will_replace(
+    make_manager: Make, ckpt_dir: Path
+) -> None:
+    manager = make_manager(retention={"kind": "latest_n", "n": 1})
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(5, {"v": "old"}))
+    gate = threading.Event()
+    manager.begin_finalization(manager.init_tmp_checkpoint(5, {"v": "new"}), wait_fn=gate.wait)
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(6, {}))  # latest-1 would drop 5
+    assert manager.load_training_info(ckpt_dir / "step_5") == {"v": "old"}  # spared
+    gate.set()
+    manager.shutdown()
+    assert _steps(manager) == [6]  # then pruned, once nothing replaces it any more
+
+
+def test_leaving_a_with_block_flushes_and_raises_a_failed_finalization(
+    make_manager: Make, ckpt_dir: Path
+) -> None:
+    config = {"checkpoint_dir": str(ckpt_dir), "fsync": False}
+    with CheckpointManager(config) as manager:
+        manager.begin_finalization(manager.init_tmp_checkpoint(1, {}), wait_fn=lambda: None)
+    assert (ckpt_dir / "step_1").is_dir()
+
+    def failed_writes() -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(ckpt.FinalizationError), CheckpointManager(config) as manager:
+        manager.begin_finalization(manager.init_tmp_checkpoint(2, {}), wait_fn=failed_writes)
+
+
+def test_leaving_a_with_block_on_an_exception_never_masks_it(ckpt_dir: Path) -> None:
+    config = {"checkpoint_dir": str(ckpt_dir), "fsync": False}
+
+    def failed_writes() -> None:
+        raise OSError(28, "No space left on device")
+
+    def loop_that_fails() -> None:
+        with CheckpointManager(config) as manager:
+            manager.begin_finalization(manager.init_tmp_checkpoint(1, {}), wait_fn=failed_writes)
+            raise KeyError("the loop's own error")
+
+    with (
+        pytest.warns(UserWarning, match="checkpoint finalization failed while an exception"),
+        pytest.raises(KeyError, match="the loop's own error"),
+    ):
+        loop_that_fails()
+    with CheckpointManager(config) as manager:  # the lock went with the closed manager
+        assert manager.list_checkpoints() == []
