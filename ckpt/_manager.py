@@ -283,6 +283,7 @@ class CheckpointManager:
         self._ranking_record = _ranking_record(self.ranking)
         self._async: AsyncWriter | None = None
         self._finalizer: Finalizer | None = None
+        self._finalizing: int | None = None  # the step begin_finalization is committing
         given = storage
         storage = storage if storage is not None else LocalStorage()
         if self.read_only:
@@ -494,6 +495,7 @@ class CheckpointManager:
         finalizer.wait()
         with state.mutex:
             state.saving[step] += 1
+        self._finalizing = step
 
         def commit() -> None:
             try:
@@ -507,6 +509,7 @@ class CheckpointManager:
             finally:
                 with state.mutex:
                     state.saving[step] -= 1
+                self._finalizing = None
 
         def prune() -> None:
             with state.mutex:
@@ -598,6 +601,9 @@ class CheckpointManager:
         step = _check_step(step)
         info_bytes = encode_training_info(training_info)
         config_bytes = encode_run_config(run_config) if run_config is not None else None
+        if self._finalizing == step:
+            # Its tmp_step_N is being committed: starting the step afresh would delete it.
+            self.finalize_pending()
         return self._init_tmp(state, step, info_bytes, config_bytes)
 
     def _init_tmp(

@@ -12,7 +12,12 @@ a storage without an atomic exchange); ``async`` saves a small torch state dict 
 `fill_state`) with ``save_async``, up to `ASYNC_IN_FLIGHT` saves in flight behind the
 loop, and waits for them only at the end, so every save's file operations happen on the
 manager's background thread. The loop changes its tensors in place right after each
-``save_async`` returns, as a training loop would.
+``save_async`` returns, as a training loop would. ``finalize`` is NeMo RL's
+asynchronous finalization: the loop's files are written by a ``writer`` thread (as
+Megatron's async save writes them), and ``begin_finalization(path, wait_fn=writer.join)``
+commits on the finalizer's thread and prunes on its pruning thread; the loop then waits
+for all of it (``shutdown``) before its next save, so that the operations come in one
+order every run.
 
 With ``--record`` (or ``--kill-at``) it watches every file operation made under its
 checkpoint directory, on any thread: ``--record`` writes them to a JSON file, as
@@ -47,7 +52,7 @@ partial state file's (``.state.ckpt.<hex>.partial``) become ``ID``.
 
 Run it alone::
 
-    python tests/kill_job.py DIR [--mode exchange|two-renames|async] [--record OPS.json]
+    python tests/kill_job.py DIR [--mode exchange|two-renames|async|finalize] [--record OPS.json]
         [--kill-at I --marker FILE] [--report FILE]
 
 or as a fork server (``--serve``): it imports everything once, then for each line read
@@ -98,6 +103,7 @@ TIDY = len(EVENTS)  # the event of the final remove_old_checkpoints()
 WATCHDOG_S = 120
 ASYNC_IN_FLIGHT = 3  # max_pending_saves: the saves save_async lets wait behind the loop
 MAIN, BACKGROUND = "MainThread", "ckpt-save"  # the threads operations are made on
+WRITER, FINALIZER = "writer", "ckpt"  # (finalize) the payload's thread; the commit's and prune's
 
 
 def config(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -228,6 +234,7 @@ class FileOps:
         self.background_event: int | None = None
         self.accepted = 0
         self.versions: dict[int, dict[str, str]] | None = None
+        self.follow_main = False  # (finalize) every thread's operations are the loop's event
         self._local = threading.local()  # busy, last_open: per thread
         self._lock = threading.Lock()
         self._rename2 = _rename2_code()
@@ -334,7 +341,7 @@ class FileOps:
         with self._lock:
             event = self.event
             in_flight = 0
-            if not main:
+            if not main and not self.follow_main:
                 if kind == "mkdir" and _TMP_STEP.fullmatch(what):  # the next save starts
                     self.background_event = self.next_event
                     self.next_event += 1
@@ -387,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     info = manager.load_training_info(latest)
     start = int(info["event"]) + 1 if info is not None else 0
     report: dict[str, Any] = {"start": start, "resumed": _state(manager, directory)}
-    save = _save_async if args.mode == "async" else _save
+    save = {"async": _save_async, "finalize": _finalize}.get(args.mode, _save)
     versions = save(manager, start, ops, record=args.record is not None)
     if ops is not None:
         ops.event = TIDY
@@ -407,6 +414,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_payload(path: Path, event: int) -> None:
+    for rel, chunks in payload(event).items():
+        if "/" in rel:
+            (path / rel).parent.mkdir()
+        with open(path / rel, "wb", buffering=0) as f:  # one write(2) per chunk
+            for data in chunks:
+                f.write(data)
+
+
 def _save(
     manager: ckpt.CheckpointManager, start: int, ops: FileOps | None, *, record: bool
 ) -> dict[int, dict[str, str]]:
@@ -417,14 +433,31 @@ def _save(
             ops.event = event
         step, _ = EVENTS[event]
         with manager.checkpoint(step, training_info(event), run_config(event)) as path:
-            for rel, chunks in payload(event).items():
-                if "/" in rel:
-                    (path / rel).parent.mkdir()
-                with open(path / rel, "wb", buffering=0) as f:  # one write(2) per chunk
-                    for data in chunks:
-                        f.write(data)
+            _write_payload(path, event)
             if record:
                 versions[event] = tree_digest(path)
+    return versions
+
+
+def _finalize(
+    manager: ckpt.CheckpointManager, start: int, ops: FileOps | None, *, record: bool
+) -> dict[int, dict[str, str]]:
+    """Save the events from ``start`` on with NeMo RL's asynchronous finalization."""
+    if ops is not None:
+        ops.follow_main = True
+    versions: dict[int, dict[str, str]] = {}
+    for event in range(start, len(EVENTS)):
+        if ops is not None:
+            ops.event = event
+        step, _ = EVENTS[event]
+        path = manager.init_tmp_checkpoint(step, training_info(event), run_config(event))
+        writer = threading.Thread(target=_write_payload, args=(path, event), name=WRITER)
+        writer.start()
+        manager.begin_finalization(path, wait_fn=writer.join)
+        manager.finalize_pending()
+        if record:
+            versions[event] = tree_digest(Path(manager.checkpoint_dir) / f"step_{step}")
+        manager.shutdown()  # its pruning too, before the next save
     return versions
 
 
@@ -454,7 +487,9 @@ def _import_torch() -> None:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", nargs="?")
-    parser.add_argument("--mode", choices=["exchange", "two-renames", "async"], default="exchange")
+    parser.add_argument(
+        "--mode", choices=["exchange", "two-renames", "async", "finalize"], default="exchange"
+    )
     parser.add_argument("--record", help="write the operations and versions here")
     parser.add_argument("--kill-at", type=int, help="SIGKILL before this operation")
     parser.add_argument("--marker", help="write the operation killed at here")

@@ -74,7 +74,7 @@ WORKERS = 2
 RUN_TIMEOUT_S = 150  # the job's own watchdog (SIGALRM) fires at 120 s
 
 Listing = dict[int, dict[str, str]]  # step -> tree digest
-MODES = ["exchange", "two-renames", pytest.param("async", marks=pytest.mark.torch)]
+MODES = ["exchange", "two-renames", pytest.param("async", marks=pytest.mark.torch), "finalize"]
 
 
 # --- what the job should leave ---------------------------------------------------------
@@ -391,12 +391,33 @@ def check_enumeration(ops: list[list[Any]], mode: str) -> None:
         assert kinds["write"] >= (job.MODEL_CHUNKS + 2) * saves
         assert kinds["fsync"] >= saves
         assert kinds["rename"] + kinds["rename-noreplace"] + kinds["exchange"] >= saves
-        assert (kinds["exchange"] >= 2) == (mode == "exchange")
-        assert {thread for _, _, _, thread in ops} == {job.MAIN}
+        assert (kinds["exchange"] >= 2) == (mode in ("exchange", "finalize"))
+        if mode == "finalize":
+            check_finalize_ops(ops)
+        else:
+            assert {thread for _, _, _, thread in ops} == {job.MAIN}
     assert kinds["unlink"] >= 1
     assert kinds["rmdir"] >= 1
     assert {event for _, _, event, _ in ops} == set(range(-1, n))
     assert len(ops) >= 150
+
+
+def check_finalize_ops(ops: list[list[Any]]) -> None:
+    """The payload is written on the writer thread; the commit and the prune are made on
+    the finalizer's threads, after the payload, never on the loop's."""
+    for event, (step, _) in enumerate(job.EVENTS):
+        mine = [(kind, what, thread) for kind, what, e, thread in ops if e == event]
+        writes = [i for i, (k, w, t) in enumerate(mine) if k == "write" and "model.bin" in w]
+        assert writes, (event, mine)
+        assert {mine[i][2] for i in writes} == {job.WRITER}
+        publish = [i for i, (_, w, _) in enumerate(mine) if w == f"tmp_step_{step} -> step_{step}"]
+        if not publish:  # an overwrite: an exchange of the two names
+            publish = [i for i, (k, _, _) in enumerate(mine) if k == "exchange"]
+        assert len(publish) == 1, (event, mine)
+        assert mine[publish[0]][2] == job.FINALIZER
+        assert max(writes) < publish[0]
+    pruned = {thread for kind, what, _, thread in ops if what.startswith(".ckpt/trash")}
+    assert job.FINALIZER in pruned
 
 
 def check_async_ops(ops: list[list[Any]]) -> None:

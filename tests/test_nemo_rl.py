@@ -446,3 +446,19 @@ def test_leaving_a_with_block_on_an_exception_never_masks_it(ckpt_dir: Path) -> 
         loop_that_fails()
     with CheckpointManager(config) as manager:  # the lock went with the closed manager
         assert manager.list_checkpoints() == []
+
+
+def test_starting_a_step_again_waits_for_its_finalization_in_flight(
+    make_manager: Make, ckpt_dir: Path
+) -> None:
+    manager = make_manager()
+    gate = threading.Event()
+    first = manager.init_tmp_checkpoint(5, {"v": 1})
+    (first / "model.bin").write_bytes(b"first")
+    manager.begin_finalization(first, wait_fn=gate.wait)
+    threading.Timer(0.2, gate.set).start()
+    second = manager.init_tmp_checkpoint(5, {"v": 2})  # waits for the first commit
+    assert (ckpt_dir / "step_5" / "model.bin").read_bytes() == b"first"
+    manager.begin_finalization(second)
+    manager.shutdown()
+    assert manager.load_training_info(ckpt_dir / "step_5") == {"v": 2}
