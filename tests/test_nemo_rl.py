@@ -462,3 +462,17 @@ def test_starting_a_step_again_waits_for_its_finalization_in_flight(
     manager.begin_finalization(second)
     manager.shutdown()
     assert manager.load_training_info(ckpt_dir / "step_5") == {"v": 2}
+
+
+def test_a_temporary_directory_a_crashed_save_left_is_started_afresh_and_logged(
+    make_manager: Make, ckpt_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = make_manager()
+    stale = ckpt_dir / "tmp_step_7"
+    stale.mkdir()  # what a save that died before its finalize leaves, this run
+    (stale / "half.bin").write_bytes(b"half")
+    with caplog.at_level("WARNING", "ckpt"):
+        tmp = manager.init_tmp_checkpoint(7, {"v": 1})
+    assert tmp == stale
+    assert sorted(p.name for p in tmp.iterdir()) == ["training_info.json"]
+    assert f"replacing {stale} left by an earlier attempt at step 7" in caplog.text
