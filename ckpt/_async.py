@@ -9,15 +9,14 @@ caller blocks once that many snapshots are waiting to be written, so memory is b
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import queue
 import threading
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ckpt._exit import Unfinished
 
 if TYPE_CHECKING:
     import torch
@@ -177,20 +176,4 @@ class AsyncWriter:
         self.raise_error()
 
 
-_live: weakref.WeakSet[AsyncWriter] = weakref.WeakSet()
-
-if hasattr(os, "register_at_fork"):
-    # A forked child has none of the parent's threads: waiting at its exit for the
-    # parent's saves would never end.
-    os.register_at_fork(after_in_child=_live.clear)
-
-
-@atexit.register
-def _finish_at_exit() -> None:
-    # The thread is a daemon so that a loop that never closes its manager cannot hang
-    # the interpreter; saves it accepted still complete before the process exits.
-    for writer in list(_live):
-        try:
-            writer.stop()
-        except BaseException as exc:
-            logger.error("a background save failed at exit: %s", exc)
+_live: Unfinished[AsyncWriter] = Unfinished("a background save", AsyncWriter.stop)

@@ -8,17 +8,15 @@ nor the deletes block the loop. One finalization is in flight at a time.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 import warnings
-import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 
 from ckpt._errors import FinalizationError
+from ckpt._exit import Unfinished
 
 logger = logging.getLogger("ckpt")
 
@@ -135,19 +133,4 @@ def _warn_on_prune_failure(future: Future[None]) -> None:
         )
 
 
-_live: weakref.WeakSet[Finalizer] = weakref.WeakSet()
-
-if hasattr(os, "register_at_fork"):
-    # A forked child has none of the parent's threads: nothing of theirs to wait for.
-    os.register_at_fork(after_in_child=_live.clear)
-
-
-@atexit.register
-def _finish_at_exit() -> None:
-    # The finalization thread is a daemon, so a loop that never shuts its manager down
-    # cannot hang the interpreter; a finalization begun still completes before exit.
-    for finalizer in list(_live):
-        try:
-            finalizer.shutdown()
-        except BaseException as exc:
-            logger.error("a background finalization failed at exit: %s", exc)
+_live: Unfinished[Finalizer] = Unfinished("a background finalization", Finalizer.shutdown)

@@ -278,7 +278,7 @@ def test_a_forked_child_does_not_wait_for_the_parents_saves(
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            _async._finish_at_exit()  # what the child's interpreter runs at exit
+            _async._live.finish_all()  # what the child's interpreter runs at exit
         finally:
             os._exit(0)
     deadline = time.monotonic() + 30

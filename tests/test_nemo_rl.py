@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import subprocess
 import sys
 import threading
 import warnings
@@ -476,3 +477,21 @@ def test_a_temporary_directory_a_crashed_save_left_is_started_afresh_and_logged(
     assert tmp == stale
     assert sorted(p.name for p in tmp.iterdir()) == ["training_info.json"]
     assert f"replacing {stale} left by an earlier attempt at step 7" in caplog.text
+
+
+@pytest.mark.subprocess
+def test_a_finalization_begun_is_committed_before_the_interpreter_exits(ckpt_dir: Path) -> None:
+    script = f"""
+import time
+import ckpt
+manager = ckpt.CheckpointManager({{"checkpoint_dir": {str(ckpt_dir)!r}, "fsync": False}})
+tmp = manager.init_tmp_checkpoint(1, {{"v": 1}})
+manager.begin_finalization(tmp, wait_fn=lambda: time.sleep(0.5))
+# no finalize_pending, no shutdown: the script simply ends
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert (ckpt_dir / "step_1" / "training_info.json").is_file()
+    assert not (ckpt_dir / "tmp_step_1").exists()
