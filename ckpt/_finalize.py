@@ -73,16 +73,11 @@ class Finalizer:
         if self._prunes is None:
             self._prunes = ThreadPoolExecutor(1, f"{self._name}-prune")
         try:
-            future = self._prunes.submit(prune)
+            # The warning is given inside the task, not by a done-callback: a waiter can
+            # wake before callbacks run, and shutdown() must return after it.
+            self._last_prune = self._prunes.submit(_pruned, prune)
         except RuntimeError:  # the interpreter is exiting and takes no new threads
-            future = Future()
-            try:
-                prune()
-                future.set_result(None)
-            except Exception as exc:
-                future.set_exception(exc)
-        future.add_done_callback(_warn_on_prune_failure)
-        self._last_prune = future
+            _pruned(prune)
 
     def wait(self) -> None:
         """Block until the commit in flight is done; raise its failure, once.
@@ -118,11 +113,12 @@ class Finalizer:
             _live.discard(self)
 
 
-def _warn_on_prune_failure(future: Future[None]) -> None:
+def _pruned(prune: Callable[[], None]) -> None:
     # A prune runs after its commit, off the loop's path: its failure must not undo the
     # commit or stop training, and must not pass in silence either.
-    error = future.exception()
-    if error is not None:
+    try:
+        prune()
+    except Exception as error:
         logger.error("background pruning failed: %s", error)
         warnings.warn(
             f"could not prune old checkpoints in the background ({error!r}); the "
