@@ -37,14 +37,10 @@ class Finalizer:
         """Whether a finalization is waiting or committing."""
         return self._pending
 
-    def begin(
-        self,
-        what: str,
-        wait_fn: Callable[[], object] | None,
-        commit: Callable[[], None],
-        prune: Callable[[], None],
-    ) -> None:
+    def begin(self, what: str, commit: Callable[[], None], prune: Callable[[], None]) -> None:
         """Wait for the previous finalization, then run this one in the background.
+
+        ``commit`` waits for the writers and publishes; ``prune`` is queued after it.
 
         Raises:
             FinalizationError: The previous finalization failed; this one is not begun.
@@ -54,8 +50,6 @@ class Finalizer:
 
         def run() -> None:
             try:
-                if wait_fn is not None:
-                    wait_fn()
                 commit()
             except BaseException as exc:
                 logger.error("background finalization of %s failed: %s", what, exc)

@@ -499,6 +499,8 @@ class CheckpointManager:
 
         def commit() -> None:
             try:
+                if wait_fn is not None:
+                    wait_fn()
                 with state.mutex:
                     self._commit(state, tmp, step)
                     self._tracker.frontier_version = -1  # retention decides over all, below
@@ -519,7 +521,7 @@ class CheckpointManager:
             if failed:
                 raise CheckpointError(f"a delete in {self.checkpoint_dir} failed (logged above)")
 
-        finalizer.begin(str(tmp), wait_fn, commit, prune)
+        finalizer.begin(str(tmp), commit, prune)
 
     def finalize_pending(self) -> None:
         """Block until the finalization in flight is committed (not until it is pruned).

@@ -495,3 +495,17 @@ manager.begin_finalization(tmp, wait_fn=lambda: time.sleep(0.5))
     assert result.returncode == 0, result.stderr
     assert (ckpt_dir / "step_1" / "training_info.json").is_file()
     assert not (ckpt_dir / "tmp_step_1").exists()
+
+
+def test_a_failed_finalization_no_longer_spares_its_step(make_manager: Make) -> None:
+    manager = make_manager(retention={"kind": "latest_n", "n": 1})
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(5, {"v": "old"}))
+
+    def failed_writes() -> None:
+        raise OSError(5, "Input/output error")
+
+    manager.begin_finalization(manager.init_tmp_checkpoint(5, {"v": "new"}), wait_fn=failed_writes)
+    with pytest.raises(ckpt.FinalizationError):
+        manager.finalize_pending()
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(6, {}))
+    assert _steps(manager) == [6]  # nothing replaces step 5 any more: pruned as usual
