@@ -67,7 +67,7 @@ _META_KINDS: tuple[tuple[tuple[str, ...], EntryKind], ...] = (
 
 @dataclass(frozen=True)
 class UnsafeEntry:
-    """One of ckpt's own entries (``.ckpt``, its trash, lock or pins) of the wrong kind."""
+    """One of ckpt's own entries (``.ckpt``, its trash, lock, pins or ranking), wrong kind."""
 
     path: Path
     found: EntryKind
