@@ -198,7 +198,7 @@ def run_demo(workdir: Path) -> None:
     print(f"\ndone in {time.monotonic() - began:.1f} s. Try:")
     for command in (
         f"ckpt ls {checkpoint_dir} --config {config_file}",
-        f"ckpt best {checkpoint_dir} --metric {METRIC}",
+        f"ckpt best {checkpoint_dir}",  # ranks as the run does: val_reward, higher first
         f"ckpt check {checkpoint_dir} --config {config_file}",
     ):
         print(f"  {command}")
