@@ -15,6 +15,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -96,9 +97,17 @@ def test_load_replay_buffer_is_tri_state_and_save_optimizer_defaults_to_true(
     unset = ckpt.load_config({"checkpoint_dir": str(ckpt_dir)})
     assert unset.load_replay_buffer is None
     assert unset.save_optimizer is True
+    assert unset.save_data_plane is False
+    assert unset.protect_best is False
     assert ckpt.load_config({"checkpoint_dir": "x", "load_replay_buffer": True}).load_replay_buffer
     with pytest.raises(ValueError, match="format"):
         ckpt.load_config({"checkpoint_dir": "x", "pretrained_checkpoint": {"path": "p"}})
+
+
+def test_any_mapping_is_a_config(ckpt_dir: Path) -> None:
+    keys = MappingProxyType({"checkpoint_dir": str(ckpt_dir), "keep_top_k": 2, "fsync": False})
+    with CheckpointManager(keys) as manager:
+        assert manager.keep_top_k == 2
 
 
 def test_a_config_of_another_type_is_a_clear_type_error() -> None:
