@@ -73,6 +73,12 @@ class Finalizer:
         except RuntimeError:  # the interpreter is exiting and takes no new threads
             _pruned(prune)
 
+    def join(self) -> None:
+        """Block until the commit in flight is done, leaving its failure to `wait`."""
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+
     def wait(self) -> None:
         """Block until the commit in flight is done; raise its failure, once.
 

@@ -83,6 +83,8 @@ class _Directory:
         # Step -> the thread that got tmp_step_N from init_tmp_checkpoint and has not
         # finalized or aborted it yet.
         self.live: dict[int, int] = {}
+        # Step -> the finalizer committing its tmp_step_N in the background.
+        self.finalizing: dict[int, Finalizer] = {}
         self._ranking: bytes | None = None  # what .ckpt/ranking.json holds, once read
         self._ranking_read = False
         # Read-only views re-list the directory on each query and re-read only what changed;
@@ -283,7 +285,6 @@ class CheckpointManager:
         self._ranking_record = _ranking_record(self.ranking)
         self._async: AsyncWriter | None = None
         self._finalizer: Finalizer | None = None
-        self._finalizing: int | None = None  # the step begin_finalization is committing
         given = storage
         storage = storage if storage is not None else LocalStorage()
         if self.read_only:
@@ -495,7 +496,7 @@ class CheckpointManager:
         finalizer.wait()
         with state.mutex:
             state.saving[step] += 1
-        self._finalizing = step
+            state.finalizing[step] = finalizer
 
         def commit() -> None:
             try:
@@ -511,7 +512,7 @@ class CheckpointManager:
             finally:
                 with state.mutex:
                     state.saving[step] -= 1
-                self._finalizing = None
+                    state.finalizing.pop(step, None)
 
         def prune() -> None:
             with state.mutex:
@@ -603,9 +604,10 @@ class CheckpointManager:
         step = _check_step(step)
         info_bytes = encode_training_info(training_info)
         config_bytes = encode_run_config(run_config) if run_config is not None else None
-        if self._finalizing == step:
+        committing = state.finalizing.get(step)
+        if committing is not None:
             # Its tmp_step_N is being committed: starting the step afresh would delete it.
-            self.finalize_pending()
+            committing.join()
         return self._init_tmp(state, step, info_bytes, config_bytes)
 
     def _init_tmp(

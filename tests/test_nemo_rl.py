@@ -458,18 +458,21 @@ def test_leaving_a_with_block_on_an_exception_never_masks_it(ckpt_dir: Path) -> 
         assert manager.list_checkpoints() == []
 
 
+@pytest.mark.parametrize("who", ["the same manager", "another manager of the process"])
 def test_starting_a_step_again_waits_for_its_finalization_in_flight(
-    make_manager: Make, ckpt_dir: Path
+    make_manager: Make, ckpt_dir: Path, who: str
 ) -> None:
     manager = make_manager()
     gate = threading.Event()
     first = manager.init_tmp_checkpoint(5, {"v": 1})
     (first / "model.bin").write_bytes(b"first")
     manager.begin_finalization(first, wait_fn=gate.wait)
+    other = manager if who == "the same manager" else make_manager()
     threading.Timer(0.2, gate.set).start()
-    second = manager.init_tmp_checkpoint(5, {"v": 2})  # waits for the first commit
+    second = other.init_tmp_checkpoint(5, {"v": 2})  # waits for the first commit
     assert (ckpt_dir / "step_5" / "model.bin").read_bytes() == b"first"
-    manager.begin_finalization(second)
+    other.begin_finalization(second)
+    other.shutdown()
     manager.shutdown()
     assert manager.load_training_info(ckpt_dir / "step_5") == {"v": 2}
 
