@@ -85,8 +85,7 @@ class _Directory:
         self.live: dict[int, int] = {}
         # Step -> the finalizer committing its tmp_step_N in the background.
         self.finalizing: dict[int, Finalizer] = {}
-        self._ranking: bytes | None = None  # what .ckpt/ranking.json holds, once read
-        self._ranking_read = False
+        self._ranking: bytes | None = None  # what .ckpt/ranking.json holds; None: not read
         # Read-only views re-list the directory on each query and re-read only what changed;
         # an entry that is not a checkpoint is remembered too (None), so it is warned of once.
         self._seen: dict[int, tuple[tuple[int, int], CheckpointRecord | None]] = {}
@@ -172,12 +171,11 @@ class _Directory:
     def record_ranking(self, data: bytes, *, durable: bool) -> None:
         """Record the ranking commits are made with, for readers given no config."""
         path = self.meta / _layout.RANKING_FILE
-        if not self._ranking_read:
+        if self._ranking is None:
             try:
                 self._ranking = self.storage.read_bytes(path)
             except OSError:  # absent, or unreadable: rewritten below
-                self._ranking = None
-            self._ranking_read = True
+                self._ranking = b""
         if data != self._ranking:
             self.storage.replace_file(path, data, durable=durable)
             self._ranking = data

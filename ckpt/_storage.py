@@ -274,16 +274,16 @@ class LocalStorage:
         """
         fd, size = _open_regular(path, os.O_RDONLY)
         try:
-            # Read what fstat says is there, plus one byte to see a file still growing;
-            # never ask for the whole limit (that allocates it).
             chunks: list[bytes] = []
             total = 0
-            while total <= MAX_READ_BYTES and size <= MAX_READ_BYTES:
-                chunk = os.read(fd, min(max(size - total, 0) + 1, MAX_READ_BYTES + 1 - total))
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
+            # What fstat says is there, then blocks until the end of a file still growing;
+            # never one read of the whole limit (that allocates it).
+            while size <= MAX_READ_BYTES and (chunk := os.read(fd, max(size - total, 1 << 16))):
                 total += len(chunk)
+                size = max(size, total)
+                chunks.append(chunk)
+            if size <= MAX_READ_BYTES:
+                return b"".join(chunks)
         finally:
             os.close(fd)
         raise UnsafeFileError(
