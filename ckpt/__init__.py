@@ -6,7 +6,13 @@ The pure ranking and retention policies live in the sibling package ``policies``
 
 import logging
 
-from ckpt._config import CheckpointConfig, PretrainedCheckpoint, load_config
+from ckpt._config import (
+    CheckpointConfig,
+    PretrainedCheckpoint,
+    explain_config_error,
+    load_config,
+    read_config_section,
+)
 from ckpt._errors import (
     CheckpointDirLockedError,
     CheckpointError,
@@ -24,17 +30,18 @@ from ckpt._errors import (
     UnsafeFileError,
 )
 from ckpt._manager import CheckpointManager
-from ckpt._protocol import RecoveryAction
-from ckpt._records import CheckpointRecord
+from ckpt._records import CheckpointRecord, Overview
 from ckpt._resolve import policies_from_config
-from ckpt._storage import Entry, LocalStorage, Lock, Storage
-from ckpt._verify import Problem, VerifyReport, verify
+from ckpt._verify import PROBLEM_CODES, Problem, VerifyReport, verify
+from ckpt.commit.base import RecoveryAction
+from ckpt.storage import Entry, LocalStorage, Lock, Storage
 
 logging.getLogger("ckpt").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PROBLEM_CODES",
     "CheckpointConfig",
     "CheckpointDirLockedError",
     "CheckpointError",
@@ -50,6 +57,7 @@ __all__ = [
     "LocalStorage",
     "Lock",
     "MissingMetricWarning",
+    "Overview",
     "PretrainedCheckpoint",
     "Problem",
     "ReadOnlyError",
@@ -60,7 +68,9 @@ __all__ = [
     "Storage",
     "UnsafeFileError",
     "VerifyReport",
+    "explain_config_error",
     "load_config",
     "policies_from_config",
+    "read_config_section",
     "verify",
 ]

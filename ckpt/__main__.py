@@ -1,5 +1,5 @@
 """``python -m ckpt``: the ``ckpt`` command line."""
 
-from ckpt._cli import main
+from ckpt.cli import main
 
 raise SystemExit(main())

@@ -45,7 +45,7 @@ def snapshot(state: Any, buffers: Buffers) -> Any:
     one copy, so they stay tied in the file.
     """
     torch = import_torch()
-    from ckpt.torch import _view_key  # noqa: PLC0415 - torch is an optional extra
+    from ckpt.torch._plan import view_key  # noqa: PLC0415 - torch is an optional extra
 
     copies: dict[tuple[Any, ...], Any] = {}
     cuda = False
@@ -54,7 +54,7 @@ def snapshot(state: Any, buffers: Buffers) -> Any:
         nonlocal cuda
         if isinstance(value, torch.Tensor):
             source = value.detach()
-            memory = _view_key(source)  # the same key `save_state` ties tensors by
+            memory = view_key(source)  # the same key `save_state` ties tensors by
             if memory in copies:
                 return copies[memory]
             buffer = buffers.get(where)

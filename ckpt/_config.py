@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     model_validator,
 )
@@ -23,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from ckpt._errors import ConfigFileError
 from ckpt._text import short_repr
+from ckpt.storage.local import read_named_file
 
 
 def _count(minimum: int, *, nullable: bool, maximum: int | None = None) -> BeforeValidator:
@@ -284,7 +286,7 @@ class PretrainedCheckpoint(BaseModel):
 class CheckpointConfig(_Strict):
     """The checkpointing section of a run config.
 
-    The seed's keys keep their meaning: with ``keep_top_k`` set, retention keeps the
+    NeMo RL's keys keep their meaning: with ``keep_top_k`` set, retention keeps the
     ``keep_top_k`` best checkpoints by ``metric_name`` plus the latest one. A
     ``retention`` block selects any built-in policy instead; giving both is an error.
     NeMo RL's other checkpointing keys are accepted so a full NeMo RL config
@@ -350,6 +352,13 @@ class CheckpointConfig(_Strict):
         description="How many save_async snapshots may wait to be written. Each is a "
         "host copy of the state, reused from save to save; save_async blocks when all "
         "are in use.",
+    )
+    commit_protocol: Literal["auto", "rename", "manifest"] = Field(
+        "auto",
+        description="How a save is committed: `rename` (a tmp_step_N directory renamed "
+        "to step_N, the layout NeMo RL uses), `manifest` (files written under "
+        "step_N.<token>, then step_N.manifest.json written last), or `auto`: rename "
+        "where the storage can rename atomically, else manifest.",
     )
     # NeMo RL keys carried for the training loop; the manager does not use them.
     checkpoint_must_save_by: Annotated[str | None, BeforeValidator(_deadline)] = Field(
@@ -477,8 +486,7 @@ def read_config_file(path: str | os.PathLike[str]) -> Any:
             32 levels, or expands through aliases to more than 100,000 values.
         OSError: If it cannot be read.
     """
-    with open(path, "rb") as f:  # a FIFO is fine: `ckpt config validate <(make-config)`
-        data = f.read(_MAX_FILE + 1)
+    data = read_named_file(path, limit=_MAX_FILE)
     if len(data) > _MAX_FILE:
         raise ConfigFileError(
             f"{path} is larger than {_MAX_FILE >> 20} MiB; a checkpointing config is a few "
@@ -564,3 +572,47 @@ def config_section(data: Any) -> tuple[Any, tuple[str, ...]]:
     if isinstance(data, Mapping) and isinstance(data.get("checkpointing"), Mapping):
         return data["checkpointing"], ("checkpointing",)
     return data, ()
+
+
+def read_config_section(
+    path: str | os.PathLike[str],
+) -> tuple[Mapping[str, Any], tuple[str, ...]]:
+    """The checkpointing keys of a YAML file, and the keys that lead to them.
+
+    For a whole NeMo RL run config the keys are its ``checkpointing:`` block, and the
+    keys leading there are ``("checkpointing",)``; any other file is the block itself.
+    Tools use the second value to say where in the file an invalid key is (see
+    `explain_config_error`).
+
+    Raises:
+        ConfigFileError: If the file is not UTF-8 YAML (see `load_config`), or its
+            checkpointing block is not a mapping.
+        OSError: If it cannot be read.
+    """
+    data, where = config_section(read_config_file(path))
+    if not isinstance(data, Mapping):
+        raise ConfigFileError(
+            f"{os.fspath(path)} holds {type(data).__name__}, not a mapping of config keys"
+        )
+    return data, where
+
+
+def explain_config_error(error: ValidationError, source: str, where: tuple[str, ...] = ()) -> str:
+    """A validation error of a config as lines for a person: one per invalid key.
+
+    Args:
+        error: What validating the config raised.
+        source: What the config came from (a file name), for the first line.
+        where: The keys leading to the checkpointing block in ``source``, as
+            `read_config_section` returns them.
+    """
+    lines = [f"{source} is not a valid checkpointing config:"]
+    for item in error.errors(include_url=False):
+        loc = ""
+        for part in (*where, *item["loc"]):
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            elif part not in RETENTION_KINDS:  # pydantic's tag of a retention block
+                loc += f".{part}" if loc else str(part)
+        lines.append(f"  {loc}: {item['msg']}" if loc else f"  {item['msg']}")
+    return "\n".join(lines)

@@ -10,7 +10,7 @@ OLD = re.compile(r"old_step_(0|[1-9][0-9]*)")
 
 INFO_FILE = "training_info.json"
 CONFIG_FILE = "config.yaml"
-META_DIR = ".ckpt"  # our own bookkeeping: lock, pins, trash
+META_DIR = ".ckpt"  # our own bookkeeping: lock, pins, ranking, trash
 LOCK_FILE = "lock"
 PINS_FILE = "pins.json"
 RANKING_FILE = "ranking.json"  # the run's ranking, for readers given no config
@@ -33,3 +33,17 @@ def parse(pattern: re.Pattern[str], name: str) -> int | None:
     """The step in ``name`` if it matches ``pattern`` exactly (no leading zeros)."""
     match = pattern.fullmatch(name)
     return int(match.group(1)) if match else None
+
+
+# The manifest protocol: a checkpoint's files live under an attempt prefix, and the
+# manifest beside it, written last, is its commit point.
+ATTEMPT = re.compile(r"step_(0|[1-9][0-9]*)\.([0-9a-f]{12})")
+MANIFEST = re.compile(r"step_(0|[1-9][0-9]*)\.manifest\.json")
+
+
+def manifest_name(step: int) -> str:
+    return f"step_{step}.manifest.json"
+
+
+def attempt_name(step: int, token: str) -> str:
+    return f"step_{step}.{token}"

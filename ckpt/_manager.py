@@ -1,4 +1,11 @@
-"""The checkpoint manager: the only code that lists, renames or deletes checkpoints."""
+"""The checkpoint manager: a facade over an index, a retention applier and a commit protocol.
+
+`CheckpointManager` validates what users pass and keeps NeMo RL's method names; the
+work is done by the parts below it: `ckpt._index.Index` (what the directory holds),
+`ckpt._retention.RetentionApplier` (what to keep), a `ckpt.commit` protocol (how a
+save becomes a checkpoint), and `ckpt._writers` (this process's writers and their
+saves in progress). Every byte goes through a `ckpt.storage.Storage`.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,15 @@ import numbers
 import os
 import threading
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any
 
 from pydantic import BaseModel
 
-from ckpt import _layout, _protocol
+from ckpt import _layout, _meta, commit
 from ckpt._async import AsyncWriter, import_torch
 from ckpt._config import CheckpointConfig, PretrainedCheckpoint, as_config
 from ckpt._errors import (
@@ -30,177 +35,24 @@ from ckpt._errors import (
     SaveInProgressError,
 )
 from ckpt._finalize import Finalizer
-from ckpt._incremental import Tracker
-from ckpt._protocol import RecoveryAction
-from ckpt._records import (
-    CheckpointRecord,
-    NotACheckpointError,
-    VanishedError,
-    describe_steps,
-    load_record,
-)
+from ckpt._records import CheckpointRecord, Overview, describe_steps
 from ckpt._resolve import policies_from_config
 from ckpt._resume import resume_paths
+from ckpt._retention import RetentionApplier
 from ckpt._serialize import (
     decode_training_info,
-    encode_pins,
     encode_ranking,
     encode_run_config,
     encode_training_info,
 )
-from ckpt._storage import Entry, LocalStorage, Lock, Storage, describe_kind
 from ckpt._text import short_repr
-from policies import ByMetric, ByRecency, Decision, Hybrid, Ranking, RetentionPolicy, decide
+from ckpt._writers import Attempt, Shared, writers, writers_mutex
+from ckpt.commit import directory as commits
+from ckpt.commit.base import RecoveryAction
+from ckpt.storage import LocalStorage, Storage, describe_kind, join, name_of, parent_of
+from policies import ByMetric, ByRecency, Decision, Ranking, RetentionPolicy
 
 logger = logging.getLogger("ckpt")
-
-
-class _Directory:
-    """The state of one checkpoint directory, shared by its managers in this process.
-
-    Writers of one directory in one process share a single instance (and so a single
-    lock and index): a training loop that builds a new manager while an old one is
-    still alive sees one consistent directory.
-    """
-
-    def __init__(self, path: Path, storage: Storage, *, durable: bool) -> None:
-        self.path = path
-        self.storage = storage
-        self.durable = durable
-        self.mutex = threading.RLock()
-        self.index: dict[int, CheckpointRecord] = {}
-        self.pins: set[int] = set()
-        self.version = 0
-        self.users = 0
-        self.lock: Lock | None = None
-        self.recovery: tuple[RecoveryAction, ...] = ()
-        # Steps that background saves of this directory have accepted and not finished:
-        # retention must not delete a checkpoint one of them is about to replace.
-        self.saving: Counter[int] = Counter()
-        # One `save` (or background save) at a time, so that two threads saving on one
-        # manager both commit rather than replace each other's temporary directory.
-        self.save_lock = threading.Lock()
-        # Step -> the thread that got tmp_step_N from init_tmp_checkpoint and has not
-        # finalized or aborted it yet.
-        self.live: dict[int, int] = {}
-        # Step -> the finalizer committing its tmp_step_N in the background.
-        self.finalizing: dict[int, Finalizer] = {}
-        self._ranking: bytes | None = None  # what .ckpt/ranking.json holds; None: not read
-        # Read-only views re-list the directory on each query and re-read only what changed;
-        # an entry that is not a checkpoint is remembered too (None), so it is warned of once.
-        self._seen: dict[int, tuple[tuple[int, int], CheckpointRecord | None]] = {}
-
-    @property
-    def meta(self) -> Path:
-        return self.path / _layout.META_DIR
-
-    def open_writer(self) -> None:
-        _protocol.check_metadata(self.storage, self.path)
-        self.storage.make_dirs(_protocol.trash_dir(self.path))
-        self.lock = self.storage.lock(self.meta / _layout.LOCK_FILE)
-        try:
-            _protocol.check_metadata(self.storage, self.path)  # as it is now we hold the lock
-            self.recovery = self.recover()
-        except BaseException:
-            self.lock.release()
-            self.lock = None
-            raise
-
-    def recover(self) -> tuple[RecoveryAction, ...]:
-        """Repair what a crash left, then index the directory as it is on disk.
-
-        It runs when the directory is opened for writing, and again whenever another
-        manager of this process joins it: the disk may have changed meanwhile (another
-        tool, a crash of NeMo RL's manager). A temporary directory that a save of this
-        process is writing is not a leftover, and is left alone.
-        """
-        with self.mutex:
-            ours = {_layout.tmp_name(step) for step in self.live}
-            actions = _protocol.recover(self.storage, self.path, durable=self.durable, keep=ours)
-            self.scan()
-            stale = self.pins - self.index.keys()
-            if stale:
-                logger.warning("dropping pins of steps that no longer exist: %s", sorted(stale))
-                self.write_pins(self.pins - stale, durable=self.durable)
-            return tuple(actions)
-
-    def scan(self) -> None:
-        """Rebuild the index from disk, re-reading only entries that changed."""
-        pins = self.read_pins()
-        seen: dict[int, tuple[tuple[int, int], CheckpointRecord | None]] = {}
-        for entry in self.storage.list_dir(self.path):
-            step = _layout.parse(_layout.STEP, entry.name)
-            if step is None:
-                continue
-            cached = self._seen.get(step)
-            if cached is not None and cached[0] == entry.identity:
-                seen[step] = cached
-            else:
-                seen[step] = (entry.identity, self._load(step, entry))
-        index = {
-            step: replace(record, pinned=True) if step in pins else record
-            for step, (_, record) in seen.items()
-            if record is not None
-        }
-        if index != self.index or pins != self.pins:
-            self.version += 1
-        self._seen, self.index, self.pins = seen, index, pins
-
-    def _load(self, step: int, entry: Entry) -> CheckpointRecord | None:
-        try:
-            return load_record(self.storage, self.path / entry.name, step, entry)
-        except VanishedError:
-            return None  # pruned or replaced while listed; the next scan sees what is there
-        except NotACheckpointError as exc:
-            logger.warning("ignoring %s: %s", entry.name, exc.detail)
-            return None
-
-    def read_pins(self) -> set[int]:
-        try:
-            return _protocol.read_pins(self.storage, self.path)
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring unreadable pins file: %s", exc)
-            return set()
-
-    def write_pins(self, pins: set[int], *, durable: bool) -> None:
-        """Make ``pins`` the pins on disk, then in memory: a failed write changes neither."""
-        data = encode_pins(pins)
-        self.storage.replace_file(self.meta / _layout.PINS_FILE, data, durable=durable)
-        self.pins = pins
-
-    def record_ranking(self, data: bytes, *, durable: bool) -> None:
-        """Record the ranking commits are made with, for readers given no config."""
-        path = self.meta / _layout.RANKING_FILE
-        if self._ranking is None:
-            try:
-                self._ranking = self.storage.read_bytes(path)
-            except OSError:  # absent, or unreadable: rewritten below
-                self._ranking = b""
-        if data != self._ranking:
-            self.storage.replace_file(path, data, durable=durable)
-            self._ranking = data
-
-    def changed(self) -> None:
-        self.version += 1
-
-
-# Shared with `verify`, which must not probe the lock of a directory this process writes.
-writers: dict[Path, _Directory] = {}
-writers_mutex = threading.Lock()
-
-
-def _forget_writers_in_child() -> None:
-    # POSIX locks are not inherited by a forked child: it must not think it is a writer.
-    writers.clear()
-    writers_mutex.release()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=writers_mutex.acquire,
-        after_in_parent=writers_mutex.release,
-        after_in_child=_forget_writers_in_child,
-    )
 
 
 def _ranking_record(ranking: Ranking) -> bytes:
@@ -245,17 +97,19 @@ class CheckpointManager:
     `CheckpointDirLockedError`.
 
     Args:
-        config: A `CheckpointConfig`, or a mapping with the seed's keys.
+        config: A `CheckpointConfig`, or a mapping with NeMo RL's keys.
         retention: A retention policy overriding the config's.
         ranking: A ranking overriding the config's (for "best" and for the config's
             top-k retention).
         read_only: Take no lock and never change anything on disk; every query re-lists
             the directory, so a reader beside a live run stays current.
-        storage: Where file operations go (default: the local file system).
+        storage: Where file operations go (default: `LocalStorage`, the local file
+            system). The config's ``commit_protocol`` is chosen from its capabilities.
 
     Raises:
         pydantic.ValidationError: If ``config`` is a mapping that does not validate.
         CheckpointDirLockedError: If another process is this directory's writer.
+        ValueError: If the config's ``commit_protocol`` is one the storage cannot run.
     """
 
     def __init__(
@@ -274,21 +128,23 @@ class CheckpointManager:
         self.retention: RetentionPolicy
         self.ranking, config_retention = policies_from_config(self.config, ranking=ranking)
         self.retention = retention if retention is not None else config_retention
-        self.checkpoint_dir = Path(os.path.abspath(self.config.checkpoint_dir))
+        location = os.path.abspath(self.config.checkpoint_dir)
+        self.checkpoint_dir = Path(location)
         self.read_only = read_only or not self.config.enabled
         # Each manager honours its own `fsync`, even when it shares a directory's state.
         self._durable = self.config.fsync
         self._closed = False
-        self._tracker = Tracker(self.retention, self.ranking)
+        self._retention = RetentionApplier(self.retention, self.ranking)
         self._ranking_record = _ranking_record(self.ranking)
         self._async: AsyncWriter | None = None
         self._finalizer: Finalizer | None = None
         given = storage
         storage = storage if storage is not None else LocalStorage()
+        self._protocol = commit.choose(self.config.commit_protocol, storage.capabilities)
         if self.read_only:
-            self._dir = _Directory(self.checkpoint_dir, storage, durable=self.config.fsync)
+            self._dir = Shared(storage, location, durable=self.config.fsync)
             return
-        key = Path(os.path.realpath(self.checkpoint_dir))
+        key = storage.canonical(location)
         with writers_mutex:
             shared = writers.get(key)
             if shared is not None and storage is not shared.storage and given is not None:
@@ -297,7 +153,7 @@ class CheckpointManager:
                     f"{shared.storage!r}; close that manager first, or pass the same storage"
                 )
             if shared is None:
-                shared = _Directory(self.checkpoint_dir, storage, durable=self.config.fsync)
+                shared = Shared(storage, location, durable=self.config.fsync)
                 shared.open_writer()
                 writers[key] = shared
             else:
@@ -502,7 +358,7 @@ class CheckpointManager:
                     wait_fn()
                 with state.mutex:
                     self._commit(state, tmp, step)
-                    self._tracker.frontier_version = -1  # retention decides over all, below
+                    self._retention.forget_frontier()  # retention decides over all, below
             except BaseException:
                 with state.mutex:
                     state.live.pop(step, None)  # not ours to keep: a joining manager may clean it
@@ -514,9 +370,9 @@ class CheckpointManager:
 
         def prune() -> None:
             with state.mutex:
-                failed = self._prune(state, self.retention, self._saving(state))
-                self._tracker.resync_frontiers(state.index)
-                self._tracker.frontier_version = -1 if failed else state.version
+                failed = self._retention.prune_all(
+                    state.index, state.protected(), durable=self._durable
+                )
             if failed:
                 raise CheckpointError(f"a delete in {self.checkpoint_dir} failed (logged above)")
 
@@ -551,15 +407,15 @@ class CheckpointManager:
         """Whether a `begin_finalization` is still waiting or committing."""
         return self._finalizer is not None and self._finalizer.pending
 
-    def _usable(self) -> _Directory:
+    def _usable(self) -> Shared:
         if self._closed:
             raise CheckpointError(f"this manager of {self.checkpoint_dir} is closed")
         if self.read_only:
             with self._dir.mutex:
-                self._dir.scan()
+                self._dir.index.scan()
         return self._dir
 
-    def _writable(self) -> _Directory:
+    def _writable(self) -> Shared:
         if self._closed:
             raise CheckpointError(f"this manager of {self.checkpoint_dir} is closed")
         if self.read_only:
@@ -582,7 +438,9 @@ class CheckpointManager:
         The loop writes its own files into the returned directory, then calls
         `finalize_checkpoint`. Nothing in it is visible as a checkpoint until then.
         ``training_info`` is not modified; tensors and numpy scalars in it are stored as
-        numbers. A leftover ``tmp_step_N`` from an earlier attempt is replaced.
+        numbers. A leftover ``tmp_step_N`` from an earlier attempt is replaced. Under
+        ``commit_protocol: manifest`` the directory is ``step_N.<token>`` instead (see
+        the Architecture page of the docs).
 
         Args:
             step: The training step, a non-negative integer.
@@ -609,47 +467,64 @@ class CheckpointManager:
         return self._init_tmp(state, step, info_bytes, config_bytes)
 
     def _init_tmp(
-        self, state: _Directory, step: int, info_bytes: bytes, config_bytes: bytes | None
+        self, state: Shared, step: int, info_bytes: bytes, config_bytes: bytes | None
     ) -> Path:
-        tmp = self.checkpoint_dir / _layout.tmp_name(step)
+        storage = state.storage
         me = threading.get_ident()
         with state.mutex:
-            owner = state.live.get(step)
-            if owner is not None and owner != me and _thread_alive(owner):
+            live = state.live.get(step)
+            if live is not None and live.thread != me and _thread_alive(live.thread):
                 raise SaveInProgressError(
                     f"step {step} is being saved by another thread of this process (into "
-                    f"{tmp}); save() and save_async() wait for each other, but "
+                    f"{live.path}); save() and save_async() wait for each other, but "
                     f"init_tmp_checkpoint does not: finalize or abort that save first"
                 )
-            found = state.storage.entry(tmp)
-            if found is not None:
-                if found.kind != "dir":
+            leftovers = [live.path] if live is not None else []
+            if self._protocol.name == "rename":
+                tmp = join(state.location, _layout.tmp_name(step))
+                found = storage.entry(tmp)
+                if found is not None and found.kind != "dir":
                     raise CheckpointError(
-                        f"cannot save step {step}: {tmp.name} exists and is a "
+                        f"cannot save step {step}: {name_of(tmp)} exists and is a "
                         f"{describe_kind(found.kind)}, not a directory ckpt made; move it away"
                     )
-                logger.warning("replacing %s left by an earlier attempt at step %d", tmp, step)
-                _protocol.discard(state.storage, self.checkpoint_dir, tmp, durable=self._durable)
-            state.storage.make_dir(tmp)
+                leftovers = [tmp] if found is not None else []
+            for leftover in leftovers:
+                if storage.entry(leftover) is not None:
+                    logger.warning(
+                        "replacing %s left by an earlier attempt at step %d", leftover, step
+                    )
+                    commits.abandon(storage, state.location, leftover, durable=self._durable)
+            state.live.pop(step, None)
+            attempt = self._protocol.prepare(storage, state.location, step)
             try:
-                state.storage.write_bytes(tmp / _layout.INFO_FILE, info_bytes)
+                storage.write_bytes(join(attempt, _layout.INFO_FILE), info_bytes)
                 if config_bytes is not None:
-                    state.storage.write_bytes(tmp / _layout.CONFIG_FILE, config_bytes)
+                    storage.write_bytes(join(attempt, _layout.CONFIG_FILE), config_bytes)
             except BaseException:
-                state.storage.remove_tree(tmp)
+                storage.remove_tree(attempt)
                 raise
-            state.live[step] = me
-        return tmp
+            state.live[step] = Attempt(me, attempt)
+        return Path(attempt)
 
-    def _tmp_step(self, checkpoint_path: str | os.PathLike[str]) -> tuple[Path, int]:
-        path = Path(os.path.abspath(checkpoint_path))
-        step = _layout.parse(_layout.TMP, path.name)
-        if step is None or os.path.realpath(path.parent) != os.path.realpath(self.checkpoint_dir):
+    def _tmp_step(self, checkpoint_path: str | os.PathLike[str]) -> tuple[str, int]:
+        path = os.path.abspath(checkpoint_path)
+        step = self._protocol.attempt_step(name_of(path))
+        storage = self._dir.storage
+        if step is None or storage.canonical(parent_of(path)) != storage.canonical(
+            self._dir.location
+        ):
+            expected = "tmp_step_<N>" if self._protocol.name == "rename" else "step_<N>.<token>"
             raise InvalidCheckpointPathError(
                 f"{checkpoint_path} is not a temporary checkpoint of this manager; expected "
-                f"{self.checkpoint_dir}/tmp_step_<N> as returned by init_tmp_checkpoint"
+                f"{self.checkpoint_dir}/{expected} as returned by init_tmp_checkpoint"
             )
         return path, step
+
+    @staticmethod
+    def _is_committed(state: Shared, tmp: str, step: int) -> bool:
+        committed = state.index.committed.get(step)
+        return committed is not None and committed.path == tmp
 
     def finalize_checkpoint(self, checkpoint_path: str | os.PathLike[str]) -> None:
         """Publish a temporary checkpoint as ``step_N``, then apply retention.
@@ -671,84 +546,75 @@ class CheckpointManager:
         tmp, step = self._tmp_step(checkpoint_path)
         with state.mutex:
             frontier_current = self._commit(state, tmp, step)
-            self._retain(state, step, frontier_current=frontier_current)
+            self._retention.after_commit(
+                state.index,
+                step,
+                state.protected(but=step),
+                frontier_current=frontier_current,
+                durable=self._durable,
+            )
 
-    def _commit(self, state: _Directory, tmp: Path, step: int) -> bool:
-        """Publish ``tmp`` as ``step_N`` and index it (the caller holds the mutex).
+    def _commit(self, state: Shared, tmp: str, step: int) -> bool:
+        """Commit the attempt ``tmp`` as step ``step`` and index it (the caller holds the mutex).
 
-        Returns whether the retention tracker can decide this commit incrementally.
+        Returns whether the retention applier can decide this commit incrementally.
         """
-        found = state.storage.entry(tmp)
-        if found is None or found.kind != "dir":
+        storage, index = state.storage, state.index
+        found = storage.entry(tmp)
+        if found is None or found.kind != "dir" or self._is_committed(state, tmp, step):
             raise InvalidCheckpointPathError(
                 f"{tmp} does not exist (was it finalized or aborted already?)"
             )
         try:
-            info = decode_training_info(state.storage.read_bytes(tmp / _layout.INFO_FILE))
+            info = decode_training_info(storage.read_bytes(join(tmp, _layout.INFO_FILE)))
         except (OSError, ValueError) as exc:
             raise InvalidCheckpointPathError(
                 f"{tmp} has no readable {_layout.INFO_FILE} ({exc}); it was not made by "
                 f"init_tmp_checkpoint, or its file was removed"
             ) from exc
-        final = self.checkpoint_dir / _layout.step_name(step)
-        final_entry = state.storage.entry(final)
+        final_name = _layout.step_name(step)
+        final_entry = storage.entry(join(state.location, final_name))
+        existing = index.committed.get(step)
         if final_entry is not None and final_entry.kind != "dir":
             raise CheckpointError(
-                f"cannot publish step {step}: {final.name} exists and is a "
+                f"cannot publish step {step}: {final_name} exists and is a "
                 f"{final_entry.kind}, not a checkpoint; move it away and finalize again"
             )
-        if final_entry is not None and step not in state.index:
+        if final_entry is not None and (existing is None or existing.kind != "rename"):
             # Not ours to replace: a directory without a readable training_info.json
-            # may hold someone's files (the seed's, a crash's, a user's).
+            # may hold someone's files (NeMo RL's manager's, a crash's, a user's).
             raise CheckpointError(
-                f"cannot publish step {step}: {final.name} exists but is not a "
+                f"cannot publish step {step}: {final_name} exists but is not a "
                 f"checkpoint (no readable {_layout.INFO_FILE}); move it away and "
                 f"finalize again"
             )
-        state.record_ranking(self._ranking_record, durable=self._durable)
-        if self._durable:
-            state.storage.sync_tree(tmp)
-        _protocol.publish(
-            state.storage,
-            self.checkpoint_dir,
+        index.record_ranking(self._ranking_record, durable=self._durable)
+        done = commits.commit(
+            self._protocol,
+            storage,
+            state.location,
             tmp,
             step,
-            replacing=final_entry is not None,
+            existing=existing,
             durable=self._durable,
         )
         state.live.pop(step, None)
-        tracker = self._tracker
-        incremental = step not in state.index and tracker.version == state.version
-        frontier_current = incremental and tracker.frontier_version == state.version
-        state.index[step] = CheckpointRecord(
-            step=step,
-            path=final,
-            info=MappingProxyType(info),
-            # A rename keeps a directory's mtime: this is what a rescan will read.
-            committed_at=found.mtime,
-            pinned=step in state.pins,
+        version_before = index.version
+        index.add(
+            CheckpointRecord(
+                step=step,
+                path=Path(done.path),
+                info=MappingProxyType(info),
+                # A rename keeps a directory's mtime: this is what a rescan will read.
+                committed_at=found.mtime if done.kind == "rename" else done.mtime,
+                pinned=step in index.pins,
+            ),
+            done,
         )
-        state.changed()
-        if incremental:
-            tracker.added(state.index, step, state.version)
-        tracker.sync(state.version)
-        logger.info("committed %s", final)
-        return frontier_current
-
-    def _retain(self, state: _Directory, step: int, *, frontier_current: bool) -> None:
-        """Apply retention after the commit of ``step`` (the caller holds the mutex)."""
-        tracker = self._tracker
-        protected = self._saving(state, but=step)
-        if frontier_current and tracker.parts is not None:
-            reason = f"not kept by {self.retention!r}"
-            doomed = dict.fromkeys(tracker.doomed(state.index, step), reason)
-            held = [s for s in doomed if s in protected]
-            failed = self._delete(state, {s: doomed[s] for s in doomed if s not in held})
-            failed = failed or bool(held)  # kept for now: decide over everything next time
-        else:
-            failed = self._prune(state, self.retention, protected)
-            tracker.resync_frontiers(state.index)
-        tracker.frontier_version = -1 if failed else state.version
+        logger.info("committed %s", done.path)
+        return self._retention.committed(
+            index, step, new=existing is None, version_before=version_before
+        )
 
     def abort_checkpoint(self, checkpoint_path: str | os.PathLike[str]) -> None:
         """Throw away a temporary checkpoint; a path already gone is fine.
@@ -762,8 +628,10 @@ class CheckpointManager:
         tmp, step = self._tmp_step(checkpoint_path)
         with state.mutex:
             state.live.pop(step, None)
+            if self._is_committed(state, tmp, step):
+                return  # finalized already: no longer a temporary (manifest attempts stay put)
             if state.storage.entry(tmp) is not None:
-                _protocol.discard(state.storage, self.checkpoint_dir, tmp, durable=self._durable)
+                commits.abandon(state.storage, state.location, tmp, durable=self._durable)
                 logger.info("aborted %s", tmp)
 
     @contextmanager
@@ -838,7 +706,7 @@ class CheckpointManager:
         save_state, _ = _state_io()
         self.wait_until_finished()
         with self._dir.save_lock, self.checkpoint(step, training_info, run_config) as path:
-            save_state(path, state, fsync=self._durable)
+            save_state(path, state, fsync=self._durable, storage=self._dir.storage)
         return self.checkpoint_dir / _layout.step_name(step)
 
     def save_async(
@@ -894,7 +762,7 @@ class CheckpointManager:
                 with directory.save_lock:
                     tmp = self._init_tmp(directory, step, info_bytes, config_bytes)
                     try:
-                        save_state(tmp, snapshot, fsync=self._durable)
+                        save_state(tmp, snapshot, fsync=self._durable, storage=directory.storage)
                     except BaseException:
                         self.abort_checkpoint(tmp)
                         raise
@@ -923,45 +791,12 @@ class CheckpointManager:
 
     # --- retention ----------------------------------------------------------------
 
-    def _prune(
-        self, state: _Directory, policy: RetentionPolicy, protected: Mapping[int, str]
-    ) -> bool:
-        """Apply ``policy`` to every checkpoint; ``True`` if a delete failed."""
-        decisions = decide(policy, list(state.index.values()), protected=protected)
-        return self._delete(state, {d.step: d.reason for d in decisions if not d.keep})
-
-    @staticmethod
-    def _saving(state: _Directory, but: int | None = None) -> dict[int, str]:
-        return {
-            step: "a save in progress is replacing it"
-            for step, count in state.saving.items()
-            if count and step != but
-        }
-
-    def _delete(self, state: _Directory, doomed: Mapping[int, str]) -> bool:
-        """Delete the checkpoints at ``doomed`` (step -> reason); ``True`` if one failed."""
-        tracker = self._tracker
-        current = tracker.version == state.version
-        failed = False
-        for step, reason in sorted(doomed.items()):
-            record = state.index[step]
-            try:
-                _protocol.discard(
-                    state.storage, self.checkpoint_dir, record.path, durable=self._durable
-                )
-            except OSError as exc:
-                logger.error("could not prune %s (kept): %s", record.path, exc)
-                failed = True
-                continue
-            del state.index[step]
-            state.changed()
-            tracker.removed(step)
-            logger.info("pruned %s: %s", record.path, reason)
-        if current:
-            tracker.version = state.version
-        return failed
-
-    def remove_old_checkpoints(self, exclude_latest: bool = True) -> None:
+    def remove_old_checkpoints(
+        self,
+        exclude_latest: bool = True,
+        *,
+        on_delete: Callable[[CheckpointRecord], object] | None = None,
+    ) -> None:
         """Delete the checkpoints the retention policy does not keep.
 
         `finalize_checkpoint` already does this after every commit; call it after
@@ -969,26 +804,22 @@ class CheckpointManager:
 
         Args:
             exclude_latest: Keep the latest checkpoint whatever the policy says. With
-                ``False``, a `Hybrid` policy (the seed's ``keep_top_k``) also loses its
-                latest-step exemption, so exactly the top k remain, as in the seed.
+                ``False``, a `Hybrid` policy (NeMo RL's ``keep_top_k``) also loses its
+                latest-step exemption, so exactly the top k remain, as in NeMo RL.
+            on_delete: Called with each checkpoint once it is deleted (a progress bar,
+                say); an exception from it stops the prune.
 
         Raises:
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
         """
         state = self._writable()
         with state.mutex:
-            self._prune(state, *self._manual_policy(state, exclude_latest))
-
-    def _manual_policy(
-        self, state: _Directory, exclude_latest: bool
-    ) -> tuple[RetentionPolicy, dict[int, str]]:
-        policy = self.retention
-        protected = self._saving(state)
-        if exclude_latest and state.index:
-            protected[max(state.index)] = "latest step (exclude_latest=True)"
-        elif not exclude_latest and isinstance(policy, Hybrid):
-            policy = policy.without_latest()
-        return policy, protected
+            policy, protected = self._retention.manual_policy(
+                state.index, state.protected(), exclude_latest
+            )
+            self._retention.prune(
+                state.index, policy, protected, durable=self._durable, on_delete=on_delete
+            )
 
     def plan_retention(self, exclude_latest: bool | None = None) -> list[Decision]:
         """Say, for every checkpoint, whether retention keeps it and why; change nothing.
@@ -1003,11 +834,53 @@ class CheckpointManager:
         """
         state = self._usable()
         with state.mutex:
-            if exclude_latest is None:
-                policy, protected = self.retention, self._saving(state)
-            else:
-                policy, protected = self._manual_policy(state, exclude_latest)
-            return decide(policy, list(state.index.values()), protected=protected)
+            policy, protected = self.retention, state.protected()
+            if exclude_latest is not None:
+                policy, protected = self._retention.manual_policy(
+                    state.index, protected, exclude_latest
+                )
+            return self._retention.plan(state.index, policy, protected)
+
+    def overview(self) -> Overview:
+        """Every checkpoint, what retention decides for each, the best and the latest.
+
+        It is what `list_checkpoints`, `plan_retention`, `get_best_checkpoint_path` and
+        `get_latest_checkpoint_path` answer, taken from one look at the directory, so
+        the answers agree even while a live run changes it (``ckpt ls`` shows this).
+        It warns of missing metrics as `get_best_checkpoint_path` does.
+        """
+        state = self._usable()
+        with state.mutex:
+            index = state.index
+            records = tuple(index.records[step] for step in sorted(index.records))
+            decisions = self._retention.plan(index, self.retention, state.protected())
+            best = self._retention.best(index)
+            if best is not None:
+                self._warn_missing(self._retention.missing_metric(index))
+            latest = self._retention.latest(index)
+            return Overview(
+                records=records,
+                decisions=tuple(decisions),
+                best=None if best is None else index.records[best],
+                latest=None if latest is None else index.records[latest],
+            )
+
+    def recorded_ranking(self) -> dict[str, Any] | None:
+        """The ranking the directory's writer recorded, for tools given no config.
+
+        Returns:
+            ``{"metric_name": ..., "higher_is_better": ...}`` (``metric_name`` is
+            ``None`` for a run ranked by recency), ``{"custom": repr}`` for a run ranked
+            by an object of its own, or ``None`` where nothing is recorded (a directory
+            NeMo RL's manager or an older ckpt wrote).
+
+        Raises:
+            UnsafeFileError: If ``.ckpt`` or the record is a link or a special file.
+            ValueError: If the file does not hold a ranking record.
+            OSError: If it cannot be read.
+        """
+        state = self._usable()
+        return _meta.read_ranking(state.storage, state.location)
 
     def pin(self, step: int) -> None:
         """Protect the checkpoint at ``step`` from pruning; the pin survives restarts.
@@ -1030,20 +903,16 @@ class CheckpointManager:
     def _set_pinned(self, step: int, pinned: bool) -> None:
         state = self._writable()
         step = _check_step(step)
+        index = state.index
         with state.mutex:
-            if step not in state.index and not (not pinned and step in state.pins):
+            if step not in index.records and not (not pinned and step in index.pins):
                 raise CheckpointNotFoundError(
                     f"no finalized checkpoint at step {step} in {self.checkpoint_dir}; "
-                    f"steps present: {describe_steps(state.index) or 'none'}"
+                    f"steps present: {describe_steps(index.records) or 'none'}"
                 )
-            if (step in state.pins) == pinned:
+            if (step in index.pins) == pinned:
                 return
-            state.write_pins(
-                state.pins | {step} if pinned else state.pins - {step}, durable=self._durable
-            )
-            if step in state.index:
-                state.index[step] = replace(state.index[step], pinned=pinned)
-            state.changed()
+            index.set_pinned(step, pinned, durable=self._durable)
             logger.info("%s step %d", "pinned" if pinned else "unpinned", step)
 
     # --- queries ------------------------------------------------------------------
@@ -1052,17 +921,15 @@ class CheckpointManager:
         """Return every finalized checkpoint, sorted by step."""
         state = self._usable()
         with state.mutex:
-            return [state.index[step] for step in sorted(state.index)]
+            records = state.index.records
+            return [records[step] for step in sorted(records)]
 
     def get_latest_checkpoint_path(self) -> str | None:
         """Return the path of the checkpoint with the highest step, or ``None``."""
         state = self._usable()
         with state.mutex:
-            tracker = self._tracker
-            tracker.sync(state.version)
-            if tracker.latest is None and state.index:
-                tracker.latest = max(state.index)
-            return None if tracker.latest is None else str(state.index[tracker.latest].path)
+            latest = self._retention.latest(state.index)
+            return None if latest is None else str(state.index.records[latest].path)
 
     def get_best_checkpoint_path(self) -> str | None:
         """Return the path of the best checkpoint by the ranking, or ``None``.
@@ -1077,16 +944,11 @@ class CheckpointManager:
         """
         state = self._usable()
         with state.mutex:
-            tracker = self._tracker
-            tracker.sync(state.version)
-            if tracker.best is None and state.index:
-                ranked = self.ranking.rank(list(state.index.values()))
-                tracker.best = ranked[0].step if ranked else None
-            if tracker.best is None:
+            best = self._retention.best(state.index)
+            if best is None:
                 return None
-            if isinstance(self.ranking, ByMetric):
-                self._warn_missing(tracker.missing_steps(state.index, self.ranking.name))
-            return str(state.index[tracker.best].path)
+            self._warn_missing(self._retention.missing_metric(state.index))
+            return str(state.index.records[best].path)
 
     def _warn_missing(self, missing: set[int]) -> None:
         if not missing:
@@ -1103,7 +965,7 @@ class CheckpointManager:
             MissingMetricWarning,
             stacklevel=3,
         )
-        if len(missing) == len(self._dir.index):
+        if len(missing) == len(self._dir.index.records):
             warnings.warn(
                 f"No checkpoints contain metric {name!r} with a usable value. Returning "
                 f"latest checkpoint, step {max(missing)}; {hint}",
@@ -1129,7 +991,8 @@ class CheckpointManager:
         if checkpoint_path is None:
             return None
         storage = self._dir.storage
-        return decode_training_info(storage.read_bytes(Path(checkpoint_path) / _layout.INFO_FILE))
+        path = join(os.fspath(checkpoint_path), _layout.INFO_FILE)
+        return decode_training_info(storage.read_bytes(path))
 
     def should_save(self, step: int, *, last: bool = False) -> bool:
         """Whether a loop should save at ``step``, by ``save_period`` and ``ft_save_period``.
@@ -1153,12 +1016,13 @@ class CheckpointManager:
         state = self._usable()
         if not self.read_only:
             with state.mutex:
-                state.scan()
+                state.index.scan()
 
 
 def _state_io() -> tuple[Callable[..., Path], Callable[[Any], object]]:
     """``ckpt.torch``'s writer and its check of a state (imported on first use)."""
     import_torch()  # for its message naming the extra
-    from ckpt.torch import _plan, save_state  # noqa: PLC0415 - torch is an optional extra
+    from ckpt.torch import save_state  # noqa: PLC0415 - torch is an optional extra
+    from ckpt.torch._plan import plan_state  # noqa: PLC0415
 
-    return save_state, _plan
+    return save_state, plan_state

@@ -9,8 +9,9 @@ from types import MappingProxyType
 
 from ckpt import _layout
 from ckpt._serialize import decode_training_info
-from ckpt._storage import Entry, Storage, describe_kind
-from policies import CheckpointView
+from ckpt.commit.base import Committed
+from ckpt.storage.base import EntryKind, Storage, describe_kind, join
+from policies import CheckpointView, Decision
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +27,24 @@ class CheckpointRecord(CheckpointView):
     """
 
     path: Path
+
+
+@dataclass(frozen=True)
+class Overview:
+    """One consistent look at a directory: what `CheckpointManager.overview` returns.
+
+    Attributes:
+        records: Every finalized checkpoint, sorted by step.
+        decisions: What retention decides for each (as `plan_retention` says), by step.
+        best: The best checkpoint by the ranking (as `get_best_checkpoint_path`), or
+            ``None`` without checkpoints.
+        latest: The checkpoint with the highest step, or ``None``.
+    """
+
+    records: tuple[CheckpointRecord, ...]
+    decisions: tuple[Decision, ...]
+    best: CheckpointRecord | None
+    latest: CheckpointRecord | None
 
 
 class NotACheckpointError(Exception):
@@ -44,8 +63,8 @@ class VanishedError(NotACheckpointError):
         super().__init__("vanished", "it was removed while it was read")
 
 
-def load_record(storage: Storage, path: Path, step: int, entry: Entry) -> CheckpointRecord:
-    """Read the checkpoint ``step`` at ``path``, whose listing entry is ``entry``.
+def load_record(storage: Storage, checkpoint: Committed, kind: EntryKind) -> CheckpointRecord:
+    """Read the committed ``checkpoint``, whose listing entry is of ``kind``.
 
     A writer may prune or replace ``step_N`` while it is read: a read that fails is
     looked at again, and a checkpoint that is gone is `VanishedError` (a race, not
@@ -55,26 +74,34 @@ def load_record(storage: Storage, path: Path, step: int, entry: Entry) -> Checkp
         NotACheckpointError: If it is not a directory with a readable training info.
         VanishedError: If it disappeared while it was read.
     """
+    step, path, version, mtime = (
+        checkpoint.step,
+        checkpoint.path,
+        checkpoint.version,
+        checkpoint.mtime,
+    )
+    # A manifest names its attempt; the entry that changes on a replace is the manifest.
+    watched = checkpoint.manifest if checkpoint.manifest is not None else path
     for _ in range(3):
-        if entry.kind != "dir":
+        if kind != "dir":
             raise NotACheckpointError(
                 "not_a_directory",
-                f"it is a {describe_kind(entry.kind)}, not a checkpoint directory",
+                f"it is a {describe_kind(kind)}, not a checkpoint directory",
             )
         try:
-            info = decode_training_info(storage.read_bytes(path / _layout.INFO_FILE))
+            info = decode_training_info(storage.read_bytes(join(path, _layout.INFO_FILE)))
         except (OSError, ValueError) as exc:
-            now = storage.entry(path)
+            now = storage.entry(watched)
             if now is None:
                 raise VanishedError from exc
-            if now.identity == entry.identity:
+            if now.version == version or checkpoint.manifest is not None:
                 raise NotACheckpointError(
                     "unreadable_info", f"no readable {_layout.INFO_FILE} ({exc})"
                 ) from exc
-            entry = now
+            version, mtime, kind = now.version, now.mtime, now.kind
             continue
         return CheckpointRecord(
-            step=step, path=path, info=MappingProxyType(info), committed_at=entry.mtime
+            step=step, path=Path(path), info=MappingProxyType(info), committed_at=mtime
         )
     raise VanishedError  # replaced on every look: a writer overwriting it in a loop
 

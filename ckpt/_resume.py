@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ckpt.storage.local import exists
+
 MEGATRON_EXTRA = "pip install 'ckpt-warden[megatron]'"
 _ITERATION = "iter_0000000"  # the one iteration NeMo RL's Megatron workers write
 _CHAINED = re.compile(r"^chained_\d+\.")  # prefixes of a ChainedOptimizer's sub-optimizers
@@ -21,10 +23,10 @@ def resume_paths(
         return None, None
     component = Path(last_checkpoint_path) / model_component
     weights, optimizer = component / "weights", component / "optimizer"
-    if optimizer.exists():  # DTensor: the optimizer has a directory of its own
+    if exists(optimizer):  # DTensor: the optimizer has a directory of its own
         return weights, optimizer
     iteration = weights / _ITERATION
-    megatron = (iteration / "common.pt").exists() or (iteration / "metadata.json").exists()
+    megatron = exists(iteration / "common.pt") or exists(iteration / "metadata.json")
     # Megatron: the optimizer state lives inside the weights' checkpoint, if at all;
     # `optimizer` is then only the signal that there is some to load.
     if megatron and _megatron_has_optimizer(iteration):
@@ -43,7 +45,7 @@ def _megatron_has_optimizer(iteration: Path) -> bool:
     core = _megatron_dist_checkpointing(iteration)
     if "optimizer" in core.load_common_state_dict(str(iteration)):
         return True  # saved with the common state (older Megatron checkpoints)
-    if not (iteration / "metadata.json").exists():
+    if not exists(iteration / "metadata.json"):
         return False
     # torch_dist checkpoints shard optimizer tensors apart from the common state; what
     # was stored says more than the run config's intent.

@@ -161,7 +161,7 @@ def _json(data: bytes) -> Any:
 
 
 def decode_training_info(data: bytes) -> dict[str, Any]:
-    """Parse a ``training_info.json`` (the seed's ``NaN`` spellings included).
+    """Parse a ``training_info.json`` (NeMo RL's manager's ``NaN`` spellings included).
 
     Raises:
         ValueError: If it is not a JSON object (or not UTF-8 JSON at all).

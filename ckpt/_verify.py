@@ -6,14 +6,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
-from ckpt import _layout, _manager, _protocol
+from ckpt import _layout, _meta, _writers
 from ckpt._config import CheckpointConfig, config_section, load_config
-from ckpt._protocol import Leftover, find_leftovers
 from ckpt._records import CheckpointRecord, NotACheckpointError, VanishedError, load_record
 from ckpt._resolve import policies_from_config
-from ckpt._storage import Entry, LocalStorage, lock_held
+from ckpt.commit import directory as commits
+from ckpt.commit.base import Committed
+from ckpt.commit.manifest import read_manifest
+from ckpt.commit.rename import Leftover, find_leftovers, trash_dir
+from ckpt.storage import Entry, EntryKind, LocalStorage, Storage, join, name_of, walk_files
 from policies import ByMetric, decide, metric_value
 
 Severity = Literal["error", "warning"]
@@ -93,39 +97,41 @@ class VerifyReport:
         }
 
 
-# Every code `verify` reports, with its severity.
-SEVERITIES: dict[str, Severity] = {
-    "missing_directory": "error",
-    "not_a_directory": "error",
-    "unreadable_info": "error",
-    "unsafe_metadata": "error",
-    "interrupted_overwrite": "error",
-    "leftover_temporary": "warning",
-    "leftover_displaced": "warning",
-    "interrupted_delete": "warning",
-    "unrecognized_entry": "warning",
-    "unreadable_pins": "warning",
-    "stale_pin": "warning",
-    "should_be_pruned": "warning",
-    "missing_metric": "warning",
-}
+PROBLEM_CODES: Mapping[str, Severity] = MappingProxyType(
+    {
+        "missing_directory": "error",
+        "not_a_directory": "error",
+        "unreadable_info": "error",
+        "unsafe_metadata": "error",
+        "broken_manifest": "error",
+        "interrupted_overwrite": "error",
+        "leftover_temporary": "warning",
+        "leftover_displaced": "warning",
+        "interrupted_delete": "warning",
+        "unrecognized_entry": "warning",
+        "unreadable_pins": "warning",
+        "stale_pin": "warning",
+        "should_be_pruned": "warning",
+        "missing_metric": "warning",
+    }
+)
+"""Every code `verify` reports, with its severity (``ckpt check --ignore CODE``)."""
 
 
 def _problem(code: str, path: Path, message: str, hint: str) -> Problem:
-    return Problem(SEVERITIES[code], code, path, message, hint)
+    return Problem(PROBLEM_CODES[code], code, path, message, hint)
 
 
 _OPEN_WRITER = "open a writer on it (any CheckpointManager that is not read-only) to recover"
 
 
-def _writer_active(directory: Path) -> bool:
-    real = Path(os.path.realpath(directory))
-    with _manager.writers_mutex:
-        if real in _manager.writers:
+def _writer_active(storage: Storage, directory: str) -> bool:
+    with _writers.writers_mutex:
+        if storage.canonical(directory) in _writers.writers:
             # Probing would be wrong here: closing any descriptor of the lock file drops
             # this process's own POSIX lock on it.
             return True
-        return lock_held(directory / _layout.META_DIR / _layout.LOCK_FILE)
+        return storage.lock_held(join(directory, _layout.META_DIR, _layout.LOCK_FILE))
 
 
 def _config(
@@ -142,6 +148,8 @@ def _config(
 def verify(
     checkpoint_dir: str | os.PathLike[str],
     config: CheckpointConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    storage: Storage | None = None,
 ) -> VerifyReport:
     """Check a checkpoint directory and list every problem found; change nothing.
 
@@ -158,6 +166,7 @@ def verify(
         checkpoint_dir: The directory to check.
         config: The run's checkpointing config (a `CheckpointConfig`, a mapping or a
             YAML file); its ``checkpoint_dir`` is ignored in favour of the argument.
+        storage: Where the directory is (default: the local file system).
 
     Returns:
         The report; ``report.ok`` is ``False`` when any problem is an error.
@@ -166,10 +175,11 @@ def verify(
         pydantic.ValidationError: If ``config`` does not validate.
         ConfigFileError: If ``config`` names a file that is not valid YAML.
     """
-    directory = Path(os.path.abspath(checkpoint_dir))
+    location = os.path.abspath(checkpoint_dir)
+    directory = Path(location)
     settings = _config(directory, config) if config is not None else None
-    storage = LocalStorage()
-    root = storage.entry(directory)
+    storage = storage if storage is not None else LocalStorage()
+    root = storage.entry(location)
     if root is None or root.kind != "dir":
         what = "does not exist" if root is None else f"is a {root.kind}, not a directory"
         problem = _problem(
@@ -182,52 +192,36 @@ def verify(
     problems = [
         _problem(
             "unsafe_metadata",
-            unsafe.path,
+            Path(unsafe.path),
             f"{unsafe.detail}; a writer refuses to open this directory (it never follows "
             f"a link out of it), and readers ignore the pins",
             "move the entry away; a writer recreates what it needs",
         )
-        for unsafe in _protocol.unsafe_metadata(storage, directory)
+        for unsafe in _meta.unsafe_metadata(storage, location)
     ]
     meta_ok = not problems
-    live = meta_ok and _writer_active(directory)
-    entries = {entry.name: entry for entry in storage.list_dir(directory)}
+    live = meta_ok and _writer_active(storage, location)
+    entries = {entry.name: entry for entry in storage.list_dir(location)}
+    found, broken = commits.committed(storage, location, entries)
     records: dict[int, CheckpointRecord] = {}
-    for name, entry in sorted(entries.items()):
-        step = _layout.parse(_layout.STEP, name)
-        if step is not None:
-            record = _check_step(storage, directory / name, step, entry, problems)
-            if record is not None:
-                records[step] = record
-        elif (
-            name.startswith(("step_", "tmp_step_", "old_step_"))
-            and _layout.parse(_layout.TMP, name) is None
-            and _layout.parse(_layout.OLD, name) is None
-        ):
-            problems.append(
-                _problem(
-                    "unrecognized_entry",
-                    directory / name,
-                    f"{name} looks like a checkpoint name but is not one (steps are written "
-                    f"without leading zeros or signs); the manager ignores it",
-                    "rename or move it if it is a checkpoint you need",
-                )
-            )
-    for leftover in find_leftovers(entries):
+    for step, checkpoint in sorted(found.items()):
+        kind = entries[_layout.step_name(step)].kind if checkpoint.kind == "rename" else "dir"
+        record = _check_step(storage, checkpoint, kind, problems)
+        if record is not None:
+            records[step] = record
+            if checkpoint.kind == "manifest":
+                problems += _check_manifest(storage, location, checkpoint)
+    problems += _name_problems(directory, entries, broken)
+    if live:
         # While a writer works, its temporaries are saves and overwrites in progress.
-        if leftover.kind == "foreign" or not live:
-            problems.append(_leftover_problem(directory, leftover))
-    if not live and meta_ok:
-        for entry in storage.list_dir(_protocol.trash_dir(directory)):
-            problems.append(
-                _problem(
-                    "interrupted_delete",
-                    _protocol.trash_dir(directory) / entry.name,
-                    f"a delete of {entry.name.rsplit('.', 1)[0]} was interrupted",
-                    _OPEN_WRITER,
-                )
-            )
-    pins = _check_pins(storage, directory, records, problems) if meta_ok else set()
+        problems += [
+            _leftover_problem(directory, leftover)
+            for leftover in find_leftovers(entries)
+            if leftover.kind == "foreign"
+        ]
+    else:
+        problems += _leftover_problems(storage, location, entries, found, meta_ok=meta_ok)
+    pins = _check_pins(storage, location, records, problems) if meta_ok else set()
     for step in pins & records.keys():
         records[step] = replace(records[step], pinned=True)
     if settings is not None:
@@ -236,11 +230,110 @@ def verify(
     return VerifyReport(directory, tuple(sorted(records)), tuple(problems), writer_active=live)
 
 
-def _check_step(
-    storage: LocalStorage, path: Path, step: int, entry: Entry, problems: list[Problem]
-) -> CheckpointRecord | None:
+def _name_problems(
+    directory: Path, entries: Mapping[str, Entry], broken: list[commits.BrokenManifest]
+) -> list[Problem]:
+    problems = [
+        _problem(
+            "broken_manifest",
+            directory / manifest.name,
+            f"{manifest.detail}; step {manifest.step} is not a checkpoint",
+            "restore the attempt it names, or move the manifest away",
+        )
+        for manifest in broken
+    ]
+    problems += [
+        _problem(
+            "unrecognized_entry",
+            directory / name,
+            f"{name} looks like a checkpoint name but is not one (steps are written "
+            f"without leading zeros or signs); the manager ignores it",
+            "rename or move it if it is a checkpoint you need",
+        )
+        for name in sorted(entries)
+        if name.startswith(("step_", "tmp_step_", "old_step_")) and not _known(name)
+    ]
+    return problems
+
+
+def _leftover_problems(
+    storage: Storage,
+    location: str,
+    entries: Mapping[str, Entry],
+    found: Mapping[int, Committed],
+    *,
+    meta_ok: bool,
+) -> list[Problem]:
+    """What crashes left, when no writer is at work: every protocol's, and the trash."""
+    directory = Path(location)
+    problems = [_leftover_problem(directory, leftover) for leftover in find_leftovers(entries)]
+    named = {name_of(c.path) for c in found.values()}
+    problems += [
+        _problem(
+            "leftover_temporary",
+            directory / name,
+            f"{name} is named by no manifest: a save of step {step} that never "
+            f"committed, or the previous copy of an overwrite or delete",
+            _OPEN_WRITER + ", which removes it",
+        )
+        for name, step in commits.unnamed_attempts(entries, named)
+    ]
+    if meta_ok:
+        trash = trash_dir(location)
+        problems += [
+            _problem(
+                "interrupted_delete",
+                Path(join(trash, entry.name)),
+                f"a delete of {entry.name.rsplit('.', 1)[0]} was interrupted",
+                _OPEN_WRITER,
+            )
+            for entry in storage.list_dir(trash)
+        ]
+    return problems
+
+
+def _check_manifest(storage: Storage, location: str, checkpoint: Committed) -> list[Problem]:
+    """The attempt's files against the sizes its manifest lists (a listing: no reads)."""
     try:
-        return load_record(storage, path, step, entry)
+        manifest = read_manifest(storage, location, checkpoint.step)
+    except (OSError, ValueError):
+        return []  # replaced or removed since the listing: a live writer's doing
+    prefix = checkpoint.path.rstrip("/") + "/"
+    found = {
+        path.removeprefix(prefix): entry.size
+        for path, entry in walk_files(storage, checkpoint.path)
+    }
+    listed = {f.path: f.size for f in manifest.files}
+    missing = sorted(listed.keys() - found.keys())
+    resized = sorted(p for p in listed.keys() & found.keys() if listed[p] != found[p])
+    if not missing and not resized:
+        return []
+    parts = [f"missing {', '.join(missing[:5])}"] if missing else []
+    parts += [f"another size: {', '.join(resized[:5])}"] if resized else []
+    name = _layout.manifest_name(checkpoint.step)
+    return [
+        _problem(
+            "broken_manifest",
+            Path(location) / name,
+            f"{name} lists files its attempt does not hold as listed ({'; '.join(parts)}); "
+            f"step {checkpoint.step} is damaged",
+            "restore the files from a copy, or delete the step",
+        )
+    ]
+
+
+def _known(name: str) -> bool:
+    """Whether ``name`` is one of the names a protocol gives (or a crash leaves)."""
+    patterns = (_layout.STEP, _layout.TMP, _layout.OLD, _layout.ATTEMPT, _layout.MANIFEST)
+    return any(pattern.fullmatch(name) for pattern in patterns)
+
+
+def _check_step(
+    storage: Storage, checkpoint: Committed, kind: EntryKind, problems: list[Problem]
+) -> CheckpointRecord | None:
+    step, path = checkpoint.step, Path(checkpoint.path)
+    try:
+        return load_record(storage, checkpoint, kind)
     except VanishedError:
         return None  # a live writer pruned it while we read: not damage
     except NotACheckpointError as exc:
@@ -290,14 +383,14 @@ def _leftover_problem(directory: Path, leftover: Leftover) -> Problem:
 
 
 def _check_pins(
-    storage: LocalStorage,
-    directory: Path,
+    storage: Storage,
+    directory: str,
     records: Mapping[int, CheckpointRecord],
     problems: list[Problem],
 ) -> set[int]:
-    path = directory / _layout.META_DIR / _layout.PINS_FILE
+    path = Path(join(directory, _layout.META_DIR, _layout.PINS_FILE))
     try:
-        pins = _protocol.read_pins(storage, directory)
+        pins = _meta.read_pins(storage, directory)
     except (OSError, ValueError) as exc:
         problems.append(
             _problem(

@@ -2,7 +2,7 @@
 
 The same as ``ckpt demo [DIR]``: an RL run saving every step under hybrid retention,
 killed in the middle of a save, restarted with recovery, then summarized (and plotted
-when matplotlib is installed). The engine is `ckpt._demo`.
+when matplotlib is installed). The engine is `ckpt.cli._demo`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ckpt._cli import main as _cli_main
+from ckpt.cli import main as _cli_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,30 +1,42 @@
-"""A state machine comparing `ckpt.CheckpointManager` on a real directory with a plain model.
+"""A state machine comparing `ckpt.CheckpointManager` with a plain model, on every backend.
 
 The model is a dict of committed steps (training info and the loop's own files), a set of
-pins, the open temporaries and the stray entries a user dropped in the directory. It
-decides retention by itself, by sorting (see `_rank`), never by calling `policies`.
+pins, the open attempts and the stray entries a user dropped in the directory. It decides
+retention by itself, by sorting (see `_rank`), never by calling `policies`.
+
+Each run picks a backend (`ckpt.storage.LocalStorage` on a temporary directory, or
+`ckpt.storage.MemoryStorage`) and a commit protocol (``rename`` or ``manifest``), and
+checks the same model on all four: the backends must agree with the model, and so with
+each other, under either protocol. The machine reads the directory back through the
+backend's own storage, never through the manager.
 
 Crashes: a rule's ``crash_at=n`` makes the n-th storage operation of its manager call die
 the way a killed process dies: that operation is not done, and neither is any
 operation after it (`_Killed` is a `BaseException`, and a dead `_CrashingStorage` refuses
 every later operation, so the manager's cleanup handlers cannot touch the disk either).
-The rule then abandons the manager (``close()`` only releases the in-process lock),
-builds a new one on the same directory, and settles the model by looking at the disk, but
-only within the outcomes the interrupted call allows (`_settle`).
+On ``memory`` with ``fsync``, the kill may also be a power cut (``cut``): everything the
+storage had not made durable is lost as well (`MemoryStorage.power_cut`), and the
+``power_cut`` rule cuts the power between calls. The rule then abandons the manager,
+builds a new one on the same directory, and settles the model by looking at the
+storage, but only within the outcomes the interrupted call allows (`_settle`): a
+finalized checkpoint survives every power cut, and a half one is never visible.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from hypothesis import event, settings
@@ -40,7 +52,17 @@ from hypothesis.stateful import (
 )
 
 import ckpt
-from ckpt import CheckpointManager, LocalStorage
+from ckpt import CheckpointManager
+from ckpt.storage import (
+    Capabilities,
+    Entry,
+    LocalStorage,
+    MemoryStorage,
+    join,
+    name_of,
+    parent_of,
+    walk_files,
+)
 
 # --- a storage that can be killed -------------------------------------------------------
 
@@ -50,21 +72,25 @@ class _Killed(BaseException):
 
 
 class _CrashingStorage:
-    """`LocalStorage` that dies at a chosen operation, and does nothing once dead.
+    """A storage that dies at a chosen operation, and does nothing once dead.
 
-    Every operation that changes the disk (or syncs it) counts. Reads do not count and
-    still work once dead (they change nothing). The fsyncs are counted but not performed:
-    without a simulated power loss they change nothing observable, and skipping them lets
-    the machine run the manager's ``fsync: true`` code paths at no cost.
+    Every operation that changes the storage (or syncs it) counts. Reads do not count
+    and still work once dead (they change nothing). On local disk the syncs are counted
+    but not performed: without a power cut they change nothing observable, and skipping
+    them lets the machine run the manager's ``fsync: true`` code paths at no cost. In
+    memory they are performed, since a power cut then shows what they made durable.
 
     With ``torn``, the killed operation is caught half-way where it is not atomic: a
     ``remove_tree`` has removed half of the files, a ``write_bytes`` has written half of
-    the data, and a ``replace_file`` has left ``LocalStorage``'s ``.NAME.partial`` file
-    (renames and directory creations are atomic and stay undone).
+    the data, and on local disk a ``replace_file`` has left ``LocalStorage``'s
+    ``.NAME.partial`` file (renames and directory creations are atomic and stay undone).
     """
 
-    def __init__(self, *, can_exchange: bool, torn: bool = False) -> None:
-        self.inner = LocalStorage()
+    def __init__(
+        self, inner: LocalStorage | MemoryStorage, *, can_exchange: bool, torn: bool
+    ) -> None:
+        self.inner = inner
+        self.local = isinstance(inner, LocalStorage)
         self.can_exchange = can_exchange
         self.torn = torn
         self.count = 0
@@ -73,7 +99,7 @@ class _CrashingStorage:
         self.ops: list[str] = []
 
     def __repr__(self) -> str:
-        return f"_CrashingStorage(can_exchange={self.can_exchange})"
+        return f"_CrashingStorage({self.inner!r}, can_exchange={self.can_exchange})"
 
     def arm(self, n: int) -> None:
         self.crash_at = self.count + n
@@ -92,63 +118,102 @@ class _CrashingStorage:
                 half_done()
             raise _Killed(f"killed before {what}")
 
+    @property
+    def capabilities(self) -> Capabilities:
+        return replace(self.inner.capabilities, atomic_exchange=self.can_exchange)
+
+    def canonical(self, path: str) -> str:
+        return self.inner.canonical(path)
+
     # reads
-    def list_dir(self, path: Path) -> list[ckpt.Entry]:
+    def list_dir(self, path: str) -> list[Entry]:
         return self.inner.list_dir(path)
 
-    def entry(self, path: Path) -> ckpt.Entry | None:
+    def entry(self, path: str) -> Entry | None:
         return self.inner.entry(path)
 
-    def read_bytes(self, path: Path) -> bytes:
-        return self.inner.read_bytes(path)
+    def read_bytes(self, path: str, **kwargs: Any) -> bytes:
+        return self.inner.read_bytes(path, **kwargs)
+
+    def open_read(self, path: str, **kwargs: Any) -> BinaryIO:
+        return self.inner.open_read(path, **kwargs)
+
+    def lock_held(self, path: str) -> bool:
+        return self.inner.lock_held(path)
 
     # changes
-    def write_bytes(self, path: Path, data: bytes) -> None:
+    def _durable(self, durable: bool) -> bool:
+        return durable and not self.local
+
+    def _partial(self, path: str, data: bytes) -> Callable[[], None] | None:
+        if not self.local:
+            return None  # MemoryStorage's replacements are atomic: nothing half-done
+        partial = join(parent_of(path), f".{name_of(path)}.partial")
+        return lambda: self.inner.write_bytes(partial, data[:1])
+
+    @contextlib.contextmanager
+    def open_write(self, path: str, *, durable: bool) -> Iterator[BinaryIO]:
+        buffer = io.BytesIO()
+        yield buffer
+        data = buffer.getvalue()
+        self._tick(f"open_write {name_of(path)}", self._partial(path, data))
+        with self.inner.open_write(path, durable=self._durable(durable)) as f:
+            f.write(data)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
         self._tick(
-            f"write_bytes {path.parent.name}/{path.name}",
+            f"write_bytes {name_of(parent_of(path))}/{name_of(path)}",
             lambda: self.inner.write_bytes(path, data[: len(data) // 2]),
         )
         self.inner.write_bytes(path, data)
 
-    def replace_file(self, path: Path, data: bytes, *, durable: bool) -> None:
-        partial = path.with_name(f".{path.name}.partial")
-        self._tick(f"replace_file {path.name}", lambda: partial.write_bytes(data[:1]))
-        self.inner.replace_file(path, data, durable=False)
+    def replace_file(self, path: str, data: bytes, *, durable: bool) -> None:
+        self._tick(f"replace_file {name_of(path)}", self._partial(path, data))
+        self.inner.replace_file(path, data, durable=self._durable(durable))
 
-    def make_dir(self, path: Path) -> None:
-        self._tick(f"make_dir {path.name}")
+    def make_dir(self, path: str) -> None:
+        self._tick(f"make_dir {name_of(path)}")
         self.inner.make_dir(path)
 
-    def make_dirs(self, path: Path) -> None:
-        self._tick(f"make_dirs {path.name}")
+    def make_dirs(self, path: str) -> None:
+        self._tick(f"make_dirs {name_of(path)}")
         self.inner.make_dirs(path)
 
-    def rename(self, src: Path, dst: Path) -> None:
-        self._tick(f"rename {src.name} -> {dst.name}")
+    def rename(self, src: str, dst: str) -> None:
+        self._tick(f"rename {name_of(src)} -> {name_of(dst)}")
         self.inner.rename(src, dst)
 
-    def exchange(self, a: Path, b: Path) -> bool:
-        self._tick(f"exchange {a.name} <-> {b.name}")
+    def exchange(self, a: str, b: str) -> bool:
+        self._tick(f"exchange {name_of(a)} <-> {name_of(b)}")
         return self.can_exchange and self.inner.exchange(a, b)
 
-    def remove_tree(self, path: Path) -> None:
-        def remove_half() -> None:
-            if path.is_dir() and not path.is_symlink():
-                files = sorted(p for p in path.rglob("*") if not p.is_dir() or p.is_symlink())
-                for victim in files[: (len(files) + 1) // 2]:
-                    victim.unlink()
+    def remove_file(self, path: str) -> None:
+        self._tick(f"remove_file {name_of(path)}")
+        self.inner.remove_file(path)
 
-        self._tick(f"remove_tree {path.name}", remove_half)
+    def remove_tree(self, path: str) -> None:
+        def remove_half() -> None:
+            found = self.inner.entry(path)
+            if found is not None and found.kind == "dir":
+                files = sorted(p for p, _ in walk_files(self.inner, path))
+                for victim in files[: (len(files) + 1) // 2]:
+                    self.inner.remove_file(victim)
+
+        self._tick(f"remove_tree {name_of(path)}", remove_half)
         self.inner.remove_tree(path)
 
-    def sync_tree(self, path: Path) -> None:
-        self._tick(f"sync_tree {path.name}")
+    def sync_tree(self, path: str) -> None:
+        self._tick(f"sync_tree {name_of(path)}")
+        if not self.local:
+            self.inner.sync_tree(path)
 
-    def sync_dir(self, path: Path) -> None:
-        self._tick(f"sync_dir {path.name}")
+    def sync_dir(self, path: str) -> None:
+        self._tick(f"sync_dir {name_of(path)}")
+        if not self.local:
+            self.inner.sync_dir(path)
 
-    def lock(self, path: Path) -> ckpt.Lock:
-        self._tick(f"lock {path.name}")
+    def lock(self, path: str) -> ckpt.Lock:
+        self._tick(f"lock {name_of(path)}")
         return self.inner.lock(path)
 
 
@@ -223,12 +288,13 @@ class PolicySpec:
     n: int
     higher_is_better: bool
 
-    def config(self, directory: Path, *, fsync: bool) -> dict[str, Any]:
+    def config(self, directory: str, *, fsync: bool, protocol: str) -> dict[str, Any]:
         config: dict[str, Any] = {
-            "checkpoint_dir": str(directory),
+            "checkpoint_dir": directory,
             "metric_name": METRIC,
             "higher_is_better": self.higher_is_better,
             "fsync": fsync,
+            "commit_protocol": protocol,
         }
         if self.kind == "hybrid":
             config["keep_top_k"] = self.k
@@ -265,33 +331,35 @@ policy_specs = st.builds(
 ) | st.builds(PolicySpec, st.just("hybrid"), st.just(0), st.just(1), st.booleans())
 
 
-# --- helpers on the real directory ------------------------------------------------------------
+# --- helpers on the storage ------------------------------------------------------------------
+
+Storage = LocalStorage | MemoryStorage
 
 
-def _read_tree(root: Path) -> dict[str, bytes]:
+def _read_tree(storage: Storage, root: str) -> dict[str, bytes]:
+    prefix = root.rstrip("/") + "/"
     return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.is_symlink()
+        path.removeprefix(prefix): storage.read_bytes(path)
+        for path, _ in sorted(walk_files(storage, root))
     }
 
 
-def _describe(path: Path) -> object:
+def _describe(storage: Storage, path: str) -> object:
     """Everything about a stray entry that must never change (links are not followed)."""
-    st_ = path.lstat()
-    if path.is_symlink():
-        return ("link", os.readlink(path))
-    if path.is_dir():
-        inner = sorted(
-            (str(p.relative_to(path)), p.lstat().st_mtime_ns, p.is_dir()) for p in path.rglob("*")
-        )
-        return ("dir", st_.st_mtime_ns, inner, _read_tree(path))
-    return ("file", st_.st_mtime_ns, path.read_bytes())
+    entry = storage.entry(path)
+    assert entry is not None, path
+    if entry.kind == "symlink":
+        return ("link", os.readlink(path), entry.version)
+    if entry.kind == "dir":
+        inner = sorted((p, e.version) for p, e in walk_files(storage, path))
+        names = sorted(e.name for e in storage.list_dir(path))
+        return ("dir", entry.version, names, inner, _read_tree(storage, path))
+    return ("file", entry.version, storage.read_bytes(path))
 
 
-def _read_checkpoint(path: Path) -> Saved:
-    """What a checkpoint directory holds (info ``{"<unreadable>": ...}`` if it has none)."""
-    files = _read_tree(path)
+def _read_checkpoint(storage: Storage, path: str) -> Saved:
+    """What a checkpoint holds (info ``{"<unreadable>": ...}`` if it has none)."""
+    files = _read_tree(storage, path)
     try:
         info = json.loads(files.pop("training_info.json"))
     except (KeyError, ValueError) as exc:
@@ -300,12 +368,14 @@ def _read_checkpoint(path: Path) -> Saved:
 
 
 _STEP = re.compile(r"step_(0|[1-9][0-9]*)")
+_ATTEMPT = re.compile(r"step_(0|[1-9][0-9]*)\.[0-9a-f]{12}")
 
 
 # Stray entries a user may leave in the directory, and what the manager promises for each:
 # none is ever reported, deleted, or followed; recovery removes only `tmp_step_<N>`
 # directories. A file, a link or a directory without a readable training_info.json named
-# `step_N` blocks finalizing step N with a CheckpointError (it is never replaced).
+# `step_N` blocks finalizing step N with a CheckpointError (it is never replaced), under
+# either protocol. Links exist on local disk only.
 STRAY_KINDS = [
     "notes.txt",  # a file
     "step_007",  # leading zeros: not a step, even with a training_info.json
@@ -314,6 +384,7 @@ STRAY_KINDS = [
     "step_10-hf",  # a converted copy
     "tmp_step_07",  # leading zero: recovery leaves it alone
     "old_step_x",
+    "step_3.manifest",  # not a manifest name: left alone
     "file step_N",  # a file where checkpoint N would go
     "link step_N",  # a link out of the directory where checkpoint N would go
     "dir step_N",  # a directory without a readable training_info.json
@@ -328,27 +399,31 @@ STRAY_KINDS = [
 crash_points = st.integers(0, 20).map(lambda n: n if 1 <= n <= 8 else None)
 
 
-class ManagerMachine(RuleBasedStateMachine):
-    """`CheckpointManager` against a plain model, on a real temporary directory."""
+@dataclass
+class Attempt:
+    """An open attempt of the model: where init_tmp_checkpoint put it, what it holds."""
 
-    tmps = Bundle("tmps")  # steps whose temporary the machine started (maybe gone since)
+    path: str
+    saved: Saved
+
+
+class ManagerMachine(RuleBasedStateMachine):
+    """`CheckpointManager` against a plain model, on one backend and one protocol."""
+
+    tmps = Bundle("tmps")  # steps whose attempt the machine started (maybe gone since)
     steps = Bundle("steps")  # steps that were committed at some point (maybe pruned since)
 
     def __init__(self) -> None:
         super().__init__()
-        self.root = Path(os.path.realpath(tempfile.mkdtemp(prefix="ckpt-machine-")))
-        self.directory = self.root / "ckpts"
-        self.outside = self.root / "outside"
-        self.outside.mkdir()
-        (self.outside / "training_info.json").write_text(json.dumps({METRIC: -1e9}))
-        (self.outside / "weights").write_bytes(b"not ours to delete")
-        self.outside_before = _read_tree(self.outside)
+        self.root = os.path.realpath(tempfile.mkdtemp(prefix="ckpt-machine-"))
         self.manager: CheckpointManager | None = None
         self.storage: _CrashingStorage | None = None
         # the model
         self.committed: dict[int, Saved] = {}
+        self.paths: dict[int, str] = {}  # where each committed step is
         self.pins: set[int] = set()
-        self.open: dict[int, Saved] = {}  # open temporaries: what tmp_step_N holds
+        self.open: dict[int, Attempt] = {}
+        self.last_attempt: dict[int, str] = {}  # the latest attempt path of each step
         # name -> (description, whether recovery removes it: an abandoned tmp_step_N dir)
         self.strays: dict[str, tuple[object, bool]] = {}
         self.saves = 0
@@ -356,33 +431,80 @@ class ManagerMachine(RuleBasedStateMachine):
     # --- set-up, restarts and crashes --------------------------------------------------------
 
     @initialize(
-        spec=policy_specs, can_exchange=st.booleans(), fsync=st.booleans(), torn=st.booleans()
+        spec=policy_specs,
+        backend=st.sampled_from(["local", "memory"]),
+        protocol=st.sampled_from(["rename", "manifest"]),
+        can_exchange=st.booleans(),
+        fsync=st.booleans(),
+        torn=st.booleans(),
     )
-    def start(self, spec: PolicySpec, can_exchange: bool, fsync: bool, torn: bool) -> None:
-        """Open the first manager. ``fsync`` picks the manager's durable code paths (the
-        storage counts its fsyncs but does not make them); ``can_exchange=False`` makes
-        overwrites take the two-renames path through ``old_step_N``; ``torn`` makes a
-        killed operation half-done where it is not atomic (see `_CrashingStorage`)."""
+    def start(
+        self,
+        spec: PolicySpec,
+        backend: str,
+        protocol: str,
+        can_exchange: bool,
+        fsync: bool,
+        torn: bool,
+    ) -> None:
+        """Open the first manager. ``fsync`` picks the manager's durable code paths;
+        ``can_exchange=False`` makes rename overwrites take the two-renames path through
+        ``old_step_N``; ``torn`` makes a killed operation half-done where it is not atomic
+        (see `_CrashingStorage`)."""
         self.spec = spec
+        self.backend = backend
+        self.protocol = protocol
         self.can_exchange = can_exchange
         self.fsync = fsync
         self.torn = torn
+        self.inner: Storage
+        if backend == "local":
+            self.inner = LocalStorage()
+            base = self.root
+        else:
+            self.inner = MemoryStorage(exchange=can_exchange)
+            base = "/machine"
+        self.directory = join(base, "ckpts")
+        self.outside = join(base, "outside")
+        self.inner.make_dirs(self.outside)
+        self.inner.write_bytes(
+            join(self.outside, "training_info.json"), json.dumps({METRIC: -1e9}).encode()
+        )
+        self.inner.write_bytes(join(self.outside, "weights"), b"not ours to delete")
+        self._make_durable(self.outside)
+        self.outside_before = _read_tree(self.inner, self.outside)
+        event(f"{backend} / {protocol}")
         self._open_manager()
         assert self.manager is not None
         assert self.manager.recovery == ()
 
+    @property
+    def cuts(self) -> bool:
+        """Whether power cuts are modelled: in memory, when the manager syncs."""
+        return self.backend == "memory" and self.fsync
+
+    def _make_durable(self, path: str) -> None:
+        """What a user's own fsyncs do for what they put beside the checkpoints."""
+        if isinstance(self.inner, MemoryStorage):
+            self.inner.sync_tree(path)
+            ancestor = path
+            while parent_of(ancestor) != ancestor:
+                ancestor = parent_of(ancestor)
+                self.inner.sync_dir(ancestor)
+
+    def _config(self) -> dict[str, Any]:
+        return self.spec.config(self.directory, fsync=self.fsync, protocol=self.protocol)
+
     def _open_manager(self, crash_at: int | None = None) -> CheckpointManager:
-        self.storage = _CrashingStorage(can_exchange=self.can_exchange, torn=self.torn)
+        self.storage = _CrashingStorage(self.inner, can_exchange=self.can_exchange, torn=self.torn)
         if crash_at is not None:
             self.storage.arm(crash_at)
-        self.manager = CheckpointManager(
-            self.spec.config(self.directory, fsync=self.fsync), storage=self.storage
-        )
+        self.manager = CheckpointManager(self._config(), storage=self.storage)
         self.storage.disarm()
         return self.manager
 
     def _restart(self) -> None:
-        """Abandon the manager and build a new one; its recovery removes every temporary."""
+        """Abandon the manager and build a new one; its recovery removes every attempt."""
         if self.manager is not None:
             self.manager.close()  # releases the in-process lock; writes nothing
             self.manager = None
@@ -391,9 +513,10 @@ class ManagerMachine(RuleBasedStateMachine):
         for name in [n for n, (_, goes) in self.strays.items() if goes]:
             del self.strays[name]  # an abandoned temporary: recovery removes it
 
-    def _call(self, label: str, crash_at: int | None, action: Callable[[], Any]) -> bool:
+    def _call(self, label: str, crash_at: int | None, cut: bool, action: Callable[[], Any]) -> bool:
         """Run one manager call, killed before its ``crash_at``-th storage operation if it
-        makes that many; ``True`` if it was killed (then the manager is a new one)."""
+        makes that many (and the power cut then, with ``cut``); ``True`` if it was killed
+        (then the manager is a new one)."""
         storage = self.storage
         assert storage is not None
         if crash_at is not None:
@@ -401,12 +524,35 @@ class ManagerMachine(RuleBasedStateMachine):
         try:
             action()
         except _Killed:
-            event(f"killed in {label} before {storage.ops[-1].split()[0]}")
+            what = "power cut" if cut and self.cuts else "killed"
+            event(f"{what} in {label} before {storage.ops[-1].split()[0]}")
+            if cut and self.cuts:
+                assert isinstance(self.inner, MemoryStorage)
+                self.inner.power_cut()
             self._restart()
             return True
         finally:
             storage.disarm()
         return False
+
+    def _on_disk(self) -> dict[int, tuple[str, Saved]]:
+        """The checkpoints the storage holds, read without the manager: (path, content)."""
+        names = {e.name for e in self.inner.list_dir(self.directory)}
+        found: dict[int, tuple[str, Saved]] = {}
+        for s in range(STEP_RANGE):
+            name = f"step_{s}"
+            entry = self.inner.entry(join(self.directory, name))
+            if entry is not None and entry.kind == "dir" and name not in self.strays:
+                found[s] = (
+                    join(self.directory, name),
+                    _read_checkpoint(self.inner, join(self.directory, name)),
+                )
+            manifest = f"step_{s}.manifest.json"
+            if manifest in names:
+                data = json.loads(self.inner.read_bytes(join(self.directory, manifest)))
+                path = join(self.directory, data["attempt"])
+                found[s] = (path, _read_checkpoint(self.inner, path))  # a manifest wins
+        return found
 
     def _settle(
         self,
@@ -419,13 +565,8 @@ class ManagerMachine(RuleBasedStateMachine):
         may be there with exactly this content or be gone); nothing else may be there.
         Returns the index of the outcome found.
         """
-        on_disk = {
-            s: _read_checkpoint(self.directory / f"step_{s}")
-            for s in range(STEP_RANGE)
-            if (self.directory / f"step_{s}").is_dir()
-            and not (self.directory / f"step_{s}").is_symlink()
-            and f"step_{s}" not in self.strays
-        }
+        located = self._on_disk()
+        on_disk = {s: saved for s, (_, saved) in located.items()}
 
         def allows(outcome: tuple[dict[int, Saved], dict[int, Saved]]) -> bool:
             required, optional = outcome
@@ -439,6 +580,7 @@ class ManagerMachine(RuleBasedStateMachine):
         if any(s in on_disk for s in outcomes[found][1]):
             event("after a crash: a checkpoint due to go is still there")
         self.committed = on_disk
+        self.paths = {s: path for s, (path, _) in located.items()}
         assert self.manager is not None
         pinned = {r.step for r in self.manager.list_checkpoints() if r.pinned}
         allowed = [p & on_disk.keys() for p in pin_outcomes]
@@ -450,13 +592,13 @@ class ManagerMachine(RuleBasedStateMachine):
         """After a crash of a call that commits and deletes nothing: nothing changed."""
         self._settle([(dict(self.committed), {})], [set(self.pins)])
 
-    @rule(crash_at=crash_points)
-    def restart(self, crash_at: int | None) -> None:
+    @rule(crash_at=crash_points, cut=st.booleans())
+    def restart(self, crash_at: int | None, cut: bool) -> None:
         """Close the manager and open a new one (``crash_at``: die during its recovery,
         then open another)."""
         assert self.manager is not None
-        expected = {self.directory / f"tmp_step_{s}" for s in self.open} | {
-            self.directory / n for n, (_, goes) in self.strays.items() if goes
+        expected = {Path(attempt.path) for attempt in self.open.values()} | {
+            Path(join(self.directory, n)) for n, (_, goes) in self.strays.items() if goes
         }
         self.manager.close()
         self.manager = None
@@ -465,6 +607,9 @@ class ManagerMachine(RuleBasedStateMachine):
         except _Killed:
             assert self.storage is not None
             event(f"killed in recovery before {self.storage.ops[-1].split()[0]}")
+            if cut and self.cuts:
+                assert isinstance(self.inner, MemoryStorage)
+                self.inner.power_cut()
             self._restart()
             self._unchanged()
             return
@@ -474,39 +619,73 @@ class ManagerMachine(RuleBasedStateMachine):
         for name in [n for n, (_, goes) in self.strays.items() if goes]:
             del self.strays[name]
 
+    @precondition(lambda self: self.cuts)
+    @rule()
+    def power_cut(self) -> None:
+        """The machine loses power between two calls: every finalized checkpoint and pin
+        survives exactly; what was being written is gone (recovery removes it)."""
+        assert isinstance(self.inner, MemoryStorage)
+        event("power cut between calls")
+        self.inner.power_cut()
+        self._restart()
+        self._unchanged()
+
     # --- saving ---------------------------------------------------------------------------
 
-    def _start(self, step: int, metric: object, crash_at: int | None = None) -> bool:
-        """``init_tmp_checkpoint``; ``True`` if the temporary is open."""
+    def _attempt_path(self, step: int) -> str:
+        """Where a finalize of ``step`` is pointed: the open attempt, else the last one."""
+        if step in self.open:
+            return self.open[step].path
+        if self.protocol == "rename":
+            return join(self.directory, f"tmp_step_{step}")
+        return self.last_attempt.get(step, join(self.directory, f"step_{step}.000000000000"))
+
+    def _start(
+        self, step: int, metric: object, crash_at: int | None = None, cut: bool = False
+    ) -> bool:
+        """``init_tmp_checkpoint``; ``True`` if the attempt is open."""
         manager = self.manager
         assert manager is not None
         self.saves += 1
         given, stored = _stored_info(step, self.saves, metric)
         paths: list[Path] = []
         if self._call(
-            "init_tmp", crash_at, lambda: paths.append(manager.init_tmp_checkpoint(step, given))
+            "init_tmp",
+            crash_at,
+            cut,
+            lambda: paths.append(manager.init_tmp_checkpoint(step, given)),
         ):
             self._unchanged()
             return False
-        assert paths == [self.directory / f"tmp_step_{step}"]
-        self.open[step] = Saved(stored)
+        (path,) = paths
+        if self.protocol == "rename":
+            assert path == Path(self.directory) / f"tmp_step_{step}"
+        else:
+            assert path.parent == Path(self.directory)
+            assert _ATTEMPT.fullmatch(path.name)
+            assert path.name.startswith(f"step_{step}.")
+            assert str(path) not in {a.path for a in self.open.values()} | set(self.paths.values())
+        self.open[step] = Attempt(str(path), Saved(stored))
+        self.last_attempt[step] = str(path)
         return True
 
     def _write(self, step: int, name: str, data: bytes) -> None:
-        tmp = self.directory / f"tmp_step_{step}"
         if step not in self.open:
-            assert not tmp.exists()
+            path = self._attempt_path(step)
+            assert self.inner.entry(path) is None or path in self.paths.values()
             return
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / name).write_bytes(data)
-        saved = self.open[step]
-        self.open[step] = Saved(saved.info, {**saved.files, name: data})
+        attempt = self.open[step]
+        target = join(attempt.path, name)
+        self.inner.make_dirs(parent_of(target))
+        self.inner.replace_file(target, data, durable=False)
+        saved = attempt.saved
+        self.open[step] = Attempt(attempt.path, Saved(saved.info, {**saved.files, name: data}))
 
-    def _finalize(self, step: int, crash_at: int | None) -> bool:
-        """``finalize_checkpoint`` of the temporary of ``step``; ``True`` if committed now."""
+    def _finalize(self, step: int, crash_at: int | None, cut: bool = False) -> bool:
+        """``finalize_checkpoint`` of the attempt of ``step``; ``True`` if committed now."""
         manager = self.manager
         assert manager is not None
-        path = self.directory / f"tmp_step_{step}"
+        path = self._attempt_path(step)
         if step not in self.open:
             with pytest.raises(ckpt.InvalidCheckpointPathError):
                 manager.finalize_checkpoint(path)
@@ -516,10 +695,10 @@ class ManagerMachine(RuleBasedStateMachine):
                 manager.finalize_checkpoint(path)
             event("finalize refused: a stray is in the way")
             return False
-        new = self.open[step]
+        new = self.open[step].saved
         after = {**self.committed, step: new}
         keep = self.spec.keeps(after) | self.pins
-        if self._call("finalize", crash_at, lambda: manager.finalize_checkpoint(path)):
+        if self._call("finalize", crash_at, cut, lambda: manager.finalize_checkpoint(path)):
             # Not published: nothing changed (pruning comes after publishing). Published:
             # step holds the new copy (or was pruned at once), and whatever retention was
             # deleting may be there still, intact.
@@ -536,42 +715,50 @@ class ManagerMachine(RuleBasedStateMachine):
             event(f"crashed finalize: {'published' if found else 'not published'}")
             return self.committed.get(step) == new
         del self.open[step]
+        final = join(self.directory, f"step_{step}") if self.protocol == "rename" else path
         self.committed = {s: after[s] for s in keep}
+        self.paths = {s: final if s == step else self.paths[s] for s in keep}
         return step in self.committed
 
-    def _save(self, step: int, metric: object, data: bytes, crash_at: int | None) -> Any:
+    def _save(self, step: int, metric: object, data: bytes, crash_at: int | None, cut: bool) -> Any:
         if not self._start(step, metric):
             return multiple()
         self._write(step, "model.bin", data)
-        return step if self._finalize(step, crash_at) else multiple()
+        return step if self._finalize(step, crash_at, cut) else multiple()
 
-    @rule(target=tmps, step=st.integers(0, STEP_RANGE - 1), metric=metrics, crash_at=crash_points)
-    def init_tmp(self, step: int, metric: object, crash_at: int | None) -> int:
-        """Start a checkpoint (replacing an open temporary of the same step)."""
-        self._start(step, metric, crash_at)
+    @rule(
+        target=tmps,
+        step=st.integers(0, STEP_RANGE - 1),
+        metric=metrics,
+        crash_at=crash_points,
+        cut=st.booleans(),
+    )
+    def init_tmp(self, step: int, metric: object, crash_at: int | None, cut: bool) -> int:
+        """Start a checkpoint (replacing an open attempt of the same step)."""
+        self._start(step, metric, crash_at, cut)
         return step
 
     @rule(step=tmps, name=file_names, data=contents)
     def write_file(self, step: int, name: str, data: bytes) -> None:
-        """The loop writes (or rewrites) one of its files into an open temporary."""
+        """The loop writes (or rewrites) one of its files into an open attempt."""
         self._write(step, name, data)
 
-    @rule(target=steps, step=tmps, crash_at=crash_points)
-    def finalize(self, step: int, crash_at: int | None) -> Any:
-        """Finalize a temporary (one that is gone since must be refused)."""
-        return step if self._finalize(step, crash_at) else multiple()
+    @rule(target=steps, step=tmps, crash_at=crash_points, cut=st.booleans())
+    def finalize(self, step: int, crash_at: int | None, cut: bool) -> Any:
+        """Finalize an attempt (one that is gone since must be refused)."""
+        return step if self._finalize(step, crash_at, cut) else multiple()
 
-    @rule(step=tmps, crash_at=crash_points)
-    def abort(self, step: int, crash_at: int | None) -> None:
-        """Abort a temporary (one that is gone since is a no-op)."""
+    @rule(step=tmps, crash_at=crash_points, cut=st.booleans())
+    def abort(self, step: int, crash_at: int | None, cut: bool) -> None:
+        """Abort an attempt (one that is gone since is a no-op)."""
         manager = self.manager
         assert manager is not None
-        path = self.directory / f"tmp_step_{step}"
-        if self._call("abort", crash_at, lambda: manager.abort_checkpoint(path)):
+        path = self._attempt_path(step)
+        if self._call("abort", crash_at, cut, lambda: manager.abort_checkpoint(path)):
             self._unchanged()
             return
         self.open.pop(step, None)
-        assert not path.exists()
+        assert self.inner.entry(path) is None or path in self.paths.values()
 
     @rule(
         target=steps,
@@ -579,28 +766,40 @@ class ManagerMachine(RuleBasedStateMachine):
         metric=metrics,
         data=contents,
         crash_at=crash_points,
+        cut=st.booleans(),
     )
-    def save(self, step: int, metric: object, data: bytes, crash_at: int | None) -> Any:
+    def save(self, step: int, metric: object, data: bytes, crash_at: int | None, cut: bool) -> Any:
         """Start, write model.bin and finalize in one go (``crash_at``: in the finalize)."""
-        return self._save(step, metric, data, crash_at)
+        return self._save(step, metric, data, crash_at, cut)
 
-    @rule(target=steps, step=steps, metric=metrics, data=contents, crash_at=crash_points)
-    def overwrite(self, step: int, metric: object, data: bytes, crash_at: int | None) -> Any:
+    @rule(
+        target=steps,
+        step=steps,
+        metric=metrics,
+        data=contents,
+        crash_at=crash_points,
+        cut=st.booleans(),
+    )
+    def overwrite(
+        self, step: int, metric: object, data: bytes, crash_at: int | None, cut: bool
+    ) -> Any:
         """Save again at a step that is (or was) committed (``crash_at``: in the finalize)."""
-        return self._save(step, metric, data, crash_at)
+        return self._save(step, metric, data, crash_at, cut)
 
     # --- retention and pins ------------------------------------------------------------------
 
     @precondition(lambda self: bool(self.committed))
-    @rule(exclude_latest=st.booleans(), crash_at=crash_points)
-    def prune(self, exclude_latest: bool, crash_at: int | None) -> None:
+    @rule(exclude_latest=st.booleans(), crash_at=crash_points, cut=st.booleans())
+    def prune(self, exclude_latest: bool, crash_at: int | None, cut: bool) -> None:
         """``remove_old_checkpoints``; a crash may leave some of what it was deleting."""
         manager = self.manager
         assert manager is not None
         keep = self.spec.keeps(self.committed, with_latest=exclude_latest) | self.pins
         if exclude_latest and self.committed:
             keep.add(max(self.committed))
-        if self._call("prune", crash_at, lambda: manager.remove_old_checkpoints(exclude_latest)):
+        if self._call(
+            "prune", crash_at, cut, lambda: manager.remove_old_checkpoints(exclude_latest)
+        ):
             self._settle(
                 [
                     (
@@ -612,9 +811,10 @@ class ManagerMachine(RuleBasedStateMachine):
             )
             return
         self.committed = {s: self.committed[s] for s in keep}
+        self.paths = {s: self.paths[s] for s in keep}
 
-    @rule(step=steps, pinned=st.booleans(), crash_at=crash_points)
-    def pin(self, step: int, pinned: bool, crash_at: int | None) -> None:
+    @rule(step=steps, pinned=st.booleans(), crash_at=crash_points, cut=st.booleans())
+    def pin(self, step: int, pinned: bool, crash_at: int | None, cut: bool) -> None:
         """``pin(step)`` or ``unpin(step)`` on a step that was committed (maybe pruned since)."""
         manager = self.manager
         assert manager is not None
@@ -624,7 +824,7 @@ class ManagerMachine(RuleBasedStateMachine):
                 call(step)
             return
         after = self.pins | {step} if pinned else self.pins - {step}
-        if self._call("pin", crash_at, lambda: call(step)):
+        if self._call("pin", crash_at, cut, lambda: call(step)):
             self._settle([(dict(self.committed), {})], [set(self.pins), after])
             return
         self.pins = after
@@ -633,6 +833,8 @@ class ManagerMachine(RuleBasedStateMachine):
 
     @rule(kind=st.sampled_from(STRAY_KINDS), n=st.integers(0, STEP_RANGE - 1), data=contents)
     def add_stray(self, kind: str, n: int, data: bytes) -> None:
+        if kind.startswith("link") and self.backend != "local":
+            return  # no links in memory
         reserved = RESERVED + n % 4
         name = {
             "file step_N": f"step_{n}",
@@ -642,43 +844,45 @@ class ManagerMachine(RuleBasedStateMachine):
             "file tmp_step_R": f"tmp_step_{reserved}",
             "link old_step_R": f"old_step_{reserved}",
         }.get(kind, kind)
-        path = self.directory / name
-        if os.path.lexists(path):
+        path = join(self.directory, name)
+        taken = self.inner.entry(path) is not None
+        if taken or (name.startswith("step_") and f"{name}.manifest.json" in self._names()):
             return  # taken (by a checkpoint or another stray): nothing to add
         if kind.startswith("link"):
-            path.symlink_to(self.outside, target_is_directory=True)
-        elif kind.startswith("file") or kind == "notes.txt":
-            path.write_bytes(data)
+            os.symlink(self.outside, path, target_is_directory=True)
+        elif kind.startswith("file") or kind in ("notes.txt", "step_3.manifest"):
+            self.inner.write_bytes(path, data)
         else:
-            path.mkdir()
-            (path / "payload").write_bytes(data)
+            self.inner.make_dir(path)
+            self.inner.write_bytes(join(path, "payload"), data)
             info = b"{not json" if kind == "dir step_N" else json.dumps({METRIC: -1e9}).encode()
-            (path / "training_info.json").write_bytes(info)
-        self.strays[name] = (_describe(path), kind == "dir tmp_step_R")
+            self.inner.write_bytes(join(path, "training_info.json"), info)
+        self._make_durable(path)
+        self.strays[name] = (_describe(self.inner, path), kind == "dir tmp_step_R")
 
     # --- reading ---------------------------------------------------------------------------
+
+    def _names(self) -> set[str]:
+        return {e.name for e in self.inner.list_dir(self.directory)}
 
     @rule()
     def read_only_view(self) -> None:
         """A read-only manager beside the writer sees the same checkpoints and changes nothing."""
-        before = sorted(os.listdir(self.directory))
-        with CheckpointManager(
-            self.spec.config(self.directory, fsync=self.fsync), read_only=True
-        ) as reader:
+        before = sorted(self._names())
+        with CheckpointManager(self._config(), read_only=True, storage=self.inner) as reader:
             assert [r.step for r in reader.list_checkpoints()] == sorted(self.committed)
             assert [r.step for r in reader.list_checkpoints() if r.pinned] == sorted(self.pins)
             assert reader.get_latest_checkpoint_path() == self._path_of_latest()
             assert reader.get_best_checkpoint_path() == self._path_of_best()
-        assert sorted(os.listdir(self.directory)) == before
+        assert sorted(self._names()) == before
 
     def _path_of_latest(self) -> str | None:
-        return str(self.directory / f"step_{max(self.committed)}") if self.committed else None
+        return self.paths[max(self.committed)] if self.committed else None
 
     def _path_of_best(self) -> str | None:
         if not self.committed:
             return None
-        best = _rank(self.committed, self.spec.higher_is_better)[0]
-        return str(self.directory / f"step_{best}")
+        return self.paths[_rank(self.committed, self.spec.higher_is_better)[0]]
 
     # --- invariants ------------------------------------------------------------------------
 
@@ -686,6 +890,7 @@ class ManagerMachine(RuleBasedStateMachine):
     def agrees_with_the_model(self) -> None:
         """Every check, in one invariant so a failing example prints one line per step."""
         assert self.pins <= self.committed.keys()  # a pinned step is never pruned
+        assert self.paths.keys() == self.committed.keys()
         if self.manager is None:
             return
         self._directory_holds_exactly_the_model()
@@ -697,28 +902,42 @@ class ManagerMachine(RuleBasedStateMachine):
     def _directory_holds_exactly_the_model(self) -> None:
         expected = (
             {".ckpt"}
-            | {f"step_{s}" for s in self.committed}
-            | {f"tmp_step_{s}" for s in self.open}
+            | {name_of(path) for path in self.paths.values()}
+            | {name_of(attempt.path) for attempt in self.open.values()}
             | self.strays.keys()
         )
-        assert set(os.listdir(self.directory)) == expected
+        if self.protocol == "manifest":
+            expected |= {f"step_{s}.manifest.json" for s in self.committed}
+        assert self._names() == expected
 
     def _checkpoints_are_byte_identical(self) -> None:
         for step, saved in self.committed.items():
-            assert _read_checkpoint(self.directory / f"step_{step}") == saved, step
-        for step, saved in self.open.items():
-            assert _read_checkpoint(self.directory / f"tmp_step_{step}") == saved, step
+            assert _read_checkpoint(self.inner, self.paths[step]) == saved, step
+            if self.protocol == "manifest":
+                self._manifest_lists_every_file(step)
+        for step, attempt in self.open.items():
+            assert _read_checkpoint(self.inner, attempt.path) == attempt.saved, step
+
+    def _manifest_lists_every_file(self, step: int) -> None:
+        data = json.loads(self.inner.read_bytes(join(self.directory, f"step_{step}.manifest.json")))
+        assert data["attempt"] == name_of(self.paths[step])
+        tree = _read_tree(self.inner, self.paths[step])
+        listed = {f["path"]: (f["size"], f["sha256"]) for f in data["files"]}
+        assert listed == {
+            rel: (len(content), hashlib.sha256(content).hexdigest())
+            for rel, content in tree.items()
+        }
 
     def _strays_are_untouched(self) -> None:
         for name, (description, _) in self.strays.items():
-            assert _describe(self.directory / name) == description, name
-        assert _read_tree(self.outside) == self.outside_before
+            assert _describe(self.inner, join(self.directory, name)) == description, name
+        assert _read_tree(self.inner, self.outside) == self.outside_before
 
     def _no_leftovers(self) -> None:
-        meta = self.directory / ".ckpt"
+        meta = join(self.directory, ".ckpt")
         # A kill inside LocalStorage.replace_file leaves its `.NAME.partial` until the
         # next restart's recovery removes it.
-        assert set(os.listdir(meta)) <= {
+        assert {e.name for e in self.inner.list_dir(meta)} <= {
             "lock",
             "pins.json",
             "ranking.json",
@@ -726,15 +945,22 @@ class ManagerMachine(RuleBasedStateMachine):
             ".pins.json.partial",
             ".ranking.json.partial",
         }
-        assert os.listdir(meta / "trash") == []
-        leftovers = {n for n in os.listdir(self.directory) if n.startswith(("old_", "tmp_step"))}
-        assert leftovers <= {f"tmp_step_{s}" for s in self.open} | self.strays.keys()
+        assert self.inner.list_dir(join(meta, "trash")) == []
+        leftovers = {
+            n for n in self._names() if n.startswith(("old_", "tmp_step")) or _ATTEMPT.fullmatch(n)
+        }
+        ours = {name_of(a.path) for a in self.open.values()} | {
+            name_of(p) for p in self.paths.values()
+        }
+        assert leftovers <= ours | self.strays.keys()
 
     def _the_manager_agrees(self) -> None:
+        assert self.manager is not None
         records = self.manager.list_checkpoints()
         assert [r.step for r in records] == sorted(self.committed)
-        assert all(_STEP.fullmatch(r.path.name) for r in records)  # never a tmp or a stray
-        assert all(r.path == self.directory / f"step_{r.step}" for r in records)
+        assert all(r.path == Path(self.paths[r.step]) for r in records)  # never a tmp or a stray
+        if self.protocol == "rename":
+            assert all(_STEP.fullmatch(r.path.name) for r in records)
         assert {r.step for r in records if r.pinned} == self.pins
         for record in records:
             assert dict(record.info) == dict(self.committed[record.step].info)

@@ -44,7 +44,7 @@ How operations are seen (CPython 3.10+):
   ``os.write``/``os.pwrite``, and ``os.fsync`` (on the file most recently opened by the
   same thread, which is how the storage layer and ``save_state`` call it); and the
   ``renameat2`` calls the storage layer makes through ctypes, which raise no audit event:
-  they are seen as calls of ``ckpt._storage._rename2``, whose flags say whether it is a
+  they are seen as calls of ``ckpt.storage.local._rename2``, whose flags say whether it is a
   no-replace rename or an exchange.
 
 Names that differ from run to run are normalized: a trash entry's random suffix and a
@@ -82,7 +82,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 import ckpt
-import ckpt._storage
+import ckpt.storage.local
 
 # (step, val_loss) of each save, in order. Events 3 and 7 overwrite the step saved just
 # before them; retention prunes step 1 at event 2, steps 2 and 4 at event 5, step 3 at 7.
@@ -213,7 +213,7 @@ _PUBLISH = re.compile(r"tmp_step_(\d+) -> step_\1")
 
 
 def _rename2_code() -> CodeType | None:
-    func = getattr(ckpt._storage, "_rename2", None)
+    func = getattr(ckpt.storage.local, "_rename2", None)
     return getattr(func, "__code__", None)
 
 

@@ -119,11 +119,11 @@ class _Gate:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, directory: Path, state: Any, *, fsync: bool = True) -> Path:
+    def __call__(self, directory: Path, state: Any, **kwargs: Any) -> Path:
         if threading.current_thread().name.startswith("ckpt-save"):
             self.entered.set()
             assert self.release.wait(30)
-        return self.real(directory, state, fsync=fsync)
+        return self.real(directory, state, **kwargs)
 
 
 @pytest.fixture
@@ -140,7 +140,8 @@ class _Full(LocalStorage):
 
     fail_step: int | None = None
 
-    def make_dir(self, path: Path) -> None:
+    def make_dir(self, path: str) -> None:
+        path = Path(path)
         if path.name == f"tmp_step_{self.fail_step}":
             raise OSError(28, "No space left on device", str(path))
         super().make_dir(path)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import ckpt
-from ckpt import _cli
+from ckpt import cli as _cli
 from ckpt._records import describe_steps
+from ckpt.cli._output import _Progress
 from tests.conftest import snapshot_tree
 
 # val_reward by step: 3 has none, 5 diverged; the best is 4, the worst usable 1.
@@ -434,7 +435,7 @@ class _Terminal(io.StringIO):
 
 def test_progress_draws_on_a_terminal_and_clears_itself() -> None:
     terminal = _Terminal()
-    with _cli._Progress("sizes", 2, stream=terminal, delay=0) as bar:
+    with _Progress("sizes", 2, stream=terminal, delay=0) as bar:
         bar.advance()
         bar.advance()
     text = terminal.getvalue()
@@ -445,9 +446,9 @@ def test_progress_draws_on_a_terminal_and_clears_itself() -> None:
 
 def test_progress_stays_quiet_when_piped() -> None:
     piped = io.StringIO()
-    with _cli._Progress("sizes", 2, stream=piped, delay=0) as bar:
+    with _Progress("sizes", 2, stream=piped, delay=0) as bar:
         bar.advance(2)
-    with _cli._Progress("checking", stream=piped):
+    with _Progress("checking", stream=piped):
         pass
     assert piped.getvalue() == ""
 

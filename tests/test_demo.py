@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import ckpt
-from ckpt import _demo
+from ckpt.cli import _demo
 
 
 def test_the_simulated_curve_repeats_and_has_its_gaps() -> None:

@@ -27,7 +27,11 @@ import yaml
 import ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "docs" / "api").glob("*.md")),
+]
 _FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
 )
@@ -194,7 +198,7 @@ _TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 def test_the_readme_shows_what_the_demo_prints(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ckpt import _demo
+    from ckpt.cli import _demo
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     shown = readme.split("<!-- demo-output:", 1)[1].split("```\n", 1)[1].split("```", 1)[0]

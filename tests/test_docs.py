@@ -209,6 +209,19 @@ def test_every_public_name_has_an_api_entry(package: ModuleType) -> None:
     assert not missing, f"add `::: {package.__name__}.NAME` to docs/api/ for {missing}"
 
 
+@pytest.mark.parametrize("name", ["ckpt.storage", "ckpt.commit"])
+def test_every_public_name_of_the_subpackages_has_an_api_entry(name: str) -> None:
+    module = importlib.import_module(name)
+    documented = set(_directives())
+    aliases = {"EntryKind", "CommitKind", "ProtocolChoice"}  # Literal types in signatures
+    missing = [
+        n
+        for n in module.__all__
+        if n not in aliases and f"{name}.{n}" not in documented and f"ckpt.{n}" not in documented
+    ]
+    assert not missing, f"add `::: {name}.NAME` to docs/api/ for {missing}"
+
+
 def test_every_public_name_of_ckpt_torch_has_an_api_entry() -> None:
     module = pytest.importorskip("ckpt.torch")  # skipped without the torch extra
     documented = set(_directives())
@@ -221,9 +234,9 @@ def test_every_public_name_of_ckpt_torch_has_an_api_entry() -> None:
 
 
 def test_ci_page_lists_every_problem_code_with_its_severity() -> None:
-    from ckpt._verify import SEVERITIES
+    from ckpt import PROBLEM_CODES
 
-    in_code = {(severity, code) for code, severity in SEVERITIES.items()}
+    in_code = {(severity, code) for code, severity in PROBLEM_CODES.items()}
     page = (DOCS / "ci.md").read_text(encoding="utf-8")
     on_page = {
         (severity, code)

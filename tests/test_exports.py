@@ -8,6 +8,7 @@ import ckpt
 import policies
 
 CKPT_EXPORTS = [
+    "PROBLEM_CODES",
     "CheckpointConfig",
     "CheckpointDirLockedError",
     "CheckpointError",
@@ -23,6 +24,7 @@ CKPT_EXPORTS = [
     "LocalStorage",
     "Lock",
     "MissingMetricWarning",
+    "Overview",
     "PretrainedCheckpoint",
     "Problem",
     "ReadOnlyError",
@@ -33,9 +35,38 @@ CKPT_EXPORTS = [
     "Storage",
     "UnsafeFileError",
     "VerifyReport",
+    "explain_config_error",
     "load_config",
     "policies_from_config",
+    "read_config_section",
     "verify",
+]
+
+STORAGE_EXPORTS = [
+    "MAX_READ_BYTES",
+    "Capabilities",
+    "Entry",
+    "EntryKind",
+    "LocalStorage",
+    "Lock",
+    "MemoryStorage",
+    "Storage",
+    "describe_kind",
+    "join",
+    "name_of",
+    "parent_of",
+    "walk_files",
+]
+
+COMMIT_EXPORTS = [
+    "CommitKind",
+    "CommitProtocol",
+    "Committed",
+    "ManifestProtocol",
+    "ProtocolChoice",
+    "RecoveryAction",
+    "RenameProtocol",
+    "choose",
 ]
 
 POLICIES_EXPORTS = [
@@ -62,6 +93,20 @@ def test_ckpt_exports_are_what_we_mean() -> None:
     assert all(hasattr(ckpt, name) for name in ckpt.__all__)
 
 
+def test_subpackage_exports_are_what_we_mean() -> None:
+    import ckpt.commit
+    import ckpt.storage
+
+    assert ckpt.storage.__all__ == STORAGE_EXPORTS
+    assert ckpt.commit.__all__ == COMMIT_EXPORTS
+    for package in (ckpt.storage, ckpt.commit):
+        assert all(hasattr(package, name) for name in package.__all__)
+    # The names ckpt re-exports are the subpackages' own objects, not copies.
+    assert ckpt.Storage is ckpt.storage.Storage
+    assert ckpt.LocalStorage is ckpt.storage.LocalStorage
+    assert ckpt.RecoveryAction is ckpt.commit.RecoveryAction
+
+
 def test_policies_exports_are_what_we_mean() -> None:
     assert policies.__all__ == POLICIES_EXPORTS
     assert all(hasattr(policies, name) for name in policies.__all__)
@@ -70,6 +115,8 @@ def test_policies_exports_are_what_we_mean() -> None:
 def test_public_names_live_in_private_modules_but_say_their_package() -> None:
     for package in (ckpt, policies):
         for name in package.__all__:
+            if name.isupper():
+                continue  # a constant: its value has no module of its own
             module = getattr(getattr(package, name), "__module__", package.__name__)
             assert module.startswith(f"{package.__name__}."), (name, module)
 

@@ -22,9 +22,10 @@ import torch
 from pydantic import ValidationError
 
 import ckpt
+import ckpt.storage.local
 import ckpt.torch
 from ckpt import CheckpointManager, UnsafeFileError, verify
-from ckpt._cli import main as cli
+from ckpt.cli import main as cli
 
 pytestmark = pytest.mark.usefixtures("no_hang")
 
@@ -162,7 +163,7 @@ def _special(path: Path, kind: str, tmp_path: Path) -> None:
     else:
         big = tmp_path / "big.json"
         with open(big, "wb") as f:
-            f.truncate(ckpt._storage.MAX_READ_BYTES + 1)  # sparse: nothing is written
+            f.truncate(ckpt.storage.MAX_READ_BYTES + 1)  # sparse: nothing is written
         path.symlink_to(big) if kind == "link-to-big" else big.rename(path)
 
 
@@ -287,10 +288,11 @@ def test_verify_takes_a_step_pruned_while_it_reads_for_a_race_not_damage(
     _two_checkpoints(make_manager, save)
     real = ckpt.LocalStorage.read_bytes
 
-    def pruned_first(self: ckpt.LocalStorage, path: Path) -> bytes:
+    def pruned_first(self: ckpt.LocalStorage, path: str, **kwargs: Any) -> bytes:
+        path = Path(path)
         if path.parent.name == "step_2" and path.parent.exists():
             path.parent.rename(tmp_path / "pruned")  # what a writer's delete does first
-        return real(self, path)
+        return real(self, str(path), **kwargs)
 
     monkeypatch.setattr(ckpt.LocalStorage, "read_bytes", pruned_first)
     report = verify(ckpt_dir)
@@ -309,7 +311,8 @@ def test_verify_reads_a_step_replaced_while_it_reads(
     real = ckpt.LocalStorage.read_bytes
     replaced = []
 
-    def overwritten_first(self: ckpt.LocalStorage, path: Path) -> bytes:
+    def overwritten_first(self: ckpt.LocalStorage, path: str, **kwargs: Any) -> bytes:
+        path = Path(path)
         if path.parent.name == "step_2" and not replaced:
             replaced.append(path)
             new = tmp_path / "new"
@@ -318,7 +321,7 @@ def test_verify_reads_a_step_replaced_while_it_reads(
             path.parent.rename(tmp_path / "old")
             new.rename(path.parent)  # what an overwrite's exchange looks like to a reader
             raise FileNotFoundError(path)  # the old copy's file was gone when read
-        return real(self, path)
+        return real(self, str(path), **kwargs)
 
     monkeypatch.setattr(ckpt.LocalStorage, "read_bytes", overwritten_first)
     report = verify(ckpt_dir)
@@ -635,7 +638,7 @@ def test_load_state_refuses_a_shape_no_tensor_can_have(tmp_path: Path) -> None:
         ckpt.torch.load_state(directory)
 
 
-@pytest.mark.parametrize("kind", ["directory", "FIFO"])
+@pytest.mark.parametrize("kind", ["directory", "FIFO, socket or device"])
 def test_load_state_of_a_special_state_file_is_refused_without_blocking(
     tmp_path: Path, kind: str
 ) -> None:
@@ -658,7 +661,7 @@ def test_a_failed_pins_write_leaves_no_partial_file(
     def full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt._storage.os, "fsync", full)
+    monkeypatch.setattr(ckpt.storage.local.os, "fsync", full)
     with pytest.raises(OSError, match="No space left"):
         manager.unpin(1)
     monkeypatch.undo()

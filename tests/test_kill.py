@@ -427,7 +427,7 @@ def check_async_ops(ops: list[list[Any]]) -> None:
         assert {thread for _, _, e, thread in ops if e == event} == {job.BACKGROUND}
         mine = [(kind, what) for kind, what, e, _ in ops if e == event]
         # the state file: written under a temporary name, fsynced, renamed, then published
-        partial = f"tmp_step_{step}/.state.ckpt.ID.partial"
+        partial = f"tmp_step_{step}/.state.ckpt.partial"
         state = [
             ("open-write", partial),
             ("write", partial),

@@ -105,7 +105,8 @@ def test_a_stale_tmp_dir_of_the_same_step_is_replaced(
 
 
 class _DiskFull(LocalStorage):
-    def write_bytes(self, path: Path, data: bytes) -> None:
+    def write_bytes(self, path: str, data: bytes) -> None:
+        path = Path(path)
         if path.name == "config.yaml":
             raise OSError(28, "No space left on device", str(path))
         super().write_bytes(path, data)
@@ -270,7 +271,8 @@ class _NoExchange(LocalStorage):
     def __init__(self) -> None:
         self.exchanges = 0
 
-    def exchange(self, a: Path, b: Path) -> bool:
+    def exchange(self, a: str, b: str) -> bool:
+        a, b = Path(a), Path(b)
         self.exchanges += 1
         return False
 
@@ -279,7 +281,8 @@ class _SeesExchange(LocalStorage):
     def __init__(self) -> None:
         self.results: list[bool] = []
 
-    def exchange(self, a: Path, b: Path) -> bool:
+    def exchange(self, a: str, b: str) -> bool:
+        a, b = Path(a), Path(b)
         done = super().exchange(a, b)
         self.results.append(done)
         return done
@@ -749,7 +752,8 @@ class _CountingStorage(LocalStorage):
     def __init__(self) -> None:
         self.info_reads = 0
 
-    def read_bytes(self, path: Path) -> bytes:
+    def read_bytes(self, path: str) -> bytes:
+        path = Path(path)
         if path.name == "training_info.json":
             self.info_reads += 1
         return super().read_bytes(path)
@@ -1074,7 +1078,8 @@ def test_best_and_latest_follow_every_kind_of_change(
 class _FailingRemove(LocalStorage):
     fail = True
 
-    def rename(self, src: Path, dst: Path) -> None:
+    def rename(self, src: str, dst: str) -> None:
+        src, dst = Path(src), Path(dst)
         if self.fail and src.name.startswith("step_") and ".ckpt" in dst.parts:
             raise PermissionError(f"cannot move {src}")
         super().rename(src, dst)
@@ -1161,7 +1166,7 @@ class _CountingRetention:
 def test_a_save_decides_over_everything_only_when_it_must(
     make_manager: Make, save: Save, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ckpt._manager as manager_module
+    import ckpt._retention as manager_module
 
     full: list[int] = []
     real_decide = manager_module.decide

@@ -390,7 +390,8 @@ def test_shutdown_waits_for_pruning_and_leaves_the_manager_usable(make_manager: 
 class _NoDeletes(ckpt.LocalStorage):
     """Publishing works; moving a checkpoint into the trash, the first step of a delete, fails."""
 
-    def rename(self, src: Path, dst: Path) -> None:
+    def rename(self, src: str, dst: str) -> None:
+        src, dst = Path(src), Path(dst)
         if dst.parent.name == "trash":
             raise PermissionError(13, "Permission denied", str(src))
         super().rename(src, dst)

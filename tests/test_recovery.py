@@ -299,17 +299,20 @@ class _CrashingStorage(LocalStorage):
         if self.count == self.at:
             raise _Crash(f"killed before {what}")
 
-    def rename(self, src: Path, dst: Path) -> None:
+    def rename(self, src: str, dst: str) -> None:
+        src, dst = Path(src), Path(dst)
         self._tick(f"rename {src.name} -> {dst.name}")
         super().rename(src, dst)
 
-    def exchange(self, a: Path, b: Path) -> bool:
+    def exchange(self, a: str, b: str) -> bool:
+        a, b = Path(a), Path(b)
         self._tick(f"exchange {a.name} <-> {b.name}")
         if not self.can_exchange:
             return False
         return super().exchange(a, b)
 
-    def remove_tree(self, path: Path) -> None:
+    def remove_tree(self, path: str) -> None:
+        path = Path(path)
         self._tick(f"remove_tree {path.name}")
         super().remove_tree(path)
 

@@ -466,7 +466,8 @@ class _DiesInRemoveTree(LocalStorage):
     def __init__(self) -> None:
         self.armed = False
 
-    def remove_tree(self, path: Path) -> None:
+    def remove_tree(self, path: str) -> None:
+        path = Path(path)
         if self.armed:
             files = sorted(p for p in path.rglob("*") if p.is_file())
             files[0].unlink()
@@ -563,7 +564,8 @@ class _CountingStorage(LocalStorage):
     def __init__(self) -> None:
         self.info_reads: list[Path] = []
 
-    def read_bytes(self, path: Path) -> bytes:
+    def read_bytes(self, path: str) -> bytes:
+        path = Path(path)
         if path.name == "training_info.json":
             self.info_reads.append(path)
         return super().read_bytes(path)
@@ -599,28 +601,34 @@ class _RecordingStorage(LocalStorage):
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def rename(self, src: Path, dst: Path) -> None:
+    def rename(self, src: str, dst: str) -> None:
+        src, dst = Path(src), Path(dst)
         self.calls.append(("rename", src, dst))
         super().rename(src, dst)
 
-    def exchange(self, a: Path, b: Path) -> bool:
+    def exchange(self, a: str, b: str) -> bool:
+        a, b = Path(a), Path(b)
         done = super().exchange(a, b)
         self.calls.append(("exchange", a, b, done))
         return done
 
-    def remove_tree(self, path: Path) -> None:
+    def remove_tree(self, path: str) -> None:
+        path = Path(path)
         self.calls.append(("remove_tree", path))
         super().remove_tree(path)
 
-    def sync_tree(self, path: Path) -> None:
+    def sync_tree(self, path: str) -> None:
+        path = Path(path)
         self.calls.append(("sync_tree", path))
         super().sync_tree(path)
 
-    def sync_dir(self, path: Path) -> None:
+    def sync_dir(self, path: str) -> None:
+        path = Path(path)
         self.calls.append(("sync_dir", path))
         super().sync_dir(path)
 
-    def replace_file(self, path: Path, data: bytes, *, durable: bool) -> None:
+    def replace_file(self, path: str, data: bytes, *, durable: bool) -> None:
+        path = Path(path)
         self.calls.append(("replace_file", path, durable))
         super().replace_file(path, data, durable=durable)
 

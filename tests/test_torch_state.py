@@ -21,7 +21,8 @@ import pytest
 import ckpt
 
 torch = pytest.importorskip("torch")
-import ckpt.torch as ckpt_torch  # noqa: E402 - after the skip
+import ckpt.torch._io as torch_io  # noqa: E402 - after the skip
+import ckpt.torch._plan as torch_plan  # noqa: E402
 from ckpt.torch import (  # noqa: E402
     STATE_FILE,
     DeviceUnavailableError,
@@ -225,9 +226,9 @@ def test_gpu_tensors_round_trip(tmp_path: Path) -> None:  # pragma: no cover - n
 @pytest.fixture
 def through_host_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make CPU tensors take the path of GPU tensors: small blocks through a host buffer."""
-    monkeypatch.setattr(ckpt_torch, "_DIRECT_DEVICES", frozenset())
-    monkeypatch.setattr(ckpt_torch, "_MAX_STAGING", 256)
-    monkeypatch.setattr(ckpt_torch, "_MIN_STAGING", 64)
+    monkeypatch.setattr(torch_plan, "_DIRECT_DEVICES", frozenset())
+    monkeypatch.setattr(torch_io, "_MAX_STAGING", 256)
+    monkeypatch.setattr(torch_io, "_MIN_STAGING", 64)
 
 
 @pytest.mark.usefixtures("through_host_buffer")
@@ -411,7 +412,7 @@ def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
 
 
 def _failing_after(blocks: int, error: BaseException) -> Callable[..., Iterator[memoryview]]:
-    real = ckpt_torch._byte_blocks
+    real = torch_io._byte_blocks
     count = 0
 
     def fail(tensor: Any, staging: Any) -> Iterator[memoryview]:
@@ -433,7 +434,7 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_old_one(
 ) -> None:
     save_state(tmp_path, {"version": 1})
     before = (tmp_path / STATE_FILE).read_bytes()
-    monkeypatch.setattr(ckpt_torch, "_byte_blocks", _failing_after(2, error))
+    monkeypatch.setattr(torch_io, "_byte_blocks", _failing_after(2, error))
     with pytest.raises(type(error)):
         save_state(tmp_path, {"w": [torch.ones(100) for _ in range(5)]})
     assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]

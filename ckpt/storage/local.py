@@ -1,9 +1,4 @@
-"""The storage interface, and its local POSIX implementation.
-
-Every file operation the manager makes goes through a `Storage`, so that other
-backends (object stores, multi-process coordination) and fault-injection tests plug
-in at one place.
-"""
+"""`Storage` on a local POSIX file system: the default."""
 
 from __future__ import annotations
 
@@ -12,119 +7,16 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import io
 import os
 import shutil
 import socket
 import stat
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Protocol
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from ckpt._errors import CheckpointDirLockedError, UnsafeFileError
-
-EntryKind = Literal["dir", "file", "symlink", "other"]
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One name in a directory listing, as seen without following symbolic links.
-
-    Attributes:
-        name: The entry's name.
-        kind: ``"dir"``, ``"file"``, ``"symlink"`` or ``"other"``.
-        mtime: Modification time in seconds since the epoch.
-        identity: A value that changes when the entry is replaced or modified
-            (inode and modification time on POSIX).
-    """
-
-    name: str
-    kind: EntryKind
-    mtime: float
-    identity: tuple[int, int]
-
-
-class Lock(Protocol):
-    """A held writer lock."""
-
-    def release(self) -> None:
-        """Release the lock; calling it twice is harmless."""
-        ...
-
-
-MAX_READ_BYTES = 64 << 20
-"""The largest file `Storage.read_bytes` reads: ckpt's own files are small."""
-
-
-class Storage(Protocol):
-    """The file operations the manager needs. Paths are absolute.
-
-    None of them follows a symbolic link in the last component of a path: a link is
-    listed, renamed and removed as a link, and never read or written through.
-    """
-
-    def list_dir(self, path: Path) -> list[Entry]:
-        """List ``path``; an empty list if it does not exist."""
-        ...
-
-    def entry(self, path: Path) -> Entry | None:
-        """Describe ``path`` without following a final symbolic link; ``None`` if absent."""
-        ...
-
-    def read_bytes(self, path: Path) -> bytes:
-        """Return the contents of the regular file at ``path``.
-
-        Raises:
-            FileNotFoundError: If there is nothing at ``path``.
-            UnsafeFileError: If it is a symbolic link, a FIFO, a device or a directory,
-                or holds more than `MAX_READ_BYTES`; nothing blocks or is read then.
-        """
-        ...
-
-    def write_bytes(self, path: Path, data: bytes) -> None:
-        """Create the file ``path`` (which must not exist) holding ``data``."""
-        ...
-
-    def replace_file(self, path: Path, data: bytes, *, durable: bool) -> None:
-        """Atomically replace the file ``path`` with ``data``; fsync it if ``durable``."""
-        ...
-
-    def make_dir(self, path: Path) -> None:
-        """Create the directory ``path``; it must not exist."""
-        ...
-
-    def make_dirs(self, path: Path) -> None:
-        """Create ``path`` and its parents where missing."""
-        ...
-
-    def rename(self, src: Path, dst: Path) -> None:
-        """Rename ``src`` to ``dst`` atomically; ``dst`` must not exist."""
-        ...
-
-    def exchange(self, a: Path, b: Path) -> bool:
-        """Atomically swap ``a`` and ``b``; ``False`` (and nothing done) if unsupported."""
-        ...
-
-    def remove_tree(self, path: Path) -> None:
-        """Remove ``path`` and everything under it, never following symbolic links."""
-        ...
-
-    def sync_tree(self, path: Path) -> None:
-        """Call fsync on every file and directory under ``path``, and ``path`` itself."""
-        ...
-
-    def sync_dir(self, path: Path) -> None:
-        """Call fsync on the directory ``path`` so renames in it are durable."""
-        ...
-
-    def lock(self, path: Path) -> Lock:
-        """Take the exclusive writer lock held in the file ``path``.
-
-        Raises:
-            CheckpointDirLockedError: If another process holds it.
-            UnsafeFileError: If ``path`` is a symbolic link or not a regular file.
-        """
-        ...
-
+from ckpt.storage.base import MAX_READ_BYTES, Capabilities, Entry, EntryKind, describe_kind
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -146,7 +38,7 @@ def _load_renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 _renameat2 = _load_renameat2()
 
 
-def _rename2(src: Path, dst: Path, flags: int) -> bool:
+def _rename2(src: str, dst: str, flags: int) -> bool:
     """``renameat2`` with ``flags``; ``False`` where the OS or file system lacks it."""
     if _renameat2 is None:
         return False
@@ -158,23 +50,17 @@ def _rename2(src: Path, dst: Path, flags: int) -> bool:
     raise OSError(err, os.strerror(err), str(src), None, str(dst))
 
 
-_KIND_NAMES = {"dir": "directory", "symlink": "symbolic link", "other": "FIFO, socket or device"}
-
-
-def describe_kind(kind: EntryKind) -> str:
-    """``kind`` in words, for messages: ``"symbolic link"``, ``"directory"``..."""
-    return _KIND_NAMES.get(kind, kind)
-
-
-def _open_regular(path: Path, flags: int, *, create: bool = False) -> tuple[int, int]:
+def _open_regular(
+    path: str, flags: int, *, create: bool = False, follow: bool = False
+) -> tuple[int, int]:
     """Open the regular file ``path`` without following a link or blocking on a FIFO.
 
     Returns the descriptor (the caller closes it) and the file's size.
     """
-    flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags |= os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     if not create:
         # Look before opening: opening a device can have effects of its own.
-        st = os.lstat(path)
+        st = os.stat(path) if follow else os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             raise _unsafe(path, _kind(st.st_mode))
     try:
@@ -190,12 +76,12 @@ def _open_regular(path: Path, flags: int, *, create: bool = False) -> tuple[int,
     return fd, st.st_size
 
 
-def _unsafe(path: Path, kind: EntryKind) -> UnsafeFileError:
+def _unsafe(path: str, kind: EntryKind) -> UnsafeFileError:
     return UnsafeFileError(
         errno.EINVAL,
         f"ckpt uses only regular files here and will not follow or open a "
         f"{describe_kind(kind)}; move it away",
-        str(path),
+        os.fspath(path),
     )
 
 
@@ -207,9 +93,9 @@ def _fsync_path(path: str, flags: int) -> None:
         os.close(fd)
 
 
-def fsync_dir(path: str | os.PathLike[str]) -> None:
+def fsync_dir(path: str) -> None:
     """Call fsync on the directory ``path``, so that renames in it are durable."""
-    _fsync_path(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY)
+    _fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 class _FileLock:
@@ -232,13 +118,48 @@ def _kind(mode: int) -> EntryKind:
     return "other"
 
 
+_LOCAL = Capabilities(
+    atomic_rename=True,
+    atomic_exchange=True,
+    directories=True,
+    fsync=True,
+    exclusive_create=True,
+    locking=True,
+)
+
+
+def _entry(name: str, st: os.stat_result) -> Entry:
+    kind = _kind(st.st_mode)
+    size = st.st_size if kind == "file" else 0
+    return Entry(name, kind, st.st_mtime, f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}", size)
+
+
+def _partial(path: str) -> str:
+    head, name = os.path.split(path)
+    return os.path.join(head, f".{name}.partial")
+
+
 class LocalStorage:
-    """`Storage` on a local POSIX file system."""
+    """`Storage` on a local POSIX file system.
+
+    Paths are file system paths (``str`` or ``os.PathLike``); a directory is renamed,
+    exchanged (``renameat2`` where Linux has it) and fsynced as POSIX defines, and the
+    writer lock is a POSIX record lock.
+    """
 
     def __repr__(self) -> str:
         return "LocalStorage()"
 
-    def list_dir(self, path: Path) -> list[Entry]:
+    @property
+    def capabilities(self) -> Capabilities:
+        """Everything: atomic renames and exchanges, directories, fsync, locks."""
+        return _LOCAL
+
+    def canonical(self, path: str) -> str:
+        """The real path of ``path``, every link and ``..`` resolved."""
+        return os.path.realpath(path)
+
+    def list_dir(self, path: str) -> list[Entry]:
         """List ``path``; an empty list if it does not exist."""
         try:
             scanner = os.scandir(path)
@@ -251,65 +172,51 @@ class LocalStorage:
                     st = item.stat(follow_symlinks=False)
                 except FileNotFoundError:  # removed while listing
                     continue
-                entries.append(
-                    Entry(item.name, _kind(st.st_mode), st.st_mtime, (st.st_ino, st.st_mtime_ns))
-                )
+                entries.append(_entry(item.name, st))
         return entries
 
-    def entry(self, path: Path) -> Entry | None:
+    def entry(self, path: str) -> Entry | None:
         """Describe ``path`` without following a final symbolic link; ``None`` if absent."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
-        return Entry(path.name, _kind(st.st_mode), st.st_mtime, (st.st_ino, st.st_mtime_ns))
+        return _entry(os.path.basename(os.fspath(path)), st)
 
-    def read_bytes(self, path: Path) -> bytes:
-        """Return the contents of the regular file at ``path``.
+    def open_read(self, path: str, *, follow_links: bool = False) -> BinaryIO:
+        """Open the regular file ``path`` for unbuffered streaming reads.
+
+        Args:
+            path: The file.
+            follow_links: Read through a symbolic link (a user's file may be one;
+                ckpt's own never are).
 
         Raises:
             FileNotFoundError: If there is nothing at ``path``.
-            UnsafeFileError: If it is a symbolic link, a FIFO, a device or a directory,
-                or holds more than `MAX_READ_BYTES`; nothing blocks or is read then.
+            UnsafeFileError: If it is a FIFO, a device or a directory (or a link, unless
+                ``follow_links``); nothing blocks then.
         """
-        fd, size = _open_regular(path, os.O_RDONLY)
-        try:
-            chunks: list[bytes] = []
-            total = 0
-            # What fstat says is there, then blocks until the end of a file still growing;
-            # never one read of the whole limit (that allocates it).
-            while size <= MAX_READ_BYTES and (chunk := os.read(fd, max(size - total, 1 << 16))):
-                total += len(chunk)
-                size = max(size, total)
-                chunks.append(chunk)
-            if size <= MAX_READ_BYTES:
-                return b"".join(chunks)
-        finally:
-            os.close(fd)
-        raise UnsafeFileError(
-            errno.EFBIG,
-            f"larger than the {MAX_READ_BYTES >> 20} MiB ckpt reads of its own files",
-            str(path),
-        )
+        fd, _ = _open_regular(path, os.O_RDONLY, follow=follow_links)
+        return io.FileIO(fd, "rb")
 
-    def write_bytes(self, path: Path, data: bytes) -> None:
-        """Create the file ``path`` (which must not exist) holding ``data``."""
-        with open(path, "xb") as f:  # O_EXCL: an existing name, a link too, is refused
-            f.write(data)
+    @contextlib.contextmanager
+    def open_write(self, path: str, *, durable: bool) -> Iterator[BinaryIO]:
+        """A buffered stream whose bytes replace the file ``path`` when the block exits.
 
-    def replace_file(self, path: Path, data: bytes, *, durable: bool) -> None:
-        """Atomically replace the file ``path`` with ``data``; fsync it if ``durable``.
-
-        The data goes to ``.NAME.partial`` beside it first (created afresh, never
-        through a link), which a failure removes again.
+        The bytes go to ``.NAME.partial`` beside it (created afresh, never through a
+        link), which is renamed over ``path`` at the end, after an fsync if ``durable``
+        (and the directory's fsync after the rename); an exception removes it instead.
         """
-        partial = path.with_name(f".{path.name}.partial")
-        entry = self.entry(partial)
-        if entry is not None and entry.kind != "dir":  # a crash's leftover, or a link
+        partial = _partial(path)
+        found = self.entry(partial)
+        if found is not None and found.kind != "dir":  # a crash's leftover, or a link
             os.unlink(partial)
+        fd = os.open(
+            partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
         try:
-            with open(partial, "xb") as f:
-                f.write(data)
+            with open(fd, "wb", buffering=1 << 20) as f:
+                yield f
                 f.flush()
                 if durable:
                     os.fsync(f.fileno())
@@ -319,38 +226,87 @@ class LocalStorage:
                 os.unlink(partial)
             raise
         if durable:
-            self.sync_dir(path.parent)
+            fsync_dir(os.path.dirname(os.fspath(path)) or ".")
 
-    def make_dir(self, path: Path) -> None:
+    def read_bytes(self, path: str, *, limit: int = MAX_READ_BYTES) -> bytes:
+        """Return the contents of the regular file at ``path``.
+
+        Raises:
+            FileNotFoundError: If there is nothing at ``path``.
+            UnsafeFileError: If it is a symbolic link, a FIFO, a device or a directory,
+                or holds more than ``limit`` bytes; nothing blocks or is read then.
+        """
+        fd, size = _open_regular(path, os.O_RDONLY)
+        try:
+            chunks: list[bytes] = []
+            total = 0
+            # What fstat says is there, then blocks until the end of a file still growing;
+            # never one read of the whole limit (that allocates it).
+            while size <= limit and (chunk := os.read(fd, max(size - total, 1 << 16))):
+                total += len(chunk)
+                size = max(size, total)
+                chunks.append(chunk)
+            if size <= limit:
+                return b"".join(chunks)
+        finally:
+            os.close(fd)
+        raise UnsafeFileError(
+            errno.EFBIG,
+            f"larger than the {limit >> 20} MiB ckpt reads of its own files",
+            os.fspath(path),
+        )
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Create the file ``path`` (which must not exist) holding ``data``."""
+        with open(path, "xb") as f:  # O_EXCL: an existing name, a link too, is refused
+            f.write(data)
+
+    def replace_file(self, path: str, data: bytes, *, durable: bool) -> None:
+        """Atomically replace the file ``path`` with ``data``; fsync it if ``durable``.
+
+        The data goes to ``.NAME.partial`` beside it first (created afresh, never
+        through a link), which a failure removes again.
+        """
+        with self.open_write(path, durable=durable) as f:
+            f.write(data)
+
+    def make_dir(self, path: str) -> None:
         """Create the directory ``path``; it must not exist."""
         os.mkdir(path)
 
-    def make_dirs(self, path: Path) -> None:
+    def make_dirs(self, path: str) -> None:
         """Create ``path`` and its parents where missing."""
         os.makedirs(path, exist_ok=True)
 
-    def rename(self, src: Path, dst: Path) -> None:
+    def rename(self, src: str, dst: str) -> None:
         """Rename ``src`` to ``dst`` atomically; ``dst`` must not exist."""
+        src, dst = os.fspath(src), os.fspath(dst)
         if _rename2(src, dst, _RENAME_NOREPLACE):
             return
         if os.path.lexists(dst):  # no RENAME_NOREPLACE here: the writer lock makes this safe
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
         os.rename(src, dst)
 
-    def exchange(self, a: Path, b: Path) -> bool:
+    def exchange(self, a: str, b: str) -> bool:
         """Atomically swap ``a`` and ``b``; ``False`` (and nothing done) if unsupported."""
-        return _rename2(a, b, _RENAME_EXCHANGE)
+        return _rename2(os.fspath(a), os.fspath(b), _RENAME_EXCHANGE)
 
-    def remove_tree(self, path: Path) -> None:
+    def remove_file(self, path: str) -> None:
+        """Remove the file (or link) ``path``; nothing if it is absent."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def remove_tree(self, path: str) -> None:
         """Remove ``path`` and everything under it, never following symbolic links."""
-        if self.entry(path) is None:
+        found = self.entry(path)
+        if found is None:
             return
-        if os.path.isdir(path) and not os.path.islink(path):
+        if found.kind == "dir":
             shutil.rmtree(path)
         else:
             os.unlink(path)
 
-    def sync_tree(self, path: Path) -> None:
+    def sync_tree(self, path: str) -> None:
         """Call fsync on every file and directory under ``path``, and ``path`` itself."""
         for root, dirs, files in os.walk(path, topdown=False, followlinks=False):
             for name in files:
@@ -363,11 +319,11 @@ class LocalStorage:
                     _fsync_path(full, os.O_RDONLY | os.O_DIRECTORY)
         self.sync_dir(path)
 
-    def sync_dir(self, path: Path) -> None:
+    def sync_dir(self, path: str) -> None:
         """Call fsync on the directory ``path`` so renames in it are durable."""
-        fsync_dir(path)
+        fsync_dir(os.fspath(path))
 
-    def lock(self, path: Path) -> _FileLock:
+    def lock(self, path: str) -> _FileLock:
         """Take the exclusive writer lock held in the file ``path``.
 
         A POSIX record lock: the kernel drops it when the process dies, so a restart
@@ -395,24 +351,46 @@ class LocalStorage:
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         return _FileLock(fd)
 
+    def lock_held(self, path: str) -> bool:
+        """Whether a writer holds the lock file ``path`` (taken with `lock`).
 
-def lock_held(path: Path) -> bool:
-    """Whether a writer holds the lock file ``path`` (taken with `LocalStorage.lock`).
-
-    Never call it for a lock this process holds: closing any descriptor of the file
-    drops the process's own POSIX lock on it.
-    """
-    try:
-        fd, _ = _open_regular(path, os.O_RDONLY)
-    except OSError:  # absent, or not a lock ckpt made
+        Never call it for a lock this process holds: closing any descriptor of the file
+        drops the process's own POSIX lock on it.
+        """
+        try:
+            fd, _ = _open_regular(path, os.O_RDONLY)
+        except OSError:  # absent, or not a lock ckpt made
+            return False
+        try:
+            # A shared lock conflicts only with a writer's exclusive one.
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                return True
+            raise
+        finally:
+            os.close(fd)
         return False
-    try:
-        # A shared lock conflicts only with a writer's exclusive one.
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EAGAIN):
-            return True
-        raise
-    finally:
-        os.close(fd)
-    return False
+
+
+def read_named_file(path: str | os.PathLike[str], *, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a file a user named (a config).
+
+    One byte more than ``limit`` lets the caller tell a file that is too large. Links are
+    followed, and a FIFO is read to its end (``ckpt config validate <(make-config)``).
+
+    Raises:
+        OSError: If it cannot be read.
+    """
+    with open(path, "rb") as f:
+        return f.read(limit + 1)
+
+
+def is_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory, or a link to one."""
+    return os.path.isdir(path)
+
+
+def exists(path: str | os.PathLike[str]) -> bool:
+    """Whether anything is at ``path``, following links."""
+    return os.path.exists(path)

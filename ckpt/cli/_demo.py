@@ -3,7 +3,7 @@
 A simulated RL run saves a checkpoint every step of a noisy reward curve (one
 evaluation diverges to NaN, some steps are not evaluated) under hybrid retention: the
 3 best by ``val_reward`` plus the latest, and a pinned one. It trains in a child
-process (``python -m ckpt._demo``) that kills itself with SIGKILL halfway through
+process (``python -m ckpt.cli._demo``) that kills itself with SIGKILL halfway through
 writing a checkpoint, as a preempted or OOM-killed job dies. The parent then checks
 the directory, restarts from it as the next job would (recovery cleans up), finishes
 the run, and prints the result, with a plot when matplotlib is installed.
@@ -103,8 +103,8 @@ def _die_mid_save(manager: CheckpointManager, step: int, info: dict[str, float |
 
 
 def _child(argv: Sequence[str]) -> None:
-    """The training job: ``python -m ckpt._demo DIR --crash-at STEP``."""
-    parser = argparse.ArgumentParser(prog="python -m ckpt._demo")
+    """The training job: ``python -m ckpt.cli._demo DIR --crash-at STEP``."""
+    parser = argparse.ArgumentParser(prog="python -m ckpt.cli._demo")
     parser.add_argument("directory")
     parser.add_argument("--crash-at", type=int, required=True)
     args = parser.parse_args(argv)
@@ -118,7 +118,7 @@ def _run_child(checkpoint_dir: Path) -> None:
     source = str(Path(ckpt.__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "ckpt._demo", str(checkpoint_dir)]
+    command = [sys.executable, "-m", "ckpt.cli._demo", str(checkpoint_dir)]
     command += ["--crash-at", str(CRASH_STEP)]
     done = subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=300, check=False
@@ -182,9 +182,9 @@ def run_demo(workdir: Path) -> None:
     best = int(Path(best_path).name.removeprefix("step_")) if best_path else None
 
     print(f"\n4. the result: $ ckpt ls {checkpoint_dir} --config {config_file}")
-    from ckpt import _cli  # noqa: PLC0415 - the child does not need the CLI
+    from ckpt.cli._listing import list_lines  # noqa: PLC0415 - the child needs no CLI
 
-    for line in _cli.list_lines(checkpoint_dir, str(config_file)):
+    for line in list_lines(checkpoint_dir, str(config_file)):
         print(f"   {line}")
     pruned = [step for step in range(1, STEPS + 1) if step not in kept]
     print(f"   pruned along the way: {len(pruned)} checkpoints; step {NAN_STEP} (NaN) and the")

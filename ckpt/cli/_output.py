@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +25,10 @@ def _print_json(data: Any) -> None:
 
 
 def _jsonable(value: Any) -> Any:
-    """``value`` as strict JSON data: NaN and infinities (old seed files) become null."""
+    """``value`` as strict JSON data: NaN and infinities become null.
+
+    Files NeMo RL's manager wrote can hold them.
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
@@ -175,3 +179,16 @@ def _library_log(*, debug: bool, shown: bool) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def step_ranges(steps: Iterable[int], *, most: int = 10) -> str:
+    """Steps as ranges, ``1-4, 7, 9-12``; past ``most`` ranges, a count of all of them."""
+    ordered = sorted(set(steps))
+    # Consecutive steps share step - position: each group is one range.
+    groups = [
+        [step for _, step in run]
+        for _, run in itertools.groupby(enumerate(ordered), lambda item: item[1] - item[0])
+    ]
+    shown = [f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups[:most]]
+    more = f", ... ({len(ordered)} in all)" if len(groups) > most else ""
+    return ", ".join(shown) + more

@@ -1,0 +1,127 @@
+"""The index of one checkpoint directory: its committed checkpoints and their pins."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from ckpt import _layout, _meta
+from ckpt._records import CheckpointRecord, NotACheckpointError, VanishedError, load_record
+from ckpt._serialize import encode_pins
+from ckpt.commit import directory as commits
+from ckpt.commit.base import Committed
+from ckpt.storage.base import Storage, join
+
+logger = logging.getLogger("ckpt")
+
+
+class Index:
+    """What a directory holds, as last scanned, kept current by the writer's own changes.
+
+    ``records`` and ``committed`` have the same steps: the first is what users see, the
+    second where each checkpoint lives and which protocol committed it. ``version``
+    changes whenever either (or the pins) does, so that caches built on the index (the
+    retention tracker's) know when to rebuild.
+    """
+
+    def __init__(self, storage: Storage, location: str) -> None:
+        self.storage = storage
+        self.location = location
+        self.records: dict[int, CheckpointRecord] = {}
+        self.committed: dict[int, Committed] = {}
+        self.pins: set[int] = set()
+        self.version = 0
+        self._ranking: bytes | None = None  # what .ckpt/ranking.json holds; None: not read
+        # A rescan re-reads only what changed; an entry that is not a checkpoint is
+        # remembered too (None), so it is warned of once.
+        self._seen: dict[tuple[int, str], tuple[Committed, CheckpointRecord | None]] = {}
+
+    @property
+    def meta(self) -> str:
+        return join(self.location, _layout.META_DIR)
+
+    def scan(self) -> None:
+        """Rebuild the index from the storage, re-reading only entries that changed."""
+        pins = self.read_pins()
+        entries = {entry.name: entry for entry in self.storage.list_dir(self.location)}
+        found, broken = commits.committed(self.storage, self.location, entries)
+        seen: dict[tuple[int, str], tuple[Committed, CheckpointRecord | None]] = {}
+        for manifest in broken:
+            key = (manifest.step, f"broken:{entries[manifest.name].version}")
+            if key not in self._seen:
+                logger.warning("ignoring %s", manifest.detail)
+            seen[key] = (Committed(manifest.step, "manifest", "", "", 0.0), None)
+        for step, checkpoint in found.items():
+            key = (step, f"{checkpoint.kind}:{checkpoint.version}")
+            cached = self._seen.get(key)
+            if cached is not None:
+                seen[key] = cached
+                continue
+            kind = "dir"
+            if checkpoint.kind == "rename":
+                kind = entries[_layout.step_name(step)].kind
+            seen[key] = (checkpoint, self._load(checkpoint, kind))
+        records: dict[int, CheckpointRecord] = {}
+        committed: dict[int, Committed] = {}
+        for checkpoint, record in seen.values():
+            if record is not None:
+                pinned = checkpoint.step in pins
+                records[checkpoint.step] = replace(record, pinned=True) if pinned else record
+                committed[checkpoint.step] = checkpoint
+        if records != self.records or pins != self.pins:
+            self.version += 1
+        self._seen, self.records, self.committed, self.pins = seen, records, committed, pins
+
+    def _load(self, checkpoint: Committed, kind: str) -> CheckpointRecord | None:
+        try:
+            return load_record(self.storage, checkpoint, kind)  # type: ignore[arg-type]
+        except VanishedError:
+            return None  # pruned or replaced while listed; the next scan sees what is there
+        except NotACheckpointError as exc:
+            name = checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+            logger.warning("ignoring %s: %s", name, exc.detail)
+            return None
+
+    def add(self, record: CheckpointRecord, checkpoint: Committed) -> None:
+        """Index a checkpoint this process just committed."""
+        self.records[record.step] = record
+        self.committed[record.step] = checkpoint
+        self.version += 1
+
+    def remove(self, step: int) -> None:
+        """Forget a checkpoint this process just deleted."""
+        del self.records[step]
+        del self.committed[step]
+        self.version += 1
+
+    def read_pins(self) -> set[int]:
+        try:
+            return _meta.read_pins(self.storage, self.location)
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable pins file: %s", exc)
+            return set()
+
+    def write_pins(self, pins: set[int], *, durable: bool) -> None:
+        """Make ``pins`` the pins on disk, then in memory: a failed write changes neither."""
+        data = encode_pins(pins)
+        self.storage.replace_file(join(self.meta, _layout.PINS_FILE), data, durable=durable)
+        self.pins = pins
+
+    def set_pinned(self, step: int, pinned: bool, *, durable: bool) -> None:
+        """Pin or unpin ``step`` on disk and in the index."""
+        self.write_pins(self.pins | {step} if pinned else self.pins - {step}, durable=durable)
+        if step in self.records:
+            self.records[step] = replace(self.records[step], pinned=pinned)
+        self.version += 1
+
+    def record_ranking(self, data: bytes, *, durable: bool) -> None:
+        """Record the ranking commits are made with, for readers given no config."""
+        path = join(self.meta, _layout.RANKING_FILE)
+        if self._ranking is None:
+            try:
+                self._ranking = self.storage.read_bytes(path)
+            except OSError:  # absent, or unreadable: rewritten below
+                self._ranking = b""
+        if data != self._ranking:
+            self.storage.replace_file(path, data, durable=durable)
+            self._ranking = data

@@ -1,0 +1,111 @@
+"""ckpt's own bookkeeping under a checkpoint directory: ``.ckpt`` and what is in it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ckpt import _layout
+from ckpt._errors import UnsafeFileError
+from ckpt._serialize import decode_pins, decode_ranking
+from ckpt.storage.base import EntryKind, Storage, describe_kind, join
+
+# ckpt's own entries under the checkpoint directory, and the kind each must be.
+_META_KINDS: tuple[tuple[tuple[str, ...], EntryKind], ...] = (
+    ((_layout.META_DIR,), "dir"),
+    ((_layout.META_DIR, _layout.TRASH_DIR), "dir"),
+    ((_layout.META_DIR, _layout.LOCK_FILE), "file"),
+    ((_layout.META_DIR, _layout.PINS_FILE), "file"),
+    ((_layout.META_DIR, _layout.RANKING_FILE), "file"),
+)
+
+
+@dataclass(frozen=True)
+class UnsafeEntry:
+    """One of ckpt's own entries (``.ckpt``, its trash, lock, pins or ranking), wrong kind."""
+
+    path: str
+    found: EntryKind
+    expected: EntryKind
+
+    @property
+    def detail(self) -> str:
+        return (
+            f"{self.path} is a {describe_kind(self.found)}, where ckpt keeps a "
+            f"{describe_kind(self.expected)} of its own"
+        )
+
+
+def unsafe_metadata(storage: Storage, directory: str) -> list[UnsafeEntry]:
+    """The entries of ckpt's own under ``directory`` that are not what ckpt made, outermost first.
+
+    A link there would send the lock, the pins and above all the trash (which is
+    emptied) somewhere else; nothing below a wrong ``.ckpt`` is looked at.
+    """
+    found: list[UnsafeEntry] = []
+    for parts, expected in _META_KINDS:
+        if found and found[0].path == join(directory, parts[0]):
+            break  # a bad .ckpt: what is inside is not ours to look into
+        path = join(directory, *parts)
+        entry = storage.entry(path)
+        if entry is not None and entry.kind != expected:
+            found.append(UnsafeEntry(path, entry.kind, expected))
+    return found
+
+
+def check_metadata(storage: Storage, directory: str) -> None:
+    """Refuse to write in ``directory`` if ckpt's own entries are not what ckpt made.
+
+    Raises:
+        UnsafeFileError: Naming each wrong entry; nothing was changed.
+    """
+    problems = unsafe_metadata(storage, directory)
+    if problems:
+        raise UnsafeFileError(
+            "; ".join(p.detail for p in problems)
+            + ". ckpt never follows a link out of the checkpoint directory, so it will not "
+            "write here: move the entry away (a writer recreates what it needs)"
+        )
+
+
+def _meta_file(storage: Storage, directory: str, name: str) -> bytes | None:
+    """A file of ``.ckpt``; ``None`` if absent. `UnsafeFileError` if ``.ckpt`` is a link."""
+    meta = storage.entry(join(directory, _layout.META_DIR))
+    if meta is None:
+        return None
+    if meta.kind != "dir":
+        raise UnsafeFileError(
+            f"{join(directory, _layout.META_DIR)} is a {describe_kind(meta.kind)}, not ckpt's "
+            f"own directory; its {name} is not read"
+        )
+    try:
+        return storage.read_bytes(join(directory, _layout.META_DIR, name))
+    except FileNotFoundError:
+        return None
+
+
+def read_ranking(storage: Storage, directory: str) -> dict[str, Any] | None:
+    """The ranking the run's writer recorded: ``{"metric_name", "higher_is_better"}``.
+
+    A run ranked by a custom object records ``{"custom": repr}`` instead; ``None`` if
+    nothing is recorded (a directory NeMo RL's manager or an older ckpt wrote).
+
+    Raises:
+        UnsafeFileError: If ``.ckpt`` or the file is a link or a special file.
+        ValueError: If the file does not hold a ranking record.
+        OSError: If it cannot be read.
+    """
+    data = _meta_file(storage, directory, _layout.RANKING_FILE)
+    return None if data is None else decode_ranking(data)
+
+
+def read_pins(storage: Storage, directory: str) -> set[int]:
+    """The pinned steps of ``directory``; none if it has no pins file.
+
+    Raises:
+        UnsafeFileError: If ``.ckpt`` or its pins file is a link or a special file.
+        ValueError: If the pins file does not hold a list of steps.
+        OSError: If it cannot be read.
+    """
+    data = _meta_file(storage, directory, _layout.PINS_FILE)
+    return set() if data is None else decode_pins(data)

@@ -1,0 +1,135 @@
+"""This process's writers: one shared state per checkpoint directory, and its registry.
+
+Writers of one directory in one process share a single `Shared` (and so a single lock
+and index): a training loop that builds a new manager while an old one is still alive
+sees one consistent directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+from ckpt import _layout, _meta
+from ckpt._finalize import Finalizer
+from ckpt._index import Index
+from ckpt.commit import directory as commits
+from ckpt.commit.base import RecoveryAction
+from ckpt.commit.rename import trash_dir
+from ckpt.storage.base import Lock, Storage, join, name_of, parent_of
+
+logger = logging.getLogger("ckpt")
+
+
+@dataclass
+class Attempt:
+    """A save in progress: the thread that was given ``path`` and has not finalized it."""
+
+    thread: int
+    path: str
+
+
+class Shared:
+    """The state of one checkpoint directory that this process's managers share."""
+
+    def __init__(self, storage: Storage, location: str, *, durable: bool) -> None:
+        self.storage = storage
+        self.location = location
+        self.durable = durable
+        self.index = Index(storage, location)
+        self.mutex = threading.RLock()
+        self.users = 0
+        self.lock: Lock | None = None
+        self.recovery: tuple[RecoveryAction, ...] = ()
+        # Steps that background saves of this directory have accepted and not finished:
+        # retention must not delete a checkpoint one of them is about to replace.
+        self.saving: Counter[int] = Counter()
+        # One `save` (or background save) at a time, so that two threads saving on one
+        # manager both commit rather than replace each other's attempt.
+        self.save_lock = threading.Lock()
+        # Step -> the attempt init_tmp_checkpoint handed out and nobody finalized or
+        # aborted yet.
+        self.live: dict[int, Attempt] = {}
+        # Step -> the finalizer committing its attempt in the background.
+        self.finalizing: dict[int, Finalizer] = {}
+
+    def open_writer(self) -> None:
+        """Take the directory's lock, then recover and index it."""
+        storage = self.storage
+        _meta.check_metadata(storage, self.location)
+        created = []  # the directories make_dirs is about to create, outermost last
+        path = self.location
+        while storage.entry(path) is None and parent_of(path) != path:
+            created.append(path)
+            path = parent_of(path)
+        storage.make_dirs(trash_dir(self.location))
+        if self.durable:
+            # A new directory's name is durable only once its parent is synced: without
+            # this, a power cut could take the whole checkpoint directory with it.
+            for new in reversed(created):
+                storage.sync_dir(parent_of(new))
+            storage.sync_dir(self.location)
+            storage.sync_dir(self.index.meta)
+        self.lock = storage.lock(join(self.index.meta, _layout.LOCK_FILE))
+        try:
+            _meta.check_metadata(self.storage, self.location)  # as it is now we hold the lock
+            self.recovery = self.recover()
+        except BaseException:
+            self.lock.release()
+            self.lock = None
+            raise
+
+    def recover(self) -> tuple[RecoveryAction, ...]:
+        """Repair what a crash left, then index the directory as it is on disk.
+
+        It runs when the directory is opened for writing, and again whenever another
+        manager of this process joins it: the disk may have changed meanwhile (another
+        tool, a crash of NeMo RL's manager). An attempt that a save of this process is
+        writing is not a leftover, and is left alone.
+        """
+        with self.mutex:
+            ours = {name_of(attempt.path) for attempt in self.live.values()}
+            actions = commits.recover(self.storage, self.location, durable=self.durable, keep=ours)
+            self.index.scan()
+            stale = self.index.pins - self.index.records.keys()
+            if stale:
+                logger.warning("dropping pins of steps that no longer exist: %s", sorted(stale))
+                self.index.write_pins(self.index.pins - stale, durable=self.durable)
+            return tuple(actions)
+
+    def protected(self, but: int | None = None) -> dict[int, str]:
+        """The steps retention must not delete now: saves in progress are replacing them."""
+        return {
+            step: "a save in progress is replacing it"
+            for step, count in self.saving.items()
+            if count and step != but
+        }
+
+
+# Keyed by the storage's canonical name of the directory. `verify` looks here too: it
+# must not probe the lock of a directory this process writes.
+writers: dict[str, Shared] = {}
+writers_mutex = threading.Lock()
+
+
+def _forget_writers_in_child() -> None:
+    # POSIX locks are not inherited by a forked child: it must not think it is a writer.
+    writers.clear()
+    writers_mutex.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=writers_mutex.acquire,
+        after_in_parent=writers_mutex.release,
+        after_in_child=_forget_writers_in_child,
+    )
+
+
+def writing(key: str) -> bool:
+    """Whether a manager of this process is the writer of the directory ``key``."""
+    with writers_mutex:
+        return key in writers

@@ -1,0 +1,295 @@
+"""What each ``ckpt`` command does, on the library's public API only."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ckpt import (
+    CheckpointConfig,
+    CheckpointError,
+    CheckpointManager,
+    CheckpointRecord,
+    Problem,
+    VerifyReport,
+    explain_config_error,
+    policies_from_config,
+    verify,
+)
+from ckpt.cli._configs import CliError, _config_for, _existing_dir, _load_config, _writer
+from ckpt.cli._listing import _list, _metric_counts, _sizes, recorded_ranking
+from ckpt.cli._output import _plural, _print_json, _Progress, _size, _table, step_ranges
+from policies import Decision, metric_value
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    directory = _existing_dir(args.directory)
+    listing = _list(directory, args.config)
+    if args.json:
+        _print_json(listing.to_dict())
+    else:
+        for line in listing.lines():
+            print(line)
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    directory = _existing_dir(args.directory)
+    parser: argparse.ArgumentParser = args.parser
+    recorded = recorded_ranking(directory)
+    overrides: dict[str, Any] = {}
+    if args.metric is not None:
+        overrides["metric_name"] = args.metric
+    if args.higher_is_better is not None:
+        overrides["higher_is_better"] = args.higher_is_better
+    if args.config is None:
+        if args.metric is None and recorded is None:
+            parser.error(
+                f"give --metric NAME and --max or --min (or a --config that sets "
+                f"metric_name): {directory} records no ranking of its own"
+            )
+        if args.metric is None:
+            overrides = {**recorded, **overrides}  # type: ignore[dict-item]
+        elif args.higher_is_better is None:
+            if recorded is None or recorded.get("metric_name") != args.metric:
+                parser.error(
+                    f"say --max (higher is better) or --min (lower is better) for "
+                    f"`{args.metric}`: {directory} does not record a direction for it"
+                )
+            overrides["higher_is_better"] = recorded["higher_is_better"]
+    config = _config_for(directory, args.config, overrides)
+    name = config.metric_name
+    if name is None:
+        parser.error("give --metric NAME, or a --config that sets metric_name")
+    _warn_if_contradicting(directory, recorded, config)
+    with CheckpointManager(config, read_only=True) as manager:
+        best = manager.get_best_checkpoint_path()
+        if best is None:
+            raise CliError(f"no checkpoints in {directory}")
+        # The library falls back to the latest when no checkpoint has the metric; a
+        # shell asking for the best by a misspelt name must hear about it instead.
+        if metric_value(manager.load_training_info(best) or {}, name) is None:
+            found = ", ".join(_metric_counts(manager.list_checkpoints())) or "none"
+            raise CliError(
+                f"no checkpoint in {directory} has a usable `{name}` (missing, null or NaN "
+                f"everywhere); metrics found: {found}"
+            )
+    print(best)
+    return 0
+
+
+def _cmd_latest(args: argparse.Namespace) -> int:
+    directory = _existing_dir(args.directory)
+    with CheckpointManager(_config_for(directory, None), read_only=True) as manager:
+        latest = manager.get_latest_checkpoint_path()
+    if latest is None:
+        raise CliError(f"no checkpoints in {directory}")
+    print(latest)
+    return 0
+
+
+def _warn_if_contradicting(
+    directory: Path, recorded: Mapping[str, Any] | None, config: CheckpointConfig
+) -> None:
+    if recorded is None or recorded["metric_name"] != config.metric_name:
+        return
+    if recorded["higher_is_better"] != config.higher_is_better:
+        run = "higher" if recorded["higher_is_better"] else "lower"
+        asked = "higher" if config.higher_is_better else "lower"
+        logging.getLogger("ckpt").warning(
+            f"{directory} ranks `{config.metric_name}` {run} is better, and this asks for "
+            f"{asked} is better: the path printed is the run's worst by its own ranking"
+        )
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    directory = Path(os.path.abspath(args.directory))
+    config = _config_for(directory, args.config) if args.config else None
+    # `verify` has no progress hook: a status line says what is going on meanwhile.
+    with _Progress(f"checking {directory}"):
+        report = verify(directory, config)
+    ignore = set(args.ignore)
+    ignored = [p for p in report.problems if p.code in ignore]
+    report = replace(report, problems=tuple(p for p in report.problems if p.code not in ignore))
+    if args.json:
+        _print_json({**report.to_dict(), "ignored": [p.to_dict() for p in ignored]})
+    else:
+        for line in _report_lines(report, len(ignored)):
+            print(line)
+    return 1 if report.problems else 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    directory = _existing_dir(args.directory)
+    # `enabled: false` tells a training loop not to save; it does not forbid a prune the
+    # user asks for by name.
+    config = _config_for(directory, args.config, {"enabled": True})
+    keep_latest = not args.prune_latest
+    failed: list[int] = []
+    if args.dry_run:
+        # A reader: no lock, no recovery, nothing changed, so it also works beside a live run.
+        with CheckpointManager(config, read_only=True) as manager:
+            records = manager.list_checkpoints()
+            plan = manager.plan_retention(exclude_latest=keep_latest)
+            retention = repr(manager.retention)
+        sizes = _sizes(_doomed(records, plan))
+    else:
+        with _writer(config, f"prune {directory}") as manager:
+            records = manager.list_checkpoints()
+            plan = manager.plan_retention(exclude_latest=keep_latest)
+            retention = repr(manager.retention)
+            doomed = _doomed(records, plan)
+            sizes = _sizes(doomed)  # while they are still there
+            with _Progress("pruning", len(doomed)) as bar:
+                manager.remove_old_checkpoints(
+                    exclude_latest=keep_latest, on_delete=lambda _: bar.advance()
+                )
+            left = {r.step for r in manager.list_checkpoints()}
+            failed = [r.step for r in doomed if r.step in left]
+    paths = {r.step: r.path for r in records}
+    if args.json:
+        _print_json(
+            {
+                "directory": str(directory),
+                "dry_run": args.dry_run,
+                "retention": retention,
+                "keep_latest": keep_latest,
+                "pruned": [
+                    {
+                        "step": d.step,
+                        "path": str(paths[d.step]),
+                        "reason": d.reason,
+                        "size_bytes": sizes.get(d.step),
+                    }
+                    for d in plan
+                    if not d.keep and d.step not in failed
+                ],
+                "kept": [{"step": d.step, "reason": d.reason} for d in plan if d.keep],
+                "failed": [{"step": s, "path": str(paths[s])} for s in failed],
+            }
+        )
+    else:
+        for line in _prune_lines(directory, plan, sizes, failed, dry_run=args.dry_run):
+            print(line)
+    if failed:
+        raise CliError(f"could not prune {step_ranges(failed)} (see the errors above)")
+    return 0
+
+
+def _cmd_pin(args: argparse.Namespace) -> int:
+    directory = _existing_dir(args.directory)
+    step: int = args.step
+    verb = "pin" if args.pinned else "unpin"
+    with _writer(_config_for(directory, None), f"{verb} step {step}") as manager:
+        before = {r.step: r.pinned for r in manager.list_checkpoints()}
+        if args.pinned:
+            manager.pin(step)
+        else:
+            manager.unpin(step)
+    path = directory / f"step_{step}"
+    if before.get(step) == args.pinned:
+        print(f"step {step} was already {verb}ned: {path}")
+    else:
+        print(f"{verb}ned step {step}: {path}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    config = _load_config(args.file, {})
+    ranking, retention = policies_from_config(config)
+    print(f"{args.file}: valid")
+    print(f"  ranking:   {ranking!r}")
+    print(f"  retention: {retention!r}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    schema = CheckpointConfig.model_json_schema()
+    _print_json({"$schema": "https://json-schema.org/draft/2020-12/schema", **schema})
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ckpt.cli import _demo  # noqa: PLC0415 - the other commands do not need it
+
+    if args.directory is None:
+        workdir = Path(tempfile.mkdtemp(prefix="ckpt-demo-"))
+    else:
+        workdir = Path(os.path.abspath(args.directory))
+    try:
+        _demo.run_demo(workdir)
+    except _demo.DemoError as exc:
+        raise CliError(str(exc)) from exc
+    return 0
+
+
+def _doomed(
+    records: Sequence[CheckpointRecord], plan: Sequence[Decision]
+) -> list[CheckpointRecord]:
+    doomed = {d.step for d in plan if not d.keep}
+    return [r for r in records if r.step in doomed]
+
+
+def _prune_lines(
+    directory: Path,
+    plan: Sequence[Decision],
+    sizes: Mapping[int, int | None],
+    failed: Sequence[int],
+    *,
+    dry_run: bool,
+) -> list[str]:
+    doomed = [d.step for d in plan if not d.keep and d.step not in failed]
+    freed = _size(sum(sizes.get(step) or 0 for step in doomed))
+    verb = "would prune" if dry_run else "pruned"  # the action column: "prune" or "pruned"
+    head = f"{verb} {len(doomed)} of {_plural(len(plan), 'checkpoint')} in {directory} ({freed})"
+    out = [head + ("; dry run, nothing changed" if dry_run else "")]
+    rows = []
+    for d in plan:
+        action = "keep" if d.keep else "FAILED" if d.step in failed else verb.rsplit(maxsplit=1)[-1]
+        size = _size(sizes.get(d.step)) if not d.keep else ""
+        rows.append([str(d.step), size, action, d.reason])
+    return out + _table(["step", "size", "action", "why"], rows, numeric=2)
+
+
+def _report_lines(report: VerifyReport, ignored: int) -> list[str]:
+    steps = f"steps {step_ranges(report.steps)}" if report.steps else "none"
+    head = f"{report.directory}: {_plural(len(report.steps), 'checkpoint')} ({steps})"
+    if report.writer_active:
+        head += "; a writer is active (its temporaries are saves in progress)"
+    out = [head]
+    skipped = f" ({ignored} ignored)" if ignored else ""
+    if not report.problems:
+        return [*out, f"ok: no problems{skipped}"]
+    counts = [_plural(len(report.errors), "error"), _plural(len(report.warnings), "warning")]
+    out.append(f"{_plural(len(report.problems), 'problem')}: {', '.join(counts)}{skipped}")
+    width = max(len(p.code) for p in report.problems)
+    for problem in report.problems:
+        out.append(f"{problem.severity:<7}  {problem.code:<{width}}  {_where(report, problem)}")
+        out.append(f"         {problem.message}")
+        out.append(f"         fix: {problem.hint}")
+    return out
+
+
+def _where(report: VerifyReport, problem: Problem) -> str:
+    try:
+        return str(problem.path.relative_to(report.directory)) or "."
+    except ValueError:
+        return str(problem.path)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, (CliError, CheckpointError)):
+        return str(exc)
+    if isinstance(exc, ValidationError):
+        return explain_config_error(exc, "the config")
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"

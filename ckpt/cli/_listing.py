@@ -1,0 +1,152 @@
+"""``ckpt ls``: every checkpoint with its metrics, size, pin and retention decision."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckpt import CheckpointManager, CheckpointRecord
+from ckpt.cli._configs import _config_for
+from ckpt.cli._output import _iso, _local, _plural, _Progress, _size, _table, _value
+from ckpt.storage import LocalStorage, walk_files
+from policies import Decision, metric_value
+
+
+@dataclass(frozen=True)
+class _Listing:
+    directory: Path
+    config_file: str | None
+    metric_name: str | None
+    retention: str
+    records: list[CheckpointRecord]
+    decisions: dict[int, Decision]
+    sizes: dict[int, int | None]
+    best: CheckpointRecord | None
+
+    def metrics(self) -> dict[str, int]:
+        return _metric_counts(self.records, first=self.metric_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory),
+            "config": self.config_file,
+            "metric_name": self.metric_name,
+            "retention": self.retention,
+            "checkpoints": [
+                {
+                    "step": r.step,
+                    "path": str(r.path),
+                    "size_bytes": self.sizes.get(r.step),
+                    "committed_at": _iso(r.committed_at),
+                    "pinned": r.pinned,
+                    "keep": self.decisions[r.step].keep,
+                    "reason": self.decisions[r.step].reason,
+                    "info": dict(r.info),
+                }
+                for r in self.records
+            ],
+            "best": str(self.best.path) if self.best else None,
+            "latest": str(self.records[-1].path) if self.records else None,
+            "metrics": self.metrics(),
+            "total_size_bytes": sum(s or 0 for s in self.sizes.values()),
+        }
+
+    def lines(self) -> list[str]:
+        if not self.records:
+            return [f"{self.directory}: no checkpoints"]
+        total = _size(sum(s or 0 for s in self.sizes.values()))
+        configured = self.config_file is not None
+        policy = f"retention {self.retention}" if configured else "no --config"
+        count = _plural(len(self.records), "checkpoint")
+        out = [f"{self.directory}: {count}, {total} on disk; {policy}"]
+        shown = list(self.metrics())[:3]
+        header = ["step", *shown, "size", "committed", "pinned"]
+        if configured:
+            header += ["retention", "why"]
+        rows = []
+        for r in self.records:
+            row = [str(r.step), *(_value(r.info.get(m)) for m in shown)]
+            row += [_size(self.sizes.get(r.step)), _local(r.committed_at)]
+            row.append("pinned" if r.pinned else "")
+            if configured:
+                decision = self.decisions[r.step]
+                row += ["keep" if decision.keep else "prune", decision.reason]
+            rows.append(row)
+        out += _table(header, rows, numeric=len(shown) + 2)
+        if self.best is not None and self.metric_name is not None:
+            value = _value(self.best.info.get(self.metric_name))
+            out.append(f"best:    {self.best.path} ({self.metric_name} {value})")
+        out.append(f"latest:  {self.records[-1].path}")
+        counts = [f"{name} ({n} of {len(self.records)})" for name, n in self.metrics().items()]
+        out.append(f"metrics: {', '.join(counts) or 'none'}")
+        if not configured:
+            out.append("(pass --config CFG to see what its retention keeps and why)")
+        return out
+
+
+def list_lines(directory: Path, config_file: str | None) -> list[str]:
+    """The lines ``ckpt ls DIR [--config CFG]`` prints; the demo shows them too."""
+    return _list(directory, config_file).lines()
+
+
+def _list(directory: Path, config_file: str | None) -> _Listing:
+    # Without a config, the listing ranks the way the run does, as far as it recorded it.
+    recorded = recorded_ranking(directory) if config_file is None else None
+    config = _config_for(directory, config_file, recorded)
+    with CheckpointManager(config, read_only=True) as manager:
+        overview = manager.overview()  # one look: a live run may change the directory
+        retention = repr(manager.retention)
+    records = list(overview.records)
+    return _Listing(
+        directory=directory,
+        config_file=config_file,
+        metric_name=config.metric_name,
+        retention=retention,
+        records=records,
+        decisions={d.step: d for d in overview.decisions},
+        sizes=_sizes(records),
+        best=overview.best if config.metric_name else None,
+    )
+
+
+def recorded_ranking(directory: Path) -> dict[str, Any] | None:
+    """The metric and direction the run's writer ranks by; ``None`` if not recorded."""
+    try:
+        with CheckpointManager(_config_for(directory, None), read_only=True) as reader:
+            recorded = reader.recorded_ranking()
+    except (OSError, ValueError) as exc:
+        logging.getLogger("ckpt").warning("ignoring the run's recorded ranking: %s", exc)
+        return None
+    if recorded is None or "custom" in recorded or recorded["metric_name"] is None:
+        return None  # ranked by recency, or by an object only the run's code has
+    return recorded
+
+
+def _metric_counts(records: Sequence[CheckpointRecord], first: str | None = None) -> dict[str, int]:
+    """How many checkpoints have a usable value of each numeric metric, ``first`` first."""
+    counts: dict[str, int] = {first: 0} if first else {}
+    for record in records:
+        for key in record.info:
+            if key != "step" and metric_value(record.info, key) is not None:
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _sizes(records: Sequence[CheckpointRecord]) -> dict[int, int | None]:
+    with _Progress("measuring sizes", len(records)) as bar:
+        sizes = {}
+        for record in records:
+            sizes[record.step] = _disk_usage(record.path)
+            bar.advance()
+    return sizes
+
+
+def _disk_usage(path: Path) -> int | None:
+    """Bytes in the files under ``path``; ``None`` if it is gone (pruned by a live run)."""
+    storage = LocalStorage()
+    if storage.entry(str(path)) is None:
+        return None
+    return sum(entry.size for _, entry in walk_files(storage, str(path)))

@@ -1,0 +1,93 @@
+"""What a commit protocol is, and what it reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from ckpt.storage.base import Storage
+
+CommitKind = Literal["rename", "manifest"]
+
+RecoveryKind = Literal[
+    "removed_temporary", "rolled_back_overwrite", "removed_displaced", "finished_delete"
+]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Where a committed checkpoint is, and which protocol committed it.
+
+    Attributes:
+        step: The training step.
+        kind: ``"rename"`` (a ``step_N`` directory) or ``"manifest"`` (an attempt
+            prefix ``step_N.<token>`` named by ``step_N.manifest.json``).
+        path: The checkpoint's files: ``step_N``, or the attempt prefix.
+        version: Changes when the checkpoint is replaced (the entry's version).
+        mtime: When it was committed.
+        manifest: The manifest's path (manifest protocol only).
+    """
+
+    step: int
+    kind: CommitKind
+    path: str
+    version: str
+    mtime: float
+    manifest: str | None = None
+
+
+@dataclass(frozen=True)
+class RecoveryAction:
+    """One thing restart recovery did to a checkpoint directory.
+
+    Attributes:
+        kind: What was done: ``"removed_temporary"``, ``"rolled_back_overwrite"``,
+            ``"removed_displaced"`` or ``"finished_delete"``.
+        path: The entry acted on.
+        detail: A sentence for logs and reports.
+    """
+
+    kind: RecoveryKind
+    path: Path
+    detail: str
+
+
+class CommitProtocol(Protocol):
+    """How a finished attempt becomes a checkpoint that survives any crash.
+
+    A protocol gives each save an attempt (a place for its files), and commits it;
+    reading, deleting and recovering know every protocol (`ckpt.commit.scan`,
+    `ckpt.commit.delete`, `ckpt.commit.recover`), so a directory stays readable
+    whichever one wrote it.
+    """
+
+    @property
+    def name(self) -> CommitKind:
+        """``"rename"`` or ``"manifest"``."""
+        ...
+
+    def prepare(self, storage: Storage, directory: str, step: int) -> str:
+        """Make and return a fresh, empty attempt for ``step`` in ``directory``."""
+        ...
+
+    def attempt_step(self, name: str) -> int | None:
+        """The step of an attempt named ``name`` (as `prepare` names them), else ``None``."""
+        ...
+
+    def commit(
+        self,
+        storage: Storage,
+        directory: str,
+        attempt: str,
+        step: int,
+        *,
+        existing: Committed | None,
+        durable: bool,
+    ) -> Committed:
+        """Make the finished ``attempt`` the checkpoint of ``step``, atomically.
+
+        ``existing`` is the checkpoint of ``step`` it replaces, if any; it is removed
+        once the new one is committed.
+        """
+        ...

@@ -1,0 +1,247 @@
+"""A checkpoint directory as every protocol left it: what is committed, deleting, recovery.
+
+Readers and recovery know both protocols whichever one a manager writes with, so a
+directory stays readable and recoverable when a run switches. If a step has both a
+``step_N`` directory and a manifest (a switch interrupted by a crash), the manifest
+is the checkpoint and ``step_N`` is the displaced copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+from ckpt import _layout
+from ckpt.commit.base import CommitProtocol, Committed, RecoveryAction, RecoveryKind
+from ckpt.commit.manifest import delete_manifest_checkpoint, read_manifest
+from ckpt.commit.rename import discard, find_leftovers, trash_dir
+from ckpt.storage.base import Entry, Storage, join, name_of
+
+logger = logging.getLogger("ckpt")
+
+
+class BrokenManifest(Exception):
+    """A manifest that cannot be trusted; ``code`` says why (for `verify`)."""
+
+    def __init__(self, step: int, name: str, detail: str) -> None:
+        super().__init__(detail)
+        self.step = step
+        self.name = name
+        self.detail = detail
+
+
+def committed(
+    storage: Storage, directory: str, entries: Mapping[str, Entry]
+) -> tuple[dict[int, Committed], list[BrokenManifest]]:
+    """The committed checkpoints of a listing of ``directory``, by step.
+
+    A ``step_N`` entry of any kind is reported (the caller checks that it is a
+    checkpoint); a manifest only when it can be read and names an existing attempt.
+    """
+    found: dict[int, Committed] = {}
+    broken: list[BrokenManifest] = []
+    for name, entry in entries.items():
+        step = _layout.parse(_layout.STEP, name)
+        if step is not None:
+            found.setdefault(
+                step, Committed(step, "rename", join(directory, name), entry.version, entry.mtime)
+            )
+    for name, entry in entries.items():
+        match = _layout.MANIFEST.fullmatch(name)
+        if match is None:
+            continue
+        step = int(match.group(1))
+        if entry.kind != "file":
+            broken.append(BrokenManifest(step, name, f"{name} is not a file"))
+            continue
+        try:
+            manifest = read_manifest(storage, directory, step)
+        except (OSError, ValueError) as exc:
+            broken.append(BrokenManifest(step, name, f"{name} cannot be read ({exc})"))
+            continue
+        attempt = entries.get(manifest.attempt)
+        if attempt is None and storage.capabilities.directories:
+            broken.append(
+                BrokenManifest(step, name, f"{name} names {manifest.attempt}, which is missing")
+            )
+            continue
+        found[step] = Committed(
+            step,
+            "manifest",
+            join(directory, manifest.attempt),
+            entry.version,
+            manifest.committed_at,
+            manifest=join(directory, name),
+        )
+    return found, broken
+
+
+def commit(
+    protocol: CommitProtocol,
+    storage: Storage,
+    directory: str,
+    attempt: str,
+    step: int,
+    *,
+    existing: Committed | None,
+    durable: bool,
+) -> Committed:
+    """Commit ``attempt`` with ``protocol``; then remove an ``existing`` of the other kind."""
+    done = protocol.commit(storage, directory, attempt, step, existing=existing, durable=durable)
+    if existing is not None and existing.kind != done.kind:
+        delete(storage, directory, existing, durable=durable)
+    return done
+
+
+def delete(storage: Storage, directory: str, checkpoint: Committed, *, durable: bool) -> None:
+    """Delete a committed checkpoint so that no crash leaves half of it visible."""
+    if checkpoint.kind == "manifest":
+        delete_manifest_checkpoint(storage, directory, checkpoint, durable=durable)
+    else:
+        discard(storage, directory, checkpoint.path, durable=durable)
+
+
+def abandon(storage: Storage, directory: str, attempt: str, *, durable: bool) -> None:
+    """Throw an uncommitted attempt away (renamed out first, where renames are atomic)."""
+    if storage.capabilities.atomic_rename and storage.capabilities.directories:
+        discard(storage, directory, attempt, durable=durable)
+    else:
+        storage.remove_tree(attempt)
+
+
+def unnamed_attempts(entries: Mapping[str, Entry], named: Collection[str]) -> list[tuple[str, int]]:
+    """The attempt prefixes (``step_N.<token>``) of a listing that no manifest names."""
+    found = []
+    for name in sorted(entries):
+        match = _layout.ATTEMPT.fullmatch(name)
+        if match is not None and name not in named:
+            found.append((name, int(match.group(1))))
+    return found
+
+
+def recover(
+    storage: Storage, directory: str, *, durable: bool, keep: Collection[str] = ()
+) -> list[RecoveryAction]:
+    """Finish or undo whatever a crash interrupted in ``directory``; log and return it.
+
+    Entries named in ``keep`` (attempts that live saves are writing) are left alone.
+    """
+    recovery = _Recovery(storage, directory, durable=durable, keep=keep)
+    recovery.renames()
+    recovery.manifests()
+    recovery.partials_and_trash()
+    if durable and recovery.actions:
+        storage.sync_dir(directory)
+    for action in recovery.actions:
+        logger.warning("recovery in %s: %s", directory, action.detail)
+    return recovery.actions
+
+
+class _Recovery:
+    """One recovery of a directory: each protocol's leftovers, then ckpt's own."""
+
+    def __init__(
+        self, storage: Storage, directory: str, *, durable: bool, keep: Collection[str]
+    ) -> None:
+        self.storage = storage
+        self.directory = directory
+        self.durable = durable
+        self.keep = keep
+        self.actions: list[RecoveryAction] = []
+        self.entries = {entry.name: entry for entry in storage.list_dir(directory)}
+
+    def act(self, kind: RecoveryKind, path: str, detail: str) -> None:
+        self.actions.append(RecoveryAction(kind, Path(path), detail))
+
+    def discard(self, path: str) -> None:
+        discard(self.storage, self.directory, path, durable=self.durable)
+
+    def renames(self) -> None:
+        """Temporaries go, interrupted overwrites are rolled back, displaced copies go."""
+        for leftover in find_leftovers(self.entries):
+            name = leftover.name
+            if name in self.keep:
+                continue
+            path = join(self.directory, name)
+            final_name = _layout.step_name(leftover.step)
+            if leftover.kind == "foreign":
+                logger.warning("leaving %s alone: %s", name, leftover.detail)
+            elif leftover.kind == "temporary":
+                self.discard(path)
+                self.act("removed_temporary", path, f"removed {name}, left by an unfinished save")
+            elif leftover.kind == "interrupted_overwrite":
+                final = join(self.directory, final_name)
+                self.storage.rename(path, final)
+                self.act(
+                    "rolled_back_overwrite",
+                    final,
+                    f"renamed {name} back to {final_name}: an overwrite was interrupted "
+                    f"before the new copy was in place",
+                )
+            else:
+                self.discard(path)
+                self.act(
+                    "removed_displaced",
+                    path,
+                    f"removed {name}: the overwrite of {final_name} had completed",
+                )
+
+    def manifests(self) -> None:
+        """Attempts no manifest names go, and so does a ``step_N`` a manifest replaced."""
+        storage, directory = self.storage, self.directory
+        found, _ = committed(storage, directory, self.entries)
+        named = {name_of(c.path) for c in found.values() if c.kind == "manifest"}
+        for name, _step in unnamed_attempts(self.entries, named):
+            if name in self.keep:
+                continue
+            path = join(directory, name)
+            abandon(storage, directory, path, durable=self.durable)
+            self.act(
+                "removed_temporary",
+                path,
+                f"removed {name}: no manifest names it (a save that never committed, or "
+                f"the previous copy of a step that was overwritten or deleted)",
+            )
+        for step, checkpoint in sorted(found.items()):
+            shadowed = self.entries.get(_layout.step_name(step))
+            if checkpoint.kind != "manifest" or shadowed is None or shadowed.kind != "dir":
+                continue
+            path = join(directory, shadowed.name)
+            info = storage.entry(join(path, _layout.INFO_FILE))
+            if info is None or info.kind != "file":
+                continue  # not a checkpoint: someone's files, never ours to delete
+            self.discard(path)
+            self.act(
+                "removed_displaced",
+                path,
+                f"removed {shadowed.name}: {_layout.manifest_name(step)} replaced it",
+            )
+
+    def partials_and_trash(self) -> None:
+        """What interrupted atomic writes leave (nothing reads it), and the trash."""
+        storage = self.storage
+        for name, entry in self.entries.items():
+            if entry.kind == "file" and _partial_manifest(name):
+                storage.remove_file(join(self.directory, name))
+        meta = join(self.directory, _layout.META_DIR)
+        for entry in storage.list_dir(meta):
+            if (
+                entry.kind == "file"
+                and entry.name.startswith(".")
+                and entry.name.endswith(".partial")
+            ):
+                storage.remove_tree(join(meta, entry.name))
+        trash = trash_dir(self.directory)
+        for entry in storage.list_dir(trash):
+            storage.remove_tree(join(trash, entry.name))
+            self.act(
+                "finished_delete",
+                join(trash, entry.name),
+                f"finished deleting {entry.name.rsplit('.', 1)[0]}, interrupted by a crash",
+            )
+
+
+def _partial_manifest(name: str) -> bool:
+    inner = name.removeprefix(".").removesuffix(".partial")
+    return name == f".{inner}.partial" and _layout.MANIFEST.fullmatch(inner) is not None

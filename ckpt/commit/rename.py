@@ -1,0 +1,177 @@
+"""The rename protocol: a temporary directory, synced, then renamed into place.
+
+Every state a crash can leave is one that `recover` turns back into a clean directory
+where every finalized step is present, complete, under its own name:
+
+* ``tmp_step_N`` is never a checkpoint. A crash leaves it either unfinished, or
+  holding the previous ``step_N`` after an atomic exchange. Either way it goes.
+* ``old_step_N`` only exists between the two renames of an overwrite on systems
+  without an atomic exchange (and in directories NeMo RL's manager wrote). Without
+  ``step_N`` the overwrite is rolled back by renaming it back; with ``step_N`` the
+  overwrite had completed and it goes.
+* A delete first renames ``step_N`` into ``.ckpt/trash/`` in one step, then removes
+  the files, so a crash never leaves a half-deleted ``step_N``; recovery empties the
+  trash.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from ckpt import _layout
+from ckpt.commit.base import CommitKind, Committed
+from ckpt.storage.base import Entry, Storage, join, name_of
+
+logger = logging.getLogger("ckpt")
+
+
+def trash_dir(directory: str) -> str:
+    """Where deletes move a checkpoint before removing its files: ``.ckpt/trash``."""
+    return join(directory, _layout.META_DIR, _layout.TRASH_DIR)
+
+
+def discard(storage: Storage, directory: str, path: str, *, durable: bool) -> None:
+    """Delete ``path`` in two phases: one rename out of its name, then the removal.
+
+    If the removal fails, the entry stays in the trash for the next recovery, and
+    the error is logged rather than raised: its name is already gone.
+    """
+    trashed = join(trash_dir(directory), f"{name_of(path)}.{uuid.uuid4().hex[:12]}")
+    storage.rename(path, trashed)
+    if durable:
+        storage.sync_dir(directory)
+    try:
+        storage.remove_tree(trashed)
+    except OSError as exc:
+        logger.error("could not remove %s (left for the next recovery): %s", trashed, exc)
+
+
+def publish(
+    storage: Storage, directory: str, tmp: str, step: int, *, replacing: bool, durable: bool
+) -> None:
+    """Move the finished temporary ``tmp`` to ``step_N``, replacing any previous one.
+
+    The caller has synced ``tmp`` already and says whether a ``step_N`` directory
+    exists. An existing one is replaced by an atomic exchange where the OS has one,
+    else by two renames that `recover` rolls back if interrupted; either way the
+    displaced copy is then discarded.
+    """
+    final = join(directory, _layout.step_name(step))
+    displaced: str | None = None
+    if not replacing:
+        storage.rename(tmp, final)
+    elif storage.exchange(tmp, final):
+        displaced = tmp  # now holds the previous step_N
+    else:
+        old = join(directory, _layout.old_name(step))
+        if storage.entry(old) is not None:
+            discard(storage, directory, old, durable=durable)
+        storage.rename(final, old)
+        storage.rename(tmp, final)
+        displaced = old
+    if durable:
+        storage.sync_dir(directory)
+    if displaced is not None:
+        discard(storage, directory, displaced, durable=durable)
+
+
+@dataclass(frozen=True)
+class RenameProtocol:
+    """Commit by renaming ``tmp_step_N`` to ``step_N``: the layout NeMo RL's manager uses.
+
+    The attempt is ``tmp_step_N``. Committing fsyncs every file and directory in it,
+    renames it to ``step_N`` (an existing ``step_N`` is swapped out atomically with
+    ``renameat2(RENAME_EXCHANGE)``, or moved aside to ``old_step_N`` first where the
+    file system lacks it), and fsyncs the parent. It needs a storage with atomic
+    renames and directories: local disk.
+    """
+
+    @property
+    def name(self) -> CommitKind:
+        """``"rename"``."""
+        return "rename"
+
+    def prepare(self, storage: Storage, directory: str, step: int) -> str:
+        """Make an empty ``tmp_step_N``; a leftover one must be discarded first."""
+        tmp = join(directory, _layout.tmp_name(step))
+        storage.make_dir(tmp)
+        return tmp
+
+    def attempt_step(self, name: str) -> int | None:
+        """N, for ``tmp_step_N``."""
+        return _layout.parse(_layout.TMP, name)
+
+    def commit(
+        self,
+        storage: Storage,
+        directory: str,
+        attempt: str,
+        step: int,
+        *,
+        existing: Committed | None,
+        durable: bool,
+    ) -> Committed:
+        """Sync ``tmp_step_N``, rename it to ``step_N``, then drop the ``step_N`` it replaced.
+
+        An ``existing`` checkpoint of the other protocol is the caller's to delete.
+        """
+        if durable:
+            storage.sync_tree(attempt)
+        replacing = existing is not None and existing.kind == "rename"
+        publish(storage, directory, attempt, step, replacing=replacing, durable=durable)
+        final = join(directory, _layout.step_name(step))
+        entry = storage.entry(final)
+        return Committed(
+            step,
+            "rename",
+            final,
+            entry.version if entry is not None else "",
+            entry.mtime if entry is not None else 0.0,
+        )
+
+
+LeftoverKind = Literal["temporary", "interrupted_overwrite", "displaced", "foreign"]
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """An entry named like a crash's leftover, and which kind `recover` takes it for.
+
+    ``"foreign"`` ones are left alone (they are not directories, or the ``step_N`` an
+    ``old_step_N`` belongs to is not one); ``detail`` says why.
+    """
+
+    kind: LeftoverKind
+    name: str
+    step: int
+    detail: str = ""
+
+
+def find_leftovers(entries: Mapping[str, Entry]) -> list[Leftover]:
+    """Classify the temporaries and displaced copies of a directory listing, by name."""
+    found = []
+    for name, entry in sorted(entries.items()):
+        tmp_step = _layout.parse(_layout.TMP, name)
+        old_step = _layout.parse(_layout.OLD, name)
+        if tmp_step is None and old_step is None:
+            continue
+        step = tmp_step if tmp_step is not None else old_step
+        assert step is not None
+        if entry.kind != "dir":
+            found.append(Leftover("foreign", name, step, f"it is a {entry.kind}, not a directory"))
+        elif tmp_step is not None:
+            found.append(Leftover("temporary", name, step))
+        else:
+            final = entries.get(_layout.step_name(step))
+            if final is None:
+                found.append(Leftover("interrupted_overwrite", name, step))
+            elif final.kind == "dir":
+                found.append(Leftover("displaced", name, step))
+            else:
+                detail = f"{final.name} is a {final.kind}"
+                found.append(Leftover("foreign", name, step, detail))
+    return found

@@ -1,0 +1,314 @@
+"""Writing and reading state files through a storage's streams."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from ckpt._errors import (
+    CheckpointError,
+    DeviceUnavailableError,
+    SerializationError,
+    StateNotFoundError,
+    UnsafeFileError,
+)
+from ckpt.storage import LocalStorage, Storage, describe_kind, join
+from ckpt.torch import _plan
+from ckpt.torch._format import (
+    _MAGIC,
+    _MAX_HEADER,
+    STATE_FILE,
+    Invalid,
+    MapLocation,
+    TensorEntry,
+    data_start,
+    decode_state,
+    entries_of,
+)
+from ckpt.torch._plan import _Plan, plan_state
+
+_MAX_IO = 256 << 20  # bytes per write or read call (Linux caps one at just under 2 GiB)
+_MAX_STAGING = 64 << 20  # the host buffer that bounces tensors not in CPU memory
+_MIN_STAGING = 1 << 20
+
+
+class _Staging:
+    """One reused host buffer for tensors that cannot be written from their own memory."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._buffer: torch.Tensor | None = None
+
+    def get(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        """A CPU uint8 tensor of ``nbytes`` bytes (valid until the next call)."""
+        buffer = self._buffer
+        if buffer is None or buffer.numel() < nbytes:
+            pin = device.type == "cuda" and torch.cuda.is_available()
+            buffer = torch.empty(max(nbytes, self.size), dtype=torch.uint8, pin_memory=pin)
+            self._buffer = buffer
+        return buffer[:nbytes]
+
+
+def _byte_blocks(tensor: torch.Tensor, staging: _Staging) -> Iterator[memoryview]:
+    """``tensor``'s bytes in row-major order, in blocks that must be used in turn."""
+    if tensor.numel() == 0:
+        return
+    if _plan._direct(tensor):
+        # as_strided, not reshape: a one-element tensor can be contiguous with any stride
+        raw = tensor.as_strided((tensor.numel(),), (1,)).view(torch.uint8).numpy().data
+        for start in range(0, len(raw), _MAX_IO):
+            yield raw[start : start + _MAX_IO]
+        return
+    # Copy blocks of whole rows (along the first dimension) into the host buffer: this
+    # also makes strided views, conjugate or negative views and expanded tensors dense.
+    rows = tensor.reshape(1) if tensor.dim() == 0 else tensor
+    row_bytes = rows[0].numel() * rows.element_size()
+    per_block = max(1, staging.size // max(row_bytes, 1))
+    for start in range(0, rows.shape[0], per_block):
+        block = rows[start : start + per_block]
+        buffer = staging.get(block.numel() * block.element_size(), tensor.device)
+        buffer.view(block.dtype).view(block.shape).copy_(block)
+        yield buffer.numpy().data
+
+
+def save_state(
+    directory: str | os.PathLike[str],
+    state: Any,
+    *,
+    fsync: bool = True,
+    storage: Storage | None = None,
+) -> Path:
+    """Write ``state`` into ``directory`` as `STATE_FILE`, replacing one already there.
+
+    The whole state is checked first, so a state that cannot be saved leaves nothing
+    behind. The file is written as one stream of the storage's (`Storage.open_write`):
+    on local disk under a temporary name in ``directory``, fsynced, and renamed to
+    `STATE_FILE`; a failure part-way removes the temporary file, so the final name only
+    ever holds a complete file. A later `CheckpointManager.finalize_checkpoint`
+    then publishes it.
+
+    Tensors are written from their own memory when they are contiguous and on the CPU;
+    others (GPU tensors, strided views) are copied through one host buffer of at most
+    64 MiB, a block of rows (along the first dimension) at a time, or one row where a
+    row is larger, so the save never holds an extra copy of the state. Parameters and
+    tensors that require grad are saved as plain tensors. Two places holding the same
+    view of the same memory (tied weights) are written once and loaded as one tensor;
+    other views are written as their own data.
+
+    Args:
+        directory: An existing directory, typically a checkpoint's temporary directory.
+        state: A tree of dicts, lists and tuples holding tensors, ints, floats, strings,
+            bools and None; dict keys are ints, floats, strings, bools or None.
+        fsync: Flush the file and the directory entry to the disk before returning.
+        storage: Where ``directory`` is (default: the local file system); the manager
+            passes its own.
+
+    Returns:
+        The path of the file written.
+
+    Raises:
+        SerializationError: If the state holds anything else (a numpy array, an object,
+            a sparse or quantized tensor, a tensor subclass, a circular reference);
+            nothing is written then.
+        FileNotFoundError: If ``directory`` does not exist.
+        NotADirectoryError: If ``directory`` is not a directory.
+        OSError: If writing fails (a full disk, say); no file is left behind then.
+    """
+    plan = plan_state(state)
+    storage = storage if storage is not None else LocalStorage()
+    where = os.fspath(directory)
+    found = storage.entry(where)
+    if found is None:
+        raise FileNotFoundError(
+            errno.ENOENT,
+            "save_state writes into an existing directory (such as the one "
+            "init_tmp_checkpoint returns), and there is none at",
+            where,
+        )
+    if found.kind not in ("dir", "symlink"):  # a link to a directory is fine
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", where)
+    final = join(where, STATE_FILE)
+    staging = _Staging(min(_MAX_STAGING, max(_MIN_STAGING, plan.largest_bounce)))
+    with storage.open_write(final, durable=fsync) as f:
+        _write(f, plan, staging)
+    return Path(final)
+
+
+def _write(f: BinaryIO, plan: _Plan, staging: _Staging) -> None:
+    f.write(plan.prefix)
+    position = 0  # from the data section's start
+    for tensor, entry in zip(plan.tensors, plan.entries, strict=True):
+        f.write(bytes(entry["offset"] - position))
+        position = entry["offset"]
+        for block in _byte_blocks(tensor, staging):
+            f.write(block)
+            position += len(block)
+    if position != plan.data_size:
+        raise CheckpointError(
+            f"the state changed while it was being saved ({position} bytes of tensor data "
+            f"instead of {plan.data_size}); no file was written"
+        )
+
+
+def _device_for(saved: str, map_location: MapLocation) -> torch.device:
+    if map_location is None:
+        return torch.device(saved)
+    if isinstance(map_location, Mapping):
+        return torch.device(map_location.get(saved, saved))
+    return torch.device(map_location)
+
+
+def _check_device(device: torch.device) -> None:
+    try:
+        torch.empty(0, device=device)
+    except Exception as exc:  # torch raises RuntimeError, AssertionError, ImportError...
+        raise DeviceUnavailableError(
+            f"cannot load tensors onto {device}: {exc}; pass map_location='cpu' (or a "
+            f"mapping such as {{'{device}': 'cpu'}}) to load them elsewhere"
+        ) from exc
+
+
+def _read_exact(f: BinaryIO, view: memoryview, path: str) -> None:
+    done = 0
+    while done < len(view):
+        n = f.readinto(  # type: ignore[attr-defined]  # FileIO and BytesIO have it
+            view[done : done + _MAX_IO]
+        )
+        if not n:
+            raise SerializationError(f"{path} is truncated (it was changed while being read?)")
+        done += n
+
+
+def _read_tensor(f: BinaryIO, entry: TensorEntry, device: torch.device, path: str) -> torch.Tensor:
+    if device.type in _plan.direct_devices():
+        raw = torch.empty(entry.nbytes, dtype=torch.uint8, device=device)
+        _read_exact(f, raw.numpy().data, path)
+        return raw.view(entry.dtype).reshape(entry.shape)
+    out = torch.empty(entry.shape, dtype=entry.dtype, device=device)
+    target = out.reshape(-1).view(torch.uint8)
+    staging = _Staging(min(_MAX_STAGING, max(_MIN_STAGING, entry.nbytes)))
+    for start in range(0, entry.nbytes, staging.size):
+        buffer = staging.get(min(staging.size, entry.nbytes - start), device)
+        _read_exact(f, buffer.numpy().data, path)
+        target[start : start + buffer.numel()].copy_(buffer)
+    return out
+
+
+def _read_tensors(
+    f: BinaryIO, entries: list[TensorEntry], start: int, map_location: MapLocation, path: str
+) -> list[torch.Tensor]:
+    """Every tensor of the file, on its device; `DeviceUnavailableError` before any read."""
+    targets = {name: _device_for(name, map_location) for name in {e.device for e in entries}}
+    for device in set(targets.values()):
+        _check_device(device)
+    tensors = []
+    position = -1
+    for entry in entries:
+        device = targets[entry.device]
+        if not entry.nbytes:  # nothing to read: no seek, no buffer
+            tensors.append(torch.empty(entry.shape, dtype=entry.dtype, device=device))
+            continue
+        if position != start + entry.offset:
+            f.seek(start + entry.offset)
+        tensors.append(_read_tensor(f, entry, device, path))
+        position = start + entry.end
+    return tensors
+
+
+def load_state(
+    directory: str | os.PathLike[str],
+    map_location: MapLocation = None,
+    *,
+    storage: Storage | None = None,
+) -> Any:
+    """Read the state `save_state` wrote into ``directory``.
+
+    Loading runs no code from the file: the structure is JSON, checked against what
+    `save_state` writes, and tensors are read as raw bytes into new tensors. Dicts come
+    back as plain dicts (in their saved order), tuples as tuples, tensors as plain
+    tensors that do not require grad; tied tensors come back as one tensor.
+
+    Args:
+        directory: A checkpoint directory (``step_N``) or temporary directory.
+        map_location: Where to put the tensors: ``None`` for the device each was saved
+            from (as ``torch.load`` does), a device (``"cpu"``, ``torch.device("cuda:1")``)
+            for all of them, or a mapping from saved device names to devices, e.g.
+            ``{"cuda:1": "cuda:0"}`` (devices not in it stay where they were).
+            Tensors bound for a device other than the CPU go through a host buffer of at
+            most 64 MiB.
+        storage: Where ``directory`` is (default: the local file system).
+
+    Returns:
+        The state, as saved.
+
+    Raises:
+        StateNotFoundError: If ``directory`` or its `STATE_FILE` does not exist (a
+            `FileNotFoundError`).
+        SerializationError: If the file is not one `save_state` wrote (another format, a
+            pickle, a truncated or altered file, a directory, a FIFO or a device).
+        DeviceUnavailableError: If a tensor would go to a device this process cannot use
+            (a `RuntimeError`); nothing is read then. Pass ``map_location="cpu"``, say.
+        TypeError: If ``map_location`` is not one of the forms above.
+        OSError: If reading fails.
+    """
+    if not (map_location is None or isinstance(map_location, (str, torch.device, Mapping))):
+        raise TypeError(
+            f"map_location must be None, a device or a mapping of device names, got "
+            f"{type(map_location).__name__}"
+        )
+    storage = storage if storage is not None else LocalStorage()
+    where = os.fspath(directory)
+    path = join(where, STATE_FILE)
+    try:
+        f = storage.open_read(path, follow_links=True)
+    except UnsafeFileError:
+        found = storage.entry(path)
+        kind = describe_kind(found.kind) if found is not None else "special file"
+        raise SerializationError(
+            f"{path} is a {kind}, not a state file written by ckpt.torch.save_state"
+        ) from None
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        found = storage.entry(where)
+        if found is None:
+            why = f"there is no directory {where}"
+        elif found.kind not in ("dir", "symlink"):
+            why = f"{where} is not a directory"
+        else:
+            why = f"{where} has no {STATE_FILE}"
+        raise StateNotFoundError(
+            errno.ENOENT,
+            f"no saved state: {why} (save_state writes it; a checkpoint saved some "
+            f"other way holds its own files)",
+            path,
+        ) from exc
+    with f:
+        try:
+            head = f.read(16)
+            if len(head) < 16 or head[:8] != _MAGIC:
+                raise Invalid("it does not start as a ckpt state file")
+            size = f.seek(0, os.SEEK_END)
+            f.seek(16)
+            length = int.from_bytes(head[8:], "little")
+            if length > min(size - 16, _MAX_HEADER):
+                raise Invalid("its header is longer than the file")
+            try:
+                header = json.loads(f.read(length))
+            except (ValueError, RecursionError) as exc:
+                raise Invalid(f"its header is not JSON ({exc})") from None
+            entries, data_size = entries_of(header)
+            del header["tensors"]  # the parsed descriptions: entries hold what is needed
+            start = data_start(length)
+            if size != start + data_size:
+                raise Invalid(f"it is {size} bytes long, not {start + data_size} (truncated?)")
+            tensors = _read_tensors(f, entries, start, map_location, path)
+            return decode_state(header["state"], tensors)
+        except (Invalid, RecursionError) as exc:
+            raise SerializationError(
+                f"{path} is not a state file written by ckpt.torch.save_state: {exc}"
+            ) from None
