@@ -12,27 +12,25 @@ from __future__ import annotations
 import logging
 import numbers
 import os
-import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from pydantic import BaseModel
 
+from ckpt import _attempts as attempts
 from ckpt import _layout, _meta, commit
 from ckpt._async import AsyncWriter, import_torch
 from ckpt._config import CheckpointConfig, PretrainedCheckpoint, as_config
 from ckpt._errors import (
     CheckpointError,
     CheckpointNotFoundError,
-    InvalidCheckpointPathError,
     InvalidStepError,
     MissingMetricWarning,
     ReadOnlyError,
-    SaveInProgressError,
 )
 from ckpt._finalize import Finalizer
 from ckpt._records import CheckpointRecord, Overview, describe_steps
@@ -46,10 +44,9 @@ from ckpt._serialize import (
     encode_training_info,
 )
 from ckpt._text import short_repr
-from ckpt._writers import Attempt, Shared, writers, writers_mutex
-from ckpt.commit import directory as commits
+from ckpt._writers import Shared, writers, writers_mutex
 from ckpt.commit.base import RecoveryAction
-from ckpt.storage import LocalStorage, Storage, describe_kind, join, name_of, parent_of
+from ckpt.storage import LocalStorage, Storage, join
 from policies import ByMetric, ByRecency, Decision, Ranking, RetentionPolicy
 
 logger = logging.getLogger("ckpt")
@@ -61,10 +58,6 @@ def _ranking_record(ranking: Ranking) -> bytes:
     if type(ranking) is ByRecency:
         return encode_ranking(None, True, None)
     return encode_ranking(None, True, short_repr(ranking, 200))
-
-
-def _thread_alive(ident: int) -> bool:
-    return any(thread.ident == ident for thread in threading.enumerate())
 
 
 def _check_step(step: object) -> int:
@@ -469,62 +462,13 @@ class CheckpointManager:
     def _init_tmp(
         self, state: Shared, step: int, info_bytes: bytes, config_bytes: bytes | None
     ) -> Path:
-        storage = state.storage
-        me = threading.get_ident()
-        with state.mutex:
-            live = state.live.get(step)
-            if live is not None and live.thread != me and _thread_alive(live.thread):
-                raise SaveInProgressError(
-                    f"step {step} is being saved by another thread of this process (into "
-                    f"{live.path}); save() and save_async() wait for each other, but "
-                    f"init_tmp_checkpoint does not: finalize or abort that save first"
-                )
-            leftovers = [live.path] if live is not None else []
-            if self._protocol.name == "rename":
-                tmp = join(state.location, _layout.tmp_name(step))
-                found = storage.entry(tmp)
-                if found is not None and found.kind != "dir":
-                    raise CheckpointError(
-                        f"cannot save step {step}: {name_of(tmp)} exists and is a "
-                        f"{describe_kind(found.kind)}, not a directory ckpt made; move it away"
-                    )
-                leftovers = [tmp] if found is not None else []
-            for leftover in leftovers:
-                if storage.entry(leftover) is not None:
-                    logger.warning(
-                        "replacing %s left by an earlier attempt at step %d", leftover, step
-                    )
-                    commits.abandon(storage, state.location, leftover, durable=self._durable)
-            state.live.pop(step, None)
-            attempt = self._protocol.prepare(storage, state.location, step)
-            try:
-                storage.write_bytes(join(attempt, _layout.INFO_FILE), info_bytes)
-                if config_bytes is not None:
-                    storage.write_bytes(join(attempt, _layout.CONFIG_FILE), config_bytes)
-            except BaseException:
-                storage.remove_tree(attempt)
-                raise
-            state.live[step] = Attempt(me, attempt)
+        attempt = attempts.start(
+            state, self._protocol, step, info_bytes, config_bytes, durable=self._durable
+        )
         return Path(attempt)
 
     def _tmp_step(self, checkpoint_path: str | os.PathLike[str]) -> tuple[str, int]:
-        path = os.path.abspath(checkpoint_path)
-        step = self._protocol.attempt_step(name_of(path))
-        storage = self._dir.storage
-        if step is None or storage.canonical(parent_of(path)) != storage.canonical(
-            self._dir.location
-        ):
-            expected = "tmp_step_<N>" if self._protocol.name == "rename" else "step_<N>.<token>"
-            raise InvalidCheckpointPathError(
-                f"{checkpoint_path} is not a temporary checkpoint of this manager; expected "
-                f"{self.checkpoint_dir}/{expected} as returned by init_tmp_checkpoint"
-            )
-        return path, step
-
-    @staticmethod
-    def _is_committed(state: Shared, tmp: str, step: int) -> bool:
-        committed = state.index.committed.get(step)
-        return committed is not None and committed.path == tmp
+        return attempts.parse(self._dir, self._protocol, checkpoint_path, self.checkpoint_dir)
 
     def finalize_checkpoint(self, checkpoint_path: str | os.PathLike[str]) -> None:
         """Publish a temporary checkpoint as ``step_N``, then apply retention.
@@ -559,62 +503,10 @@ class CheckpointManager:
 
         Returns whether the retention applier can decide this commit incrementally.
         """
-        storage, index = state.storage, state.index
-        found = storage.entry(tmp)
-        if found is None or found.kind != "dir" or self._is_committed(state, tmp, step):
-            raise InvalidCheckpointPathError(
-                f"{tmp} does not exist (was it finalized or aborted already?)"
-            )
-        try:
-            info = decode_training_info(storage.read_bytes(join(tmp, _layout.INFO_FILE)))
-        except (OSError, ValueError) as exc:
-            raise InvalidCheckpointPathError(
-                f"{tmp} has no readable {_layout.INFO_FILE} ({exc}); it was not made by "
-                f"init_tmp_checkpoint, or its file was removed"
-            ) from exc
-        final_name = _layout.step_name(step)
-        final_entry = storage.entry(join(state.location, final_name))
-        existing = index.committed.get(step)
-        if final_entry is not None and final_entry.kind != "dir":
-            raise CheckpointError(
-                f"cannot publish step {step}: {final_name} exists and is a "
-                f"{final_entry.kind}, not a checkpoint; move it away and finalize again"
-            )
-        if final_entry is not None and (existing is None or existing.kind != "rename"):
-            # Not ours to replace: a directory without a readable training_info.json
-            # may hold someone's files (NeMo RL's manager's, a crash's, a user's).
-            raise CheckpointError(
-                f"cannot publish step {step}: {final_name} exists but is not a "
-                f"checkpoint (no readable {_layout.INFO_FILE}); move it away and "
-                f"finalize again"
-            )
-        index.record_ranking(self._ranking_record, durable=self._durable)
-        done = commits.commit(
-            self._protocol,
-            storage,
-            state.location,
-            tmp,
-            step,
-            existing=existing,
-            durable=self._durable,
+        new, version_before = attempts.commit(
+            state, self._protocol, tmp, step, self._ranking_record, durable=self._durable
         )
-        state.live.pop(step, None)
-        version_before = index.version
-        index.add(
-            CheckpointRecord(
-                step=step,
-                path=Path(done.path),
-                info=MappingProxyType(info),
-                # A rename keeps a directory's mtime: this is what a rescan will read.
-                committed_at=found.mtime if done.kind == "rename" else done.mtime,
-                pinned=step in index.pins,
-            ),
-            done,
-        )
-        logger.info("committed %s", done.path)
-        return self._retention.committed(
-            index, step, new=existing is None, version_before=version_before
-        )
+        return self._retention.committed(state.index, step, new=new, version_before=version_before)
 
     def abort_checkpoint(self, checkpoint_path: str | os.PathLike[str]) -> None:
         """Throw away a temporary checkpoint; a path already gone is fine.
@@ -627,12 +519,7 @@ class CheckpointManager:
         state = self._writable()
         tmp, step = self._tmp_step(checkpoint_path)
         with state.mutex:
-            state.live.pop(step, None)
-            if self._is_committed(state, tmp, step):
-                return  # finalized already: no longer a temporary (manifest attempts stay put)
-            if state.storage.entry(tmp) is not None:
-                commits.abandon(state.storage, state.location, tmp, durable=self._durable)
-                logger.info("aborted %s", tmp)
+            attempts.abort(state, tmp, step, durable=self._durable)
 
     @contextmanager
     def checkpoint(

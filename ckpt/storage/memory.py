@@ -117,8 +117,8 @@ class MemoryStorage:
     def _find(self, path: str) -> _Node | None:
         node: _Node = self._root
         for part in self._parts(path):
-            if not isinstance(node, _Dir):
-                return None
+            if not isinstance(node, _Dir):  # a file where a directory should be
+                raise _error(errno.ENOTDIR, path)
             found = node.entries.get(part)
             if found is None:
                 return None
@@ -238,8 +238,9 @@ class MemoryStorage:
                 node = self._find(current)
                 if node is None:
                     self.make_dir(current)
-                elif not isinstance(node, _Dir):
-                    raise _error(errno.ENOTDIR, current)
+                elif not isinstance(node, _Dir):  # as os.makedirs says it
+                    last = current == "/" + "/".join(self._parts(path))
+                    raise _error(errno.EEXIST if last else errno.ENOTDIR, current)
 
     def rename(self, src: str, dst: str) -> None:
         """Move ``src`` to ``dst`` (which must not exist) in one step."""
@@ -251,10 +252,17 @@ class MemoryStorage:
                 raise _error(errno.ENOENT, src)
             if dst_name in dst_parent.entries:
                 raise _error(errno.EEXIST, dst)
+            self._refuse_cycle(src, dst)
             del src_parent.entries[src_name]
             dst_parent.entries[dst_name] = node
             src_parent.touched()
             dst_parent.touched()
+
+    def _refuse_cycle(self, src: str, dst: str) -> None:
+        """A directory cannot move into itself (``rename(2)`` says EINVAL)."""
+        outer, inner = self._parts(src), self._parts(dst)
+        if len(inner) > len(outer) and inner[: len(outer)] == outer:
+            raise _error(errno.EINVAL, dst)
 
     def exchange(self, a: str, b: str) -> bool:
         """Swap ``a`` and ``b`` in one step (``False`` if constructed without it)."""
@@ -266,6 +274,8 @@ class MemoryStorage:
             a_node, b_node = a_parent.entries.get(a_name), b_parent.entries.get(b_name)
             if a_node is None or b_node is None:
                 raise _error(errno.ENOENT, a if a_node is None else b)
+            self._refuse_cycle(a, b)
+            self._refuse_cycle(b, a)
             a_parent.entries[a_name], b_parent.entries[b_name] = b_node, a_node
             a_parent.touched()
             b_parent.touched()
@@ -274,7 +284,10 @@ class MemoryStorage:
     def remove_file(self, path: str) -> None:
         """Remove the file ``path``; nothing if it is absent."""
         with self._mutex:
-            parent, name = self._parent(path)
+            try:
+                parent, name = self._parent(path)
+            except FileNotFoundError:
+                return
             node = parent.entries.get(name)
             if node is None:
                 return
