@@ -18,7 +18,7 @@ With N finalized checkpoints already on disk it measures, for N = 100, 1,000 and
 Run:
 
     python benchmarks/save_overhead.py [--sizes 100 1000 10000] [--repeats 30] [--dir DIR]
-        [--policies-only]
+        [--policies-only] [--commit-protocol rename|manifest]
 
 On a disk, creating entries in a directory of 10,000 is itself slower and noisier than
 in one of 100; ``--dir /dev/shm`` measures the manager's own work apart from that.
@@ -38,6 +38,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ckpt import CheckpointManager
+
+# Config keys every manager of the run gets (--commit-protocol sets one).
+EXTRA_KEYS: dict[str, object] = {}
 
 
 def _populate(directory: Path, count: int) -> None:
@@ -100,6 +103,7 @@ def measure(
             "metric_name": "loss",
             "higher_is_better": False,
             "fsync": durable,
+            **EXTRA_KEYS,
         }
 
     try:
@@ -189,6 +193,7 @@ def measure_policies(sizes: list[int], repeats: int, root: Path) -> dict[str, di
                     "higher_is_better": False,
                     "fsync": False,
                     **keys,
+                    **EXTRA_KEYS,
                 }
                 managers[count] = CheckpointManager(config)
             try:
@@ -228,7 +233,14 @@ def main() -> None:
     parser.add_argument(
         "--policies-only", action="store_true", help="only the table of saves by retention"
     )
+    parser.add_argument(
+        "--commit-protocol",
+        choices=["rename", "manifest"],
+        help="the managers' commit_protocol (default: the config's default)",
+    )
     args = parser.parse_args()
+    if args.commit_protocol is not None:
+        EXTRA_KEYS["commit_protocol"] = args.commit_protocol
     root = args.dir.resolve()
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} cpus, python "

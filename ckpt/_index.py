@@ -35,6 +35,7 @@ class Index:
         # A rescan re-reads only what changed; an entry that is not a checkpoint is
         # remembered too (None), so it is warned of once.
         self._seen: dict[tuple[int, str], tuple[Committed, CheckpointRecord | None]] = {}
+        self._manifests: commits.ManifestCache = {}
 
     @property
     def meta(self) -> str:
@@ -44,7 +45,7 @@ class Index:
         """Rebuild the index from the storage, re-reading only entries that changed."""
         pins = self.read_pins()
         entries = {entry.name: entry for entry in self.storage.list_dir(self.location)}
-        found, broken = commits.committed(self.storage, self.location, entries)
+        found, broken = commits.committed(self.storage, self.location, entries, self._manifests)
         seen: dict[tuple[int, str], tuple[Committed, CheckpointRecord | None]] = {}
         for manifest in broken:
             key = (manifest.step, f"broken:{entries[manifest.name].version}")

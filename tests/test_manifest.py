@@ -236,3 +236,57 @@ def test_save_and_load_state_through_a_memory_storage(protocol: str) -> None:
     assert loaded["step"] == 7
     storage.power_cut()  # saved with fsync: all of it survives
     assert torch.equal(load_state(latest, storage=storage)["w"], state["w"])
+
+
+def test_the_cli_lists_checks_prunes_and_pins_a_manifest_directory(
+    make_manager: Make, ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ckpt.cli import main
+
+    manager = make_manager(commit_protocol="manifest", metric_name="loss")
+    paths = {step: _save(manager, step, {"loss": 1 / step}, w=b"x" * step) for step in (1, 2, 3)}
+    manager.close()
+    capsys.readouterr()
+    assert main(["ls", str(ckpt_dir), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [c["path"] for c in listing["checkpoints"]] == [str(paths[s]) for s in (1, 2, 3)]
+    assert listing["latest"] == str(paths[3])
+    assert main(["check", str(ckpt_dir)]) == 0
+    assert "ok: no problems" in capsys.readouterr().out
+    assert main(["pin", str(ckpt_dir), "1"]) == 0
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"checkpoint_dir: {ckpt_dir}\nmetric_name: loss\nretention: {{kind: latest_n, n: 1}}\n"
+        f"commit_protocol: manifest\n"
+    )
+    assert main(["prune", str(ckpt_dir), "--config", str(config)]) == 0
+    assert sorted(p.name for p in ckpt_dir.iterdir() if p.name.endswith(".json")) == [
+        "step_1.manifest.json",  # pinned
+        "step_3.manifest.json",  # the latest
+    ]
+    assert not paths[2].exists()
+
+
+class _CountingReads(LocalStorage):
+    def __init__(self) -> None:
+        self.reads: list[str] = []
+
+    def read_bytes(self, path: str, **kwargs: Any) -> bytes:
+        self.reads.append(Path(path).name)
+        return super().read_bytes(path, **kwargs)
+
+
+def test_a_reader_reads_each_manifest_once_until_it_changes(make_manager: Make) -> None:
+    writer = make_manager(commit_protocol="manifest")
+    for step in (1, 2, 3):
+        _save(writer, step, {"v": step})
+    storage = _CountingReads()
+    reader = make_manager(read_only=True, storage=storage)
+    for _ in range(3):
+        assert [r.step for r in reader.list_checkpoints()] == [1, 2, 3]
+    manifests = [name for name in storage.reads if name.endswith(".manifest.json")]
+    assert sorted(manifests) == [f"step_{s}.manifest.json" for s in (1, 2, 3)]
+    _save(writer, 2, {"v": "again"})  # an overwrite: a new manifest for step 2
+    storage.reads.clear()
+    assert [dict(r.info) for r in reader.list_checkpoints()][1] == {"v": "again"}
+    assert [n for n in storage.reads if n.endswith(".manifest.json")] == ["step_2.manifest.json"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ckpt import _layout
 from ckpt.commit.base import CommitProtocol, Committed, RecoveryAction, RecoveryKind
-from ckpt.commit.manifest import delete_manifest_checkpoint, read_manifest
+from ckpt.commit.manifest import Manifest, delete_manifest_checkpoint, read_manifest
 from ckpt.commit.rename import discard, find_leftovers, trash_dir
 from ckpt.storage.base import Entry, Storage, join, name_of
 
@@ -31,13 +31,22 @@ class BrokenManifest(Exception):
         self.detail = detail
 
 
+ManifestCache = dict[str, tuple[str, Manifest | BrokenManifest]]
+"""Manifests already read, by name: (the entry's version then, what it held)."""
+
+
 def committed(
-    storage: Storage, directory: str, entries: Mapping[str, Entry]
+    storage: Storage,
+    directory: str,
+    entries: Mapping[str, Entry],
+    cache: ManifestCache | None = None,
 ) -> tuple[dict[int, Committed], list[BrokenManifest]]:
     """The committed checkpoints of a listing of ``directory``, by step.
 
     A ``step_N`` entry of any kind is reported (the caller checks that it is a
     checkpoint); a manifest only when it can be read and names an existing attempt.
+    With a ``cache`` (kept by the caller from scan to scan), a manifest is read again
+    only when its entry's version changed, and the cache is pruned to this listing.
     """
     found: dict[int, Committed] = {}
     broken: list[BrokenManifest] = []
@@ -52,14 +61,17 @@ def committed(
         if match is None:
             continue
         step = int(match.group(1))
-        if entry.kind != "file":
-            broken.append(BrokenManifest(step, name, f"{name} is not a file"))
+        cached = cache.get(name) if cache is not None else None
+        if cached is not None and cached[0] == entry.version:
+            manifest_or_broken = cached[1]
+        else:
+            manifest_or_broken = _read(storage, directory, step, name, entry)
+            if cache is not None:
+                cache[name] = (entry.version, manifest_or_broken)
+        if isinstance(manifest_or_broken, BrokenManifest):
+            broken.append(manifest_or_broken)
             continue
-        try:
-            manifest = read_manifest(storage, directory, step)
-        except (OSError, ValueError) as exc:
-            broken.append(BrokenManifest(step, name, f"{name} cannot be read ({exc})"))
-            continue
+        manifest = manifest_or_broken
         attempt = entries.get(manifest.attempt)
         if attempt is None and storage.capabilities.directories:
             broken.append(
@@ -74,7 +86,21 @@ def committed(
             manifest.committed_at,
             manifest=join(directory, name),
         )
+    if cache is not None:
+        for name in cache.keys() - entries.keys():
+            del cache[name]
     return found, broken
+
+
+def _read(
+    storage: Storage, directory: str, step: int, name: str, entry: Entry
+) -> Manifest | BrokenManifest:
+    if entry.kind != "file":
+        return BrokenManifest(step, name, f"{name} is not a file")
+    try:
+        return read_manifest(storage, directory, step)
+    except (OSError, ValueError) as exc:
+        return BrokenManifest(step, name, f"{name} cannot be read ({exc})")
 
 
 def commit(
