@@ -50,24 +50,23 @@ def committed(
     """
     found: dict[int, Committed] = {}
     broken: list[BrokenManifest] = []
+    manifests: list[tuple[str, Entry]] = []
+    prefix = directory.rstrip("/") + "/"  # a cold start joins every name: keep it cheap
     for name, entry in entries.items():
+        if not name.startswith("step_"):
+            continue
+        if name.endswith(".manifest.json"):
+            manifests.append((name, entry))
+            continue
         step = _layout.parse(_layout.STEP, name)
         if step is not None:
-            found.setdefault(
-                step, Committed(step, "rename", join(directory, name), entry.version, entry.mtime)
-            )
-    for name, entry in entries.items():
+            found[step] = Committed(step, "rename", prefix + name, entry.version, entry.mtime)
+    for name, entry in manifests:
         match = _layout.MANIFEST.fullmatch(name)
         if match is None:
             continue
         step = int(match.group(1))
-        cached = cache.get(name) if cache is not None else None
-        if cached is not None and cached[0] == entry.version:
-            manifest_or_broken = cached[1]
-        else:
-            manifest_or_broken = _read(storage, directory, step, name, entry)
-            if cache is not None:
-                cache[name] = (entry.version, manifest_or_broken)
+        manifest_or_broken = _cached(storage, directory, step, name, entry, cache=cache)
         if isinstance(manifest_or_broken, BrokenManifest):
             broken.append(manifest_or_broken)
             continue
@@ -90,6 +89,25 @@ def committed(
         for name in cache.keys() - entries.keys():
             del cache[name]
     return found, broken
+
+
+def _cached(
+    storage: Storage,
+    directory: str,
+    step: int,
+    name: str,
+    entry: Entry,
+    *,
+    cache: ManifestCache | None,
+) -> Manifest | BrokenManifest:
+    """The manifest ``name``, read again only if its entry changed since it was cached."""
+    cached = cache.get(name) if cache is not None else None
+    if cached is not None and cached[0] == entry.version:
+        return cached[1]
+    found = _read(storage, directory, step, name, entry)
+    if cache is not None:
+        cache[name] = (entry.version, found)
+    return found
 
 
 def _read(
@@ -216,6 +234,8 @@ class _Recovery:
     def manifests(self) -> None:
         """Attempts no manifest names go, and so does a ``step_N`` a manifest replaced."""
         storage, directory = self.storage, self.directory
+        if not any("." in name and name.startswith("step_") for name in self.entries):
+            return  # no manifest and no attempt: a directory of the rename protocol
         found, _ = committed(storage, directory, self.entries)
         named = {name_of(c.path) for c in found.values() if c.kind == "manifest"}
         for name, _step in unnamed_attempts(self.entries, named):
