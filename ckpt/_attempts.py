@@ -167,10 +167,12 @@ def commit(
     )
     state.live.pop(step, None)
     version_before = index.version
+    path = Path(done.path)
+    str(path)  # format it now: the query that follows a save returns it as a string
     index.add(
         CheckpointRecord(
             step=step,
-            path=Path(done.path),
+            path=path,
             info=MappingProxyType(info),
             # A rename keeps a directory's mtime: this is what a rescan will read.
             committed_at=found.mtime if done.kind == "rename" else done.mtime,
