@@ -290,3 +290,23 @@ def test_a_reader_reads_each_manifest_once_until_it_changes(make_manager: Make) 
     storage.reads.clear()
     assert [dict(r.info) for r in reader.list_checkpoints()][1] == {"v": "again"}
     assert [n for n in storage.reads if n.endswith(".manifest.json")] == ["step_2.manifest.json"]
+
+
+def test_a_manifest_naming_a_link_is_not_a_checkpoint_and_the_link_target_survives(
+    make_manager: Make, ckpt_dir: Path, tmp_path: Path
+) -> None:
+    manager = make_manager(commit_protocol="manifest")
+    path = _save(manager, 1, {"v": 1})
+    manager.close()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "training_info.json").write_text("{}")
+    (victim / "important").write_bytes(b"not ckpt's")
+    shutil.rmtree(path)
+    path.symlink_to(victim, target_is_directory=True)  # the attempt is now a link
+    again = make_manager(commit_protocol="manifest", keep_top_k=0)
+    assert again.list_checkpoints() == []
+    _save(again, 2, {})  # a prune would delete whatever step 1 is: it is not a checkpoint
+    assert (victim / "important").read_bytes() == b"not ckpt's"
+    problems = {(p.code, p.path.name) for p in verify(ckpt_dir).problems}
+    assert ("broken_manifest", "step_1.manifest.json") in problems

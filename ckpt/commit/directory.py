@@ -16,7 +16,7 @@ from ckpt import _layout
 from ckpt.commit.base import CommitProtocol, Committed, RecoveryAction, RecoveryKind
 from ckpt.commit.manifest import Manifest, delete_manifest_checkpoint, read_manifest
 from ckpt.commit.rename import discard, find_leftovers, trash_dir
-from ckpt.storage.base import Entry, Storage, join, name_of
+from ckpt.storage.base import Entry, Storage, describe_kind, join, name_of
 
 logger = logging.getLogger("ckpt")
 
@@ -72,9 +72,11 @@ def committed(
             continue
         manifest = manifest_or_broken
         attempt = entries.get(manifest.attempt)
-        if attempt is None and storage.capabilities.directories:
+        if storage.capabilities.directories and (attempt is None or attempt.kind != "dir"):
+            # A link there would have readers read, and deletes act, somewhere else.
+            what = "missing" if attempt is None else f"a {describe_kind(attempt.kind)}"
             broken.append(
-                BrokenManifest(step, name, f"{name} names {manifest.attempt}, which is missing")
+                BrokenManifest(step, name, f"{name} names {manifest.attempt}, which is {what}")
             )
             continue
         found[step] = Committed(
