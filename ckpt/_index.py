@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 from ckpt import _layout, _meta
 from ckpt._records import CheckpointRecord, NotACheckpointError, VanishedError, load_record
 from ckpt._serialize import encode_pins
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed
-from ckpt.storage.base import Storage, join
+from ckpt.storage.base import Storage, join, name_of
 
 logger = logging.getLogger("ckpt")
 
@@ -31,10 +32,11 @@ class Index:
         self.committed: dict[int, Committed] = {}
         self.pins: set[int] = set()
         self.version = 0
+        self._root = Path(location)
         self._ranking: bytes | None = None  # what .ckpt/ranking.json holds; None: not read
         # A rescan re-reads only what changed; an entry that is not a checkpoint is
         # remembered too (None), so it is warned of once.
-        self._seen: dict[tuple[int, str], tuple[Committed, CheckpointRecord | None]] = {}
+        self._seen: dict[tuple[int, str, str], tuple[Committed, CheckpointRecord | None]] = {}
         self._manifests: commits.ManifestCache = {}
 
     @property
@@ -46,22 +48,24 @@ class Index:
         pins = self.read_pins()
         entries = {entry.name: entry for entry in self.storage.list_dir(self.location)}
         found, broken = commits.committed(self.storage, self.location, entries, self._manifests)
-        seen: dict[tuple[int, str], tuple[Committed, CheckpointRecord | None]] = {}
+        seen: dict[tuple[int, str, str], tuple[Committed, CheckpointRecord | None]] = {}
         for manifest in broken:
-            key = (manifest.step, f"broken:{entries[manifest.name].version}")
+            key = (manifest.step, "broken", entries[manifest.name].version)
             if key not in self._seen:
                 logger.warning("ignoring %s", manifest.detail)
             seen[key] = (Committed(manifest.step, "manifest", "", "", 0.0), None)
         for step, checkpoint in found.items():
-            key = (step, f"{checkpoint.kind}:{checkpoint.version}")
+            key = (step, checkpoint.kind, checkpoint.version)
             cached = self._seen.get(key)
             if cached is not None:
                 seen[key] = cached
                 continue
-            kind = "dir"
             if checkpoint.kind == "rename":
-                kind = entries[_layout.step_name(step)].kind
-            seen[key] = (checkpoint, self._load(checkpoint, kind))
+                name = _layout.step_name(step)
+                kind = entries[name].kind
+            else:
+                name, kind = name_of(checkpoint.path), "dir"
+            seen[key] = (checkpoint, self._load(checkpoint, kind, name))
         records: dict[int, CheckpointRecord] = {}
         committed: dict[int, Committed] = {}
         for checkpoint, record in seen.values():
@@ -73,13 +77,12 @@ class Index:
             self.version += 1
         self._seen, self.records, self.committed, self.pins = seen, records, committed, pins
 
-    def _load(self, checkpoint: Committed, kind: str) -> CheckpointRecord | None:
+    def _load(self, checkpoint: Committed, kind: str, name: str) -> CheckpointRecord | None:
         try:
-            return load_record(self.storage, checkpoint, kind)  # type: ignore[arg-type]
+            return load_record(self.storage, checkpoint, kind, self._root / name)  # type: ignore[arg-type]
         except VanishedError:
             return None  # pruned or replaced while listed; the next scan sees what is there
         except NotACheckpointError as exc:
-            name = checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
             logger.warning("ignoring %s: %s", name, exc.detail)
             return None
 

@@ -63,8 +63,13 @@ class VanishedError(NotACheckpointError):
         super().__init__("vanished", "it was removed while it was read")
 
 
-def load_record(storage: Storage, checkpoint: Committed, kind: EntryKind) -> CheckpointRecord:
+def load_record(
+    storage: Storage, checkpoint: Committed, kind: EntryKind, shown: Path | None = None
+) -> CheckpointRecord:
     """Read the committed ``checkpoint``, whose listing entry is of ``kind``.
+
+    ``shown`` is the record's ``path`` when the caller has it as a `Path` already (a
+    directory's ``Path`` joined with one name costs a tenth of parsing the whole string).
 
     A writer may prune or replace ``step_N`` while it is read: a read that fails is
     looked at again, and a checkpoint that is gone is `VanishedError` (a race, not
@@ -101,7 +106,10 @@ def load_record(storage: Storage, checkpoint: Committed, kind: EntryKind) -> Che
             version, mtime, kind = now.version, now.mtime, now.kind
             continue
         return CheckpointRecord(
-            step=step, path=Path(path), info=MappingProxyType(info), committed_at=mtime
+            step=step,
+            path=shown if shown is not None else Path(path),
+            info=MappingProxyType(info),
+            committed_at=mtime,
         )
     raise VanishedError  # replaced on every look: a writer overwriting it in a loop
 

@@ -131,7 +131,7 @@ _LOCAL = Capabilities(
 def _entry(name: str, st: os.stat_result) -> Entry:
     kind = _kind(st.st_mode)
     size = st.st_size if kind == "file" else 0
-    return Entry(name, kind, st.st_mtime, f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}", size)
+    return Entry(name, kind, st.st_mtime, f"{st.st_ino}:{st.st_mtime_ns}", size)
 
 
 def _partial(path: str) -> str:
