@@ -35,7 +35,8 @@ class Overview:
 
     Attributes:
         records: Every finalized checkpoint, sorted by step.
-        decisions: What retention decides for each (as `plan_retention` says), by step.
+        decisions: What retention decides for each (as `plan_retention` says), sorted
+            by step.
         best: The best checkpoint by the ranking (as `get_best_checkpoint_path`), or
             ``None`` without checkpoints.
         latest: The checkpoint with the highest step, or ``None``.
