@@ -11,7 +11,7 @@ from ckpt._records import CheckpointRecord, NotACheckpointError, VanishedError, 
 from ckpt._serialize import encode_pins
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed
-from ckpt.storage.base import Storage, join, name_of
+from ckpt.storage.base import EntryKind, Storage, join, name_of
 
 logger = logging.getLogger("ckpt")
 
@@ -37,7 +37,7 @@ class Index:
         # A rescan re-reads only what changed; an entry that is not a checkpoint is
         # remembered too (None), so it is warned of once.
         self._seen: dict[tuple[int, str, str], tuple[Committed, CheckpointRecord | None]] = {}
-        self._manifests: commits.ManifestCache = {}
+        self.manifests: commits.ManifestCache = {}  # shared with recovery
 
     @property
     def meta(self) -> str:
@@ -47,7 +47,7 @@ class Index:
         """Rebuild the index from the storage, re-reading only entries that changed."""
         pins = self.read_pins()
         entries = {entry.name: entry for entry in self.storage.list_dir(self.location)}
-        found, broken = commits.committed(self.storage, self.location, entries, self._manifests)
+        found, broken = commits.committed(self.storage, self.location, entries, self.manifests)
         seen: dict[tuple[int, str, str], tuple[Committed, CheckpointRecord | None]] = {}
         for manifest in broken:
             key = (manifest.step, "broken", entries[manifest.name].version)
@@ -64,7 +64,7 @@ class Index:
                 name = _layout.step_name(step)
                 kind = entries[name].kind
             else:
-                name, kind = name_of(checkpoint.path), "dir"
+                name, kind = name_of(checkpoint.path), "dir"  # a manifest vouches for it
             seen[key] = (checkpoint, self._load(checkpoint, kind, name))
         records: dict[int, CheckpointRecord] = {}
         committed: dict[int, Committed] = {}
@@ -77,9 +77,9 @@ class Index:
             self.version += 1
         self._seen, self.records, self.committed, self.pins = seen, records, committed, pins
 
-    def _load(self, checkpoint: Committed, kind: str, name: str) -> CheckpointRecord | None:
+    def _load(self, checkpoint: Committed, kind: EntryKind, name: str) -> CheckpointRecord | None:
         try:
-            return load_record(self.storage, checkpoint, kind, self._root / name)  # type: ignore[arg-type]
+            return load_record(self.storage, checkpoint, kind, self._root / name)
         except VanishedError:
             return None  # pruned or replaced while listed; the next scan sees what is there
         except NotACheckpointError as exc:

@@ -60,8 +60,8 @@ class Shared:
         """Take the directory's lock, then recover and index it."""
         storage = self.storage
         _meta.check_metadata(storage, self.location)
-        created = []  # the directories make_dirs is about to create, outermost last
-        path = self.location
+        created = []  # the directories make_dirs is about to create, innermost first
+        path = trash_dir(self.location)
         while storage.entry(path) is None and parent_of(path) != path:
             created.append(path)
             path = parent_of(path)
@@ -71,8 +71,6 @@ class Shared:
             # this, a power cut could take the whole checkpoint directory with it.
             for new in reversed(created):
                 storage.sync_dir(parent_of(new))
-            storage.sync_dir(self.location)
-            storage.sync_dir(self.index.meta)
         self.lock = storage.lock(join(self.index.meta, _layout.LOCK_FILE))
         try:
             _meta.check_metadata(self.storage, self.location)  # as it is now we hold the lock
@@ -92,7 +90,13 @@ class Shared:
         """
         with self.mutex:
             ours = {name_of(attempt.path) for attempt in self.live.values()}
-            actions = commits.recover(self.storage, self.location, durable=self.durable, keep=ours)
+            actions = commits.recover(
+                self.storage,
+                self.location,
+                durable=self.durable,
+                keep=ours,
+                cache=self.index.manifests,  # the scan below reuses what recovery read
+            )
             self.index.scan()
             stale = self.index.pins - self.index.records.keys()
             if stale:
@@ -127,9 +131,3 @@ if hasattr(os, "register_at_fork"):
         after_in_parent=writers_mutex.release,
         after_in_child=_forget_writers_in_child,
     )
-
-
-def writing(key: str) -> bool:
-    """Whether a manager of this process is the writer of the directory ``key``."""
-    with writers_mutex:
-        return key in writers

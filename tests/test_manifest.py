@@ -310,3 +310,15 @@ def test_a_manifest_naming_a_link_is_not_a_checkpoint_and_the_link_target_surviv
     assert (victim / "important").read_bytes() == b"not ckpt's"
     problems = {(p.code, p.path.name) for p in verify(ckpt_dir).problems}
     assert ("broken_manifest", "step_1.manifest.json") in problems
+
+
+def test_a_writer_reads_each_manifest_once_to_recover_and_index(make_manager: Make) -> None:
+    writer = make_manager(commit_protocol="manifest")
+    for step in (1, 2):
+        _save(writer, step, {"v": step})
+    writer.close()
+    storage = _CountingReads()
+    again = make_manager(commit_protocol="manifest", storage=storage)
+    assert [r.step for r in again.list_checkpoints()] == [1, 2]
+    manifests = [name for name in storage.reads if name.endswith(".manifest.json")]
+    assert sorted(manifests) == ["step_1.manifest.json", "step_2.manifest.json"]

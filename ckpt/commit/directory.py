@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ckpt import _layout
@@ -21,14 +22,13 @@ from ckpt.storage.base import Entry, Storage, describe_kind, join, name_of
 logger = logging.getLogger("ckpt")
 
 
-class BrokenManifest(Exception):
-    """A manifest that cannot be trusted; ``code`` says why (for `verify`)."""
+@dataclass(frozen=True)
+class BrokenManifest:
+    """A manifest that cannot be trusted: its step, its name, and why (for messages)."""
 
-    def __init__(self, step: int, name: str, detail: str) -> None:
-        super().__init__(detail)
-        self.step = step
-        self.name = name
-        self.detail = detail
+    step: int
+    name: str
+    detail: str
 
 
 ManifestCache = dict[str, tuple[str, Manifest | BrokenManifest]]
@@ -167,13 +167,19 @@ def unnamed_attempts(entries: Mapping[str, Entry], named: Collection[str]) -> li
 
 
 def recover(
-    storage: Storage, directory: str, *, durable: bool, keep: Collection[str] = ()
+    storage: Storage,
+    directory: str,
+    *,
+    durable: bool,
+    keep: Collection[str] = (),
+    cache: ManifestCache | None = None,
 ) -> list[RecoveryAction]:
     """Finish or undo whatever a crash interrupted in ``directory``; log and return it.
 
-    Entries named in ``keep`` (attempts that live saves are writing) are left alone.
+    Entries named in ``keep`` (attempts that live saves are writing) are left alone;
+    ``cache`` is the manifests already read (see `committed`).
     """
-    recovery = _Recovery(storage, directory, durable=durable, keep=keep)
+    recovery = _Recovery(storage, directory, durable=durable, keep=keep, cache=cache)
     recovery.renames()
     recovery.manifests()
     recovery.partials_and_trash()
@@ -188,12 +194,19 @@ class _Recovery:
     """One recovery of a directory: each protocol's leftovers, then ckpt's own."""
 
     def __init__(
-        self, storage: Storage, directory: str, *, durable: bool, keep: Collection[str]
+        self,
+        storage: Storage,
+        directory: str,
+        *,
+        durable: bool,
+        keep: Collection[str],
+        cache: ManifestCache | None,
     ) -> None:
         self.storage = storage
         self.directory = directory
         self.durable = durable
         self.keep = keep
+        self.cache = cache
         self.actions: list[RecoveryAction] = []
         self.entries = {entry.name: entry for entry in storage.list_dir(directory)}
 
@@ -238,7 +251,7 @@ class _Recovery:
         storage, directory = self.storage, self.directory
         if not any("." in name and name.startswith("step_") for name in self.entries):
             return  # no manifest and no attempt: a directory of the rename protocol
-        found, _ = committed(storage, directory, self.entries)
+        found, _ = committed(storage, directory, self.entries, self.cache)
         named = {name_of(c.path) for c in found.values() if c.kind == "manifest"}
         for name, _step in unnamed_attempts(self.entries, named):
             if name in self.keep:
@@ -291,5 +304,10 @@ class _Recovery:
 
 
 def _partial_manifest(name: str) -> bool:
-    inner = name.removeprefix(".").removesuffix(".partial")
-    return name == f".{inner}.partial" and _layout.MANIFEST.fullmatch(inner) is not None
+    """Whether ``name`` is what an interrupted write of a manifest leaves: ``.NAME.partial``."""
+    suffix = ".partial"
+    return (
+        name.startswith(".")
+        and name.endswith(suffix)
+        and _layout.MANIFEST.fullmatch(name[1 : -len(suffix)]) is not None
+    )
