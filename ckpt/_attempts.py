@@ -9,9 +9,7 @@ functions keep that record and the index in step with what the protocol does.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from pathlib import Path
 from types import MappingProxyType
 
 from ckpt import _layout
@@ -21,7 +19,16 @@ from ckpt._serialize import decode_training_info
 from ckpt._writers import Attempt, Shared
 from ckpt.commit import directory as commits
 from ckpt.commit.base import CommitProtocol
-from ckpt.storage import describe_kind, join, name_of, parent_of
+from ckpt.storage import (
+    CheckpointPath,
+    PathInput,
+    describe_kind,
+    join,
+    location_of,
+    name_of,
+    parent_of,
+    user_path,
+)
 
 logger = logging.getLogger("ckpt")
 
@@ -87,8 +94,8 @@ def start(
 def parse(
     state: Shared,
     protocol: CommitProtocol,
-    checkpoint_path: str | os.PathLike[str],
-    shown: Path,
+    checkpoint_path: PathInput,
+    shown: CheckpointPath,
 ) -> tuple[str, int]:
     """The attempt path and step of what a user handed back to finalize or abort.
 
@@ -96,9 +103,9 @@ def parse(
         InvalidCheckpointPathError: If it is not named as ``protocol`` names attempts, or
             not in the manager's directory (``shown``, for the message).
     """
-    path = os.path.abspath(checkpoint_path)
-    step = protocol.attempt_step(name_of(path))
     storage = state.storage
+    path = location_of(storage, checkpoint_path)
+    step = protocol.attempt_step(name_of(path))
     if step is None or storage.canonical(parent_of(path)) != storage.canonical(state.location):
         expected = "tmp_step_<N>" if protocol.name == "rename" else "step_<N>.<token>"
         raise InvalidCheckpointPathError(
@@ -133,6 +140,7 @@ def commit(
         CheckpointError: If an entry that is not a checkpoint holds ``step_N``.
     """
     storage, index = state.storage, state.index
+    state.check_writer()  # a writer whose lease lapsed must not commit over its successor
     found = storage.entry(tmp)
     if found is None or found.kind != "dir" or _committed(state, tmp, step):
         raise InvalidCheckpointPathError(
@@ -167,7 +175,7 @@ def commit(
     )
     state.live.pop(step, None)
     version_before = index.version
-    path = Path(done.path)
+    path = user_path(storage, done.path)
     str(path)  # format it now: the query that follows a save returns it as a string
     index.add(
         CheckpointRecord(

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -203,11 +204,36 @@ def _deadline(value: Any) -> Any:
     return value
 
 
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://(.*)", re.DOTALL)
+
+
+def _checkpoint_url(value: Any, protocol: str, rest: str) -> str:
+    """A URL ``checkpoint_dir``: kept as a string, refused at a bucket's root."""
+    if protocol.lower() in ("file", "local"):
+        return rest  # a local path, spelt as a URL: local disk, with its guarantees
+    key = rest.strip("/")
+    if ("/" not in key and protocol.lower() != "memory") or not key:
+        raise PydanticCustomError(
+            "ckpt_checkpoint_dir",
+            "`checkpoint_dir` must name the run's own prefix, got {value}, which is the "
+            "root of a bucket: a writer there would take every step_N in it for its own "
+            "and prune it; use a prefix of the run, such as {example}",
+            {"value": short_repr(value), "example": f"{protocol}://{key or 'bucket'}/runs/run1"},
+        )
+    return f"{protocol}://{rest.rstrip('/')}"
+
+
 def _checkpoint_dir(value: Any) -> Any:
     """Refuse the paths where a writer would prune directories that are not the run's."""
     if not isinstance(value, (str, os.PathLike)):
         return value  # pydantic says what a path is
-    text = os.fspath(value)
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if isinstance(text, str) and not isinstance(value, Path):
+        url = _URL.fullmatch(text)
+        if url is not None:
+            text = _checkpoint_url(value, url.group(1), url.group(2))
+            if _URL.match(text):
+                return text
     if isinstance(text, bytes) or not text.strip():
         raise PydanticCustomError(
             "ckpt_checkpoint_dir",
@@ -232,7 +258,7 @@ def _checkpoint_dir(value: Any) -> Any:
                 "example": os.path.join(absolute, "runs", "run1"),
             },
         )
-    return value
+    return Path(text)
 
 
 _MAX_DEPTH = 32
@@ -306,10 +332,34 @@ class CheckpointConfig(_Strict):
         description="Whether checkpointing is on. When off the manager only reads: "
         "it takes no lock, creates nothing, and refuses to write.",
     )
-    checkpoint_dir: Annotated[Path, BeforeValidator(_checkpoint_dir)] = Field(
+    checkpoint_dir: Annotated[
+        Path | str,
+        BeforeValidator(_checkpoint_dir),
+        WithJsonSchema({"type": "string", "format": "path-or-url"}),
+    ] = Field(
         description="Directory holding the step_N checkpoints: the run's own directory "
         "(not empty, not / and not the home directory, where a writer would take every "
-        "step_N for its own)."
+        "step_N for its own). A URL (s3://bucket/run, gs://..., memory://...) puts them "
+        "on that fsspec store, kept as a string; a plain path is a Path."
+    )
+    storage_options: dict[str, Any] | None = Field(
+        None,
+        description="For a URL checkpoint_dir: options for its fsspec file system "
+        "(credentials, client_kwargs with an endpoint_url...), as pandas and Lightning "
+        "take them. Unset: the file system reads the environment (AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID...).",
+    )
+    lease_seconds: Annotated[float, Field(gt=0, le=86400)] = Field(
+        30.0,
+        description="On a store without locks (S3): how long the writer's lease lasts "
+        "unrenewed. It is renewed every third of this; a crashed writer blocks a restart "
+        "for at most this long.",
+    )
+    attempt_grace_seconds: Annotated[float, Field(ge=0)] = Field(
+        600.0,
+        description="On a store without locks: how old an uncommitted attempt "
+        "(step_N.<token>/) must be before recovery removes it, so that a save another "
+        "process is still writing is never taken for a crash's leftover.",
     )
     metric_name: str | None = Field(
         None,

@@ -14,6 +14,8 @@ specific one also derives from the built-in exception a caller would naturally c
     ├── DeviceUnavailableError           (RuntimeError)     load_state's target device is unusable
     ├── ReadOnlyError                    (PermissionError)  write on a read-only or disabled manager
     ├── CheckpointDirLockedError         (BlockingIOError)  another process is the writer
+    ├── LeaseLostError                   (RuntimeError)     this writer's lease on a store ended
+    ├── CommitConflictError              (FileExistsError)  another writer committed that step
     ├── SaveInProgressError              (RuntimeError)     another thread is saving that step
     ├── FinalizationError                (RuntimeError)     a background finalization failed
     └── UnsafeFileError                  (OSError)          a link, FIFO, device or oversized file
@@ -75,6 +77,24 @@ class ReadOnlyError(CheckpointError, PermissionError):
 
 class CheckpointDirLockedError(CheckpointError, BlockingIOError):
     """Another process holds the writer lock on the checkpoint directory."""
+
+
+class LeaseLostError(CheckpointError, RuntimeError):
+    """This writer's lease on an object store expired or was taken over.
+
+    A writer on a store without locks holds a lease object that it renews in the
+    background; when a renewal fails for longer than the lease lasts (a partition, a
+    paused process), another writer may have taken the directory over, so this one
+    refuses to commit or delete anything more.
+    """
+
+
+class CommitConflictError(CheckpointError, FileExistsError):
+    """Another writer committed the same step first (or replaced it meanwhile).
+
+    The manifest is created with a conditional write, so of two writers racing to
+    commit one step exactly one wins; the loser's attempt is left uncommitted.
+    """
 
 
 class UnsafeFileError(CheckpointError, OSError):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 
 from ckpt import _layout, _meta
 from ckpt._records import CheckpointRecord, NotACheckpointError, VanishedError, load_record
 from ckpt._serialize import encode_pins
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed
+from ckpt.storage import user_path
 from ckpt.storage.base import EntryKind, Storage, join, name_of
 
 logger = logging.getLogger("ckpt")
@@ -32,7 +32,7 @@ class Index:
         self.committed: dict[int, Committed] = {}
         self.pins: set[int] = set()
         self.version = 0
-        self._root = Path(location)
+        self._root = user_path(storage, location)
         self._ranking: bytes | None = None  # what .ckpt/ranking.json holds; None: not read
         # A rescan re-reads only what changed; an entry that is not a checkpoint is
         # remembered too (None), so it is warned of once.

@@ -46,7 +46,15 @@ from ckpt._serialize import (
 from ckpt._text import short_repr
 from ckpt._writers import Shared, writers, writers_mutex
 from ckpt.commit.base import RecoveryAction
-from ckpt.storage import LocalStorage, Storage, join
+from ckpt.storage import (
+    CheckpointPath,
+    PathInput,
+    Storage,
+    join,
+    location_of,
+    open_storage,
+    user_path,
+)
 from policies import ByMetric, ByRecency, Decision, Ranking, RetentionPolicy
 
 logger = logging.getLogger("ckpt")
@@ -121,8 +129,16 @@ class CheckpointManager:
         self.retention: RetentionPolicy
         self.ranking, config_retention = policies_from_config(self.config, ranking=ranking)
         self.retention = retention if retention is not None else config_retention
-        location = os.path.abspath(self.config.checkpoint_dir)
-        self.checkpoint_dir = Path(location)
+        given = storage
+        if storage is None:
+            storage, location = open_storage(
+                self.config.checkpoint_dir,
+                self.config.storage_options,
+                lease_seconds=self.config.lease_seconds,
+            )
+        else:
+            location = location_of(storage, self.config.checkpoint_dir)
+        self.checkpoint_dir: CheckpointPath = user_path(storage, location)
         self.read_only = read_only or not self.config.enabled
         # Each manager honours its own `fsync`, even when it shares a directory's state.
         self._durable = self.config.fsync
@@ -131,11 +147,10 @@ class CheckpointManager:
         self._ranking_record = _ranking_record(self.ranking)
         self._async: AsyncWriter | None = None
         self._finalizer: Finalizer | None = None
-        given = storage
-        storage = storage if storage is not None else LocalStorage()
         self._protocol = commit.choose(self.config.commit_protocol, storage.capabilities)
+        grace = self.config.attempt_grace_seconds
         if self.read_only:
-            self._dir = Shared(storage, location, durable=self.config.fsync)
+            self._dir = Shared(storage, location, durable=self.config.fsync, grace=grace)
             return
         key = storage.canonical(location)
         with writers_mutex:
@@ -146,7 +161,7 @@ class CheckpointManager:
                     f"{shared.storage!r}; close that manager first, or pass the same storage"
                 )
             if shared is None:
-                shared = Shared(storage, location, durable=self.config.fsync)
+                shared = Shared(storage, location, durable=self.config.fsync, grace=grace)
                 shared.open_writer()
                 writers[key] = shared
             else:
@@ -311,7 +326,7 @@ class CheckpointManager:
 
     def begin_finalization(
         self,
-        checkpoint_path: str | os.PathLike[str],
+        checkpoint_path: PathInput,
         wait_fn: Callable[[], object] | None = None,
     ) -> None:
         """Commit a temporary checkpoint in the background, once its writers are done.
@@ -416,6 +431,7 @@ class CheckpointManager:
             raise ReadOnlyError(
                 f"cannot change {self.checkpoint_dir}: the manager was opened with {why}"
             )
+        self._dir.check_writer()
         return self._dir
 
     # --- writing ------------------------------------------------------------------
@@ -425,7 +441,7 @@ class CheckpointManager:
         step: int,
         training_info: Mapping[str, Any],
         run_config: Mapping[str, Any] | BaseModel | None = None,
-    ) -> Path:
+    ) -> CheckpointPath:
         """Create ``tmp_step_N`` holding the training info (and run config).
 
         The loop writes its own files into the returned directory, then calls
@@ -461,16 +477,16 @@ class CheckpointManager:
 
     def _init_tmp(
         self, state: Shared, step: int, info_bytes: bytes, config_bytes: bytes | None
-    ) -> Path:
+    ) -> CheckpointPath:
         attempt = attempts.start(
             state, self._protocol, step, info_bytes, config_bytes, durable=self._durable
         )
-        return Path(attempt)
+        return user_path(state.storage, attempt)
 
-    def _tmp_step(self, checkpoint_path: str | os.PathLike[str]) -> tuple[str, int]:
+    def _tmp_step(self, checkpoint_path: PathInput) -> tuple[str, int]:
         return attempts.parse(self._dir, self._protocol, checkpoint_path, self.checkpoint_dir)
 
-    def finalize_checkpoint(self, checkpoint_path: str | os.PathLike[str]) -> None:
+    def finalize_checkpoint(self, checkpoint_path: PathInput) -> None:
         """Publish a temporary checkpoint as ``step_N``, then apply retention.
 
         Every file under it and the directory itself are fsynced, then it is renamed
@@ -508,7 +524,7 @@ class CheckpointManager:
         )
         return self._retention.committed(state.index, step, new=new, version_before=version_before)
 
-    def abort_checkpoint(self, checkpoint_path: str | os.PathLike[str]) -> None:
+    def abort_checkpoint(self, checkpoint_path: PathInput) -> None:
         """Throw away a temporary checkpoint; a path already gone is fine.
 
         Raises:
@@ -527,7 +543,7 @@ class CheckpointManager:
         step: int,
         training_info: Mapping[str, Any],
         run_config: Mapping[str, Any] | BaseModel | None = None,
-    ) -> Iterator[Path]:
+    ) -> Iterator[CheckpointPath]:
         """Yield a temporary directory; finalize it on success, abort it on an exception.
 
         Example:
@@ -561,7 +577,7 @@ class CheckpointManager:
         state: Any,
         *,
         run_config: Mapping[str, Any] | BaseModel | None = None,
-    ) -> Path:
+    ) -> CheckpointPath:
         """Save ``state`` as the checkpoint of ``step`` and wait until it is committed.
 
         The state (a possibly nested dict of tensors, see `ckpt.torch.save_state`) is
@@ -578,7 +594,8 @@ class CheckpointManager:
                 ``mode="json"``), stored as ``config.yaml``.
 
         Returns:
-            The path of the committed checkpoint, ``checkpoint_dir/step_N``.
+            The path of the committed checkpoint, ``checkpoint_dir/step_N`` (under the
+            manifest protocol, its attempt ``step_N.<token>``).
 
         Raises:
             ImportError: If torch is not installed.
@@ -594,6 +611,9 @@ class CheckpointManager:
         self.wait_until_finished()
         with self._dir.save_lock, self.checkpoint(step, training_info, run_config) as path:
             save_state(path, state, fsync=self._durable, storage=self._dir.storage)
+            committed_path = path if self._protocol.name == "manifest" else None
+        if committed_path is not None:
+            return committed_path  # the attempt is the checkpoint
         return self.checkpoint_dir / _layout.step_name(step)
 
     def save_async(
@@ -860,9 +880,7 @@ class CheckpointManager:
                 stacklevel=3,
             )
 
-    def load_training_info(
-        self, checkpoint_path: str | os.PathLike[str] | None = None
-    ) -> dict[str, Any] | None:
+    def load_training_info(self, checkpoint_path: PathInput | None = None) -> dict[str, Any] | None:
         """Read the ``training_info.json`` of a checkpoint.
 
         Args:
@@ -878,7 +896,7 @@ class CheckpointManager:
         if checkpoint_path is None:
             return None
         storage = self._dir.storage
-        path = join(os.fspath(checkpoint_path), _layout.INFO_FILE)
+        path = join(location_of(storage, checkpoint_path), _layout.INFO_FILE)
         return decode_training_info(storage.read_bytes(path))
 
     def should_save(self, step: int, *, last: bool = False) -> bool:
@@ -906,7 +924,7 @@ class CheckpointManager:
                 state.index.scan()
 
 
-def _state_io() -> tuple[Callable[..., Path], Callable[[Any], object]]:
+def _state_io() -> tuple[Callable[..., CheckpointPath], Callable[[Any], object]]:
     """``ckpt.torch``'s writer and its check of a state (imported on first use)."""
     import_torch()  # for its message naming the extra
     from ckpt.torch import save_state  # noqa: PLC0415 - torch is an optional extra

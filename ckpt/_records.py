@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 
 from ckpt import _layout
 from ckpt._serialize import decode_training_info
 from ckpt.commit.base import Committed
+from ckpt.storage import CheckpointPath, user_path
 from ckpt.storage.base import EntryKind, Storage, describe_kind, join
 from policies import CheckpointView, Decision
 
@@ -20,13 +20,15 @@ class CheckpointRecord(CheckpointView):
 
     Attributes:
         step: The training step.
-        path: The checkpoint's directory, ``checkpoint_dir/step_N``.
+        path: The checkpoint's directory, ``checkpoint_dir/step_N`` (its attempt
+            ``step_N.<token>`` under the manifest protocol): a `pathlib.Path` on
+            local disk, a ``UPath`` on an fsspec store.
         info: Its training info; treat it as read-only.
         committed_at: When it was published (the directory's modification time).
         pinned: Whether it is pinned against pruning.
     """
 
-    path: Path
+    path: CheckpointPath
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,10 @@ class VanishedError(NotACheckpointError):
 
 
 def load_record(
-    storage: Storage, checkpoint: Committed, kind: EntryKind, shown: Path | None = None
+    storage: Storage,
+    checkpoint: Committed,
+    kind: EntryKind,
+    shown: CheckpointPath | None = None,
 ) -> CheckpointRecord:
     """Read the committed ``checkpoint``, whose listing entry is of ``kind``.
 
@@ -95,7 +100,13 @@ def load_record(
                 f"it is a {describe_kind(kind)}, not a checkpoint directory",
             )
         try:
-            info = decode_training_info(storage.read_bytes(join(path, _layout.INFO_FILE)))
+            carried = checkpoint.training_info
+            raw = (
+                carried
+                if carried is not None
+                else storage.read_bytes(join(path, _layout.INFO_FILE))
+            )
+            info = decode_training_info(raw)
         except (OSError, ValueError) as exc:
             now = storage.entry(watched)
             if now is None:
@@ -108,7 +119,7 @@ def load_record(
             continue
         return CheckpointRecord(
             step=step,
-            path=shown if shown is not None else Path(path),
+            path=shown if shown is not None else user_path(storage, path),
             info=MappingProxyType(info),
             committed_at=mtime,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -17,7 +16,19 @@ from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed
 from ckpt.commit.manifest import read_manifest
 from ckpt.commit.rename import Leftover, find_leftovers, trash_dir
-from ckpt.storage import Entry, EntryKind, LocalStorage, Storage, join, name_of, walk_files
+from ckpt.storage import (
+    CheckpointPath,
+    Entry,
+    EntryKind,
+    PathInput,
+    Storage,
+    join,
+    location_of,
+    name_of,
+    open_storage,
+    user_path,
+    walk_files,
+)
 from policies import ByMetric, decide, metric_value
 
 Severity = Literal["error", "warning"]
@@ -39,7 +50,7 @@ class Problem:
 
     severity: Severity
     code: str
-    path: Path
+    path: CheckpointPath
     message: str
     hint: str
 
@@ -66,7 +77,7 @@ class VerifyReport:
             temporaries are then saves in progress, not leftovers.
     """
 
-    directory: Path
+    directory: CheckpointPath
     steps: tuple[int, ...]
     problems: tuple[Problem, ...]
     writer_active: bool
@@ -118,7 +129,7 @@ PROBLEM_CODES: Mapping[str, Severity] = MappingProxyType(
 """Every code `verify` reports, with its severity (``ckpt check --ignore CODE``)."""
 
 
-def _problem(code: str, path: Path, message: str, hint: str) -> Problem:
+def _problem(code: str, path: CheckpointPath, message: str, hint: str) -> Problem:
     return Problem(PROBLEM_CODES[code], code, path, message, hint)
 
 
@@ -135,21 +146,22 @@ def _writer_active(storage: Storage, directory: str) -> bool:
 
 
 def _config(
-    directory: Path, config: CheckpointConfig | Mapping[str, Any] | str | os.PathLike[str]
+    directory: str, config: CheckpointConfig | Mapping[str, Any] | str | os.PathLike[str]
 ) -> CheckpointConfig:
     if isinstance(config, CheckpointConfig):
         return config
     if isinstance(config, Mapping):
         # The directory checked is the argument; a config need not name it.
-        return load_config({"checkpoint_dir": str(directory), **config_section(config)[0]})
+        return load_config({"checkpoint_dir": directory, **config_section(config)[0]})
     return load_config(config)
 
 
 def verify(
-    checkpoint_dir: str | os.PathLike[str],
+    checkpoint_dir: PathInput,
     config: CheckpointConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     *,
     storage: Storage | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
     """Check a checkpoint directory and list every problem found; change nothing.
 
@@ -166,7 +178,9 @@ def verify(
         checkpoint_dir: The directory to check.
         config: The run's checkpointing config (a `CheckpointConfig`, a mapping or a
             YAML file); its ``checkpoint_dir`` is ignored in favour of the argument.
-        storage: Where the directory is (default: the local file system).
+        storage: Where the directory is (default: the storage its path or URL names).
+        storage_options: For a URL, options for its fsspec file system (default: the
+            config's ``storage_options``).
 
     Returns:
         The report; ``report.ok`` is ``False`` when any problem is an error.
@@ -175,10 +189,15 @@ def verify(
         pydantic.ValidationError: If ``config`` does not validate.
         ConfigFileError: If ``config`` names a file that is not valid YAML.
     """
-    location = os.path.abspath(checkpoint_dir)
-    directory = Path(location)
-    settings = _config(directory, config) if config is not None else None
-    storage = storage if storage is not None else LocalStorage()
+    settings = _config(str(checkpoint_dir), config) if config is not None else None
+    if storage is None:
+        options = storage_options
+        if options is None and settings is not None:
+            options = settings.storage_options
+        storage, location = open_storage(checkpoint_dir, options)
+    else:
+        location = location_of(storage, checkpoint_dir)
+    directory = user_path(storage, location)
     root = storage.entry(location)
     if root is None or root.kind != "dir":
         what = "does not exist" if root is None else f"is a {root.kind}, not a directory"
@@ -192,7 +211,7 @@ def verify(
     problems = [
         _problem(
             "unsafe_metadata",
-            Path(unsafe.path),
+            user_path(storage, unsafe.path),
             f"{unsafe.detail}; a writer refuses to open this directory (it never follows "
             f"a link out of it), and readers ignore the pins",
             "move the entry away; a writer recreates what it needs",
@@ -231,7 +250,7 @@ def verify(
 
 
 def _name_problems(
-    directory: Path, entries: Mapping[str, Entry], broken: list[commits.BrokenManifest]
+    directory: CheckpointPath, entries: Mapping[str, Entry], broken: list[commits.BrokenManifest]
 ) -> list[Problem]:
     problems = [
         _problem(
@@ -265,7 +284,7 @@ def _leftover_problems(
     meta_ok: bool,
 ) -> list[Problem]:
     """What crashes left, when no writer is at work: every protocol's, and the trash."""
-    directory = Path(location)
+    directory = user_path(storage, location)
     problems = [_leftover_problem(directory, leftover) for leftover in find_leftovers(entries)]
     named = {name_of(c.path) for c in found.values()}
     problems += [
@@ -283,7 +302,7 @@ def _leftover_problems(
         problems += [
             _problem(
                 "interrupted_delete",
-                Path(join(trash, entry.name)),
+                user_path(storage, join(trash, entry.name)),
                 f"a delete of {entry.name.rsplit('.', 1)[0]} was interrupted",
                 _OPEN_WRITER,
             )
@@ -300,21 +319,30 @@ def _check_manifest(storage: Storage, location: str, checkpoint: Committed) -> l
         return []  # replaced or removed since the listing: a live writer's doing
     prefix = checkpoint.path.rstrip("/") + "/"
     found = {
-        path.removeprefix(prefix): entry.size
-        for path, entry in walk_files(storage, checkpoint.path)
+        path.removeprefix(prefix): entry for path, entry in walk_files(storage, checkpoint.path)
     }
-    listed = {f.path: f.size for f in manifest.files}
+    listed = {f.path: f for f in manifest.files}
     missing = sorted(listed.keys() - found.keys())
-    resized = sorted(p for p in listed.keys() & found.keys() if listed[p] != found[p])
-    if not missing and not resized:
+    both = listed.keys() & found.keys()
+    resized = sorted(p for p in both if listed[p].size != found[p].size)
+    # Where a version names the content (an ETag), a file rewritten in place shows too.
+    rewritten = sorted(
+        p
+        for p in both
+        if listed[p].etag is not None
+        and listed[p].size == found[p].size
+        and listed[p].etag != found[p].version
+    )
+    if not missing and not resized and not rewritten:
         return []
     parts = [f"missing {', '.join(missing[:5])}"] if missing else []
     parts += [f"another size: {', '.join(resized[:5])}"] if resized else []
+    parts += [f"another ETag: {', '.join(rewritten[:5])}"] if rewritten else []
     name = _layout.manifest_name(checkpoint.step)
     return [
         _problem(
             "broken_manifest",
-            Path(location) / name,
+            user_path(storage, join(location, name)),
             f"{name} lists files its attempt does not hold as listed ({'; '.join(parts)}); "
             f"step {checkpoint.step} is damaged",
             "restore the files from a copy, or delete the step",
@@ -331,7 +359,7 @@ def _known(name: str) -> bool:
 def _check_step(
     storage: Storage, checkpoint: Committed, kind: EntryKind, problems: list[Problem]
 ) -> CheckpointRecord | None:
-    step, path = checkpoint.step, Path(checkpoint.path)
+    step, path = checkpoint.step, user_path(storage, checkpoint.path)
     try:
         return load_record(storage, checkpoint, kind)
     except VanishedError:
@@ -348,7 +376,7 @@ def _check_step(
         return None
 
 
-def _leftover_problem(directory: Path, leftover: Leftover) -> Problem:
+def _leftover_problem(directory: CheckpointPath, leftover: Leftover) -> Problem:
     name, path = leftover.name, directory / leftover.name
     final = _layout.step_name(leftover.step)
     if leftover.kind == "temporary":
@@ -388,7 +416,7 @@ def _check_pins(
     records: Mapping[int, CheckpointRecord],
     problems: list[Problem],
 ) -> set[int]:
-    path = Path(join(directory, _layout.META_DIR, _layout.PINS_FILE))
+    path = user_path(storage, join(directory, _layout.META_DIR, _layout.PINS_FILE))
     try:
         pins = _meta.read_pins(storage, directory)
     except (OSError, ValueError) as exc:

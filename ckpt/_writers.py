@@ -35,10 +35,14 @@ class Attempt:
 class Shared:
     """The state of one checkpoint directory that this process's managers share."""
 
-    def __init__(self, storage: Storage, location: str, *, durable: bool) -> None:
+    def __init__(
+        self, storage: Storage, location: str, *, durable: bool, grace: float = 600.0
+    ) -> None:
         self.storage = storage
         self.location = location
         self.durable = durable
+        # Where no lock keeps other writers out, an attempt this young may be theirs.
+        self.grace = 0.0 if storage.capabilities.locking else grace
         self.index = Index(storage, location)
         self.mutex = threading.RLock()
         self.users = 0
@@ -62,7 +66,11 @@ class Shared:
         _meta.check_metadata(storage, self.location)
         created = []  # the directories make_dirs is about to create, innermost first
         path = trash_dir(self.location)
-        while storage.entry(path) is None and parent_of(path) != path:
+        while (
+            storage.capabilities.directories
+            and storage.entry(path) is None
+            and parent_of(path) != path
+        ):
             created.append(path)
             path = parent_of(path)
         storage.make_dirs(trash_dir(self.location))
@@ -95,6 +103,7 @@ class Shared:
                 self.location,
                 durable=self.durable,
                 keep=ours,
+                grace=self.grace,
                 cache=self.index.manifests,  # the scan below reuses what recovery read
             )
             self.index.scan()
@@ -103,6 +112,11 @@ class Shared:
                 logger.warning("dropping pins of steps that no longer exist: %s", sorted(stale))
                 self.index.write_pins(self.index.pins - stale, durable=self.durable)
             return tuple(actions)
+
+    def check_writer(self) -> None:
+        """Raise `LeaseLostError` if this process is no longer the directory's writer."""
+        if self.lock is not None:
+            self.lock.check()
 
     def protected(self, but: int | None = None) -> dict[int, str]:
         """The steps retention must not delete now: saves in progress are replacing them."""

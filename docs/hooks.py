@@ -64,6 +64,8 @@ def _type(node: Schema, schema: Schema) -> str:
     if kind == "string":
         if node.get("format") == "path":
             return "path"
+        if node.get("format") == "path-or-url":
+            return "path or URL"
         return "non-empty str" if node.get("minLength", 0) >= 1 else "str"
     if kind == "array":
         items = node.get("items", {})

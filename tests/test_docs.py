@@ -63,7 +63,7 @@ def test_config_table_gives_type_default_and_description(hooks: ModuleType) -> N
     table = hooks.config_table()
     lines = [line for line in table.splitlines() if line.startswith("| `")]
     rows = dict(zip(_table_keys(table), lines, strict=True))
-    assert rows["checkpoint_dir"].split(" | ")[1:3] == ["path", "required"]
+    assert rows["checkpoint_dir"].split(" | ")[1:3] == ["path or URL", "required"]
     assert rows["keep_top_k"].split(" | ")[1:3] == ["int >= 0 or null", "`null`"]
     assert rows["fsync"].split(" | ")[1:3] == ["bool", "`true`"]
     assert "(#retention-block)" in rows["retention"]

@@ -556,7 +556,7 @@ def test_unknown_keys_read_as_sentences() -> None:
     (error,) = caught.value.errors()
     assert error["msg"].startswith(
         "unknown key `zzz` (got 1); unknown key `keep_topk` (got 2), did you mean "
-        "`keep_top_k`?; accepted keys: checkpoint_dir, "
+        "`keep_top_k`?; accepted keys: attempt_grace_seconds, checkpoint_dir, "
     )
     assert ", ;" not in error["msg"]
     with pytest.raises(ValidationError) as caught:

@@ -24,14 +24,15 @@ from ckpt import (
     policies_from_config,
     verify,
 )
-from ckpt.cli._configs import CliError, _config_for, _existing_dir, _load_config, _writer
+from ckpt.cli._configs import CliError, _config_for, _existing_dir, _load_config, _writer, location
 from ckpt.cli._listing import _list, _metric_counts, _sizes, recorded_ranking
 from ckpt.cli._output import _plural, _print_json, _Progress, _size, _table, step_ranges
+from ckpt.storage import join
 from policies import Decision, metric_value
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    directory = _existing_dir(args.directory)
+    directory = _existing_dir(args.directory, args.config)
     listing = _list(directory, args.config)
     if args.json:
         _print_json(listing.to_dict())
@@ -42,7 +43,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    directory = _existing_dir(args.directory)
+    directory = _existing_dir(args.directory, args.config)
     parser: argparse.ArgumentParser = args.parser
     recorded = recorded_ranking(directory)
     overrides: dict[str, Any] = {}
@@ -97,7 +98,7 @@ def _cmd_latest(args: argparse.Namespace) -> int:
 
 
 def _warn_if_contradicting(
-    directory: Path, recorded: Mapping[str, Any] | None, config: CheckpointConfig
+    directory: str, recorded: Mapping[str, Any] | None, config: CheckpointConfig
 ) -> None:
     if recorded is None or recorded["metric_name"] != config.metric_name:
         return
@@ -111,7 +112,7 @@ def _warn_if_contradicting(
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    directory = Path(os.path.abspath(args.directory))
+    directory = location(args.directory)
     config = _config_for(directory, args.config) if args.config else None
     # `verify` has no progress hook: a status line says what is going on meanwhile.
     with _Progress(f"checking {directory}"):
@@ -128,7 +129,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    directory = _existing_dir(args.directory)
+    directory = _existing_dir(args.directory, args.config)
     # `enabled: false` tells a training loop not to save; it does not forbid a prune the
     # user asks for by name.
     config = _config_for(directory, args.config, {"enabled": True})
@@ -194,7 +195,7 @@ def _cmd_pin(args: argparse.Namespace) -> int:
             manager.pin(step)
         else:
             manager.unpin(step)
-    path = directory / f"step_{step}"
+    path = join(directory, f"step_{step}")
     if before.get(step) == args.pinned:
         print(f"step {step} was already {verb}ned: {path}")
     else:
@@ -239,7 +240,7 @@ def _doomed(
 
 
 def _prune_lines(
-    directory: Path,
+    directory: str,
     plan: Sequence[Decision],
     sizes: Mapping[int, int | None],
     failed: Sequence[int],
@@ -280,9 +281,13 @@ def _report_lines(report: VerifyReport, ignored: int) -> list[str]:
 
 def _where(report: VerifyReport, problem: Problem) -> str:
     try:
-        return str(problem.path.relative_to(report.directory)) or "."
+        root = str(report.directory).rstrip("/") + "/"
     except ValueError:
         return str(problem.path)
+    path = str(problem.path)
+    if path == root.rstrip("/"):
+        return "."
+    return path.removeprefix(root)
 
 
 def _describe(exc: Exception) -> str:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,18 +18,45 @@ from ckpt import (
     load_config,
     read_config_section,
 )
-from ckpt.storage import LocalStorage, join
+from ckpt.storage import join, open_storage
 from ckpt.storage.local import is_dir
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def url_protocol(path: str) -> bool:
+    """Whether ``path`` is a URL (``s3://bucket/run``) rather than a local path."""
+    return _URL.match(path) is not None
 
 
 class CliError(Exception):
     """A failure reported as one ``ckpt: error:`` line, with exit status 1."""
 
 
-def _existing_dir(path: str) -> Path:
-    directory = Path(os.path.abspath(path))
-    found = LocalStorage().entry(str(directory))
-    if found is None or (found.kind != "dir" and not is_dir(directory)):
+def location(path: str) -> str:
+    """DIR as the library names it: a URL as given, a local path made absolute."""
+    return path.rstrip("/") if url_protocol(path) else os.path.abspath(path)
+
+
+def _storage_options(config_file: str | None) -> Mapping[str, Any] | None:
+    if config_file is None:
+        return None
+    options = _read_config_file(config_file)[0].get("storage_options")
+    return options if isinstance(options, Mapping) else None
+
+
+def _existing_dir(path: str, config_file: str | None = None) -> str:
+    """DIR, checked to exist (on a store: to hold objects).
+
+    A store's credentials come from the environment or the config's ``storage_options``.
+    """
+    try:
+        storage, directory = open_storage(path, _storage_options(config_file))
+    except (ImportError, ValueError) as exc:
+        raise CliError(f"cannot open {path}: {exc}") from exc
+    found = storage.entry(directory)
+    local = not url_protocol(directory)
+    if found is None or (found.kind != "dir" and not (local and is_dir(directory))):
         what = "does not exist" if found is None else "is not a directory"
         raise CliError(f"{directory} {what}")
     return directory
@@ -37,9 +64,9 @@ def _existing_dir(path: str) -> Path:
 
 def _writer(config: CheckpointConfig, doing: str) -> CheckpointManager:
     """Open the config's directory as its writer, which runs recovery first."""
-    directory = str(config.checkpoint_dir)
+    storage, directory = open_storage(config.checkpoint_dir, config.storage_options)
     # A writer creates .ckpt/ for its lock: never in a directory mistyped on the command line.
-    if LocalStorage().entry(join(directory, ".ckpt")) is None:
+    if storage.entry(join(directory, ".ckpt")) is None:
         with CheckpointManager(config, read_only=True) as reader:
             if not reader.list_checkpoints():
                 raise CliError(f"cannot {doing}: {directory} holds no checkpoints")
@@ -68,10 +95,10 @@ def _load_config(path: str, overrides: Mapping[str, Any]) -> CheckpointConfig:
 
 
 def _config_for(
-    directory: Path, path: str | None, overrides: Mapping[str, Any] | None = None
+    directory: str, path: str | None, overrides: Mapping[str, Any] | None = None
 ) -> CheckpointConfig:
     """The config of ``path`` (keep-all without one) for ``directory``, with ``overrides``."""
-    keys = {**(overrides or {}), "checkpoint_dir": str(directory)}
+    keys = {**(overrides or {}), "checkpoint_dir": directory}
     if path is None:
         return load_config(keys)
     return _load_config(path, keys)

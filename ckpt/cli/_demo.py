@@ -184,7 +184,7 @@ def run_demo(workdir: Path) -> None:
     print(f"\n4. the result: $ ckpt ls {checkpoint_dir} --config {config_file}")
     from ckpt.cli._listing import list_lines  # noqa: PLC0415 - the child needs no CLI
 
-    for line in list_lines(checkpoint_dir, str(config_file)):
+    for line in list_lines(str(checkpoint_dir), str(config_file)):
         print(f"   {line}")
     pruned = [step for step in range(1, STEPS + 1) if step not in kept]
     print(f"   pruned along the way: {len(pruned)} checkpoints; step {NAN_STEP} (NaN) and the")

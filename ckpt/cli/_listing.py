@@ -5,19 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ckpt import CheckpointManager, CheckpointRecord
 from ckpt.cli._configs import _config_for
 from ckpt.cli._output import _iso, _local, _plural, _Progress, _size, _table, _value
-from ckpt.storage import LocalStorage, walk_files
+from ckpt.storage import CheckpointPath, open_storage, walk_files
 from policies import Decision, metric_value
 
 
 @dataclass(frozen=True)
 class _Listing:
-    directory: Path
+    directory: str
     config_file: str | None
     metric_name: str | None
     retention: str
@@ -87,12 +86,12 @@ class _Listing:
         return out
 
 
-def list_lines(directory: Path, config_file: str | None) -> list[str]:
+def list_lines(directory: str, config_file: str | None) -> list[str]:
     """The lines ``ckpt ls DIR [--config CFG]`` prints; the demo shows them too."""
     return _list(directory, config_file).lines()
 
 
-def _list(directory: Path, config_file: str | None) -> _Listing:
+def _list(directory: str, config_file: str | None) -> _Listing:
     # Without a config, the listing ranks the way the run does, as far as it recorded it.
     recorded = recorded_ranking(directory) if config_file is None else None
     config = _config_for(directory, config_file, recorded)
@@ -112,7 +111,7 @@ def _list(directory: Path, config_file: str | None) -> _Listing:
     )
 
 
-def recorded_ranking(directory: Path) -> dict[str, Any] | None:
+def recorded_ranking(directory: str) -> dict[str, Any] | None:
     """The metric and direction the run's writer ranks by; ``None`` if not recorded."""
     try:
         with CheckpointManager(_config_for(directory, None), read_only=True) as reader:
@@ -144,9 +143,9 @@ def _sizes(records: Sequence[CheckpointRecord]) -> dict[int, int | None]:
     return sizes
 
 
-def _disk_usage(path: Path) -> int | None:
+def _disk_usage(path: CheckpointPath) -> int | None:
     """Bytes in the files under ``path``; ``None`` if it is gone (pruned by a live run)."""
-    storage = LocalStorage()
-    if storage.entry(str(path)) is None:
+    storage, where = open_storage(path)
+    if storage.entry(where) is None:
         return None
-    return sum(entry.size for _, entry in walk_files(storage, str(path)))
+    return sum(entry.size for _, entry in walk_files(storage, where))

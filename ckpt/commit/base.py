@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Protocol
 
-from ckpt.storage.base import Storage
+from ckpt.storage import CheckpointPath, Storage
 
 CommitKind = Literal["rename", "manifest"]
 
@@ -27,6 +26,8 @@ class Committed:
         version: Changes when the checkpoint is replaced (the entry's version).
         mtime: When it was committed.
         manifest: The manifest's path (manifest protocol only).
+        training_info: The training info the manifest carries (manifest protocol
+            only), so that reading a checkpoint takes no request more.
     """
 
     step: int
@@ -35,6 +36,7 @@ class Committed:
     version: str
     mtime: float
     manifest: str | None = None
+    training_info: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class RecoveryAction:
     """
 
     kind: RecoveryKind
-    path: Path
+    path: CheckpointPath
     detail: str
 
 

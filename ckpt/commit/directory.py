@@ -9,15 +9,16 @@ is the checkpoint and ``step_N`` is the displaced copy.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from ckpt import _layout
 from ckpt.commit.base import CommitProtocol, Committed, RecoveryAction, RecoveryKind
 from ckpt.commit.manifest import Manifest, delete_manifest_checkpoint, read_manifest
 from ckpt.commit.rename import discard, find_leftovers, trash_dir
-from ckpt.storage.base import Entry, Storage, describe_kind, join, name_of
+from ckpt.storage import user_path
+from ckpt.storage.base import Entry, Storage, describe_kind, join, name_of, walk_files
 
 logger = logging.getLogger("ckpt")
 
@@ -86,6 +87,7 @@ def committed(
             entry.version,
             manifest.committed_at,
             manifest=join(directory, name),
+            training_info=manifest.training_info,
         )
     if cache is not None:
         for name in cache.keys() - entries.keys():
@@ -172,15 +174,19 @@ def recover(
     *,
     durable: bool,
     keep: Collection[str] = (),
+    grace: float = 0.0,
     cache: ManifestCache | None = None,
 ) -> list[RecoveryAction]:
     """Finish or undo whatever a crash interrupted in ``directory``; log and return it.
 
-    Entries named in ``keep`` (attempts that live saves are writing) are left alone;
+    Entries named in ``keep`` (attempts that live saves are writing) are left alone,
+    and so is an unnamed attempt with a file written less than ``grace`` seconds ago
+    (where no lock keeps other writers out, it may be a live save of theirs).
     ``cache`` is the manifests already read (see `committed`).
     """
-    recovery = _Recovery(storage, directory, durable=durable, keep=keep, cache=cache)
-    recovery.renames()
+    recovery = _Recovery(storage, directory, durable=durable, keep=keep, grace=grace, cache=cache)
+    if storage.capabilities.atomic_rename:
+        recovery.renames()  # where nothing renames, nothing is left half-renamed
     recovery.manifests()
     recovery.partials_and_trash()
     if durable and recovery.actions:
@@ -200,18 +206,20 @@ class _Recovery:
         *,
         durable: bool,
         keep: Collection[str],
+        grace: float,
         cache: ManifestCache | None,
     ) -> None:
         self.storage = storage
         self.directory = directory
         self.durable = durable
         self.keep = keep
+        self.grace = grace
         self.cache = cache
         self.actions: list[RecoveryAction] = []
         self.entries = {entry.name: entry for entry in storage.list_dir(directory)}
 
     def act(self, kind: RecoveryKind, path: str, detail: str) -> None:
-        self.actions.append(RecoveryAction(kind, Path(path), detail))
+        self.actions.append(RecoveryAction(kind, user_path(self.storage, path), detail))
 
     def discard(self, path: str) -> None:
         discard(self.storage, self.directory, path, durable=self.durable)
@@ -254,9 +262,9 @@ class _Recovery:
         found, _ = committed(storage, directory, self.entries, self.cache)
         named = {name_of(c.path) for c in found.values() if c.kind == "manifest"}
         for name, _step in unnamed_attempts(self.entries, named):
-            if name in self.keep:
-                continue
             path = join(directory, name)
+            if name in self.keep or (self.grace and self._recent(path)):
+                continue
             abandon(storage, directory, path, durable=self.durable)
             self.act(
                 "removed_temporary",
@@ -278,6 +286,11 @@ class _Recovery:
                 path,
                 f"removed {shadowed.name}: {_layout.manifest_name(step)} replaced it",
             )
+
+    def _recent(self, attempt: str) -> bool:
+        """Whether a file of ``attempt`` was written less than ``grace`` seconds ago."""
+        newest = max((entry.mtime for _, entry in walk_files(self.storage, attempt)), default=0.0)
+        return time.time() - newest < self.grace
 
     def partials_and_trash(self) -> None:
         """What interrupted atomic writes leave (nothing reads it), and the trash."""

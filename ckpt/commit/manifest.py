@@ -3,8 +3,14 @@
 Nothing is ever renamed, so it works where a rename is a copy (object stores). A save
 writes its files under a fresh attempt prefix, ``step_N.<token>/``; committing writes
 ``step_N.manifest.json`` beside it, last, listing every file of the attempt with its
-size and SHA-256. The manifest is the commit point: a reader trusts a checkpoint only
+size and SHA-256 (or, on a store whose versions name contents, its ETag), and the
+training info. The manifest is the commit point: a reader trusts a checkpoint only
 through its manifest, and an attempt no manifest names is never a checkpoint.
+
+* The first commit of a step creates the manifest exclusively (``If-None-Match: *``
+  on S3): of two writers racing for one step, one wins and the other gets
+  `CommitConflictError`. An overwrite replaces it only if it is still the version
+  this writer indexed (``If-Match``), where the storage can make that condition.
 
 * A crash before the manifest leaves an attempt nobody names: recovery removes it.
 * An overwrite writes a new attempt, then replaces the manifest in one atomic write:
@@ -24,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpt import _layout
+from ckpt._errors import CommitConflictError
 from ckpt.commit.base import CommitKind, Committed
-from ckpt.storage.base import Storage, join, walk_files
+from ckpt.storage.base import ConditionalStorage, Storage, join, walk_files
 
 _FORMAT = 1
 MAX_MANIFEST_BYTES = 64 << 20
@@ -33,11 +40,16 @@ MAX_MANIFEST_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class ManifestFile:
-    """One file a manifest lists: its path under the attempt, size and SHA-256."""
+    """One file a manifest lists: its path under the attempt, size, and SHA-256 or ETag.
+
+    Exactly one of ``sha256`` and ``etag`` is set: the ETag where the storage's file
+    versions name contents (``capabilities.content_versions``), else the digest.
+    """
 
     path: str
     size: int
-    sha256: str
+    sha256: str | None = None
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class Manifest:
     attempt: str
     committed_at: float
     files: tuple[ManifestFile, ...]
+    training_info: bytes | None = None  # the attempt's training_info.json, as written
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -57,9 +70,20 @@ def encode_manifest(manifest: Manifest) -> bytes:
         "step": manifest.step,
         "attempt": manifest.attempt,
         "committed_at": manifest.committed_at,
-        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+        "files": [_encode_file(f) for f in manifest.files],
     }
+    if manifest.training_info is not None:
+        data["training_info"] = manifest.training_info.decode()
     return (json.dumps(data, indent=1) + "\n").encode()
+
+
+def _encode_file(f: ManifestFile) -> dict[str, Any]:
+    found: dict[str, Any] = {"path": f.path, "size": f.size}
+    if f.etag is not None:
+        found["etag"] = f.etag
+    else:
+        found["sha256"] = f.sha256
+    return found
 
 
 def decode_manifest(data: bytes, step: int) -> Manifest:
@@ -82,17 +106,28 @@ def decode_manifest(data: bytes, step: int) -> Manifest:
         raise ValueError("its committed_at is not a number")
     if not isinstance(files, list):
         raise ValueError("its files are not a list")
+    info = raw.get("training_info")
+    if info is not None and not isinstance(info, str):
+        raise ValueError("its training_info is not a string")
     listed = []
     for item in files:
         if (
             not isinstance(item, dict)
             or not isinstance(item.get("path"), str)
             or type(item.get("size")) is not int
-            or not isinstance(item.get("sha256"), str)
+            or not (isinstance(item.get("sha256"), str) or isinstance(item.get("etag"), str))
         ):
             raise ValueError(f"a file entry is {str(item)[:100]!r}")
-        listed.append(ManifestFile(item["path"], item["size"], item["sha256"]))
-    return Manifest(step, attempt, float(committed_at), tuple(listed))
+        listed.append(
+            ManifestFile(item["path"], item["size"], item.get("sha256"), item.get("etag"))
+        )
+    return Manifest(
+        step,
+        attempt,
+        float(committed_at),
+        tuple(listed),
+        info.encode() if info is not None else None,
+    )
 
 
 def read_manifest(storage: Storage, directory: str, step: int) -> Manifest:
@@ -115,10 +150,13 @@ def _digest(storage: Storage, path: str) -> str:
 
 
 def list_attempt(storage: Storage, attempt: str) -> tuple[ManifestFile, ...]:
-    """Every file under ``attempt``, with its size and SHA-256, sorted by path."""
+    """Every file under ``attempt``, with its size and SHA-256 or ETag, sorted by path."""
     prefix = attempt.rstrip("/") + "/"
+    by_version = storage.capabilities.content_versions
     files = [
-        ManifestFile(path.removeprefix(prefix), entry.size, _digest(storage, path))
+        ManifestFile(path.removeprefix(prefix), entry.size, etag=entry.version)
+        if by_version
+        else ManifestFile(path.removeprefix(prefix), entry.size, _digest(storage, path))
         for path, entry in walk_files(storage, attempt)
     ]
     return tuple(sorted(files, key=lambda f: f.path))
@@ -133,6 +171,41 @@ def delete_manifest_checkpoint(
     if durable:
         storage.sync_dir(directory)
     storage.remove_tree(committed.path)
+
+
+def _conflict(path: str, step: int) -> CommitConflictError:
+    return CommitConflictError(
+        f"cannot commit step {step}: another writer committed it first ({path} changed "
+        f"since this writer looked); this attempt stays uncommitted, and recovery "
+        f"removes it"
+    )
+
+
+def _publish(
+    storage: Storage,
+    path: str,
+    data: bytes,
+    step: int,
+    existing: Committed | None,
+    *,
+    durable: bool,
+) -> None:
+    """Write the manifest: created if the step is new, replaced if it is still ``existing``."""
+    caps = storage.capabilities
+    manifest = existing is not None and existing.kind == "manifest"
+    if not manifest and caps.exclusive_create and not caps.atomic_rename:
+        # An object store: create it only if no other writer did.
+        try:
+            storage.write_bytes(path, data)
+        except FileExistsError:
+            raise _conflict(path, step) from None
+        return
+    if manifest and caps.conditional_replace and isinstance(storage, ConditionalStorage):
+        assert existing is not None
+        if not storage.replace_if(path, data, existing.version):
+            raise _conflict(path, step)
+        return
+    storage.replace_file(path, data, durable=durable)
 
 
 @dataclass(frozen=True)
@@ -175,14 +248,11 @@ class ManifestProtocol:
         """Sync the attempt's files, then write the manifest; drop what it replaced."""
         if durable:
             storage.sync_tree(attempt)
-        manifest = Manifest(
-            step,
-            attempt.rstrip("/").rsplit("/", 1)[-1],
-            time.time(),
-            list_attempt(storage, attempt),
-        )
+        files = list_attempt(storage, attempt)
+        info = storage.read_bytes(join(attempt, _layout.INFO_FILE))
+        manifest = Manifest(step, attempt.rstrip("/").rsplit("/", 1)[-1], time.time(), files, info)
         path = join(directory, _layout.manifest_name(step))
-        storage.replace_file(path, encode_manifest(manifest), durable=durable)
+        _publish(storage, path, encode_manifest(manifest), step, existing, durable=durable)
         entry = storage.entry(path)
         if existing is not None and existing.kind == "manifest" and existing.path != attempt:
             storage.remove_tree(existing.path)  # no manifest names it any more
@@ -193,4 +263,5 @@ class ManifestProtocol:
             entry.version if entry is not None else "",
             manifest.committed_at,
             manifest=path,
+            training_info=info,
         )

@@ -3,9 +3,11 @@
 This package is the only code of ckpt that touches a file system or a store; every
 layer above it (commit protocols, the manager, ``ckpt.torch``, the CLI) asks a
 `Storage`. A backend is a module: `LocalStorage` (the default, POSIX local disk) and
-`MemoryStorage` (in memory, with simulated power cuts, for tests).
+`MemoryStorage` (in memory, with simulated power cuts, for tests) and `FsspecStorage`
+(any fsspec URL: S3, GCS, ``memory://``). `open_storage` picks one for a path or URL.
 """
 
+from ckpt.storage._open import CheckpointPath, PathInput, location_of, open_storage, user_path
 from ckpt.storage.base import (
     MAX_READ_BYTES,
     Capabilities,
@@ -19,21 +21,28 @@ from ckpt.storage.base import (
     parent_of,
     walk_files,
 )
+from ckpt.storage.fsspec import FsspecStorage
 from ckpt.storage.local import LocalStorage
 from ckpt.storage.memory import MemoryStorage
 
 __all__ = [
     "MAX_READ_BYTES",
     "Capabilities",
+    "CheckpointPath",
     "Entry",
     "EntryKind",
+    "FsspecStorage",
     "LocalStorage",
     "Lock",
     "MemoryStorage",
+    "PathInput",
     "Storage",
     "describe_kind",
     "join",
+    "location_of",
     "name_of",
+    "open_storage",
     "parent_of",
+    "user_path",
     "walk_files",
 ]

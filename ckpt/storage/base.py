@@ -55,7 +55,11 @@ class Capabilities:
             durable.
         exclusive_create: `Storage.write_bytes` refuses an existing name atomically.
         locking: `Storage.lock` is an exclusive lock that the death of its holder
-            releases.
+            releases (where it is not, the lock is a lease that expires).
+        conditional_replace: The storage can replace a file only if it is still the
+            version read (``FsspecStorage.replace_if``): what a lease needs.
+        content_versions: A file's `Entry.version` names its content (an S3 ETag), so
+            a manifest can record it instead of a digest of the bytes.
     """
 
     atomic_rename: bool = False
@@ -64,6 +68,8 @@ class Capabilities:
     fsync: bool = False
     exclusive_create: bool = False
     locking: bool = False
+    conditional_replace: bool = False
+    content_versions: bool = False
 
 
 class Lock(Protocol):
@@ -71,6 +77,14 @@ class Lock(Protocol):
 
     def release(self) -> None:
         """Release the lock; calling it twice is harmless."""
+        ...
+
+    def check(self) -> None:
+        """Raise `LeaseLostError` if the lock is no longer this writer's.
+
+        A lock the kernel holds is never lost; a lease on a store is, when it went
+        unrenewed for its whole duration.
+        """
         ...
 
 
@@ -182,6 +196,19 @@ class Storage(Protocol):
 
     def lock_held(self, path: str) -> bool:
         """Whether a writer (of another process) holds the lock file ``path``."""
+        ...
+
+
+@runtime_checkable
+class ConditionalStorage(Storage, Protocol):
+    """A `Storage` that can replace a file only if it is still the version read."""
+
+    def replace_if(self, path: str, data: bytes, version: str) -> bool:
+        """Put ``data`` at ``path`` if its `Entry.version` is still ``version``.
+
+        Returns:
+            Whether it was replaced.
+        """
         ...
 
 

@@ -107,6 +107,9 @@ class _FileLock:
             os.close(self._fd)  # closing drops the POSIX record lock
             self._fd = None
 
+    def check(self) -> None:
+        """Nothing: the kernel holds the lock until it is released."""
+
 
 def _kind(mode: int) -> EntryKind:
     if stat.S_ISLNK(mode):

@@ -65,6 +65,9 @@ class _Lock:
             self._storage._release(self._path)
             self._storage = None
 
+    def check(self) -> None:
+        """Nothing: the lock is held until it is released."""
+
 
 class MemoryStorage:
     """A `Storage` that keeps everything in this process's memory.

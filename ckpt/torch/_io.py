@@ -6,7 +6,6 @@ import errno
 import json
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
@@ -18,7 +17,16 @@ from ckpt._errors import (
     StateNotFoundError,
     UnsafeFileError,
 )
-from ckpt.storage import LocalStorage, Storage, describe_kind, join
+from ckpt.storage import (
+    CheckpointPath,
+    PathInput,
+    Storage,
+    describe_kind,
+    join,
+    location_of,
+    open_storage,
+    user_path,
+)
 from ckpt.torch import _plan
 from ckpt.torch._format import (
     _MAGIC,
@@ -77,13 +85,20 @@ def _byte_blocks(tensor: torch.Tensor, staging: _Staging) -> Iterator[memoryview
         yield buffer.numpy().data
 
 
+def _locate(directory: PathInput, storage: Storage | None) -> tuple[Storage, str]:
+    """The storage ``directory`` is on (the one its path or URL names by default)."""
+    if storage is None:
+        return open_storage(directory)
+    return storage, location_of(storage, directory)
+
+
 def save_state(
-    directory: str | os.PathLike[str],
+    directory: PathInput,
     state: Any,
     *,
     fsync: bool = True,
     storage: Storage | None = None,
-) -> Path:
+) -> CheckpointPath:
     """Write ``state`` into ``directory`` as `STATE_FILE`, replacing one already there.
 
     The whole state is checked first, so a state that cannot be saved leaves nothing
@@ -106,8 +121,9 @@ def save_state(
         state: A tree of dicts, lists and tuples holding tensors, ints, floats, strings,
             bools and None; dict keys are ints, floats, strings, bools or None.
         fsync: Flush the file and the directory entry to the disk before returning.
-        storage: Where ``directory`` is (default: the local file system); the manager
-            passes its own.
+        storage: Where ``directory`` is (default: the storage its path or URL names:
+            local disk, or an fsspec store for a ``UPath`` or URL, where the file is
+            one multipart upload); the manager passes its own.
 
     Returns:
         The path of the file written.
@@ -121,8 +137,7 @@ def save_state(
         OSError: If writing fails (a full disk, say); no file is left behind then.
     """
     plan = plan_state(state)
-    storage = storage if storage is not None else LocalStorage()
-    where = os.fspath(directory)
+    storage, where = _locate(directory, storage)
     found = storage.entry(where)
     if found is None:
         raise FileNotFoundError(
@@ -137,7 +152,7 @@ def save_state(
     staging = _Staging(min(_MAX_STAGING, max(_MIN_STAGING, plan.largest_bounce)))
     with storage.open_write(final, durable=fsync) as f:
         _write(f, plan, staging)
-    return Path(final)
+    return user_path(storage, final)
 
 
 def _write(f: BinaryIO, plan: _Plan, staging: _Staging) -> None:
@@ -222,7 +237,7 @@ def _read_tensors(
 
 
 def load_state(
-    directory: str | os.PathLike[str],
+    directory: PathInput,
     map_location: MapLocation = None,
     *,
     storage: Storage | None = None,
@@ -242,7 +257,8 @@ def load_state(
             ``{"cuda:1": "cuda:0"}`` (devices not in it stay where they were).
             Tensors bound for a device other than the CPU go through a host buffer of at
             most 64 MiB.
-        storage: Where ``directory`` is (default: the local file system).
+        storage: Where ``directory`` is (default: the storage its path or URL names;
+            on an object store the file is read in ranged requests).
 
     Returns:
         The state, as saved.
@@ -262,8 +278,7 @@ def load_state(
             f"map_location must be None, a device or a mapping of device names, got "
             f"{type(map_location).__name__}"
         )
-    storage = storage if storage is not None else LocalStorage()
-    where = os.fspath(directory)
+    storage, where = _locate(directory, storage)
     path = join(where, STATE_FILE)
     try:
         f = storage.open_read(path, follow_links=True)

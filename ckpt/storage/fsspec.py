@@ -1,0 +1,365 @@
+"""`Storage` on any fsspec file system: S3 (s3fs), GCS (gcsfs), ``memory://`` and more.
+
+An object store has no rename, no directories and no fsync, and says so in its
+`Capabilities`: the manager then commits by manifest (`ckpt.commit.ManifestProtocol`).
+What a store offers beyond plain puts and gets decides the rest:
+
+* **S3** (s3fs): exclusive creates (``If-None-Match: *``) and conditional replaces
+  (``If-Match: <ETag>``), which the writer lease needs; an object's ETag names its
+  content, so a manifest records ETags instead of reading every file back.
+* **memory://** (fsspec's in-process store): both, made atomic by a lock of this
+  process (its objects live in this process only).
+* **Any other fsspec store** (gcsfs among them): neither is relied on; a writer is
+  refused there, with a message saying why (see `FsspecStorage.lock`), and readers
+  work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import posixpath
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
+
+from ckpt._errors import UnsafeFileError
+from ckpt.storage.base import MAX_READ_BYTES, Capabilities, Entry, EntryKind
+from ckpt.storage.lease import Lease, lease_live
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+Dialect = Literal["s3", "memory", "generic"]
+
+WRITE_PART_BYTES = 16 << 20
+"""The part size of streamed writes: a multipart upload holds one part in memory."""
+
+READ_BLOCK_BYTES = 8 << 20
+"""The block of a streamed read: one ranged GET each."""
+
+_memory_mutex = threading.RLock()  # memory:// lives in this process: a lock makes it atomic
+
+
+def _dialect(fs: AbstractFileSystem) -> Dialect:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "s3" in protocols or "s3a" in protocols:
+        return "s3"
+    if "memory" in protocols:
+        return "memory"
+    return "generic"
+
+
+def _mtime(info: Mapping[str, Any]) -> float:
+    for key in ("LastModified", "mtime", "created", "updated", "last_modified"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return 0.0
+
+
+def _version(info: Mapping[str, Any]) -> str:
+    for key in ("ETag", "etag", "generation", "md5Hash"):
+        value = info.get(key)
+        if value:
+            return str(value)
+    # memory:// has no ETag: a replaced object is a new one, with its own creation time.
+    return f"{_mtime(info)!r}:{info.get('size', 0)}"
+
+
+def _kind(info: Mapping[str, Any]) -> EntryKind:
+    kind = info.get("type")
+    if kind == "directory":
+        return "dir"
+    return "file" if kind == "file" else "other"
+
+
+class _PartWriter(io.RawIOBase):
+    """Feeds a buffered upload at most one part at a time, so it never holds more.
+
+    fsspec's files buffer each ``write`` whole before uploading it: a 1 GiB tensor
+    written in one call would be copied whole into memory.
+    """
+
+    def __init__(self, f: Any) -> None:
+        super().__init__()
+        self._f = f
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), WRITE_PART_BYTES):
+            self._f.write(view[start : start + WRITE_PART_BYTES])
+        return len(view)
+
+    def tell(self) -> int:
+        return int(self._f.tell())
+
+
+class FsspecStorage:
+    """A `Storage` over an fsspec file system, for object stores and fsspec URLs.
+
+    Paths are URLs (``s3://bucket/run/step_3.manifest.json``) or paths as the file
+    system takes them; a "directory" is a key prefix, present while an object is under
+    it. Writes are durable when they return; a streamed write is a multipart upload
+    that appears whole when it completes, or not at all.
+
+    Args:
+        fs: The fsspec file system (``s3fs.S3FileSystem(...)``,
+            ``fsspec.filesystem("memory")``...).
+        lease_seconds: How long the writer lease (`lock`) lasts without a renewal:
+            a crashed writer blocks a restart for at most this long.
+    """
+
+    def __init__(self, fs: AbstractFileSystem, *, lease_seconds: float = 30.0) -> None:
+        if not lease_seconds > 0:
+            raise ValueError(f"`lease_seconds` must be positive, got {lease_seconds!r}")
+        self.fs = fs
+        self.lease_seconds = float(lease_seconds)
+        self.dialect: Dialect = _dialect(fs)
+        conditional = self.dialect in ("s3", "memory")
+        self._capabilities = Capabilities(
+            exclusive_create=conditional,
+            conditional_replace=conditional,
+            content_versions=self.dialect == "s3",
+        )
+
+    def __repr__(self) -> str:
+        return f"FsspecStorage({type(self.fs).__name__}(...), lease_seconds={self.lease_seconds!r})"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """No rename, no directories, no fsync, no locks; conditional writes on S3."""
+        return self._capabilities
+
+    # --- paths ----------------------------------------------------------------------
+
+    def _path(self, path: str) -> str:
+        return cast(str, self.fs._strip_protocol(path)).rstrip("/")
+
+    def canonical(self, path: str) -> str:
+        """The store's own URL of ``path``."""
+        return cast(str, self.fs.unstrip_protocol(self._path(path)))
+
+    def url(self, path: str) -> str:
+        """``path`` as a URL (for the path objects handed to users)."""
+        return self.canonical(path)
+
+    # --- reading --------------------------------------------------------------------
+
+    def _entry(self, info: Mapping[str, Any]) -> Entry:
+        name = posixpath.basename(str(info["name"]).rstrip("/"))
+        kind = _kind(info)
+        size = int(info.get("size") or 0) if kind == "file" else 0
+        version = _version(info) if kind == "file" else ""
+        return Entry(name, kind, _mtime(info), version, size)
+
+    def list_dir(self, path: str) -> list[Entry]:
+        """The objects and prefixes directly under ``path``; empty if there are none."""
+        key = self._path(path)
+        try:
+            listing = self.fs.ls(key, detail=True, refresh=True)
+        except FileNotFoundError:
+            return []
+        # A listing of an object's own key names that object: it is no directory.
+        return [
+            self._entry(info)
+            for info in listing
+            if str(info["name"]).rstrip("/") != key and self._path(str(info["name"])) != key
+        ]
+
+    def entry(self, path: str) -> Entry | None:
+        """The object at ``path``, or the prefix if objects are under it; ``None`` else."""
+        key = self._path(path)
+        self.fs.invalidate_cache(key)
+        try:
+            info = self.fs.info(key)
+        except FileNotFoundError:
+            return None
+        return self._entry(info)
+
+    def _check_file(self, path: str) -> None:
+        found = self.entry(path)
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, "no such object", path)
+        if found.kind != "file":
+            raise UnsafeFileError(errno.EISDIR, "a prefix, not an object", path)
+
+    def open_read(self, path: str, *, follow_links: bool = False) -> BinaryIO:
+        """A stream over the object, read in ranged requests of `READ_BLOCK_BYTES`."""
+        self._check_file(path)
+        return cast(
+            BinaryIO,
+            self.fs.open(
+                self._path(path), "rb", block_size=READ_BLOCK_BYTES, cache_type="readahead"
+            ),
+        )
+
+    def read_bytes(self, path: str, *, limit: int = MAX_READ_BYTES) -> bytes:
+        """The object's bytes (one GET of at most ``limit + 1`` bytes)."""
+        key = self._path(path)
+        try:
+            data = cast(bytes, self.fs.cat_file(key, start=0, end=limit + 1))
+        except IsADirectoryError:
+            raise UnsafeFileError(errno.EISDIR, "a prefix, not an object", path) from None
+        if len(data) > limit:
+            raise UnsafeFileError(errno.EFBIG, f"larger than {limit} bytes", path)
+        return data
+
+    def read_versioned(self, path: str) -> tuple[bytes, str] | None:
+        """The object's bytes and a version no older than them; ``None`` if absent.
+
+        The version is read first: a conditional replace with it fails if the object
+        changed since, whichever bytes were read.
+        """
+        found = self.entry(path)
+        if found is None or found.kind != "file":
+            return None
+        try:
+            return self.read_bytes(path), found.version
+        except FileNotFoundError:
+            return None
+
+    # --- writing --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open_write(self, path: str, *, durable: bool) -> Iterator[BinaryIO]:
+        """A multipart upload that completes when the block exits, and aborts on error.
+
+        It holds one part (`WRITE_PART_BYTES`) in memory at a time; memory:// buffers the
+        whole object and stores it at the end.
+        """
+        key = self._path(path)
+        if self.dialect == "memory":
+            buffer = io.BytesIO()
+            yield buffer
+            with _memory_mutex:
+                self.fs.pipe_file(key, buffer.getvalue())
+            return
+        f = self.fs.open(key, "wb", block_size=WRITE_PART_BYTES)
+        try:
+            yield cast(BinaryIO, _PartWriter(f))
+        except BaseException:
+            # Closing would complete the upload: abort it, and leave nothing.
+            with contextlib.suppress(Exception):
+                f.discard()
+            f.closed = True
+            raise
+        f.close()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Create the object ``path``; `FileExistsError` if it exists.
+
+        The check is atomic where the store has exclusive creates (S3's
+        ``If-None-Match: *``), a check then a put elsewhere.
+        """
+        key = self._path(path)
+        if self.dialect == "s3":
+            self.fs.pipe_file(key, data, mode="create")
+            return
+        with _memory_mutex if self.dialect == "memory" else contextlib.nullcontext():
+            if self.fs.exists(key):
+                raise FileExistsError(errno.EEXIST, "the object exists", path)
+            self.fs.pipe_file(key, data)
+
+    def replace_file(self, path: str, data: bytes, *, durable: bool) -> None:
+        """Put ``data`` at ``path``: readers see the old object or the new one."""
+        with _memory_mutex if self.dialect == "memory" else contextlib.nullcontext():
+            self.fs.pipe_file(self._path(path), data)
+
+    def replace_if(self, path: str, data: bytes, version: str) -> bool:
+        """Put ``data`` at ``path`` only if its version is still ``version``.
+
+        Returns:
+            Whether it was replaced (``False``: it changed or vanished meanwhile).
+
+        Raises:
+            NotImplementedError: On a store without conditional replaces (see
+                ``capabilities.conditional_replace``).
+        """
+        key = self._path(path)
+        if self.dialect == "s3":
+            try:
+                self.fs.pipe_file(key, data, IfMatch=version)
+            except (FileExistsError, FileNotFoundError):
+                return False
+            except OSError as exc:
+                if "PreconditionFailed" in str(exc) or "pre-condition" in str(exc):
+                    return False
+                raise
+            return True
+        if self.dialect == "memory":
+            with _memory_mutex:
+                found = self.entry(path)
+                if found is None or found.version != version:
+                    return False
+                self.fs.pipe_file(key, data)
+                return True
+        raise NotImplementedError(f"{type(self.fs).__name__} offers no conditional replace")
+
+    def make_dir(self, path: str) -> None:
+        """Nothing: a prefix exists once an object is under it."""
+
+    def make_dirs(self, path: str) -> None:
+        """Nothing: a prefix exists once an object is under it."""
+
+    def rename(self, src: str, dst: str) -> None:
+        """Refused: an object store's "rename" is a copy, then a delete.
+
+        Raises:
+            OSError: Always (``ENOTSUP``).
+        """
+        raise OSError(errno.ENOTSUP, "an object store cannot rename atomically", src)
+
+    def exchange(self, a: str, b: str) -> bool:
+        """``False``: an object store cannot swap two names."""
+        return False
+
+    def remove_file(self, path: str) -> None:
+        """Delete the object ``path``; nothing if it is absent."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(path))
+
+    def remove_tree(self, path: str) -> None:
+        """Delete every object under the prefix ``path`` (and an object at ``path``)."""
+        key = self._path(path)
+        self.fs.invalidate_cache(key)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(key, recursive=True)
+        self.fs.invalidate_cache(key)
+
+    def sync_tree(self, path: str) -> None:
+        """Nothing: a write is durable when it returns."""
+
+    def sync_dir(self, path: str) -> None:
+        """Nothing: a write is durable when it returns."""
+
+    # --- the writer lease -----------------------------------------------------------
+
+    def lock(self, path: str) -> Lease:
+        """Take the writer lease held in the object ``path``.
+
+        A store has no lock that a dead process releases: the lease is an object
+        created with a conditional write and renewed in the background every third of
+        `lease_seconds`. A second writer is refused while it is renewed; a crashed
+        writer's lease is taken over once it has gone unrenewed for `lease_seconds`.
+
+        Raises:
+            CheckpointDirLockedError: If a live writer holds the lease.
+            CheckpointError: If the store has no conditional writes, so that no lease
+                can keep a second writer out.
+        """
+        return Lease.acquire(self, path, self.lease_seconds)
+
+    def lock_held(self, path: str) -> bool:
+        """Whether a writer's lease in ``path`` is live (renewed within its duration)."""
+        return lease_live(self, path)

@@ -1,0 +1,244 @@
+"""The writer lease: one writer per checkpoint directory on a store without locks.
+
+A lease is a small JSON object (``.ckpt/lock``) naming its holder. It is created with
+an exclusive create and renewed with a conditional replace (S3's ``If-None-Match`` and
+``If-Match``), so of two writers exactly one holds it:
+
+* **acquire**: create it; if it exists and is released, or went unrenewed for the
+  lease's duration, take it over with a conditional replace of the version seen. A
+  lease renewed meanwhile belongs to a live writer: refused.
+* **renew**: a background thread replaces it, conditionally on the version it last
+  wrote, every third of the duration. A failed condition means it was taken over; a
+  failed request is retried until the duration runs out. Either way the lease is lost,
+  and `Lease.check` (called before every commit and delete) says so.
+* **release**: replace it, conditionally, with a released one.
+
+Whether a lease went unrenewed is judged by watching it on this machine's own clock,
+never by comparing clocks of two machines; only a lease whose stated renewal time is
+two durations old by this clock is taken over without watching it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from typing import Any, Protocol
+
+from ckpt._errors import CheckpointDirLockedError, CheckpointError, LeaseLostError
+from ckpt.storage.base import Capabilities, Entry
+
+_FORMAT = 1
+
+
+class LeaseStore(Protocol):
+    """What a lease needs of a storage: exclusive creates and conditional replaces."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the store guarantees (see `Capabilities`)."""
+        ...
+
+    def entry(self, path: str) -> Entry | None:
+        """The object at ``path``; ``None`` if absent."""
+        ...
+
+    def read_versioned(self, path: str) -> tuple[bytes, str] | None:
+        """The object's bytes and a version no newer than them; ``None`` if absent."""
+        ...
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Create ``path`` atomically; `FileExistsError` if it exists."""
+        ...
+
+    def replace_if(self, path: str, data: bytes, version: str) -> bool:
+        """Replace ``path`` only if it is still ``version``; whether it was."""
+        ...
+
+
+def _body(owner: str, seconds: float, *, released: bool = False) -> bytes:
+    data = {
+        "format": _FORMAT,
+        "owner": owner,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "renewed_at": time.time(),
+        "seconds": seconds,
+        "released": released,
+    }
+    return (json.dumps(data) + "\n").encode()
+
+
+def _decode(data: bytes) -> dict[str, Any] | None:
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return raw if isinstance(raw, dict) and raw.get("format") == _FORMAT else None
+
+
+def _holder(raw: dict[str, Any] | None) -> str:
+    if raw is None:
+        return "an unreadable lease"
+    return f"pid {raw.get('pid')} on {raw.get('host')}"
+
+
+def _stale_by_clock(raw: dict[str, Any]) -> bool:
+    """Whether the holder's own renewal time is two durations old by this clock."""
+    renewed, seconds = raw.get("renewed_at"), raw.get("seconds")
+    if not isinstance(renewed, (int, float)) or not isinstance(seconds, (int, float)):
+        return False
+    return time.time() > renewed + 2 * seconds
+
+
+def lease_live(store: LeaseStore, path: str) -> bool:
+    """Whether ``path`` holds a lease that is not released and not two durations old."""
+    found = store.read_versioned(path)
+    if found is None:
+        return False
+    raw = _decode(found[0])
+    return raw is not None and not raw.get("released") and not _stale_by_clock(raw)
+
+
+def _refuse(path: str, raw: dict[str, Any] | None, seconds: float) -> CheckpointDirLockedError:
+    return CheckpointDirLockedError(
+        f"another writer ({_holder(raw)}) holds the lease {path} and is renewing it; only "
+        f"one writer per checkpoint directory is allowed: stop the other run, or open "
+        f"this one with read_only=True to inspect it (a crashed writer's lease is taken "
+        f"over {seconds:g} s after its last renewal)"
+    )
+
+
+class Lease:
+    """A held writer lease, renewed by a background thread until released."""
+
+    def __init__(self, store: LeaseStore, path: str, seconds: float, owner: str, version: str):
+        self._store = store
+        self._path = path
+        self._seconds = seconds
+        self._owner = owner
+        self._version = version
+        self._renewed = time.monotonic()
+        self._lost: str | None = None
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._renew_loop, name=f"ckpt-lease {path}", daemon=True
+        )
+        self._thread.start()
+
+    @classmethod
+    def acquire(cls, store: LeaseStore, path: str, seconds: float) -> Lease:
+        """Take the lease in ``path``, waiting at most ``seconds`` to see whether it is live.
+
+        Raises:
+            CheckpointDirLockedError: If a live writer holds it.
+            CheckpointError: If the store has no conditional writes.
+        """
+        caps = store.capabilities
+        if not (caps.exclusive_create and caps.conditional_replace):
+            raise CheckpointError(
+                f"cannot take the writer lease {path}: this store offers no conditional "
+                f"writes (an exclusive create and a replace-if-unchanged), so nothing could "
+                f"keep a second writer from committing over this one. ckpt writes to S3 "
+                f"(s3fs) and memory://; on this store, open the manager with "
+                f"read_only=True, or write to a local or S3 path"
+            )
+        owner = secrets.token_hex(8)
+        body = _body(owner, seconds)
+        try:
+            store.write_bytes(path, body)
+        except FileExistsError:
+            return cls._take_over(store, path, seconds, owner)
+        found = store.entry(path)
+        if found is None:
+            raise CheckpointDirLockedError(f"the lease {path} vanished as it was created")
+        return cls(store, path, seconds, owner, found.version)
+
+    @classmethod
+    def _take_over(cls, store: LeaseStore, path: str, seconds: float, owner: str) -> Lease:
+        found = store.read_versioned(path)
+        deadline = time.monotonic() + seconds
+        while found is not None:
+            data, version = found
+            raw = _decode(data)
+            if raw is not None and (raw.get("released") or _stale_by_clock(raw)):
+                break
+            # Watch it: a live writer replaces it within a third of its duration.
+            if time.monotonic() >= deadline:
+                break  # unrenewed for a whole duration: its writer is gone
+            time.sleep(min(0.5, seconds / 10))
+            now = store.read_versioned(path)
+            if now is not None and now[1] != version:
+                raise _refuse(path, _decode(now[0]), seconds)
+            found = now
+        body = _body(owner, seconds)
+        if found is None:
+            try:
+                store.write_bytes(path, body)
+            except FileExistsError:
+                raise _refuse(path, None, seconds) from None
+        elif not store.replace_if(path, body, found[1]):
+            raise _refuse(path, None, seconds)  # another writer took it over first
+        entry = store.entry(path)
+        if entry is None:
+            raise CheckpointDirLockedError(f"the lease {path} vanished as it was taken")
+        return cls(store, path, seconds, owner, entry.version)
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self._seconds / 3):
+            self._renew()
+
+    def _renew(self) -> None:
+        with self._mutex:
+            if self._lost is not None or self._stop.is_set():
+                return
+            try:
+                replaced = self._store.replace_if(
+                    self._path, _body(self._owner, self._seconds), self._version
+                )
+                entry = self._store.entry(self._path) if replaced else None
+            except OSError as exc:
+                if time.monotonic() - self._renewed > self._seconds:
+                    self._lost = f"it could not be renewed for {self._seconds:g} s ({exc})"
+                return
+            if not replaced or entry is None:
+                self._lost = "another writer took it over"
+                return
+            self._version = entry.version
+            self._renewed = time.monotonic()
+
+    def check(self) -> None:
+        """Raise `LeaseLostError` unless this writer still holds the lease.
+
+        Raises:
+            LeaseLostError: If it was taken over, or went unrenewed for its duration.
+        """
+        with self._mutex:
+            lost = self._lost
+            if lost is None and time.monotonic() - self._renewed > self._seconds:
+                lost = f"it was not renewed for {self._seconds:g} s"
+        if lost is not None:
+            raise LeaseLostError(
+                f"this writer's lease {self._path} is lost: {lost}. Another writer may "
+                f"own the checkpoint directory now, so nothing more is committed or "
+                f"deleted; restart the run to take the lease again"
+            )
+
+    def release(self) -> None:
+        """Stop renewing and mark the lease released; calling it twice is harmless."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(timeout=self._seconds)
+        with self._mutex:
+            if self._lost is None:
+                with contextlib.suppress(OSError):  # it expires on its own
+                    self._store.replace_if(
+                        self._path, _body(self._owner, self._seconds, released=True), self._version
+                    )
+            self._lost = "it was released"
