@@ -141,20 +141,34 @@ def commit(
     """
     storage, index = state.storage, state.index
     state.check_writer()  # a writer whose lease lapsed must not commit over its successor
-    found = storage.entry(tmp)
-    if found is None or found.kind != "dir" or _committed(state, tmp, step):
+    # On an object store a prefix is no entry of its own (asking costs a listing): the
+    # attempt is there if its training info is, which is read next anyway.
+    directories = storage.capabilities.directories
+    found = storage.entry(tmp) if directories else None
+    gone = found is None or found.kind != "dir" if directories else False
+    if gone or _committed(state, tmp, step):
         raise InvalidCheckpointPathError(
             f"{tmp} does not exist (was it finalized or aborted already?)"
         )
     try:
         info = decode_training_info(storage.read_bytes(join(tmp, _layout.INFO_FILE)))
+    except FileNotFoundError as exc:
+        if directories:
+            raise InvalidCheckpointPathError(
+                f"{tmp} has no readable {_layout.INFO_FILE} ({exc}); it was not made by "
+                f"init_tmp_checkpoint, or its file was removed"
+            ) from exc
+        raise InvalidCheckpointPathError(
+            f"{tmp} does not exist (was it finalized or aborted already?)"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise InvalidCheckpointPathError(
             f"{tmp} has no readable {_layout.INFO_FILE} ({exc}); it was not made by "
             f"init_tmp_checkpoint, or its file was removed"
         ) from exc
     final_name = _layout.step_name(step)
-    final_entry = storage.entry(join(state.location, final_name))
+    # A step_N in the way matters to a rename; where there are none, nothing is in the way.
+    final_entry = storage.entry(join(state.location, final_name)) if directories else None
     existing = index.committed.get(step)
     if final_entry is not None and final_entry.kind != "dir":
         raise CheckpointError(
@@ -183,7 +197,7 @@ def commit(
             path=path,
             info=MappingProxyType(info),
             # A rename keeps a directory's mtime: this is what a rescan will read.
-            committed_at=found.mtime if done.kind == "rename" else done.mtime,
+            committed_at=found.mtime if found is not None and done.kind == "rename" else done.mtime,
             pinned=step in index.pins,
         ),
         done,

@@ -10,10 +10,15 @@ from ckpt._records import CheckpointRecord, NotACheckpointError, VanishedError, 
 from ckpt._serialize import encode_pins
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed
+from ckpt.commit.catalog import load_catalog, save_catalog
+from ckpt.commit.manifest import Manifest
 from ckpt.storage import user_path
-from ckpt.storage.base import EntryKind, Storage, join, name_of
+from ckpt.storage.base import Entry, EntryKind, Storage, join, name_of
 
 logger = logging.getLogger("ckpt")
+
+CATALOG_EVERY = 64
+"""Commits between two saves of the catalog: a crash costs a cold start this many reads."""
 
 
 class Index:
@@ -38,15 +43,25 @@ class Index:
         # remembered too (None), so it is warned of once.
         self._seen: dict[tuple[int, str, str], tuple[Committed, CheckpointRecord | None]] = {}
         self.manifests: commits.ManifestCache = {}  # shared with recovery
+        # On an object store the manifests read are saved in a catalog for cold starts.
+        self._catalog = not storage.capabilities.directories
+        self.writable = False  # a reader changes nothing, not even the catalog
+        self._catalogued: dict[str, str] | None = None  # what it holds: name -> version
+        self._commits = 0  # since the catalog was saved
 
     @property
     def meta(self) -> str:
         return join(self.location, _layout.META_DIR)
 
-    def scan(self) -> None:
-        """Rebuild the index from the storage, re-reading only entries that changed."""
+    def scan(self, entries: dict[str, Entry] | None = None) -> None:
+        """Rebuild the index from the storage, re-reading only entries that changed.
+
+        ``entries`` is a listing of the directory just taken, if the caller has one.
+        """
         pins = self.read_pins()
-        entries = {entry.name: entry for entry in self.storage.list_dir(self.location)}
+        if entries is None:
+            entries = {entry.name: entry for entry in self.storage.list_dir(self.location)}
+        self.load_catalog()
         found, broken = commits.committed(self.storage, self.location, entries, self.manifests)
         seen: dict[tuple[int, str, str], tuple[Committed, CheckpointRecord | None]] = {}
         for manifest in broken:
@@ -76,6 +91,7 @@ class Index:
         if records != self.records or pins != self.pins:
             self.version += 1
         self._seen, self.records, self.committed, self.pins = seen, records, committed, pins
+        self.save_catalog()
 
     def _load(self, checkpoint: Committed, kind: EntryKind, name: str) -> CheckpointRecord | None:
         try:
@@ -91,6 +107,52 @@ class Index:
         self.records[record.step] = record
         self.committed[record.step] = checkpoint
         self.version += 1
+        if self._catalog and checkpoint.manifest is not None:
+            manifest = Manifest(
+                record.step,
+                name_of(checkpoint.path),
+                checkpoint.mtime,
+                (),
+                checkpoint.training_info,
+            )
+            self.manifests[name_of(checkpoint.manifest)] = (checkpoint.version, manifest)
+            self._commits += 1
+            if self._commits >= CATALOG_EVERY:
+                self.save_catalog(force=True)
+
+    def load_catalog(self) -> None:
+        """Fill an empty manifest cache from the catalog (on an object store)."""
+        if not self._catalog or self._catalogued is not None:
+            return
+        saved = load_catalog(self.storage, self.location)
+        self._catalogued = {name: version for name, (version, _) in saved.items()}
+        for name, found in saved.items():
+            self.manifests.setdefault(name, found)
+
+    def save_catalog(self, *, force: bool = False) -> None:
+        """Save the manifests read for the next cold start, if enough are new (or ``force``).
+
+        It is only a cache: a failure to write it is logged, never raised.
+        """
+        if not (self._catalog and self.writable):
+            return
+        manifests = {
+            name: (version, found)
+            for name, (version, found) in self.manifests.items()
+            if isinstance(found, Manifest)
+        }
+        saved = self._catalogued or {}
+        stale = sum(1 for name, (version, _) in manifests.items() if saved.get(name) != version)
+        stale += len(saved.keys() - manifests.keys())
+        if not stale or (stale < 16 and not force):
+            return
+        try:
+            save_catalog(self.storage, self.location, manifests)
+        except OSError as exc:
+            logger.warning("could not save the catalog of %s: %s", self.location, exc)
+            return
+        self._catalogued = {name: version for name, (version, _) in manifests.items()}
+        self._commits = 0
 
     def remove(self, step: int) -> None:
         """Forget a checkpoint this process just deleted."""

@@ -14,6 +14,7 @@ META_DIR = ".ckpt"  # our own bookkeeping: lock, pins, ranking, trash
 LOCK_FILE = "lock"
 PINS_FILE = "pins.json"
 RANKING_FILE = "ranking.json"  # the run's ranking, for readers given no config
+CATALOG_FILE = "catalog.json"  # on object stores: the manifests read, for cold starts
 TRASH_DIR = "trash"
 
 

@@ -9,6 +9,7 @@ saves in progress). Every byte goes through a `ckpt.storage.Storage`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import os
@@ -29,6 +30,7 @@ from ckpt._errors import (
     CheckpointError,
     CheckpointNotFoundError,
     InvalidStepError,
+    LeaseLostError,
     MissingMetricWarning,
     ReadOnlyError,
 )
@@ -294,6 +296,9 @@ class CheckpointManager:
             self._dir.users -= 1
             if self._dir.users == 0:
                 if self._dir.lock is not None:
+                    with contextlib.suppress(LeaseLostError):  # then it is not ours to write
+                        self._dir.check_writer()
+                        self._dir.index.save_catalog(force=True)
                     self._dir.lock.release()
                     self._dir.lock = None
                 if writers.get(self._key) is self._dir:

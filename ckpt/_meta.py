@@ -17,6 +17,7 @@ _META_KINDS: tuple[tuple[tuple[str, ...], EntryKind], ...] = (
     ((_layout.META_DIR, _layout.LOCK_FILE), "file"),
     ((_layout.META_DIR, _layout.PINS_FILE), "file"),
     ((_layout.META_DIR, _layout.RANKING_FILE), "file"),
+    ((_layout.META_DIR, _layout.CATALOG_FILE), "file"),
 )
 
 

@@ -19,7 +19,7 @@ from ckpt._index import Index
 from ckpt.commit import directory as commits
 from ckpt.commit.base import RecoveryAction
 from ckpt.commit.rename import trash_dir
-from ckpt.storage.base import Lock, Storage, join, name_of, parent_of
+from ckpt.storage.base import Entry, Lock, Storage, join, name_of, parent_of
 
 logger = logging.getLogger("ckpt")
 
@@ -80,6 +80,7 @@ class Shared:
             for new in reversed(created):
                 storage.sync_dir(parent_of(new))
         self.lock = storage.lock(join(self.index.meta, _layout.LOCK_FILE))
+        self.index.writable = True
         try:
             _meta.check_metadata(self.storage, self.location)  # as it is now we hold the lock
             self.recovery = self.recover()
@@ -98,6 +99,8 @@ class Shared:
         """
         with self.mutex:
             ours = {name_of(attempt.path) for attempt in self.live.values()}
+            self.index.load_catalog()  # recovery reads the manifests too
+            listed: dict[str, Entry] = {}
             actions = commits.recover(
                 self.storage,
                 self.location,
@@ -105,8 +108,9 @@ class Shared:
                 keep=ours,
                 grace=self.grace,
                 cache=self.index.manifests,  # the scan below reuses what recovery read
+                listed=listed,
             )
-            self.index.scan()
+            self.index.scan(None if actions else listed)
             stale = self.index.pins - self.index.records.keys()
             if stale:
                 logger.warning("dropping pins of steps that no longer exist: %s", sorted(stale))

@@ -390,3 +390,45 @@ def test_lease_renewal_keeps_a_slow_save_alive(s3: dict[str, Any]) -> None:
         stop.wait(2 * s3["config"]["lease_seconds"])  # longer than the lease itself
         manager.finalize_checkpoint(path)
         assert [r.step for r in manager.list_checkpoints()] == [1]
+
+
+def test_a_cold_start_reads_the_catalog_not_every_manifest(
+    s3: dict[str, Any], s3_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    with ckpt.CheckpointManager(s3["config"]) as manager:
+        for step in range(20):
+            _save(manager, step, float(step))
+    catalog = json.loads(s3_server.keys(s3["bucket"])["runs/run1/.ckpt/catalog.json"])
+    assert len(catalog["manifests"]) == 20
+    # Another writer overwrites step 3 behind the catalog's back.
+    storage, location = open_storage(
+        s3["config"]["checkpoint_dir"], s3["config"]["storage_options"]
+    )
+    protocol = ManifestProtocol()
+    attempt = protocol.prepare(storage, location, 3)
+    storage.write_bytes(join(attempt, "training_info.json"), b'{"reward": 99.0}')
+    from ckpt.commit import directory as commits
+
+    entries = {e.name: e for e in storage.list_dir(location)}
+    found, _ = commits.committed(storage, location, entries)
+    protocol.commit(storage, location, attempt, 3, existing=found[3], durable=True)
+
+    reads: list[str] = []
+    real = FsspecStorage.read_bytes
+
+    def counting(self: FsspecStorage, path: str, **kwargs: Any) -> bytes:
+        reads.append(path.rsplit("/", 1)[-1])
+        return real(self, path, **kwargs)
+
+    monkeypatch.setattr(FsspecStorage, "read_bytes", counting)
+    with ckpt.CheckpointManager(s3["config"]) as manager:
+        infos = {r.step: r.info["reward"] for r in manager.list_checkpoints()}
+    assert infos == {**{step: float(step) for step in range(20)}, 3: 99.0}
+    assert [name for name in reads if name.endswith(".manifest.json")] == ["step_3.manifest.json"]
+    # A damaged catalog costs reads, never a wrong answer.
+    storage.replace_file(join(location, ".ckpt", "catalog.json"), b"{not json", durable=True)
+    reads.clear()
+    with ckpt.CheckpointManager(s3["config"]) as manager:
+        assert {r.step: r.info["reward"] for r in manager.list_checkpoints()} == infos
+    assert len([name for name in reads if name.endswith(".manifest.json")]) == 20
+    assert "ignoring the catalog" in caplog.text

@@ -176,19 +176,23 @@ def recover(
     keep: Collection[str] = (),
     grace: float = 0.0,
     cache: ManifestCache | None = None,
+    listed: dict[str, Entry] | None = None,
 ) -> list[RecoveryAction]:
     """Finish or undo whatever a crash interrupted in ``directory``; log and return it.
 
     Entries named in ``keep`` (attempts that live saves are writing) are left alone,
     and so is an unnamed attempt with a file written less than ``grace`` seconds ago
     (where no lock keeps other writers out, it may be a live save of theirs).
-    ``cache`` is the manifests already read (see `committed`).
+    ``cache`` is the manifests already read (see `committed`). ``listed`` receives
+    the listing recovery worked from: still the directory's if it did nothing.
     """
     recovery = _Recovery(storage, directory, durable=durable, keep=keep, grace=grace, cache=cache)
     if storage.capabilities.atomic_rename:
         recovery.renames()  # where nothing renames, nothing is left half-renamed
     recovery.manifests()
     recovery.partials_and_trash()
+    if listed is not None:
+        listed.update(recovery.entries)
     if durable and recovery.actions:
         storage.sync_dir(directory)
     for action in recovery.actions:

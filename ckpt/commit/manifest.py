@@ -65,7 +65,12 @@ class Manifest:
 
 def encode_manifest(manifest: Manifest) -> bytes:
     """``manifest`` as the JSON file readers decode with `decode_manifest`."""
-    data = {
+    return (json.dumps(manifest_data(manifest), indent=1) + "\n").encode()
+
+
+def manifest_data(manifest: Manifest) -> dict[str, Any]:
+    """``manifest`` as JSON-ready data (what its file holds)."""
+    data: dict[str, Any] = {
         "format": _FORMAT,
         "step": manifest.step,
         "attempt": manifest.attempt,
@@ -74,7 +79,7 @@ def encode_manifest(manifest: Manifest) -> bytes:
     }
     if manifest.training_info is not None:
         data["training_info"] = manifest.training_info.decode()
-    return (json.dumps(data, indent=1) + "\n").encode()
+    return data
 
 
 def _encode_file(f: ManifestFile) -> dict[str, Any]:
@@ -92,6 +97,11 @@ def decode_manifest(data: bytes, step: int) -> Manifest:
         raw: Any = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"not JSON ({exc})") from None
+    return manifest_from_data(raw, step)
+
+
+def manifest_from_data(raw: Any, step: int) -> Manifest:
+    """The manifest of ``step`` that `manifest_data` gave; `ValueError` if it is not one."""
     if not isinstance(raw, dict) or raw.get("format") != _FORMAT:
         raise ValueError("not a ckpt manifest (format 1)")
     attempt = raw.get("attempt")

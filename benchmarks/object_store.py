@@ -1,0 +1,221 @@
+"""Checkpoints on S3: per-save overhead and cold start as history grows, and state bandwidth.
+
+It starts moto's S3 server on 127.0.0.1 (as the tests do) and reaches it through s3fs,
+so every figure is of real HTTP requests to a real (local, Python) S3 server. For
+N = 10 and 1,000 committed checkpoints already under the prefix it measures:
+
+* the median wall time of one save: ``init_tmp_checkpoint``, one small file written
+  through the returned ``UPath``, ``finalize_checkpoint`` (keep-all retention, so the
+  history really grows), and the ratio of the two;
+* a cold start: a new writer on the prefix (lease, recovery, one listing, the catalog),
+  then best and latest; the first one, which finds no catalog (the prefix was filled
+  by ckpt's commit protocol directly) and reads every manifest, is shown apart;
+
+and for ``--state-mib`` (default 1,024) of tensors:
+
+* ``ckpt.torch.save_state`` to the server against a plain s3fs ``put_file`` of a file
+  holding the same bytes, interleaved, median throughput of each and their ratio;
+* the peak of the process's resident memory above what it held before the save
+  (sampled every 5 ms), against the state's size.
+
+Run:
+
+    python benchmarks/object_store.py [--sizes 10 1000] [--repeats 20] [--state-mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from typing import Any
+
+import boto3
+import s3fs
+import torch
+from moto.server import ThreadedMotoServer
+
+from ckpt import CheckpointManager
+from ckpt.commit import ManifestProtocol
+from ckpt.storage import join, open_storage
+from ckpt.torch import save_state
+
+
+def _server() -> tuple[ThreadedMotoServer, dict[str, Any]]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    options = {
+        "key": "bench",
+        "secret": "bench",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
+    return server, options
+
+
+def _bucket(options: dict[str, Any], name: str) -> None:
+    boto3.client(
+        "s3",
+        endpoint_url=options["client_kwargs"]["endpoint_url"],
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=name)
+
+
+def _populate(url: str, options: dict[str, Any], count: int) -> None:
+    """``count`` committed checkpoints, written by ckpt's own manifest protocol."""
+    storage, location = open_storage(url, options)
+    protocol = ManifestProtocol()
+
+    def one(step: int) -> None:
+        attempt = protocol.prepare(storage, location, step)
+        storage.write_bytes(join(attempt, "training_info.json"), b'{"loss": %f}' % (1 / (step + 1)))
+        storage.write_bytes(join(attempt, "weights.bin"), b"w" * 64)
+        protocol.commit(storage, location, attempt, step, existing=None, durable=True)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(count)))
+
+
+def _config(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "checkpoint_dir": url,
+        "storage_options": options,
+        "metric_name": "loss",
+        "higher_is_better": False,
+    }
+
+
+def _history(options: dict[str, Any], sizes: list[int], repeats: int) -> None:
+    for size in sizes:
+        bucket = f"history-{size}"
+        _bucket(options, bucket)
+        url = f"s3://{bucket}/run"
+        began = time.perf_counter()
+        _populate(url, options, size)
+        print(f"N={size}: populated in {time.perf_counter() - began:.1f} s")
+        first = _cold_start(url, options)  # reads every manifest; saves the catalog
+        cold = statistics.median(_cold_start(url, options) for _ in range(3))
+        manager = CheckpointManager(_config(url, options))
+        times = []
+        for i in range(repeats):
+            step = size + i
+            began = time.perf_counter()
+            path = manager.init_tmp_checkpoint(step, {"loss": 1.0})
+            with (path / "weights.bin").open("wb") as f:
+                f.write(b"w" * 64)
+            manager.finalize_checkpoint(path)
+            times.append(time.perf_counter() - began)
+        manager.close()
+        print(
+            f"N={size}: save median {statistics.median(times) * 1e3:.1f} ms "
+            f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}); "
+            f"cold start (open, best, latest) {cold:.2f} s (median of 3; "
+            f"{first:.2f} s the first time, without a catalog)"
+        )
+
+
+def _cold_start(url: str, options: dict[str, Any]) -> float:
+    began = time.perf_counter()
+    with CheckpointManager(_config(url, options)) as manager:
+        best = manager.get_best_checkpoint_path()
+        latest = manager.get_latest_checkpoint_path()
+        took = time.perf_counter() - began
+    assert best is not None
+    assert latest is not None
+    return took
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _Peak:
+    def __init__(self) -> None:
+        self.base = _rss()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __enter__(self) -> _Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _bandwidth(options: dict[str, Any], mib: int, rounds: int) -> None:
+    _bucket(options, "bandwidth")
+    fs = s3fs.S3FileSystem(**options)
+    storage, location = open_storage("s3://bandwidth/run", options)
+    state = {f"layer{i}": torch.randn(mib << 16) for i in range(4)}  # 4 tensors of mib/4 MiB
+    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    with tempfile.NamedTemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as f:
+        for tensor in state.values():
+            f.write(tensor.numpy().tobytes())
+        f.flush()
+        ours, plain, peaks = [], [], []
+        for i in range(rounds):
+            began = time.perf_counter()
+            fs.put_file(f.name, f"bandwidth/plain/{i}.bin")
+            plain.append(nbytes / (time.perf_counter() - began))
+            directory = join(location, f"ours-{i}")
+            with _Peak() as peak:
+                began = time.perf_counter()
+                save_state(directory_marker(storage, directory), state, storage=storage)
+                ours.append(nbytes / (time.perf_counter() - began))
+            peaks.append(peak.peak - peak.base)
+    mbps = statistics.median(ours) / 2**20
+    base = statistics.median(plain) / 2**20
+    print(
+        f"state {nbytes / 2**20:.0f} MiB: save_state {mbps:.0f} MiB/s, s3fs put_file "
+        f"{base:.0f} MiB/s (median of {rounds}, interleaved): ratio {mbps / base:.2f}; "
+        f"peak extra memory {max(peaks) / 2**20:.0f} MiB "
+        f"({100 * max(peaks) / nbytes:.1f}% of the state)"
+    )
+
+
+def directory_marker(storage: Any, directory: str) -> str:
+    """A prefix exists once an object is under it: give save_state one to write into."""
+    storage.write_bytes(join(directory, "training_info.json"), b"{}")
+    return directory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 1000])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--state-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-history", action="store_true")
+    parser.add_argument("--skip-bandwidth", action="store_true")
+    args = parser.parse_args()
+    print(f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs")
+    server, options = _server()
+    try:
+        if not args.skip_history:
+            _history(options, args.sizes, args.repeats)
+        if not args.skip_bandwidth:
+            _bandwidth(options, args.state_mib, args.rounds)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
