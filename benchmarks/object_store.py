@@ -1,6 +1,7 @@
 """Checkpoints on S3: per-save overhead and cold start as history grows, and state bandwidth.
 
-It starts moto's S3 server on 127.0.0.1 (as the tests do) and reaches it through s3fs,
+It starts moto's S3 server on 127.0.0.1 (as the tests do, but in a process of its own)
+and reaches it through s3fs,
 so every figure is of real HTTP requests to a real (local, Python) S3 server. For
 N = 10 and 1,000 committed checkpoints already under the prefix it measures:
 
@@ -27,10 +28,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -39,20 +41,35 @@ from typing import Any
 import boto3
 import s3fs
 import torch
-from moto.server import ThreadedMotoServer
 
 from ckpt import CheckpointManager
 from ckpt.commit import ManifestProtocol
 from ckpt.storage import join, open_storage
 from ckpt.torch import save_state
 
+_SERVE = """
+import logging, sys
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print("endpoint http://%s:%d" % server.get_host_and_port(), flush=True)
+sys.stdin.read()  # until the benchmark ends
+"""
 
-def _server() -> tuple[ThreadedMotoServer, dict[str, Any]]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+
+def _server() -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    # A process of its own: the objects it holds must not count as the client's memory.
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    line = ""
+    while not line.startswith("endpoint "):
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError("the S3 server did not start")
+    endpoint = line.split()[1]
     options = {
         "key": "bench",
         "secret": "bench",
@@ -214,7 +231,7 @@ def main() -> None:
         if not args.skip_bandwidth:
             _bandwidth(options, args.state_mib, args.rounds)
     finally:
-        server.stop()
+        server.communicate(timeout=30)
 
 
 if __name__ == "__main__":
