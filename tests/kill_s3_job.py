@@ -4,16 +4,18 @@ It saves the events of `EVENTS` in order into an ``s3://`` checkpoint directory 
 Hybrid top-2 manager, resuming after the newest event it finds committed, so a job
 restarted after a crash finishes the run. One save overwrites the step saved just before
 it, three checkpoints are pruned on the way, and the job ends with
-``remove_old_checkpoints`` (a prune a kill interrupted is not redone by a save). Each save writes its files the way a
-loop does, through the ``UPath`` that ``init_tmp_checkpoint`` returns: a small file in
-one PUT and a payload in a multipart upload of three parts. Every byte is a function of
-the event, so a test knows every version of every step.
+``remove_old_checkpoints`` (a prune a kill interrupted is not redone by a save). Each
+save writes its files the way a loop does, through the ``UPath`` that
+``init_tmp_checkpoint`` returns: a small file in one PUT and a payload in a multipart
+upload of three parts. Every byte is a function of the event, so a test knows every
+version of every step.
 
 It counts every request it makes to S3 (each call of s3fs's ``_call_s3``, and of its
-synchronous twin ``call_s3`` that s3fs's files use: the places s3fs sends a request): ``--record FILE`` writes how many it made, and ``--kill-at I``
-sends the whole process SIGKILL right before the ``I``-th (from 0), after writing that
-request's name to ``--marker``. After each ``finalize_checkpoint`` returns, the event is
-appended to ``--log`` (local disk), so the test knows what was committed for sure.
+synchronous twin ``call_s3`` that s3fs's files use: the places s3fs sends a request).
+``--record FILE`` writes the requests it made, and ``--kill-at I`` sends the whole
+process SIGKILL right before the ``I``-th (from 0), after writing that request's name to
+``--marker``. After each ``finalize_checkpoint`` returns, the event is appended to
+``--log`` (local disk), so the test knows what was committed for sure.
 
 The lease lasts 60 s: no renewal request falls inside a run, so every run makes the
 same requests in the same order.

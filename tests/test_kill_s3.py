@@ -109,7 +109,7 @@ def _check_finished(s3_server: Any, bucket: str) -> None:
     assert _listing(s3_server, bucket) == expected
     keys = set(s3_server.keys(bucket))
     ours = {"run/.ckpt/lock", "run/.ckpt/catalog.json", "run/.ckpt/ranking.json"}
-    checkpoints = {k for k in keys - ours}
+    checkpoints = keys - ours
     assert len(checkpoints) == 4 * len(expected), sorted(checkpoints)  # 3 files + manifest
     assert {k for k in keys if k.endswith(".manifest.json")} == {
         f"run/step_{step}.manifest.json" for step in expected
