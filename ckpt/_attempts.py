@@ -152,16 +152,11 @@ def commit(
         )
     try:
         info = decode_training_info(storage.read_bytes(join(tmp, _layout.INFO_FILE)))
-    except FileNotFoundError as exc:
-        if directories:
-            raise InvalidCheckpointPathError(
-                f"{tmp} has no readable {_layout.INFO_FILE} ({exc}); it was not made by "
-                f"init_tmp_checkpoint, or its file was removed"
-            ) from exc
-        raise InvalidCheckpointPathError(
-            f"{tmp} does not exist (was it finalized or aborted already?)"
-        ) from exc
     except (OSError, ValueError) as exc:
+        if not directories and isinstance(exc, FileNotFoundError):
+            raise InvalidCheckpointPathError(
+                f"{tmp} does not exist (was it finalized or aborted already?)"
+            ) from exc
         raise InvalidCheckpointPathError(
             f"{tmp} has no readable {_layout.INFO_FILE} ({exc}); it was not made by "
             f"init_tmp_checkpoint, or its file was removed"

@@ -344,6 +344,7 @@ class CheckpointConfig(_Strict):
     )
     storage_options: dict[str, Any] | None = Field(
         None,
+        repr=False,  # it may hold credentials: never in a repr or a log line
         description="For a URL checkpoint_dir: options for its fsspec file system "
         "(credentials, client_kwargs with an endpoint_url...), as pandas and Lightning "
         "take them. Unset: the file system reads the environment (AWS_ENDPOINT_URL, "

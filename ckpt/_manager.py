@@ -295,14 +295,17 @@ class CheckpointManager:
         with writers_mutex:
             self._dir.users -= 1
             if self._dir.users == 0:
-                if self._dir.lock is not None:
-                    with contextlib.suppress(LeaseLostError):  # then it is not ours to write
-                        self._dir.check_writer()
-                        self._dir.index.save_catalog(force=True)
-                    self._dir.lock.release()
-                    self._dir.lock = None
-                if writers.get(self._key) is self._dir:
-                    del writers[self._key]
+                try:
+                    if self._dir.lock is not None:
+                        with contextlib.suppress(LeaseLostError):  # not ours to write then
+                            self._dir.check_writer()
+                            self._dir.index.save_catalog(force=True)
+                finally:
+                    if self._dir.lock is not None:
+                        self._dir.lock.release()
+                        self._dir.lock = None
+                    if writers.get(self._key) is self._dir:
+                        del writers[self._key]
 
     def __enter__(self) -> CheckpointManager:
         return self

@@ -7,8 +7,11 @@ retention by itself, by sorting (see `_rank`), never by calling `policies`.
 Each run picks a backend (`ckpt.storage.LocalStorage` on a temporary directory, or
 `ckpt.storage.MemoryStorage`) and a commit protocol (``rename`` or ``manifest``), and
 checks the same model on all four: the backends must agree with the model, and so with
-each other, under either protocol. The machine reads the directory back through the
-backend's own storage, never through the manager.
+each other, under either protocol. `StoreMachine` runs the same rules on the object
+stores (`ckpt.storage.FsspecStorage` on ``memory://``, and on moto's S3 server on
+127.0.0.1 through s3fs), where only the manifest protocol runs and a ``step_N`` entry
+is never in a commit's way (no rename publishes there). The machine reads the
+directory back through the backend's own storage, never through the manager.
 
 Crashes: a rule's ``crash_at=n`` makes the n-th storage operation of its manager call die
 the way a killed process dies: that operation is not done, and neither is any
@@ -19,7 +22,10 @@ storage had not made durable is lost as well (`MemoryStorage.power_cut`), and th
 ``power_cut`` rule cuts the power between calls. The rule then abandons the manager,
 builds a new one on the same directory, and settles the model by looking at the
 storage, but only within the outcomes the interrupted call allows (`_settle`): a
-finalized checkpoint survives every power cut, and a half one is never visible.
+finalized checkpoint survives every power cut, and a half one is never visible. On
+the object stores an operation is one or two requests, so a crash before the n-th
+operation is a crash before a request (``tests/test_kill_s3.py`` kills a real process
+before each single request).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import fsspec
 import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
@@ -56,6 +63,7 @@ from ckpt import CheckpointManager
 from ckpt.storage import (
     Capabilities,
     Entry,
+    FsspecStorage,
     LocalStorage,
     MemoryStorage,
     join,
@@ -86,9 +94,7 @@ class _CrashingStorage:
     ``.NAME.partial`` file (renames and directory creations are atomic and stay undone).
     """
 
-    def __init__(
-        self, inner: LocalStorage | MemoryStorage, *, can_exchange: bool, torn: bool
-    ) -> None:
+    def __init__(self, inner: Storage, *, can_exchange: bool, torn: bool) -> None:
         self.inner = inner
         self.local = isinstance(inner, LocalStorage)
         self.can_exchange = can_exchange
@@ -135,6 +141,10 @@ class _CrashingStorage:
     def read_bytes(self, path: str, **kwargs: Any) -> bytes:
         return self.inner.read_bytes(path, **kwargs)
 
+    def read_versioned(self, path: str) -> tuple[bytes, str] | None:
+        assert isinstance(self.inner, FsspecStorage)
+        return self.inner.read_versioned(path)
+
     def open_read(self, path: str, **kwargs: Any) -> BinaryIO:
         return self.inner.open_read(path, **kwargs)
 
@@ -161,11 +171,17 @@ class _CrashingStorage:
             f.write(data)
 
     def write_bytes(self, path: str, data: bytes) -> None:
+        store = isinstance(self.inner, FsspecStorage)  # a PUT is whole or not at all
         self._tick(
             f"write_bytes {name_of(parent_of(path))}/{name_of(path)}",
-            lambda: self.inner.write_bytes(path, data[: len(data) // 2]),
+            None if store else lambda: self.inner.write_bytes(path, data[: len(data) // 2]),
         )
         self.inner.write_bytes(path, data)
+
+    def replace_if(self, path: str, data: bytes, version: str) -> bool:
+        assert isinstance(self.inner, FsspecStorage)
+        self._tick(f"replace_if {name_of(path)}")
+        return self.inner.replace_if(path, data, version)
 
     def replace_file(self, path: str, data: bytes, *, durable: bool) -> None:
         self._tick(f"replace_file {name_of(path)}", self._partial(path, data))
@@ -333,7 +349,7 @@ policy_specs = st.builds(
 
 # --- helpers on the storage ------------------------------------------------------------------
 
-Storage = LocalStorage | MemoryStorage
+Storage = LocalStorage | MemoryStorage | FsspecStorage
 
 
 def _read_tree(storage: Storage, root: str) -> dict[str, bytes]:
@@ -451,6 +467,17 @@ class ManagerMachine(RuleBasedStateMachine):
         ``can_exchange=False`` makes rename overwrites take the two-renames path through
         ``old_step_N``; ``torn`` makes a killed operation half-done where it is not atomic
         (see `_CrashingStorage`)."""
+        self._begin(spec, backend, protocol, can_exchange, fsync, torn)
+
+    def _begin(
+        self,
+        spec: PolicySpec,
+        backend: str,
+        protocol: str,
+        can_exchange: bool,
+        fsync: bool,
+        torn: bool,
+    ) -> None:
         self.spec = spec
         self.backend = backend
         self.protocol = protocol
@@ -461,9 +488,16 @@ class ManagerMachine(RuleBasedStateMachine):
         if backend == "local":
             self.inner = LocalStorage()
             base = self.root
-        else:
+        elif backend == "memory":
             self.inner = MemoryStorage(exchange=can_exchange)
             base = "/machine"
+        elif backend == "memory-url":
+            self.inner = FsspecStorage(fsspec.filesystem("memory"), lease_seconds=60)
+            base = f"memory://{name_of(self.root)}"
+        else:
+            self.inner = FsspecStorage(fsspec.filesystem("s3", **_s3_options()), lease_seconds=60)
+            base = f"s3://{_s3_bucket()}"
+        self.directories = self.inner.capabilities.directories
         self.directory = join(base, "ckpts")
         self.outside = join(base, "outside")
         self.inner.make_dirs(self.outside)
@@ -493,7 +527,9 @@ class ManagerMachine(RuleBasedStateMachine):
                 self.inner.sync_dir(ancestor)
 
     def _config(self) -> dict[str, Any]:
-        return self.spec.config(self.directory, fsync=self.fsync, protocol=self.protocol)
+        config = self.spec.config(self.directory, fsync=self.fsync, protocol=self.protocol)
+        # On a store, every attempt recovery finds is a crash's: no other writer here.
+        return {**config, "attempt_grace_seconds": 0}
 
     def _open_manager(self, crash_at: int | None = None) -> CheckpointManager:
         self.storage = _CrashingStorage(self.inner, can_exchange=self.can_exchange, torn=self.torn)
@@ -506,7 +542,10 @@ class ManagerMachine(RuleBasedStateMachine):
     def _restart(self) -> None:
         """Abandon the manager and build a new one; its recovery removes every attempt."""
         if self.manager is not None:
-            self.manager.close()  # releases the in-process lock; writes nothing
+            # It releases the in-process lock. Its storage is dead, so the catalog a
+            # closing writer saves is not written, as a killed process would not.
+            with contextlib.suppress(_Killed):
+                self.manager.close()
             self.manager = None
         self._open_manager()
         self.open.clear()
@@ -542,7 +581,8 @@ class ManagerMachine(RuleBasedStateMachine):
         for s in range(STEP_RANGE):
             name = f"step_{s}"
             entry = self.inner.entry(join(self.directory, name))
-            if entry is not None and entry.kind == "dir" and name not in self.strays:
+            renamed = self.directories and name not in self.strays  # a rename's step_N
+            if entry is not None and entry.kind == "dir" and renamed:
                 found[s] = (
                     join(self.directory, name),
                     _read_checkpoint(self.inner, join(self.directory, name)),
@@ -597,8 +637,8 @@ class ManagerMachine(RuleBasedStateMachine):
         """Close the manager and open a new one (``crash_at``: die during its recovery,
         then open another)."""
         assert self.manager is not None
-        expected = {Path(attempt.path) for attempt in self.open.values()} | {
-            Path(join(self.directory, n)) for n, (_, goes) in self.strays.items() if goes
+        expected = {attempt.path for attempt in self.open.values()} | {
+            join(self.directory, n) for n, (_, goes) in self.strays.items() if goes
         }
         self.manager.close()
         self.manager = None
@@ -613,7 +653,7 @@ class ManagerMachine(RuleBasedStateMachine):
             self._restart()
             self._unchanged()
             return
-        actions = {(a.kind, a.path) for a in self.manager.recovery}
+        actions = {(a.kind, str(a.path)) for a in self.manager.recovery}
         assert actions == {("removed_temporary", path) for path in expected}
         self.open.clear()
         for name in [n for n, (_, goes) in self.strays.items() if goes]:
@@ -659,9 +699,9 @@ class ManagerMachine(RuleBasedStateMachine):
             return False
         (path,) = paths
         if self.protocol == "rename":
-            assert path == Path(self.directory) / f"tmp_step_{step}"
+            assert str(path) == join(self.directory, f"tmp_step_{step}")
         else:
-            assert path.parent == Path(self.directory)
+            assert str(path.parent) == self.directory
             assert _ATTEMPT.fullmatch(path.name)
             assert path.name.startswith(f"step_{step}.")
             assert str(path) not in {a.path for a in self.open.values()} | set(self.paths.values())
@@ -690,7 +730,9 @@ class ManagerMachine(RuleBasedStateMachine):
             with pytest.raises(ckpt.InvalidCheckpointPathError):
                 manager.finalize_checkpoint(path)
             return False
-        if f"step_{step}" in self.strays:  # a file or link is in the way: refused, no change
+        if f"step_{step}" in self.strays and self.directories:
+            # A file or link is in the way: refused, no change. A store has no step_N to
+            # publish to, so nothing is in the way there.
             with pytest.raises(ckpt.CheckpointError, match=f"step_{step}"):
                 manager.finalize_checkpoint(path)
             event("finalize refused: a stray is in the way")
@@ -834,7 +876,7 @@ class ManagerMachine(RuleBasedStateMachine):
     @rule(kind=st.sampled_from(STRAY_KINDS), n=st.integers(0, STEP_RANGE - 1), data=contents)
     def add_stray(self, kind: str, n: int, data: bytes) -> None:
         if kind.startswith("link") and self.backend != "local":
-            return  # no links in memory
+            return  # no links in memory or on a store
         reserved = RESERVED + n % 4
         name = {
             "file step_N": f"step_{n}",
@@ -858,7 +900,9 @@ class ManagerMachine(RuleBasedStateMachine):
             info = b"{not json" if kind == "dir step_N" else json.dumps({METRIC: -1e9}).encode()
             self.inner.write_bytes(join(path, "training_info.json"), info)
         self._make_durable(path)
-        self.strays[name] = (_describe(self.inner, path), kind == "dir tmp_step_R")
+        # Recovery removes an abandoned tmp_step_N, where a rename protocol can have run.
+        goes = kind == "dir tmp_step_R" and self.inner.capabilities.atomic_rename
+        self.strays[name] = (_describe(self.inner, path), goes)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -922,6 +966,15 @@ class ManagerMachine(RuleBasedStateMachine):
         data = json.loads(self.inner.read_bytes(join(self.directory, f"step_{step}.manifest.json")))
         assert data["attempt"] == name_of(self.paths[step])
         tree = _read_tree(self.inner, self.paths[step])
+        if self.inner.capabilities.content_versions:  # S3: ETags, as the listing gives them
+            prefix = self.paths[step] + "/"
+            etags = {
+                path.removeprefix(prefix): (entry.size, entry.version)
+                for path, entry in walk_files(self.inner, self.paths[step])
+            }
+            assert {f["path"]: (f["size"], f["etag"]) for f in data["files"]} == etags
+            assert etags.keys() == tree.keys()
+            return
         listed = {f["path"]: (f["size"], f["sha256"]) for f in data["files"]}
         assert listed == {
             rel: (len(content), hashlib.sha256(content).hexdigest())
@@ -939,6 +992,7 @@ class ManagerMachine(RuleBasedStateMachine):
         # next restart's recovery removes it.
         assert {e.name for e in self.inner.list_dir(meta)} <= {
             "lock",
+            "catalog.json",
             "pins.json",
             "ranking.json",
             "trash",
@@ -958,7 +1012,7 @@ class ManagerMachine(RuleBasedStateMachine):
         assert self.manager is not None
         records = self.manager.list_checkpoints()
         assert [r.step for r in records] == sorted(self.committed)
-        assert all(r.path == Path(self.paths[r.step]) for r in records)  # never a tmp or a stray
+        assert all(str(r.path) == self.paths[r.step] for r in records)  # never a tmp or a stray
         if self.protocol == "rename":
             assert all(_STEP.fullmatch(r.path.name) for r in records)
         assert {r.step for r in records if r.pinned} == self.pins
@@ -977,6 +1031,68 @@ class ManagerMachine(RuleBasedStateMachine):
                 self.manager.close()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+            if getattr(self, "backend", None) == "memory-url":
+                with contextlib.suppress(FileNotFoundError):
+                    fsspec.filesystem("memory").rm(f"/{name_of(self.root)}", recursive=True)
+
+
+class StoreMachine(ManagerMachine):
+    """The same rules on the object stores: memory:// and a real S3 server (moto's)."""
+
+    @initialize(
+        spec=policy_specs,
+        backend=st.sampled_from(["memory-url", "s3"]),
+        fsync=st.booleans(),
+        torn=st.booleans(),
+    )
+    def start(  # type: ignore[override]
+        self, spec: PolicySpec, backend: str, fsync: bool, torn: bool
+    ) -> None:
+        """Open the first manager on a store: only the manifest protocol runs there."""
+        self._begin(spec, backend, "manifest", False, fsync, torn)
+
+
+_S3: dict[str, Any] = {}
+
+
+def _s3_options() -> dict[str, Any]:
+    """The storage options of moto's S3 server on 127.0.0.1, started on first use."""
+    if not _S3:
+        import atexit
+        import logging
+
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        atexit.register(server.stop)
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        _S3["options"] = {
+            "key": "machine",
+            "secret": "machine",
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }
+        _S3["client"] = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="machine",
+            aws_secret_access_key="machine",
+            region_name="us-east-1",
+        )
+        _S3["buckets"] = 0
+    return dict(_S3["options"])
+
+
+def _s3_bucket() -> str:
+    """A fresh bucket of the server, for one run."""
+    _s3_options()
+    _S3["buckets"] += 1
+    name = f"machine-{_S3['buckets']}"
+    _S3["client"].create_bucket(Bucket=name)
+    return name
 
 
 # Runs and steps come from the loaded profile (property_tests/conftest.py): ``ci`` keeps the
@@ -986,3 +1102,13 @@ ManagerMachine.TestCase.settings = settings(settings.default)
 TestManagerMachine = pytest.mark.filterwarnings("ignore::ckpt.MissingMetricWarning")(
     ManagerMachine.TestCase
 )
+# A store answers in milliseconds, not microseconds: a tenth of the profile's runs, and
+# half its steps.
+StoreMachine.TestCase.settings = settings(
+    settings.default,
+    max_examples=max(5, settings.default.max_examples // 10),
+    stateful_step_count=max(10, settings.default.stateful_step_count // 2),
+)
+TestStoreMachine = pytest.mark.filterwarnings(
+    "ignore::ckpt.MissingMetricWarning", "ignore::DeprecationWarning"
+)(StoreMachine.TestCase)

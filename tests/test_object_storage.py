@@ -432,3 +432,46 @@ def test_a_cold_start_reads_the_catalog_not_every_manifest(
         assert {r.step: r.info["reward"] for r in manager.list_checkpoints()} == infos
     assert len([name for name in reads if name.endswith(".manifest.json")]) == 20
     assert "ignoring the catalog" in caplog.text
+
+
+def test_an_empty_object_reads_as_empty(s3: dict[str, Any]) -> None:
+    storage, location = open_storage(
+        s3["config"]["checkpoint_dir"], s3["config"]["storage_options"]
+    )
+    storage.write_bytes(join(location, "empty"), b"")
+    assert storage.read_bytes(join(location, "empty")) == b""
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(join(location, "absent"))
+
+
+def test_url_configs_are_checked_and_keep_their_secrets(tmp_path: Path) -> None:
+    local = ckpt.load_config({"checkpoint_dir": f"file://{tmp_path}/run"})
+    assert local.checkpoint_dir == tmp_path / "run"  # local disk, with its guarantees
+    with pytest.raises(ValueError, match="root of a bucket"):
+        ckpt.load_config({"checkpoint_dir": "memory://"})
+    config = ckpt.load_config(
+        {"checkpoint_dir": "s3://b/run", "storage_options": {"secret": "hunter2"}}
+    )
+    assert "hunter2" not in repr(config)
+    with pytest.raises(ValueError, match="nosuch"):
+        ckpt.CheckpointManager({"checkpoint_dir": "nosuch://bucket/run"})
+
+
+def test_a_step_prefix_on_a_store_is_never_a_checkpoint_nor_removed(
+    s3: dict[str, Any], s3_server: Any
+) -> None:
+    storage, location = open_storage(
+        s3["config"]["checkpoint_dir"], s3["config"]["storage_options"]
+    )
+    # Someone's copy of a NeMo RL directory: step_N/ with a readable training info.
+    for step in (3, 4):
+        storage.write_bytes(join(location, f"step_{step}", "training_info.json"), b'{"x": 1}')
+    with ckpt.CheckpointManager(s3["config"]) as manager:
+        assert manager.list_checkpoints() == []  # only manifests make checkpoints here
+        _save(manager, 3, 1.0)  # nothing is in the way of a manifest
+    with ckpt.CheckpointManager(s3["config"]) as manager:  # recovery beside the manifest
+        assert manager.recovery == ()
+        assert [r.step for r in manager.list_checkpoints()] == [3]
+    keys = s3_server.keys(s3["bucket"])
+    assert keys["runs/run1/step_3/training_info.json"] == b'{"x": 1}'
+    assert keys["runs/run1/step_4/training_info.json"] == b'{"x": 1}'

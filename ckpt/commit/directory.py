@@ -45,7 +45,9 @@ def committed(
     """The committed checkpoints of a listing of ``directory``, by step.
 
     A ``step_N`` entry of any kind is reported (the caller checks that it is a
-    checkpoint); a manifest only when it can be read and names an existing attempt.
+    checkpoint) where the storage has directories; on an object store only manifests
+    make checkpoints, and a ``step_N/`` prefix is someone else's. A manifest counts only
+    when it can be read and names an existing attempt.
     With a ``cache`` (kept by the caller from scan to scan), a manifest is read again
     only when its entry's version changed, and the cache is pruned to this listing.
     """
@@ -53,6 +55,7 @@ def committed(
     broken: list[BrokenManifest] = []
     manifests: list[tuple[str, Entry]] = []
     prefix = directory.rstrip("/") + "/"  # a cold start joins every name: keep it cheap
+    renamed = storage.capabilities.directories  # where a rename protocol can have run
     for name, entry in entries.items():
         if not name.startswith("step_"):
             continue
@@ -60,7 +63,7 @@ def committed(
             manifests.append((name, entry))
             continue
         step = _layout.parse(_layout.STEP, name)
-        if step is not None:
+        if step is not None and renamed:
             found[step] = Committed(step, "rename", prefix + name, entry.version, entry.mtime)
     for name, entry in manifests:
         match = _layout.MANIFEST.fullmatch(name)
@@ -276,6 +279,8 @@ class _Recovery:
                 f"removed {name}: no manifest names it (a save that never committed, or "
                 f"the previous copy of a step that was overwritten or deleted)",
             )
+        if not storage.capabilities.atomic_rename:
+            return  # nothing was renamed here: a step_N/ beside a manifest is not ours
         for step, checkpoint in sorted(found.items()):
             shadowed = self.entries.get(_layout.step_name(step))
             if checkpoint.kind != "manifest" or shadowed is None or shadowed.kind != "dir":

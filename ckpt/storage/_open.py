@@ -92,15 +92,19 @@ def location_of(storage: Storage, value: PathInput) -> str:
     """The location string of ``value`` (a user's path or URL) on ``storage``."""
     if isinstance(storage, FsspecStorage):
         return storage.url(str(value))
+    if url_protocol(value) not in (None, "file", "local"):
+        return str(value).rstrip("/")  # a storage of one's own that takes URLs
     return _local(value)
 
 
 def user_path(storage: Storage, location: str) -> CheckpointPath:
     """``location`` as the path object users get: a ``UPath`` on an fsspec store."""
-    if isinstance(storage, FsspecStorage):
+    fsspec_storage = isinstance(storage, FsspecStorage)
+    if fsspec_storage or url_protocol(location) not in (None, "file", "local"):
+        options = storage.fs.storage_options if isinstance(storage, FsspecStorage) else {}
         with warnings.catch_warnings():
             # universal-pathlib warns of each file system it has no class of its own for.
             warnings.filterwarnings("ignore", "UPath .* not explicitly implemented")
-            path: UPath = UPath(location, **storage.fs.storage_options)
+            path: UPath = UPath(location, **options)
         return path
     return Path(location)
