@@ -225,7 +225,7 @@ class FsspecStorage:
         return data
 
     def read_versioned(self, path: str) -> tuple[bytes, str] | None:
-        """The object's bytes and a version no older than them; ``None`` if absent.
+        """The object's bytes and a version no newer than them; ``None`` if absent.
 
         The version is read first: a conditional replace with it fails if the object
         changed since, whichever bytes were read.
