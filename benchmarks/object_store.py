@@ -1,9 +1,11 @@
 """Checkpoints on S3: per-save overhead and cold start as history grows, and state bandwidth.
 
 It starts moto's S3 server on 127.0.0.1 (as the tests do, but in a process of its own)
-and reaches it through s3fs,
-so every figure is of real HTTP requests to a real (local, Python) S3 server. For
-N = 10 and 1,000 committed checkpoints already under the prefix it measures:
+and reaches it through s3fs, so every figure is of real HTTP requests to a real (local,
+Python) S3 server. For
+N = 10 and 1,000 committed checkpoints already under the prefix (both populated
+first, then measured side by side: saves interleaved, cold starts in rounds) it
+measures:
 
 * the median wall time of one save: ``init_tmp_checkpoint``, one small file written
   through the returned ``UPath``, ``finalize_checkpoint`` (keep-all retention, so the
@@ -21,7 +23,7 @@ and for ``--state-mib`` (default 1,024) of tensors:
 
 Run:
 
-    python benchmarks/object_store.py [--sizes 10 1000] [--repeats 20] [--state-mib 1024]
+    python benchmarks/object_store.py [--sizes 10 1000] [--repeats 30] [--state-mib 1024]
 """
 
 from __future__ import annotations
@@ -113,31 +115,39 @@ def _config(url: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _history(options: dict[str, Any], sizes: list[int], repeats: int) -> None:
+    urls = {}
     for size in sizes:
         bucket = f"history-{size}"
         _bucket(options, bucket)
-        url = f"s3://{bucket}/run"
+        urls[size] = f"s3://{bucket}/run"
         began = time.perf_counter()
-        _populate(url, options, size)
+        _populate(urls[size], options, size)
         print(f"N={size}: populated in {time.perf_counter() - began:.1f} s")
-        first = _cold_start(url, options)  # reads every manifest; saves the catalog
-        cold = statistics.median(_cold_start(url, options) for _ in range(3))
-        manager = CheckpointManager(_config(url, options))
-        times = []
-        for i in range(repeats):
-            step = size + i
+    first = {size: _cold_start(url, options) for size, url in urls.items()}  # saves catalogs
+    cold: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(3):  # side by side: each round starts every size once
+        for size, url in urls.items():
+            cold[size].append(_cold_start(url, options))
+    managers = {size: CheckpointManager(_config(url, options)) for size, url in urls.items()}
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    for i in range(repeats):  # interleaved, so that every size sees the same noise
+        for size, manager in managers.items():
             began = time.perf_counter()
-            path = manager.init_tmp_checkpoint(step, {"loss": 1.0})
+            path = manager.init_tmp_checkpoint(size + i, {"loss": 1.0})
             with (path / "weights.bin").open("wb") as f:
                 f.write(b"w" * 64)
             manager.finalize_checkpoint(path)
-            times.append(time.perf_counter() - began)
+            times[size].append(time.perf_counter() - began)
+    for manager in managers.values():
         manager.close()
+    base = statistics.median(times[sizes[0]])
+    for size in sizes:
+        median = statistics.median(times[size])
         print(
-            f"N={size}: save median {statistics.median(times) * 1e3:.1f} ms "
-            f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}); "
-            f"cold start (open, best, latest) {cold:.2f} s (median of 3; "
-            f"{first:.2f} s the first time, without a catalog)"
+            f"N={size}: save median {median * 1e3:.1f} ms ({median / base:.2f}x N={sizes[0]}; "
+            f"min {min(times[size]) * 1e3:.1f}, max {max(times[size]) * 1e3:.1f}); "
+            f"cold start (open, best, latest) {statistics.median(cold[size]):.2f} s "
+            f"(median of 3; {first[size]:.2f} s the first time, without a catalog)"
         )
 
 
@@ -217,7 +227,7 @@ def directory_marker(storage: Any, directory: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 1000])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--state-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-history", action="store_true")

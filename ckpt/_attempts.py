@@ -145,13 +145,14 @@ def commit(
     # attempt is there if its training info is, which is read next anyway.
     directories = storage.capabilities.directories
     found = storage.entry(tmp) if directories else None
-    gone = found is None or found.kind != "dir" if directories else False
+    gone = directories and (found is None or found.kind != "dir")
     if gone or _committed(state, tmp, step):
         raise InvalidCheckpointPathError(
             f"{tmp} does not exist (was it finalized or aborted already?)"
         )
     try:
-        info = decode_training_info(storage.read_bytes(join(tmp, _layout.INFO_FILE)))
+        info_bytes = storage.read_bytes(join(tmp, _layout.INFO_FILE))
+        info = decode_training_info(info_bytes)
     except (OSError, ValueError) as exc:
         if not directories and isinstance(exc, FileNotFoundError):
             raise InvalidCheckpointPathError(
@@ -180,7 +181,14 @@ def commit(
         )
     index.record_ranking(ranking_record, durable=durable)
     done = commits.commit(
-        protocol, storage, state.location, tmp, step, existing=existing, durable=durable
+        protocol,
+        storage,
+        state.location,
+        tmp,
+        step,
+        existing=existing,
+        durable=durable,
+        training_info=info_bytes,  # the manifest carries it: not read a second time
     )
     state.live.pop(step, None)
     version_before = index.version

@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from ckpt._errors import ConfigFileError
 from ckpt._text import short_repr
+from ckpt.storage import url_protocol
 from ckpt.storage.local import read_named_file
 
 
@@ -204,15 +205,10 @@ def _deadline(value: Any) -> Any:
     return value
 
 
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://(.*)", re.DOTALL)
-
-
 def _checkpoint_url(value: Any, protocol: str, rest: str) -> str:
-    """A URL ``checkpoint_dir``: kept as a string, refused at a bucket's root."""
-    if protocol.lower() in ("file", "local"):
-        return rest  # a local path, spelt as a URL: local disk, with its guarantees
+    """A URL ``checkpoint_dir`` on a store: kept as a string, refused at a bucket's root."""
     key = rest.strip("/")
-    if ("/" not in key and protocol.lower() != "memory") or not key:
+    if ("/" not in key and protocol != "memory") or not key:
         raise PydanticCustomError(
             "ckpt_checkpoint_dir",
             "`checkpoint_dir` must name the run's own prefix, got {value}, which is the "
@@ -227,13 +223,13 @@ def _checkpoint_dir(value: Any) -> Any:
     """Refuse the paths where a writer would prune directories that are not the run's."""
     if not isinstance(value, (str, os.PathLike)):
         return value  # pydantic says what a path is
-    text = os.fspath(value) if isinstance(value, os.PathLike) else value
-    if isinstance(text, str) and not isinstance(value, Path):
-        url = _URL.fullmatch(text)
-        if url is not None:
-            text = _checkpoint_url(value, url.group(1), url.group(2))
-            if _URL.match(text):
-                return text
+    text = os.fspath(value)
+    if isinstance(value, str):
+        protocol = url_protocol(value)
+        if protocol is not None:
+            return _checkpoint_url(value, protocol, value.split("://", 1)[1])
+        if value.lower().startswith(("file://", "local://")):
+            text = value.split("://", 1)[1]  # local disk, spelt as a URL: its guarantees
     if isinstance(text, bytes) or not text.strip():
         raise PydanticCustomError(
             "ckpt_checkpoint_dir",

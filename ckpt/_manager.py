@@ -132,14 +132,12 @@ class CheckpointManager:
         self.ranking, config_retention = policies_from_config(self.config, ranking=ranking)
         self.retention = retention if retention is not None else config_retention
         given = storage
-        if storage is None:
-            storage, location = open_storage(
-                self.config.checkpoint_dir,
-                self.config.storage_options,
-                lease_seconds=self.config.lease_seconds,
-            )
-        else:
-            location = location_of(storage, self.config.checkpoint_dir)
+        storage, location = open_storage(
+            self.config.checkpoint_dir,
+            self.config.storage_options,
+            lease_seconds=self.config.lease_seconds,
+            storage=storage,
+        )
         self.checkpoint_dir: CheckpointPath = user_path(storage, location)
         self.read_only = read_only or not self.config.enabled
         # Each manager honours its own `fsync`, even when it shares a directory's state.
@@ -295,15 +293,15 @@ class CheckpointManager:
         with writers_mutex:
             self._dir.users -= 1
             if self._dir.users == 0:
+                lock, self._dir.lock = self._dir.lock, None
                 try:
-                    if self._dir.lock is not None:
+                    if lock is not None:
                         with contextlib.suppress(LeaseLostError):  # not ours to write then
-                            self._dir.check_writer()
+                            lock.check()
                             self._dir.index.save_catalog(force=True)
                 finally:
-                    if self._dir.lock is not None:
-                        self._dir.lock.release()
-                        self._dir.lock = None
+                    if lock is not None:
+                        lock.release()
                     if writers.get(self._key) is self._dir:
                         del writers[self._key]
 
@@ -619,9 +617,8 @@ class CheckpointManager:
         self.wait_until_finished()
         with self._dir.save_lock, self.checkpoint(step, training_info, run_config) as path:
             save_state(path, state, fsync=self._durable, storage=self._dir.storage)
-            committed_path = path if self._protocol.name == "manifest" else None
-        if committed_path is not None:
-            return committed_path  # the attempt is the checkpoint
+        if self._protocol.name == "manifest":
+            return path  # the attempt is the checkpoint
         return self.checkpoint_dir / _layout.step_name(step)
 
     def save_async(

@@ -23,7 +23,6 @@ from ckpt.storage import (
     PathInput,
     Storage,
     join,
-    location_of,
     name_of,
     open_storage,
     user_path,
@@ -190,13 +189,9 @@ def verify(
         ConfigFileError: If ``config`` names a file that is not valid YAML.
     """
     settings = _config(str(checkpoint_dir), config) if config is not None else None
-    if storage is None:
-        options = storage_options
-        if options is None and settings is not None:
-            options = settings.storage_options
-        storage, location = open_storage(checkpoint_dir, options)
-    else:
-        location = location_of(storage, checkpoint_dir)
+    if storage_options is None and settings is not None:
+        storage_options = settings.storage_options
+    storage, location = open_storage(checkpoint_dir, storage_options, storage=storage)
     directory = user_path(storage, location)
     root = storage.entry(location)
     if root is None or root.kind != "dir":

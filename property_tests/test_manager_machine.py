@@ -467,17 +467,6 @@ class ManagerMachine(RuleBasedStateMachine):
         ``can_exchange=False`` makes rename overwrites take the two-renames path through
         ``old_step_N``; ``torn`` makes a killed operation half-done where it is not atomic
         (see `_CrashingStorage`)."""
-        self._begin(spec, backend, protocol, can_exchange, fsync, torn)
-
-    def _begin(
-        self,
-        spec: PolicySpec,
-        backend: str,
-        protocol: str,
-        can_exchange: bool,
-        fsync: bool,
-        torn: bool,
-    ) -> None:
         self.spec = spec
         self.backend = backend
         self.protocol = protocol
@@ -1049,7 +1038,7 @@ class StoreMachine(ManagerMachine):
         self, spec: PolicySpec, backend: str, fsync: bool, torn: bool
     ) -> None:
         """Open the first manager on a store: only the manifest protocol runs there."""
-        self._begin(spec, backend, "manifest", False, fsync, torn)
+        super().start(spec, backend, "manifest", False, fsync, torn)
 
 
 _S3: dict[str, Any] = {}

@@ -62,6 +62,7 @@ STORAGE_EXPORTS = [
     "name_of",
     "open_storage",
     "parent_of",
+    "url_protocol",
     "user_path",
     "walk_files",
 ]

@@ -3,7 +3,7 @@
 The job (``kill_s3_job.py``) runs in its own process against moto's S3 server on
 127.0.0.1, through s3fs: six saves with a Hybrid top-2 manager, one overwrite, three
 prunes, each save's payload a three-part multipart upload. A fault-free run records
-every request it makes (117). Then, for each kill point, a fresh bucket gets a job
+every request it makes (111). Then, for each kill point, a fresh bucket gets a job
 killed right before that request, and a restarted job that must finish the run:
 
 * right after the kill, a reader lists only complete checkpoints, each byte-identical

@@ -25,16 +25,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # botocor
 
 @pytest.fixture
 def s3(s3_server: Any) -> dict[str, Any]:
-    """A config for a run in a fresh bucket, and the bucket's name."""
+    """A config for a run in a fresh bucket, the bucket's name, and the run's storage."""
     bucket = s3_server.new_bucket()
-    return {
-        "bucket": bucket,
-        "config": {
-            "checkpoint_dir": f"s3://{bucket}/runs/run1",
-            "storage_options": s3_server.options(),
-            "lease_seconds": 3,
-        },
+    config = {
+        "checkpoint_dir": f"s3://{bucket}/runs/run1",
+        "storage_options": s3_server.options(),
+        "lease_seconds": 3,
     }
+    storage, location = open_storage(config["checkpoint_dir"], config["storage_options"])
+    return {"bucket": bucket, "config": config, "storage": storage, "location": location}
 
 
 def _save(manager: ckpt.CheckpointManager, step: int, metric: float) -> UPath:
@@ -126,9 +125,7 @@ def test_torch_state_streams_to_s3_and_back(s3: dict[str, Any]) -> None:
 
 
 def test_a_failed_streamed_write_leaves_no_object(s3: dict[str, Any]) -> None:
-    storage, location = open_storage(
-        s3["config"]["checkpoint_dir"], s3["config"]["storage_options"]
-    )
+    storage, location = s3["storage"], s3["location"]
     target = join(location, "big.bin")
 
     def fail_part_way() -> None:
@@ -140,9 +137,11 @@ def test_a_failed_streamed_write_leaves_no_object(s3: dict[str, Any]) -> None:
         fail_part_way()
     assert storage.entry(target) is None
     with storage.open_write(target, durable=True) as f:
-        f.write(b"y" * (40 << 20))
-    assert storage.entry(target) is not None
-    assert storage.entry(target).size == 40 << 20
+        f.write(b"y" * (40 << 20))  # one write: uploaded a part at a time all the same
+    written = storage.entry(target)
+    assert written is not None
+    assert written.size == 40 << 20
+    assert written.version.endswith('-3"')  # a multipart ETag: 3 parts of at most 16 MiB
 
 
 def test_a_second_writer_is_refused_while_the_lease_is_renewed(s3: dict[str, Any]) -> None:
@@ -197,9 +196,7 @@ def test_a_crashed_writer_blocks_a_restart_for_at_most_its_lease(s3: dict[str, A
 
 
 def test_a_writer_whose_lease_was_taken_over_commits_nothing(s3: dict[str, Any]) -> None:
-    storage, location = open_storage(
-        s3["config"]["checkpoint_dir"], s3["config"]["storage_options"]
-    )
+    storage, location = s3["storage"], s3["location"]
     lease = join(location, ".ckpt", "lock")
     with ckpt.CheckpointManager(s3["config"]) as manager:
         path = manager.init_tmp_checkpoint(1, {"reward": 0.0})
@@ -263,7 +260,7 @@ def test_recovery_removes_only_old_attempts_of_its_own_layout(
     s3: dict[str, Any], s3_server: Any
 ) -> None:
     config = {**s3["config"], "attempt_grace_seconds": 2}
-    storage, location = open_storage(config["checkpoint_dir"], config["storage_options"])
+    storage, location = s3["storage"], s3["location"]
     with ckpt.CheckpointManager(config) as manager:
         _save(manager, 1, 0.0)
     storage.write_bytes(join(location, "step_2.aaaaaaaaaaaa", "training_info.json"), b"{}")
@@ -367,9 +364,7 @@ def test_a_store_without_conditional_writes_refuses_a_writer(tmp_path: Path) -> 
 
 
 def test_the_manifest_protocol_conflicts_rather_than_overwrite(s3: dict[str, Any]) -> None:
-    storage, location = open_storage(
-        s3["config"]["checkpoint_dir"], s3["config"]["storage_options"]
-    )
+    storage, location = s3["storage"], s3["location"]
     protocol = ManifestProtocol()
     attempts = [protocol.prepare(storage, location, 1) for _ in range(3)]
     for attempt in attempts:
@@ -401,9 +396,7 @@ def test_a_cold_start_reads_the_catalog_not_every_manifest(
     catalog = json.loads(s3_server.keys(s3["bucket"])["runs/run1/.ckpt/catalog.json"])
     assert len(catalog["manifests"]) == 20
     # Another writer overwrites step 3 behind the catalog's back.
-    storage, location = open_storage(
-        s3["config"]["checkpoint_dir"], s3["config"]["storage_options"]
-    )
+    storage, location = s3["storage"], s3["location"]
     protocol = ManifestProtocol()
     attempt = protocol.prepare(storage, location, 3)
     storage.write_bytes(join(attempt, "training_info.json"), b'{"reward": 99.0}')
@@ -435,9 +428,7 @@ def test_a_cold_start_reads_the_catalog_not_every_manifest(
 
 
 def test_an_empty_object_reads_as_empty(s3: dict[str, Any]) -> None:
-    storage, location = open_storage(
-        s3["config"]["checkpoint_dir"], s3["config"]["storage_options"]
-    )
+    storage, location = s3["storage"], s3["location"]
     storage.write_bytes(join(location, "empty"), b"")
     assert storage.read_bytes(join(location, "empty")) == b""
     with pytest.raises(FileNotFoundError):
@@ -460,9 +451,7 @@ def test_url_configs_are_checked_and_keep_their_secrets(tmp_path: Path) -> None:
 def test_a_step_prefix_on_a_store_is_never_a_checkpoint_nor_removed(
     s3: dict[str, Any], s3_server: Any
 ) -> None:
-    storage, location = open_storage(
-        s3["config"]["checkpoint_dir"], s3["config"]["storage_options"]
-    )
+    storage, location = s3["storage"], s3["location"]
     # Someone's copy of a NeMo RL directory: step_N/ with a readable training info.
     for step in (3, 4):
         storage.write_bytes(join(location, f"step_{step}", "training_info.json"), b'{"x": 1}')

@@ -280,14 +280,8 @@ def _report_lines(report: VerifyReport, ignored: int) -> list[str]:
 
 
 def _where(report: VerifyReport, problem: Problem) -> str:
-    try:
-        root = str(report.directory).rstrip("/") + "/"
-    except ValueError:
-        return str(problem.path)
-    path = str(problem.path)
-    if path == root.rstrip("/"):
-        return "."
-    return path.removeprefix(root)
+    root, path = str(report.directory).rstrip("/"), str(problem.path)
+    return "." if path == root else path.removeprefix(root + "/")
 
 
 def _describe(exc: Exception) -> str:

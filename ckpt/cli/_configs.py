@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,44 +16,39 @@ from ckpt import (
     load_config,
     read_config_section,
 )
-from ckpt.storage import join, open_storage
+from ckpt.storage import Storage, join, open_storage, url_protocol
 from ckpt.storage.local import is_dir
-
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
-
-
-def url_protocol(path: str) -> bool:
-    """Whether ``path`` is a URL (``s3://bucket/run``) rather than a local path."""
-    return _URL.match(path) is not None
 
 
 class CliError(Exception):
     """A failure reported as one ``ckpt: error:`` line, with exit status 1."""
 
 
-def location(path: str) -> str:
-    """DIR as the library names it: a URL as given, a local path made absolute."""
-    return path.rstrip("/") if url_protocol(path) else os.path.abspath(path)
-
-
-def _storage_options(config_file: str | None) -> Mapping[str, Any] | None:
-    if config_file is None:
-        return None
-    options = _read_config_file(config_file)[0].get("storage_options")
-    return options if isinstance(options, Mapping) else None
-
-
-def _existing_dir(path: str, config_file: str | None = None) -> str:
-    """DIR, checked to exist (on a store: to hold objects).
+def _open(path: str, config_file: str | None = None) -> tuple[Storage, str]:
+    """DIR's storage and location, as the library names them.
 
     A store's credentials come from the environment or the config's ``storage_options``.
     """
+    options = None
+    if config_file is not None:
+        found = _read_config_file(config_file)[0].get("storage_options")
+        options = found if isinstance(found, Mapping) else None
     try:
-        storage, directory = open_storage(path, _storage_options(config_file))
+        return open_storage(path, options)
     except (ImportError, ValueError) as exc:
         raise CliError(f"cannot open {path}: {exc}") from exc
+
+
+def location(path: str) -> str:
+    """DIR as the library names it: a URL as given, a local path made absolute."""
+    return _open(path)[1]
+
+
+def _existing_dir(path: str, config_file: str | None = None) -> str:
+    """DIR, checked to exist (on a store: to hold objects)."""
+    storage, directory = _open(path, config_file)
     found = storage.entry(directory)
-    local = not url_protocol(directory)
+    local = url_protocol(directory) is None
     if found is None or (found.kind != "dir" and not (local and is_dir(directory))):
         what = "does not exist" if found is None else "is not a directory"
         raise CliError(f"{directory} {what}")

@@ -86,10 +86,12 @@ class CommitProtocol(Protocol):
         *,
         existing: Committed | None,
         durable: bool,
+        training_info: bytes | None = None,
     ) -> Committed:
         """Make the finished ``attempt`` the checkpoint of ``step``, atomically.
 
         ``existing`` is the checkpoint of ``step`` it replaces, if any; it is removed
-        once the new one is committed.
+        once the new one is committed. ``training_info`` is the attempt's
+        ``training_info.json`` when the caller has read it already.
         """
         ...

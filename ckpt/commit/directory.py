@@ -137,9 +137,18 @@ def commit(
     *,
     existing: Committed | None,
     durable: bool,
+    training_info: bytes | None = None,
 ) -> Committed:
     """Commit ``attempt`` with ``protocol``; then remove an ``existing`` of the other kind."""
-    done = protocol.commit(storage, directory, attempt, step, existing=existing, durable=durable)
+    done = protocol.commit(
+        storage,
+        directory,
+        attempt,
+        step,
+        existing=existing,
+        durable=durable,
+        training_info=training_info,
+    )
     if existing is not None and existing.kind != done.kind:
         delete(storage, directory, existing, durable=durable)
     return done

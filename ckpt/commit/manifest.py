@@ -203,8 +203,8 @@ def _publish(
     """Write the manifest: created if the step is new, replaced if it is still ``existing``."""
     caps = storage.capabilities
     manifest = existing is not None and existing.kind == "manifest"
-    if not manifest and caps.exclusive_create and not caps.atomic_rename:
-        # An object store: create it only if no other writer did.
+    if not manifest and caps.exclusive_create and not caps.locking:
+        # No lock keeps other writers out (an object store): create it only if none did.
         try:
             storage.write_bytes(path, data)
         except FileExistsError:
@@ -254,12 +254,15 @@ class ManifestProtocol:
         *,
         existing: Committed | None,
         durable: bool,
+        training_info: bytes | None = None,
     ) -> Committed:
         """Sync the attempt's files, then write the manifest; drop what it replaced."""
         if durable:
             storage.sync_tree(attempt)
         files = list_attempt(storage, attempt)
-        info = storage.read_bytes(join(attempt, _layout.INFO_FILE))
+        info = training_info
+        if info is None:
+            info = storage.read_bytes(join(attempt, _layout.INFO_FILE))
         manifest = Manifest(step, attempt.rstrip("/").rsplit("/", 1)[-1], time.time(), files, info)
         path = join(directory, _layout.manifest_name(step))
         _publish(storage, path, encode_manifest(manifest), step, existing, durable=durable)

@@ -114,8 +114,11 @@ class RenameProtocol:
         *,
         existing: Committed | None,
         durable: bool,
+        training_info: bytes | None = None,
     ) -> Committed:
         """Sync ``tmp_step_N``, rename it to ``step_N``, then drop the ``step_N`` it replaced.
+
+        ``training_info`` is not needed: the file is published with the directory.
 
         An ``existing`` checkpoint of the other protocol is the caller's to delete.
         """

@@ -7,7 +7,14 @@ layer above it (commit protocols, the manager, ``ckpt.torch``, the CLI) asks a
 (any fsspec URL: S3, GCS, ``memory://``). `open_storage` picks one for a path or URL.
 """
 
-from ckpt.storage._open import CheckpointPath, PathInput, location_of, open_storage, user_path
+from ckpt.storage._open import (
+    CheckpointPath,
+    PathInput,
+    location_of,
+    open_storage,
+    url_protocol,
+    user_path,
+)
 from ckpt.storage.base import (
     MAX_READ_BYTES,
     Capabilities,
@@ -43,6 +50,7 @@ __all__ = [
     "name_of",
     "open_storage",
     "parent_of",
+    "url_protocol",
     "user_path",
     "walk_files",
 ]

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
-
-from upath import UPath
+from typing import TYPE_CHECKING, Any, Union
 
 from ckpt.storage.base import Storage
 from ckpt.storage.fsspec import FsspecStorage
 from ckpt.storage.local import LocalStorage
 
-CheckpointPath = Union[Path, UPath]  # noqa: UP007 - a runtime alias on Python 3.10
+if TYPE_CHECKING:
+    from upath import UPath
+
+# universal-pathlib (and fsspec under it) is imported only when a URL needs it: a run
+# on local disk does not pay for it at start-up.
+CheckpointPath = Union[Path, "UPath"]
 """A path handed to users: a `pathlib.Path` on local disk, a ``UPath`` for a URL."""
 
-PathInput = Union[str, "os.PathLike[str]", UPath]
+PathInput = Union[str, "os.PathLike[str]", "UPath"]
 """What users may name a location with: a path, a URL, or a path object of either."""
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+_LOCAL = ("file", "local")  # fsspec's names for the local file system
 
 # The package each fsspec protocol needs, and the extra of ckpt that installs it.
 _EXTRAS = {
@@ -32,19 +37,33 @@ _EXTRAS = {
 }
 
 
-def url_protocol(value: PathInput) -> str | None:
-    """The protocol of a URL (``"s3"`` for ``s3://b/run``); ``None`` for a plain path."""
-    if isinstance(value, UPath):
-        return str(value.protocol) or None
+def _upath(value: PathInput) -> UPath | None:
+    upath = sys.modules.get("upath")  # a UPath exists only once upath is imported
+    return value if upath is not None and isinstance(value, upath.UPath) else None
+
+
+def _protocol(value: PathInput) -> str | None:
+    as_upath = _upath(value)
+    if as_upath is not None:
+        return str(as_upath.protocol) or None
     if isinstance(value, os.PathLike):
         return None
-    match = _URL.match(value)
+    match = _URL.match(str(value))
     return match.group(1).lower() if match else None
+
+
+def url_protocol(value: PathInput) -> str | None:
+    """The protocol of a URL on a store (``"s3"`` for ``s3://b/run``).
+
+    ``None`` for a plain path and for a ``file://`` URL, which are local disk.
+    """
+    protocol = _protocol(value)
+    return None if protocol in _LOCAL else protocol
 
 
 def _local(value: PathInput) -> str:
     text = str(value)
-    if url_protocol(value) in ("file", "local"):
+    if _protocol(value) in _LOCAL:
         text = text.split("://", 1)[1]
     return os.path.abspath(os.fspath(text))
 
@@ -54,26 +73,32 @@ def open_storage(
     storage_options: Mapping[str, Any] | None = None,
     *,
     lease_seconds: float = 30.0,
+    storage: Storage | None = None,
 ) -> tuple[Storage, str]:
     """The storage a ``checkpoint_dir`` names, and its location there.
 
     A plain path (or ``file://`` URL) is local disk (`LocalStorage`); any other URL is
     opened with fsspec, passing ``storage_options`` (credentials, ``endpoint_url``...)
-    to its file system (`FsspecStorage`).
+    to its file system (`FsspecStorage`). Given a ``storage``, that one is used and
+    only the location is worked out.
 
     Raises:
         ImportError: If the URL's protocol needs a package that is not installed; the
             message names ckpt's extra that installs it.
         ValueError: If fsspec knows no such protocol.
     """
+    if storage is not None:
+        return storage, location_of(storage, checkpoint_dir)
     protocol = url_protocol(checkpoint_dir)
-    if protocol is None or protocol in ("file", "local"):
+    if protocol is None:
         return LocalStorage(), _local(checkpoint_dir)
     import fsspec  # noqa: PLC0415 - only a URL needs it, and it is slow to import
 
-    options = dict(storage_options or {})
-    if isinstance(checkpoint_dir, UPath):
-        options = {**checkpoint_dir.storage_options, **options}
+    as_upath = _upath(checkpoint_dir)
+    options = {
+        **(as_upath.storage_options if as_upath is not None else {}),
+        **(storage_options or {}),
+    }
     try:
         fs = fsspec.filesystem(protocol, **options)
     except ImportError as exc:
@@ -84,15 +109,15 @@ def open_storage(
             f"a {protocol}:// checkpoint_dir needs {package}: "
             f"pip install 'ckpt-warden[{extra}]' ({exc})"
         ) from exc
-    storage = FsspecStorage(fs, lease_seconds=lease_seconds)
-    return storage, storage.url(str(checkpoint_dir))
+    opened = FsspecStorage(fs, lease_seconds=lease_seconds)
+    return opened, opened.canonical(str(checkpoint_dir))
 
 
 def location_of(storage: Storage, value: PathInput) -> str:
     """The location string of ``value`` (a user's path or URL) on ``storage``."""
     if isinstance(storage, FsspecStorage):
-        return storage.url(str(value))
-    if url_protocol(value) not in (None, "file", "local"):
+        return storage.canonical(str(value))
+    if url_protocol(value) is not None:
         return str(value).rstrip("/")  # a storage of one's own that takes URLs
     return _local(value)
 
@@ -100,11 +125,13 @@ def location_of(storage: Storage, value: PathInput) -> str:
 def user_path(storage: Storage, location: str) -> CheckpointPath:
     """``location`` as the path object users get: a ``UPath`` on an fsspec store."""
     fsspec_storage = isinstance(storage, FsspecStorage)
-    if fsspec_storage or url_protocol(location) not in (None, "file", "local"):
-        options = storage.fs.storage_options if isinstance(storage, FsspecStorage) else {}
-        with warnings.catch_warnings():
-            # universal-pathlib warns of each file system it has no class of its own for.
-            warnings.filterwarnings("ignore", "UPath .* not explicitly implemented")
-            path: UPath = UPath(location, **options)
-        return path
-    return Path(location)
+    if not fsspec_storage and url_protocol(location) is None:
+        return Path(location)
+    from upath import UPath  # noqa: PLC0415 - see CheckpointPath
+
+    options = storage.fs.storage_options if isinstance(storage, FsspecStorage) else {}
+    with warnings.catch_warnings():
+        # universal-pathlib warns of each file system it has no class of its own for.
+        warnings.filterwarnings("ignore", "UPath .* not explicitly implemented")
+        path: UPath = UPath(location, **options)
+    return path

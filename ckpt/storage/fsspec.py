@@ -153,10 +153,6 @@ class FsspecStorage:
             return "memory://" + key.lstrip("/")  # not fsspec's memory:///key
         return cast(str, self.fs.unstrip_protocol(key))
 
-    def url(self, path: str) -> str:
-        """``path`` as a URL (for the path objects handed to users)."""
-        return self.canonical(path)
-
     # --- reading --------------------------------------------------------------------
 
     def _entry(self, info: Mapping[str, Any]) -> Entry:

@@ -194,19 +194,22 @@ class Lease:
             self._renew()
 
     def _renew(self) -> None:
+        # The request is made outside the mutex: a commit's `check` never waits on it.
         with self._mutex:
             if self._lost is not None or self._stop.is_set():
                 return
-            try:
-                replaced = self._store.replace_if(
-                    self._path, _body(self._owner, self._seconds), self._version
-                )
-                entry = self._store.entry(self._path) if replaced else None
-            except OSError as exc:
+            version = self._version
+        try:
+            body = _body(self._owner, self._seconds)
+            replaced = self._store.replace_if(self._path, body, version)
+            entry = self._store.entry(self._path) if replaced else None
+        except OSError as exc:
+            with self._mutex:
                 if time.monotonic() - self._renewed > self._seconds:
                     self._lost = f"it could not be renewed for {self._seconds:g} s ({exc})"
-                return
-            if not replaced or entry is None:
+            return
+        with self._mutex:
+            if entry is None:
                 self._lost = "another writer took it over"
                 return
             self._version = entry.version

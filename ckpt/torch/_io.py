@@ -23,7 +23,6 @@ from ckpt.storage import (
     Storage,
     describe_kind,
     join,
-    location_of,
     open_storage,
     user_path,
 )
@@ -85,13 +84,6 @@ def _byte_blocks(tensor: torch.Tensor, staging: _Staging) -> Iterator[memoryview
         yield buffer.numpy().data
 
 
-def _locate(directory: PathInput, storage: Storage | None) -> tuple[Storage, str]:
-    """The storage ``directory`` is on (the one its path or URL names by default)."""
-    if storage is None:
-        return open_storage(directory)
-    return storage, location_of(storage, directory)
-
-
 def save_state(
     directory: PathInput,
     state: Any,
@@ -137,7 +129,7 @@ def save_state(
         OSError: If writing fails (a full disk, say); no file is left behind then.
     """
     plan = plan_state(state)
-    storage, where = _locate(directory, storage)
+    storage, where = open_storage(directory, storage=storage)
     found = storage.entry(where)
     if found is None:
         raise FileNotFoundError(
@@ -278,7 +270,7 @@ def load_state(
             f"map_location must be None, a device or a mapping of device names, got "
             f"{type(map_location).__name__}"
         )
-    storage, where = _locate(directory, storage)
+    storage, where = open_storage(directory, storage=storage)
     path = join(where, STATE_FILE)
     try:
         f = storage.open_read(path, follow_links=True)
