@@ -358,6 +358,12 @@ class CheckpointConfig(_Strict):
         "(step_N.<token>/) must be before recovery removes it, so that a save another "
         "process is still writing is never taken for a crash's leftover.",
     )
+    collective_timeout_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        300.0,
+        description="In a distributed job: how long a rank waits for the others in one "
+        "collective call (a save, a commit, a query) before it raises "
+        "CollectiveTimeoutError naming the ranks that did not answer.",
+    )
     metric_name: str | None = Field(
         None,
         min_length=1,

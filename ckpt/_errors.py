@@ -18,6 +18,8 @@ specific one also derives from the built-in exception a caller would naturally c
     ├── CommitConflictError              (FileExistsError)  another writer committed that step
     ├── SaveInProgressError              (RuntimeError)     another thread is saving that step
     ├── FinalizationError                (RuntimeError)     a background finalization failed
+    ├── CollectiveError                  (RuntimeError)     a collective call failed on some rank
+    ├── CollectiveTimeoutError           (TimeoutError)     a rank died or did not answer in time
     └── UnsafeFileError                  (OSError)          a link, FIFO, device or oversized file
                                                                 where ckpt reads or writes its own
 
@@ -123,6 +125,44 @@ class MissingMetricWarning(UserWarning):
     returned. Filter it like any warning, for example
     ``warnings.simplefilter("ignore", ckpt.MissingMetricWarning)``.
     """
+
+
+class CollectiveError(CheckpointError, RuntimeError):
+    """A collective call of a distributed manager failed on one or more ranks.
+
+    Every rank raises it, with the same message naming each failed rank and its error
+    (on the rank where an error happened, chained to it), so that no rank goes on
+    believing a checkpoint was saved that another rank knows was not.
+
+    Attributes:
+        ranks: The global ranks that failed, sorted.
+    """
+
+    def __init__(self, message: str, *, ranks: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.ranks = ranks
+
+
+class CollectiveTimeoutError(CheckpointError, TimeoutError):
+    """A rank of a distributed manager died, or did not answer within the timeout.
+
+    Raised on the ranks still alive within ``collective_timeout_s`` of the call,
+    naming the ranks that did not answer; nothing was committed by that call.
+
+    Attributes:
+        ranks: The global ranks that did not answer, sorted.
+    """
+
+    def __init__(self, message: str, *, ranks: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.ranks = ranks
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), self.ranks))
+
+
+def _rebuild(cls: type[CollectiveTimeoutError], message: str, ranks: tuple[int, ...]) -> object:
+    return cls(message, ranks=ranks)
 
 
 class FinalizationError(CheckpointError, RuntimeError):

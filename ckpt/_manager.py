@@ -35,6 +35,7 @@ from ckpt._errors import (
     ReadOnlyError,
 )
 from ckpt._finalize import Finalizer
+from ckpt._group import Group, initialized_group
 from ckpt._records import CheckpointRecord, Overview, describe_steps
 from ckpt._resolve import policies_from_config
 from ckpt._resume import resume_paths
@@ -45,6 +46,7 @@ from ckpt._serialize import (
     encode_run_config,
     encode_training_info,
 )
+from ckpt._spmd import Spmd
 from ckpt._text import short_repr
 from ckpt._writers import Shared, writers, writers_mutex
 from ckpt.commit.base import RecoveryAction
@@ -54,6 +56,7 @@ from ckpt.storage import (
     Storage,
     join,
     location_of,
+    name_of,
     open_storage,
     user_path,
 )
@@ -123,6 +126,7 @@ class CheckpointManager:
         ranking: Ranking | None = None,
         read_only: bool = False,
         storage: Storage | None = None,
+        process_group: Any = None,
     ) -> None:
         _check_strategy("retention", retention, RetentionPolicy, "keep(checkpoints)")
         _check_strategy("ranking", ranking, Ranking, "rank(checkpoints)")
@@ -148,11 +152,25 @@ class CheckpointManager:
         self._async: AsyncWriter | None = None
         self._finalizer: Finalizer | None = None
         self._protocol = commit.choose(self.config.commit_protocol, storage.capabilities)
+        group = initialized_group(process_group)
+        self._spmd: Spmd | None = None
+        if group is not None:
+            self._spmd = Spmd(self, Group(group, self.config.collective_timeout_s))
         grace = self.config.attempt_grace_seconds
-        if self.read_only:
-            self._dir = Shared(storage, location, durable=self.config.fsync, grace=grace)
+        # Read-only managers and the ranks other than a distributed job's coordinator
+        # never change the directory: they re-list it for every query.
+        self._reader = self.read_only or (self._spmd is not None and not self._spmd.coordinator)
+        self._dir = Shared(storage, location, durable=self.config.fsync, grace=grace)
+        key = self._key = storage.canonical(location)
+        if self._spmd is not None:
+            self._spmd.open(key, lambda: self._open_writer(storage, given))
+        elif not self.read_only:
+            self._open_writer(storage, given)
+
+    def _open_writer(self, storage: Storage, given: Storage | None) -> None:
+        if self._reader:
             return
-        key = storage.canonical(location)
+        key, location, grace = self._key, self._dir.location, self.config.attempt_grace_seconds
         with writers_mutex:
             shared = writers.get(key)
             if shared is not None and storage is not shared.storage and given is not None:
@@ -168,7 +186,6 @@ class CheckpointManager:
                 shared.recovery += shared.recover()  # see the disk as it is now
             shared.users += 1
         self._dir = shared
-        self._key = key
 
     # Seed attributes, kept for code that reads them.
     @property
@@ -286,7 +303,7 @@ class CheckpointManager:
                     self._async.stop()
         finally:
             self._closed = True
-            if not self.read_only:
+            if not self._reader:
                 self._release()
 
     def _release(self) -> None:
@@ -366,13 +383,29 @@ class CheckpointManager:
             state.saving[step] += 1
             state.finalizing[step] = finalizer
 
+        spmd = self._spmd
+        channel = spmd.group.channel("finalize") if spmd is not None else None
+
+        def commit_here(_: object = None) -> dict[str, Any]:
+            with state.mutex:
+                self._commit(state, tmp, step)
+                self._retention.forget_frontier()  # retention decides over all, below
+            return {}
+
         def commit() -> None:
             try:
-                if wait_fn is not None:
-                    wait_fn()
-                with state.mutex:
-                    self._commit(state, tmp, step)
-                    self._retention.forget_frontier()  # retention decides over all, below
+                if spmd is None or channel is None:
+                    if wait_fn is not None:
+                        wait_fn()
+                    commit_here()
+                    return
+                error = None
+                try:
+                    if wait_fn is not None:
+                        wait_fn()
+                except Exception as exc:  # this rank's writes failed: no rank commits
+                    error = exc
+                spmd.round(channel, f"begin_finalization({name_of(tmp)})", {}, error, commit_here)
             except BaseException:
                 with state.mutex:
                     state.live.pop(step, None)  # not ours to keep: a joining manager may clean it
@@ -383,6 +416,8 @@ class CheckpointManager:
                     state.finalizing.pop(step, None)
 
         def prune() -> None:
+            if self._reader:
+                return  # the coordinator prunes
             with state.mutex:
                 failed = self._retention.prune_all(
                     state.index, state.protected(), durable=self._durable
@@ -424,7 +459,7 @@ class CheckpointManager:
     def _usable(self) -> Shared:
         if self._closed:
             raise CheckpointError(f"this manager of {self.checkpoint_dir} is closed")
-        if self.read_only:
+        if self._reader:
             with self._dir.mutex:
                 self._dir.index.scan()
         return self._dir
@@ -473,6 +508,16 @@ class CheckpointManager:
         """
         state = self._writable()
         step = _check_step(step)
+        if self._spmd is not None:
+            info_bytes, config_bytes, error = b"", None, None
+            try:
+                info_bytes = encode_training_info(training_info)
+                config_bytes = encode_run_config(run_config) if run_config is not None else None
+            except Exception as exc:
+                error = exc
+            if self._spmd.coordinator and (committing := state.finalizing.get(step)):
+                committing.join()
+            return self._spmd.init_tmp(step, info_bytes, config_bytes, error)
         info_bytes = encode_training_info(training_info)
         config_bytes = encode_run_config(run_config) if run_config is not None else None
         committing = state.finalizing.get(step)
@@ -508,10 +553,19 @@ class CheckpointManager:
                 manager, no longer exists, or lost its ``training_info.json``.
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
         """
-        state = self._writable()
+        self._writable()
         tmp, step = self._tmp_step(checkpoint_path)
+        if self._spmd is not None:
+            self._spmd.end(tmp, step, commit=True)
+            return
+        self._finalize_here(tmp, step)
+
+    def _finalize_here(self, tmp: str, step: int) -> str:
+        """Commit ``tmp`` as ``step``, then apply retention; the checkpoint's location."""
+        state = self._dir
         with state.mutex:
             frontier_current = self._commit(state, tmp, step)
+            committed = state.index.committed[step].path
             self._retention.after_commit(
                 state.index,
                 step,
@@ -519,6 +573,7 @@ class CheckpointManager:
                 frontier_current=frontier_current,
                 durable=self._durable,
             )
+            return committed
 
     def _commit(self, state: Shared, tmp: str, step: int) -> bool:
         """Commit the attempt ``tmp`` as step ``step`` and index it (the caller holds the mutex).
@@ -540,6 +595,9 @@ class CheckpointManager:
         """
         state = self._writable()
         tmp, step = self._tmp_step(checkpoint_path)
+        if self._spmd is not None:
+            self._spmd.end(tmp, step, commit=False)
+            return
         with state.mutex:
             attempts.abort(state, tmp, step, durable=self._durable)
 
@@ -615,11 +673,33 @@ class CheckpointManager:
         step = _check_step(step)
         save_state, _ = _state_io()
         self.wait_until_finished()
+        if self._spmd is not None:
+            info_bytes, config_bytes, error = self._prepare(training_info, run_config, state)
+            spmd = self._spmd
+            return spmd.save(spmd.calls, step, info_bytes, config_bytes, state=state, error=error)
         with self._dir.save_lock, self.checkpoint(step, training_info, run_config) as path:
             save_state(path, state, fsync=self._durable, storage=self._dir.storage)
         if self._protocol.name == "manifest":
             return path  # the attempt is the checkpoint
         return self.checkpoint_dir / _layout.step_name(step)
+
+    def _prepare(
+        self,
+        training_info: Mapping[str, Any],
+        run_config: Mapping[str, Any] | BaseModel | None,
+        state: Any,
+    ) -> tuple[bytes, bytes | None, Exception | None]:
+        """A distributed save's encoded info and config, or this rank's error in them."""
+        from ckpt.torch._ranks import is_sharded  # noqa: PLC0415 - torch is an optional extra
+
+        try:
+            info_bytes = encode_training_info(training_info)
+            config_bytes = encode_run_config(run_config) if run_config is not None else None
+            if not is_sharded(state):
+                _state_io()[1](state)
+        except Exception as exc:
+            return b"", None, exc
+        return info_bytes, config_bytes, None
 
     def save_async(
         self,
@@ -659,17 +739,33 @@ class CheckpointManager:
         """
         directory = self._writable()
         step = _check_step(step)
-        info_bytes = encode_training_info(training_info)
-        config_bytes = encode_run_config(run_config) if run_config is not None else None
+        spmd = self._spmd
+        if spmd is not None:
+            info_bytes, config_bytes, error = self._prepare(training_info, run_config, state)
+            # Refuse a bad state on every rank now, not in the background.
+            spmd.round(spmd.calls, f"save_async(step={step})", {}, error, lambda _: {})
+        else:
+            info_bytes = encode_training_info(training_info)
+            config_bytes = encode_run_config(run_config) if run_config is not None else None
         save_state, check_state = _state_io()
-        check_state(state)  # refuse a bad state here, not in the background
+        if spmd is None:
+            check_state(state)  # refuse a bad state here, not in the background
         if self._async is None:
             self._async = AsyncWriter(
                 f"ckpt-save {self.checkpoint_dir.name}", self.config.max_pending_saves
             )
         writer = self._async
 
+        channel = spmd.group.channel("async") if spmd is not None else None
+
         def write(snapshot: Any) -> None:
+            if spmd is not None and channel is not None:
+                try:
+                    spmd.save(channel, step, info_bytes, config_bytes, state=snapshot)
+                finally:
+                    with directory.mutex:
+                        directory.saving[step] -= 1
+                return
             try:
                 with directory.save_lock:
                     tmp = self._init_tmp(directory, step, info_bytes, config_bytes)
@@ -725,13 +821,20 @@ class CheckpointManager:
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
         """
         state = self._writable()
-        with state.mutex:
-            policy, protected = self._retention.manual_policy(
-                state.index, state.protected(), exclude_latest
-            )
-            self._retention.prune(
-                state.index, policy, protected, durable=self._durable, on_delete=on_delete
-            )
+
+        def prune() -> None:
+            with state.mutex:
+                policy, protected = self._retention.manual_policy(
+                    state.index, state.protected(), exclude_latest
+                )
+                self._retention.prune(
+                    state.index, policy, protected, durable=self._durable, on_delete=on_delete
+                )
+
+        if self._spmd is not None:
+            self._spmd.change(f"remove_old_checkpoints({exclude_latest})", prune)
+        else:
+            prune()
 
     def plan_retention(self, exclude_latest: bool | None = None) -> list[Decision]:
         """Say, for every checkpoint, whether retention keeps it and why; change nothing.
@@ -813,8 +916,16 @@ class CheckpointManager:
         self._set_pinned(step, False)
 
     def _set_pinned(self, step: int, pinned: bool) -> None:
-        state = self._writable()
+        self._writable()
         step = _check_step(step)
+        if self._spmd is not None:
+            call = f"{'pin' if pinned else 'unpin'}({step})"
+            self._spmd.change(call, lambda: self._pin_here(step, pinned))
+        else:
+            self._pin_here(step, pinned)
+
+    def _pin_here(self, step: int, pinned: bool) -> None:
+        state = self._dir
         index = state.index
         with state.mutex:
             if step not in index.records and not (not pinned and step in index.pins):
@@ -837,11 +948,22 @@ class CheckpointManager:
             return [records[step] for step in sorted(records)]
 
     def get_latest_checkpoint_path(self) -> str | None:
-        """Return the path of the checkpoint with the highest step, or ``None``."""
+        """Return the path of the checkpoint with the highest step, or ``None``.
+
+        In a distributed job every rank calls it, and every rank gets the answer of the
+        coordinator, so that no two ranks resume from different steps.
+        """
+        if self._spmd is not None:
+            answer = self._spmd.agree("get_latest_checkpoint_path()", self._latest_here)
+        else:
+            answer = self._latest_here()
+        return answer["path"]  # type: ignore[no-any-return]
+
+    def _latest_here(self) -> dict[str, Any]:
         state = self._usable()
         with state.mutex:
             latest = self._retention.latest(state.index)
-            return None if latest is None else str(state.index.records[latest].path)
+            return {"path": None if latest is None else str(state.index.records[latest].path)}
 
     def get_best_checkpoint_path(self) -> str | None:
         """Return the path of the best checkpoint by the ranking, or ``None``.
@@ -853,37 +975,50 @@ class CheckpointManager:
         Warns (as NeMo RL's manager does) with a `MissingMetricWarning`, a
         `UserWarning`, naming how many checkpoints and which steps lack the metric, and
         again when none has it and the latest is returned.
+
+        In a distributed job every rank calls it, and every rank gets the answer (and
+        the warnings) of the coordinator.
         """
+        if self._spmd is not None:
+            answer = self._spmd.agree("get_best_checkpoint_path()", self._best_here)
+        else:
+            answer = self._best_here()
+        for text in answer["warnings"]:
+            warnings.warn(text, MissingMetricWarning, stacklevel=2)
+        return answer["path"]  # type: ignore[no-any-return]
+
+    def _best_here(self) -> dict[str, Any]:
         state = self._usable()
         with state.mutex:
             best = self._retention.best(state.index)
             if best is None:
-                return None
-            self._warn_missing(self._retention.missing_metric(state.index))
-            return str(state.index.records[best].path)
+                return {"path": None, "warnings": []}
+            texts = self._missing_warnings(self._retention.missing_metric(state.index))
+            return {"path": str(state.index.records[best].path), "warnings": texts}
 
     def _warn_missing(self, missing: set[int]) -> None:
+        for text in self._missing_warnings(missing):
+            warnings.warn(text, MissingMetricWarning, stacklevel=3)
+
+    def _missing_warnings(self, missing: set[int]) -> list[str]:
         if not missing:
-            return
+            return []
         name = self.ranking.name  # type: ignore[attr-defined]
         hint = (
             "log it at every step you save (in NeMo RL, enable val_at_end or align "
             "val_period with max_steps, so the last checkpoints are evaluated)"
         )
-        warnings.warn(
+        texts = [
             f"Ignoring {len(missing)} checkpoint(s) at step(s) {describe_steps(missing)} "
             f"when choosing the best: they have no usable {name!r} (missing, NaN or not a "
-            f"number) and rank below every other; {hint}",
-            MissingMetricWarning,
-            stacklevel=3,
-        )
+            f"number) and rank below every other; {hint}"
+        ]
         if len(missing) == len(self._dir.index.records):
-            warnings.warn(
+            texts.append(
                 f"No checkpoints contain metric {name!r} with a usable value. Returning "
-                f"latest checkpoint, step {max(missing)}; {hint}",
-                MissingMetricWarning,
-                stacklevel=3,
+                f"latest checkpoint, step {max(missing)}; {hint}"
             )
+        return texts
 
     def load_training_info(self, checkpoint_path: PathInput | None = None) -> dict[str, Any] | None:
         """Read the ``training_info.json`` of a checkpoint.

@@ -26,7 +26,7 @@ from ckpt.storage import (
     open_storage,
     user_path,
 )
-from ckpt.torch import _plan
+from ckpt.torch import _plan, _ranks
 from ckpt.torch._format import (
     _MAGIC,
     _MAX_HEADER,
@@ -128,6 +128,13 @@ def save_state(
         NotADirectoryError: If ``directory`` is not a directory.
         OSError: If writing fails (a full disk, say); no file is left behind then.
     """
+    return save_file(directory, state, STATE_FILE, fsync=fsync, storage=storage)
+
+
+def save_file(
+    directory: PathInput, state: Any, name: str, *, fsync: bool, storage: Storage | None
+) -> CheckpointPath:
+    """`save_state` into the file ``name`` (a rank's own file, in a distributed save)."""
     plan = plan_state(state)
     storage, where = open_storage(directory, storage=storage)
     found = storage.entry(where)
@@ -140,7 +147,7 @@ def save_state(
         )
     if found.kind not in ("dir", "symlink"):  # a link to a directory is fine
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", where)
-    final = join(where, STATE_FILE)
+    final = join(where, name)
     staging = _Staging(min(_MAX_STAGING, max(_MIN_STAGING, plan.largest_bounce)))
     with storage.open_write(final, durable=fsync) as f:
         _write(f, plan, staging)
@@ -233,13 +240,22 @@ def load_state(
     map_location: MapLocation = None,
     *,
     storage: Storage | None = None,
+    into: dict[str, Any] | None = None,
+    rank: int | None = None,
+    process_group: Any = None,
 ) -> Any:
-    """Read the state `save_state` wrote into ``directory``.
+    """Read the state `save_state` (or a distributed manager's save) wrote into ``directory``.
 
     Loading runs no code from the file: the structure is JSON, checked against what
     `save_state` writes, and tensors are read as raw bytes into new tensors. Dicts come
     back as plain dicts (in their saved order), tuples as tuples, tensors as plain
     tensors that do not require grad; tied tensors come back as one tensor.
+
+    A checkpoint a distributed job saved holds each rank's part. Called on every rank,
+    this returns the rank's own: its state file (``state.rank<r>-of-<n>.ckpt``), which
+    needs the same world size; or, for state saved with DTensors, the DCP checkpoint
+    loaded into ``into`` and resharded by ``torch.distributed.checkpoint`` as this
+    job's DTensors ask, on any world size.
 
     Args:
         directory: A checkpoint directory (``step_N``) or temporary directory.
@@ -251,9 +267,15 @@ def load_state(
             most 64 MiB.
         storage: Where ``directory`` is (default: the storage its path or URL names;
             on an object store the file is read in ranged requests).
+        into: For a DCP checkpoint (one saved with DTensors): the state dict to load
+            into, in place, with DTensors laid out on this job's mesh; it is returned.
+        rank: Which rank's part of a distributed checkpoint to read (default: this
+            process's rank in ``process_group``; needed outside a distributed job).
+        process_group: The group whose rank and size count (default: the default
+            group of an initialized torch.distributed job).
 
     Returns:
-        The state, as saved.
+        The state, as saved (for DCP, ``into``, loaded).
 
     Raises:
         StateNotFoundError: If ``directory`` or its `STATE_FILE` does not exist (a
@@ -262,7 +284,11 @@ def load_state(
             pickle, a truncated or altered file, a directory, a FIFO or a device).
         DeviceUnavailableError: If a tensor would go to a device this process cannot use
             (a `RuntimeError`); nothing is read then. Pass ``map_location="cpu"``, say.
-        TypeError: If ``map_location`` is not one of the forms above.
+        TypeError: If ``map_location`` is not one of the forms above, or a DCP
+            checkpoint is loaded without ``into``.
+        ValueError: If a distributed checkpoint was saved by another number of ranks
+            than this job has and its parts are plain state files (only DCP reshards),
+            or ``rank`` is needed and not given.
         OSError: If reading fails.
     """
     if not (map_location is None or isinstance(map_location, (str, torch.device, Mapping))):
@@ -273,6 +299,8 @@ def load_state(
     storage, where = open_storage(directory, storage=storage)
     path = join(where, STATE_FILE)
     try:
+        if into is not None:
+            raise FileNotFoundError(path)  # a DCP load, below
         f = storage.open_read(path, follow_links=True)
     except UnsafeFileError:
         found = storage.entry(path)
@@ -281,6 +309,9 @@ def load_state(
             f"{path} is a {kind}, not a state file written by ckpt.torch.save_state"
         ) from None
     except (FileNotFoundError, NotADirectoryError) as exc:
+        parts = _parts(storage, where)
+        if parts is not None:
+            return _load_part(storage, where, parts, map_location, into, rank, process_group)
         found = storage.entry(where)
         if found is None:
             why = f"there is no directory {where}"
@@ -294,6 +325,21 @@ def load_state(
             f"other way holds its own files)",
             path,
         ) from exc
+    return _read_file(f, path, map_location)
+
+
+def load_file(storage: Storage, path: str, map_location: MapLocation) -> Any:
+    """Read the state file at ``path`` (a rank's own file of a distributed checkpoint)."""
+    try:
+        f = storage.open_read(path, follow_links=True)
+    except UnsafeFileError:
+        raise SerializationError(
+            f"{path} is not a plain file, not a state file written by ckpt.torch"
+        ) from None
+    return _read_file(f, path, map_location)
+
+
+def _read_file(f: BinaryIO, path: str, map_location: MapLocation) -> Any:
     with f:
         try:
             head = f.read(16)
@@ -319,3 +365,63 @@ def load_state(
             raise SerializationError(
                 f"{path} is not a state file written by ckpt.torch.save_state: {exc}"
             ) from None
+
+
+def _parts(storage: Storage, where: str) -> dict[str, int] | None:
+    """A distributed checkpoint's parts in ``where`` (name -> size), else ``None``."""
+    try:
+        entries = storage.list_dir(where)
+    except OSError:
+        return None
+    names = {entry.name: entry.size for entry in entries if entry.kind == "file"}
+    parts = {
+        name: size
+        for name, size in names.items()
+        if name == _ranks.DCP_METADATA or _ranks.RANK_FILE.fullmatch(name)
+    }
+    return parts or None
+
+
+def _load_part(  # noqa: PLR0917 - private: load_state's arguments, passed on
+    storage: Storage,
+    where: str,
+    parts: dict[str, int],
+    map_location: MapLocation,
+    into: dict[str, Any] | None,
+    rank: int | None,
+    process_group: Any,
+) -> Any:
+    if _ranks.DCP_METADATA in parts:
+        return _ranks.load_dcp(storage, where, into, process_group)
+    if into is not None:
+        raise TypeError(
+            f"{where} holds one state file per rank, not a DCP checkpoint: `into` is "
+            f"only for state saved with DTensors"
+        )
+    saved = sorted(
+        {int(m.group(2)) for name in parts if (m := _ranks.RANK_FILE.fullmatch(name)) is not None}
+    )
+    shown = "/".join(map(str, saved))
+    job = _ranks.this_rank(process_group)
+    if rank is None and job is None:
+        raise ValueError(
+            f"{where} holds one state file per rank of a {shown}-rank job; outside a "
+            f"distributed job, pass `rank=` to say whose to read"
+        )
+    if rank is not None:
+        me, world = rank, saved[0] if len(saved) == 1 or job is None else job[1]
+    else:
+        assert job is not None
+        me, world = job
+    if world not in saved:
+        raise ValueError(
+            f"{where} was saved by {shown} ranks and this job has {world}: a plain "
+            f"state file per rank cannot be resharded (state saved with DTensors is "
+            f"saved with torch.distributed.checkpoint, which reshards on load)"
+        )
+    name = _ranks.rank_file(me, world)
+    if name not in parts:
+        raise StateNotFoundError(
+            errno.ENOENT, f"no saved state for rank {me} of {world} in {where}", name
+        )
+    return load_file(storage, join(where, name), map_location)

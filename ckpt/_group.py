@@ -1,0 +1,293 @@
+"""The messages the ranks of a distributed job exchange, each wait bounded by a timeout.
+
+A collective save needs two things torch.distributed's collectives do not give: every
+wait ends within ``collective_timeout_s`` (a gloo collective waits as long as its group's
+timeout, an NCCL one may wait forever), and a rank that died or hangs is *named* on the
+others. So the ranks talk point to point, over gloo groups of their own (CPU, loopback or
+the job's network; created beside whatever backend the job trains with): the
+coordinator receives each rank's message with a deadline, and knows exactly which ranks
+did not answer; every other rank waits for the coordinator's answer with the same bound.
+
+One `Channel` serves one thread (the caller's, the background saver's, the
+finalizer's), so that messages of two threads never meet on one connection. Each round
+has its own tag: a late answer to a round that timed out is never taken for the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ckpt._errors import CollectiveError, CollectiveTimeoutError
+
+_LENGTH_BYTES = 8
+
+
+def initialized_group(process_group: Any) -> Any:
+    """The process group a manager works over, or ``None`` for a single process.
+
+    ``None`` means the default group of an initialized torch.distributed job with more
+    than one rank; ``False`` means this process alone, whatever the job.
+    """
+    if process_group is False:
+        return None
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:  # torch.distributed never imported: it cannot be initialized
+        if process_group is not None:
+            raise TypeError(f"`process_group` must be a torch ProcessGroup, got {process_group!r}")
+        return None
+    if not dist.is_available() or not dist.is_initialized():
+        if process_group is not None:
+            raise ValueError(
+                "`process_group` was given, but torch.distributed is not initialized "
+                "(call torch.distributed.init_process_group first)"
+            )
+        return None
+    group = dist.group.WORLD if process_group is None else process_group
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            f"`process_group` must be a torch.distributed ProcessGroup, None (the default "
+            f"group) or False (this process alone), got {process_group!r}"
+        )
+    if dist.get_world_size(group) == 1 and process_group is None:
+        return None
+    return group
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one rank's part of a round failed."""
+
+    rank: int
+    error: str  # "Type: message"
+    timed_out: bool = False
+
+
+def describe(error: BaseException) -> str:
+    """``error`` as a rank reports it: its type's name and its message."""
+    return f"{type(error).__name__}: {error}"
+
+
+class Group:
+    """The ranks of one manager's process group, and their channels.
+
+    Attributes:
+        rank: This process's rank in the group (0 is the coordinator).
+        size: The number of ranks.
+        ranks: The global rank of each group rank (messages name global ranks).
+    """
+
+    def __init__(self, process_group: Any, timeout_s: float) -> None:
+        import torch.distributed as dist  # noqa: PLC0415 - only in a distributed job
+
+        self._dist = dist
+        self._group = process_group
+        self.rank: int = dist.get_rank(process_group)
+        self.size: int = dist.get_world_size(process_group)
+        self.ranks: tuple[int, ...] = tuple(dist.get_process_group_ranks(process_group))
+        self.timeout_s = timeout_s
+        self._channels: dict[str, Channel] = {}
+        self._mutex = threading.Lock()
+
+    @property
+    def coordinator(self) -> bool:
+        """Whether this rank coordinates (it holds the directory's lock)."""
+        return self.rank == 0
+
+    def channel(self, role: str) -> Channel:
+        """The channel of ``role``, created (collectively: on every rank) on first use."""
+        with self._mutex:
+            channel = self._channels.get(role)
+            if channel is None:
+                channel = self._channels[role] = Channel(self, self.new_group())
+            return channel
+
+    def new_group(self) -> Any:
+        """A gloo group of the same ranks whose own collectives time out as ours do."""
+        try:
+            return self._dist.new_group(
+                list(self.ranks),
+                backend="gloo",
+                timeout=datetime.timedelta(seconds=self.timeout_s),
+                use_local_synchronization=True,
+            )
+        except RuntimeError as exc:  # the store's barrier timed out: some rank never came
+            raise CollectiveTimeoutError(
+                f"rank {self.ranks[self.rank]}: not every rank of {list(self.ranks)} "
+                f"created its checkpoint manager within {self.timeout_s:g} s "
+                f"(`collective_timeout_s`); every rank must ({exc})",
+                ranks=(),
+            ) from exc
+
+
+class Channel:
+    """Rounds of messages between the coordinator and every other rank, on one thread."""
+
+    def __init__(self, group: Group, process_group: Any) -> None:
+        import torch  # noqa: PLC0415 - only in a distributed job
+
+        self._torch = torch
+        self._dist = group._dist
+        self.group = group
+        self.process_group = process_group
+        self._round = 0
+        # A receive that timed out still owns its buffer until gloo lets it go: keep both
+        # alive, so a late message lands in memory nobody else uses.
+        self._orphans: list[Any] = []
+
+    # --- point to point -------------------------------------------------------------
+
+    def _tags(self) -> tuple[int, int]:
+        self._round = (self._round + 1) % (1 << 28)
+        return 2 * self._round, 2 * self._round + 1
+
+    def _send(self, dst: int, data: bytes, tags: tuple[int, int], deadline: float) -> None:
+        torch = self._torch
+        length = torch.tensor([len(data)], dtype=torch.int64)
+        payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        works = [
+            self._dist.isend(length, self.group.ranks[dst], self.process_group, tags[0]),
+            self._dist.isend(payload, self.group.ranks[dst], self.process_group, tags[1]),
+        ]
+        for work in works:
+            self._wait(work, deadline, (length, payload))
+
+    def _post_length(self, src: int, tags: tuple[int, int]) -> tuple[Any, Any]:
+        length = self._torch.zeros(1, dtype=self._torch.int64)
+        return self._dist.irecv(length, self.group.ranks[src], self.process_group, tags[0]), length
+
+    def _finish_recv(
+        self, src: int, posted: tuple[Any, Any], tags: tuple[int, int], deadline: float
+    ) -> bytes:
+        work, length = posted
+        self._wait(work, deadline, length)
+        size = int(length.item())
+        if size <= 0 or size > (1 << 31):
+            raise RuntimeError(f"a message of {size} bytes is not one of ckpt's")
+        payload = self._torch.empty(size, dtype=self._torch.uint8)
+        work = self._dist.irecv(payload, self.group.ranks[src], self.process_group, tags[1])
+        self._wait(work, deadline, payload)
+        return payload.numpy().tobytes()
+
+    def _wait(self, work: Any, deadline: float, buffers: Any) -> None:
+        left = max(deadline - time.monotonic(), 0.001)
+        try:
+            work.wait(datetime.timedelta(seconds=left))
+        except BaseException:
+            self._orphans.append((work, buffers))
+            raise
+
+    # --- rounds ---------------------------------------------------------------------
+
+    def gather(self, message: Mapping[str, Any]) -> tuple[list[Any], list[Failure]]:
+        """Send ``message`` to the coordinator; there, receive every rank's.
+
+        Returns:
+            On the coordinator, each rank's message (``None`` for a rank that failed)
+            and the failures (ranks that died, hung past the timeout, or sent garbage).
+            On the other ranks, ``([], [])``.
+
+        Raises:
+            CollectiveTimeoutError: On a rank other than the coordinator, if the
+                coordinator is gone or did not take the message within the timeout.
+        """
+        group = self.group
+        tags = self._tags()
+        deadline = time.monotonic() + group.timeout_s
+        data = json.dumps(message).encode()
+        if not group.coordinator:
+            try:
+                self._send(0, data, tags, deadline)
+            except RuntimeError as exc:
+                raise self._lost_coordinator(exc) from exc
+            return [], []
+        messages: list[Any] = [None] * group.size
+        messages[0] = message
+        failures: list[Failure] = []
+        posted = {src: self._post_length(src, tags) for src in range(1, group.size)}
+        for src in range(1, group.size):
+            try:
+                messages[src] = json.loads(self._finish_recv(src, posted[src], tags, deadline))
+            except (RuntimeError, ValueError) as exc:
+                failures.append(self._failure(src, exc))
+        return messages, failures
+
+    def broadcast(self, message: Mapping[str, Any] | None, skip: Sequence[int] = ()) -> Any:
+        """Send the coordinator's ``message`` to every rank; elsewhere, receive it.
+
+        ``skip`` names group ranks known to be gone (the coordinator does not wait on
+        them). A send to a rank that died meanwhile is left; that rank is past helping.
+
+        Raises:
+            CollectiveTimeoutError: On a rank other than the coordinator, if no answer
+                came within the timeout.
+        """
+        group = self.group
+        tags = self._tags()
+        deadline = time.monotonic() + group.timeout_s
+        if group.coordinator:
+            data = json.dumps(message).encode()
+            for dst in range(1, group.size):
+                if dst in skip:
+                    continue
+                # A rank that died meanwhile is past helping: the caller learns in its round.
+                with contextlib.suppress(RuntimeError):
+                    self._send(dst, data, tags, deadline)
+            return message
+        try:
+            return json.loads(self._finish_recv(0, self._post_length(0, tags), tags, deadline))
+        except (RuntimeError, ValueError) as exc:
+            raise self._lost_coordinator(exc) from exc
+
+    def _failure(self, src: int, exc: BaseException) -> Failure:
+        rank = self.group.ranks[src]
+        text = str(exc)
+        if "Timed out" in text or "timed out" in text:
+            return Failure(
+                rank,
+                f"did not answer within {self.group.timeout_s:g} s (`collective_timeout_s`)",
+                timed_out=True,
+            )
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return Failure(rank, f"is gone ({first[:300]})", timed_out=True)
+
+    def _lost_coordinator(self, exc: BaseException) -> CollectiveTimeoutError:
+        failure = self._failure(0, exc)
+        me = self.group.ranks[self.group.rank]
+        return CollectiveTimeoutError(
+            f"rank {me}: the coordinator, rank {failure.rank}, {failure.error}",
+            ranks=(failure.rank,),
+        )
+
+
+def failures_error(
+    what: str, failures: Sequence[Failure]
+) -> CollectiveError | CollectiveTimeoutError:
+    """The error every rank raises when ``failures`` happened during ``what``."""
+    ranks = tuple(sorted(f.rank for f in failures))
+    lines = "; ".join(f"rank {f.rank} {f.error}" for f in sorted(failures, key=lambda f: f.rank))
+    cls = CollectiveTimeoutError if all(f.timed_out for f in failures) else CollectiveError
+    return cls(f"{what} failed on rank(s) {', '.join(map(str, ranks))}: {lines}", ranks=ranks)
+
+
+def error_message(error: CollectiveError | CollectiveTimeoutError) -> dict[str, Any]:
+    """``error`` as the coordinator broadcasts it."""
+    return {
+        "error": str(error),
+        "ranks": list(error.ranks),
+        "timeout": isinstance(error, CollectiveTimeoutError),
+    }
+
+
+def raise_if_error(answer: Any) -> None:
+    """Raise the error a broadcast answer carries, as the coordinator raised it."""
+    if isinstance(answer, dict) and "error" in answer:
+        cls = CollectiveTimeoutError if answer.get("timeout") else CollectiveError
+        raise cls(answer["error"], ranks=tuple(answer.get("ranks", ())))

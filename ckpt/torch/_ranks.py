@@ -1,0 +1,107 @@
+"""Each rank's part of a distributed checkpoint: a state file per rank, or DCP's files.
+
+A rank saving plain tensors writes its own state file, named for its rank and the
+world size (``state.rank00001-of-00004.ckpt``), so a loader knows which file is its
+own and when the world size changed. State holding DTensors is saved with
+``torch.distributed.checkpoint`` (DCP) into the checkpoint's root (its ``.metadata``
+and ``__<rank>_0.distcp`` files), so DCP's format and its resharding on load are
+kept, and ``torch.distributed.checkpoint.load`` reads the directory as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ckpt.storage import LocalStorage, Storage, join
+
+DCP_METADATA = ".metadata"
+RANK_FILE = re.compile(r"state\.rank(\d{5})-of-(\d{5})\.ckpt")
+
+
+def rank_file(rank: int, world_size: int) -> str:
+    """The state file of ``rank`` in a job of ``world_size`` ranks."""
+    return f"state.rank{rank:05d}-of-{world_size:05d}.ckpt"
+
+
+def is_sharded(state: Any) -> bool:
+    """Whether ``state`` holds a DTensor anywhere (then DCP saves it)."""
+    try:
+        from torch.distributed.tensor import DTensor  # noqa: PLC0415
+    except ImportError:  # a torch built without distributed
+        return False
+    stack = [state]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, DTensor):
+            return True
+        if id(node) in seen:
+            continue
+        if isinstance(node, Mapping):
+            seen.add(id(node))
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            seen.add(id(node))
+            stack.extend(node)
+    return False
+
+
+def local_dir(storage: Storage, where: str, what: str) -> str:
+    """``where`` as a local path DCP can write or read; `ValueError` on another storage."""
+    if not isinstance(storage, LocalStorage):
+        raise ValueError(
+            f"{what} state holding DTensors goes through torch.distributed.checkpoint's "
+            f"file system writer, which needs a local or shared file system; {where} is "
+            f"on {storage!r}"
+        )
+    return where
+
+
+def save_dcp(storage: Storage, where: str, state: Any, process_group: Any, *, fsync: bool) -> Any:
+    """Save ``state`` with DCP into ``where``, collectively over ``process_group``.
+
+    Returns DCP's `Metadata` (every rank gets it).
+    """
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter  # noqa: PLC0415
+    from torch.distributed.checkpoint.state_dict_saver import save  # noqa: PLC0415
+
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise TypeError("state holding DTensors must be a dict with string keys, as DCP takes")
+    writer = FileSystemWriter(local_dir(storage, where, "saving"), sync_files=fsync)
+    return save(dict(state), storage_writer=writer, process_group=process_group)
+
+
+def dcp_files(metadata: Any) -> dict[str, int]:
+    """Each file DCP's ``metadata`` names, with the least size it must have."""
+    files: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = int(info.offset) + int(info.length)
+        files[info.relative_path] = max(files.get(info.relative_path, 0), end)
+    return files
+
+
+def load_dcp(storage: Storage, where: str, into: Any, process_group: Any) -> Any:
+    """Load the DCP checkpoint at ``where`` into ``into`` (resharded as DCP does)."""
+    from torch.distributed.checkpoint.filesystem import FileSystemReader  # noqa: PLC0415
+    from torch.distributed.checkpoint.state_dict_loader import load  # noqa: PLC0415
+
+    if not isinstance(into, dict):
+        raise TypeError(
+            f"{join(where, DCP_METADATA)} is a torch.distributed.checkpoint checkpoint: "
+            f"pass `into=`, a state dict laid out as this job wants it (its DTensors on "
+            f"this job's mesh), and DCP loads into it in place; got {type(into).__name__}"
+        )
+    reader = FileSystemReader(local_dir(storage, where, "loading"))
+    load(into, storage_reader=reader, process_group=process_group)
+    return into
+
+
+def this_rank(process_group: Any) -> tuple[int, int] | None:
+    """``(rank, world size)`` of this process in an initialized job, else ``None``."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist.get_rank(process_group), dist.get_world_size(process_group)
