@@ -50,8 +50,21 @@ def snapshot(state: Any, buffers: Buffers) -> Any:
     copies: dict[tuple[Any, ...], Any] = {}
     cuda = False
 
+    sharded = sharded_tensor_type()
+
     def copy(value: Any, where: tuple[Any, ...]) -> Any:
         nonlocal cuda
+        if sharded is not None and isinstance(value, sharded):
+            # This rank's shard is what it saves: copy it, and keep the layout DCP reads.
+            local = copy(value.to_local(), (*where, "local"))
+            return sharded.from_local(
+                local,
+                value.device_mesh,
+                value.placements,
+                run_check=False,
+                shape=value.shape,
+                stride=value.stride(),
+            )
         if isinstance(value, torch.Tensor):
             source = value.detach()
             memory = view_key(source)  # the same key `save_state` ties tensors by
@@ -77,6 +90,15 @@ def snapshot(state: Any, buffers: Buffers) -> Any:
     if cuda:
         torch.cuda.synchronize()  # the non-blocking copies must land before we return
     return result
+
+
+def sharded_tensor_type() -> Any:
+    """Torch's DTensor class, or ``None`` in a torch built without distributed."""
+    try:
+        from torch.distributed.tensor import DTensor  # noqa: PLC0415
+    except ImportError:
+        return None
+    return DTensor
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any
 from ckpt._errors import CollectiveError, CollectiveTimeoutError
 
 _LENGTH_BYTES = 8
+_CHUNK = 16 << 10  # the first (usually only) message of each rank in a round
 
 
 def initialized_group(process_group: Any) -> Any:
@@ -67,7 +68,8 @@ class Failure:
 
     rank: int
     error: str  # "Type: message"
-    timed_out: bool = False
+    timed_out: bool = False  # it died or did not answer (else: it reported an error)
+    silent: bool = False  # it did not answer within the timeout
 
 
 def describe(error: BaseException) -> str:
@@ -106,7 +108,8 @@ class Group:
         with self._mutex:
             channel = self._channels.get(role)
             if channel is None:
-                channel = self._channels[role] = Channel(self, self.new_group())
+                groups = self.new_group(), self.new_group(), self.new_group()
+                channel = self._channels[role] = Channel(self, *groups)
             return channel
 
     def new_group(self) -> Any:
@@ -130,13 +133,21 @@ class Group:
 class Channel:
     """Rounds of messages between the coordinator and every other rank, on one thread."""
 
-    def __init__(self, group: Group, process_group: Any) -> None:
+    def __init__(self, group: Group, gather: Any, answer: Any, work: Any) -> None:
         import torch  # noqa: PLC0415 - only in a distributed job
 
         self._torch = torch
         self._dist = group._dist
         self.group = group
-        self.process_group = process_group
+        # gloo closes every connection of a group once one wait on it times out: the
+        # answers go over a group of their own, so that the coordinator can still tell
+        # everyone which rank timed out; and the writers' own collectives (DCP's) have
+        # a third, so that a timeout there leaves the report and the answer to travel.
+        self._gather = gather
+        self._answer = answer
+        self.process_group = work
+        self.broken: str | None = None  # why a group of this channel is closed
+        self._answers_closed = False
         self._round = 0
         # A receive that timed out still owns its buffer until gloo lets it go: keep both
         # alive, so a late message lands in memory nobody else uses.
@@ -148,40 +159,52 @@ class Channel:
         self._round = (self._round + 1) % (1 << 28)
         return 2 * self._round, 2 * self._round + 1
 
-    def _send(self, dst: int, data: bytes, tags: tuple[int, int], deadline: float) -> None:
+    def _isend(self, pg: Any, dst: int, data: bytes, tags: tuple[int, int]) -> list[Any]:
         torch = self._torch
-        length = torch.tensor([len(data)], dtype=torch.int64)
-        payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        works = [
-            self._dist.isend(length, self.group.ranks[dst], self.process_group, tags[0]),
-            self._dist.isend(payload, self.group.ranks[dst], self.process_group, tags[1]),
-        ]
-        for work in works:
-            self._wait(work, deadline, (length, payload))
+        framed = len(data).to_bytes(_LENGTH_BYTES, "little") + data
+        head = torch.frombuffer(bytearray(framed[:_CHUNK]), dtype=torch.uint8)
+        works = [(self._dist.isend(head, self.group.ranks[dst], pg, tags[0]), head)]
+        if len(framed) > _CHUNK:  # rare: most messages are a few hundred bytes
+            rest = torch.frombuffer(bytearray(framed[_CHUNK:]), dtype=torch.uint8)
+            works.append((self._dist.isend(rest, self.group.ranks[dst], pg, tags[1]), rest))
+        return works
 
-    def _post_length(self, src: int, tags: tuple[int, int]) -> tuple[Any, Any]:
-        length = self._torch.zeros(1, dtype=self._torch.int64)
-        return self._dist.irecv(length, self.group.ranks[src], self.process_group, tags[0]), length
+    def _complete(self, works: list[Any], deadline: float, pg: Any) -> None:
+        for work, buffer in works:
+            self._wait(work, deadline, buffer, pg)
+
+    def _post(self, pg: Any, src: int, tags: tuple[int, int]) -> tuple[Any, Any, Any]:
+        # A buffer as large as any usual message: what a rank sent lands here even if
+        # it dies before the coordinator gets round to waiting on it.
+        head = self._torch.zeros(_CHUNK, dtype=self._torch.uint8)
+        return self._dist.irecv(head, self.group.ranks[src], pg, tags[0]), head, pg
 
     def _finish_recv(
-        self, src: int, posted: tuple[Any, Any], tags: tuple[int, int], deadline: float
+        self, src: int, posted: tuple[Any, Any, Any], tags: tuple[int, int], deadline: float
     ) -> bytes:
-        work, length = posted
-        self._wait(work, deadline, length)
-        size = int(length.item())
+        work, head, pg = posted
+        self._wait(work, deadline, head, pg)
+        data: bytes = head.numpy().tobytes()
+        size = int.from_bytes(data[:_LENGTH_BYTES], "little")
         if size <= 0 or size > (1 << 31):
             raise RuntimeError(f"a message of {size} bytes is not one of ckpt's")
-        payload = self._torch.empty(size, dtype=self._torch.uint8)
-        work = self._dist.irecv(payload, self.group.ranks[src], self.process_group, tags[1])
-        self._wait(work, deadline, payload)
-        return payload.numpy().tobytes()
+        if size + _LENGTH_BYTES <= _CHUNK:
+            return data[_LENGTH_BYTES : _LENGTH_BYTES + size]
+        rest = self._torch.empty(size + _LENGTH_BYTES - _CHUNK, dtype=self._torch.uint8)
+        work = self._dist.irecv(rest, self.group.ranks[src], pg, tags[1])
+        self._wait(work, deadline, rest, pg)
+        tail: bytes = rest.numpy().tobytes()
+        return data[_LENGTH_BYTES:] + tail
 
-    def _wait(self, work: Any, deadline: float, buffers: Any) -> None:
+    def _wait(self, work: Any, deadline: float, buffers: Any, pg: Any = None) -> None:
         left = max(deadline - time.monotonic(), 0.001)
         try:
             work.wait(datetime.timedelta(seconds=left))
-        except BaseException:
+        except BaseException as exc:
             self._orphans.append((work, buffers))
+            if _timed_out(exc):
+                self.broken = str(exc).strip().rsplit("] ", 1)[-1][:200]
+                self._answers_closed = self._answers_closed or pg is self._answer
             raise
 
     # --- rounds ---------------------------------------------------------------------
@@ -199,19 +222,20 @@ class Channel:
                 coordinator is gone or did not take the message within the timeout.
         """
         group = self.group
+        self._check()
         tags = self._tags()
         deadline = time.monotonic() + group.timeout_s
         data = json.dumps(message).encode()
         if not group.coordinator:
             try:
-                self._send(0, data, tags, deadline)
+                self._complete(self._isend(self._gather, 0, data, tags), deadline, self._gather)
             except RuntimeError as exc:
                 raise self._lost_coordinator(exc) from exc
             return [], []
         messages: list[Any] = [None] * group.size
         messages[0] = message
         failures: list[Failure] = []
-        posted = {src: self._post_length(src, tags) for src in range(1, group.size)}
+        posted = {src: self._post(self._gather, src, tags) for src in range(1, group.size)}
         for src in range(1, group.size):
             try:
                 messages[src] = json.loads(self._finish_recv(src, posted[src], tags, deadline))
@@ -222,49 +246,77 @@ class Channel:
     def broadcast(self, message: Mapping[str, Any] | None, skip: Sequence[int] = ()) -> Any:
         """Send the coordinator's ``message`` to every rank; elsewhere, receive it.
 
-        ``skip`` names group ranks known to be gone (the coordinator does not wait on
-        them). A send to a rank that died meanwhile is left; that rank is past helping.
+        ``skip`` names the group ranks that did not answer in time: they learn by their
+        own timeout. A send to a rank that died is left, as that rank is past helping.
 
         Raises:
             CollectiveTimeoutError: On a rank other than the coordinator, if no answer
-                came within the timeout.
+                came within twice the timeout (the coordinator waits up to the timeout
+                for the slowest rank before it answers).
         """
         group = self.group
+        if self._answers_closed:
+            self._check()
         tags = self._tags()
         deadline = time.monotonic() + group.timeout_s
         if group.coordinator:
             data = json.dumps(message).encode()
+            sends = []
             for dst in range(1, group.size):
-                if dst in skip:
-                    continue
-                # A rank that died meanwhile is past helping: the caller learns in its round.
-                with contextlib.suppress(RuntimeError):
-                    self._send(dst, data, tags, deadline)
+                if dst not in skip:
+                    with contextlib.suppress(RuntimeError):
+                        sends.append(self._isend(self._answer, dst, data, tags))
+            for works in sends:
+                with contextlib.suppress(RuntimeError):  # it died: it is past helping
+                    self._complete(works, deadline, self._answer)
             return message
+        # The coordinator may itself wait the whole timeout for the slowest rank before
+        # it answers: wait for its answer twice as long, so that it names that rank.
+        answer_deadline = deadline + group.timeout_s
         try:
-            return json.loads(self._finish_recv(0, self._post_length(0, tags), tags, deadline))
+            posted = self._post(self._answer, 0, tags)
+            return json.loads(self._finish_recv(0, posted, tags, answer_deadline))
         except (RuntimeError, ValueError) as exc:
-            raise self._lost_coordinator(exc) from exc
+            raise self._lost_coordinator(exc, 2 * group.timeout_s) from exc
 
-    def _failure(self, src: int, exc: BaseException) -> Failure:
+    def _check(self) -> None:
+        if self.broken is not None:
+            raise CollectiveError(
+                f"rank {self.group.ranks[self.group.rank]}: an earlier collective call of "
+                f"this manager timed out ({self.broken}), and gloo then closes its "
+                f"connections: the ranks can no longer exchange messages; restart the job",
+                ranks=(),
+            )
+
+    def _failure(self, src: int, exc: BaseException, waited: float | None = None) -> Failure:
         rank = self.group.ranks[src]
         text = str(exc)
-        if "Timed out" in text or "timed out" in text:
+        if _timed_out(exc):
+            waited = self.group.timeout_s if waited is None else waited
             return Failure(
                 rank,
-                f"did not answer within {self.group.timeout_s:g} s (`collective_timeout_s`)",
+                f"did not answer within {waited:g} s (`collective_timeout_s`)",
                 timed_out=True,
+                silent=True,
             )
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        return Failure(rank, f"is gone ({first[:300]})", timed_out=True)
+        # gloo's message: "[file:line] Read error [address]: Connection reset by peer. ..."
+        first = text.strip().split(". ", 1)[0].rsplit("] ", 1)[-1] or type(exc).__name__
+        return Failure(rank, f"is gone ({first[:200]})", timed_out=True)
 
-    def _lost_coordinator(self, exc: BaseException) -> CollectiveTimeoutError:
-        failure = self._failure(0, exc)
+    def _lost_coordinator(
+        self, exc: BaseException, waited: float | None = None
+    ) -> CollectiveTimeoutError:
+        failure = self._failure(0, exc, waited)
         me = self.group.ranks[self.group.rank]
         return CollectiveTimeoutError(
             f"rank {me}: the coordinator, rank {failure.rank}, {failure.error}",
             ranks=(failure.rank,),
         )
+
+
+def _timed_out(exc: BaseException) -> bool:
+    text = str(exc)
+    return "Timed out" in text or "timed out" in text
 
 
 def failures_error(

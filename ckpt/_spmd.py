@@ -90,7 +90,8 @@ class Spmd:
                     cause = exc
                     failure = Failure(self.me, describe(exc))
                     answer = error_message(failures_error(call, [failure]))
-            channel.broadcast(answer, skip=[f.rank for f in failures if f.timed_out])
+            silent = [self.group.ranks.index(f.rank) for f in failures if f.silent]
+            channel.broadcast(answer, skip=silent)
         else:
             answer = channel.broadcast(None)
         try:
@@ -304,4 +305,3 @@ def check_parts(spmd: Spmd, storage: Any, attempt: str, messages: list[Any]) -> 
                 )
     if failures:
         raise failures_error("the check of the ranks' files", failures)
-

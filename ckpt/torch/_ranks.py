@@ -27,9 +27,10 @@ def rank_file(rank: int, world_size: int) -> str:
 
 def is_sharded(state: Any) -> bool:
     """Whether ``state`` holds a DTensor anywhere (then DCP saves it)."""
-    try:
-        from torch.distributed.tensor import DTensor  # noqa: PLC0415
-    except ImportError:  # a torch built without distributed
+    from ckpt._async import sharded_tensor_type  # noqa: PLC0415
+
+    DTensor = sharded_tensor_type()
+    if DTensor is None:  # a torch built without distributed
         return False
     stack = [state]
     seen: set[int] = set()
