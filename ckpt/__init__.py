@@ -17,10 +17,13 @@ from ckpt._errors import (
     CheckpointDirLockedError,
     CheckpointError,
     CheckpointNotFoundError,
+    CollectiveError,
+    CollectiveTimeoutError,
     CommitConflictError,
     ConfigFileError,
     DeviceUnavailableError,
     FinalizationError,
+    IncompleteCheckpointError,
     InvalidCheckpointPathError,
     InvalidStepError,
     LeaseLostError,
@@ -32,6 +35,7 @@ from ckpt._errors import (
     UnsafeFileError,
 )
 from ckpt._manager import CheckpointManager
+from ckpt._marks import mark_written
 from ckpt._records import CheckpointRecord, Overview
 from ckpt._resolve import policies_from_config
 from ckpt._verify import PROBLEM_CODES, Problem, VerifyReport, verify
@@ -50,11 +54,14 @@ __all__ = [
     "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointRecord",
+    "CollectiveError",
+    "CollectiveTimeoutError",
     "CommitConflictError",
     "ConfigFileError",
     "DeviceUnavailableError",
     "Entry",
     "FinalizationError",
+    "IncompleteCheckpointError",
     "InvalidCheckpointPathError",
     "InvalidStepError",
     "LeaseLostError",
@@ -74,6 +81,7 @@ __all__ = [
     "VerifyReport",
     "explain_config_error",
     "load_config",
+    "mark_written",
     "policies_from_config",
     "read_config_section",
     "verify",

@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from ckpt import _layout
 from ckpt._errors import CheckpointError, InvalidCheckpointPathError, SaveInProgressError
+from ckpt._marks import check_reports
 from ckpt._records import CheckpointRecord
 from ckpt._serialize import decode_training_info
 from ckpt._writers import Attempt, Shared
@@ -45,8 +46,11 @@ def start(
     config_bytes: bytes | None,
     *,
     durable: bool,
+    writers: tuple[str, ...] = (),
 ) -> str:
     """Make a fresh attempt for ``step`` holding the training info (and run config).
+
+    ``writers`` must each report their files (`ckpt.mark_written`) before it commits.
 
     An earlier attempt of the step that no live thread holds is replaced.
 
@@ -87,7 +91,7 @@ def start(
         except BaseException:
             storage.remove_tree(attempt)
             raise
-        state.live[step] = Attempt(me, attempt)
+        state.live[step] = Attempt(me, attempt, writers)
     return attempt
 
 
@@ -179,6 +183,9 @@ def commit(
             f"checkpoint (no readable {_layout.INFO_FILE}); move it away and "
             f"finalize again"
         )
+    live = state.live.get(step)
+    if live is not None and live.path == tmp:
+        check_reports(storage, tmp, live.writers)
     index.record_ranking(ranking_record, durable=durable)
     done = commits.commit(
         protocol,

@@ -20,6 +20,7 @@ specific one also derives from the built-in exception a caller would naturally c
     ├── FinalizationError                (RuntimeError)     a background finalization failed
     ├── CollectiveError                  (RuntimeError)     a collective call failed on some rank
     ├── CollectiveTimeoutError           (TimeoutError)     a rank died or did not answer in time
+    ├── IncompleteCheckpointError        (RuntimeError)     an expected writer did not report
     └── UnsafeFileError                  (OSError)          a link, FIFO, device or oversized file
                                                                 where ckpt reads or writes its own
 
@@ -163,6 +164,23 @@ class CollectiveTimeoutError(CheckpointError, TimeoutError):
 
 def _rebuild(cls: type[CollectiveTimeoutError], message: str, ranks: tuple[int, ...]) -> object:
     return cls(message, ranks=ranks)
+
+
+class IncompleteCheckpointError(CheckpointError, RuntimeError):
+    """A temporary checkpoint lacks a part its writers were expected to report.
+
+    Raised by `CheckpointManager.finalize_checkpoint` (and, chained, by a background
+    finalization) when a writer named in ``init_tmp_checkpoint(..., writers=...)``
+    has not called `ckpt.mark_written`, or a file it reported is missing or changed
+    size. Nothing is published; the temporary checkpoint stays for another try.
+
+    Attributes:
+        missing: The writers that did not report, sorted.
+    """
+
+    def __init__(self, message: str, *, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class FinalizationError(CheckpointError, RuntimeError):

@@ -14,7 +14,7 @@ import logging
 import numbers
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +36,7 @@ from ckpt._errors import (
 )
 from ckpt._finalize import Finalizer
 from ckpt._group import Group, initialized_group
+from ckpt._marks import check_writer_id
 from ckpt._records import CheckpointRecord, Overview, describe_steps
 from ckpt._resolve import policies_from_config
 from ckpt._resume import resume_paths
@@ -482,6 +483,8 @@ class CheckpointManager:
         step: int,
         training_info: Mapping[str, Any],
         run_config: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        writers: Collection[str] | None = None,
     ) -> CheckpointPath:
         """Create ``tmp_step_N`` holding the training info (and run config).
 
@@ -497,6 +500,9 @@ class CheckpointManager:
             training_info: Metrics and counters, stored as ``training_info.json``.
             run_config: The run's configuration, a dict or a pydantic model (dumped with
                 ``mode="json"``), stored as ``config.yaml``.
+            writers: The workers (other processes, maybe other hosts) that write into
+                the directory: each must call `ckpt.mark_written` with its name before
+                `finalize_checkpoint` or `begin_finalization` publishes it.
 
         Returns:
             The absolute path of the temporary directory.
@@ -505,9 +511,13 @@ class CheckpointManager:
             InvalidStepError: If ``step`` is not a non-negative integer.
             SerializationError: If a value cannot be stored; nothing is written then.
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+            ValueError: If a name in ``writers`` cannot name a report file.
         """
         state = self._writable()
         step = _check_step(step)
+        if isinstance(writers, str):
+            raise TypeError(f"`writers` must be a collection of names, got the string {writers!r}")
+        names = tuple(sorted({check_writer_id(w) for w in writers or ()}))
         if self._spmd is not None:
             info_bytes, config_bytes, error = b"", None, None
             try:
@@ -517,20 +527,31 @@ class CheckpointManager:
                 error = exc
             if self._spmd.coordinator and (committing := state.finalizing.get(step)):
                 committing.join()
-            return self._spmd.init_tmp(step, info_bytes, config_bytes, error)
+            return self._spmd.init_tmp(step, info_bytes, config_bytes, error, names)
         info_bytes = encode_training_info(training_info)
         config_bytes = encode_run_config(run_config) if run_config is not None else None
         committing = state.finalizing.get(step)
         if committing is not None:
             # Its tmp_step_N is being committed: starting the step afresh would delete it.
             committing.join()
-        return self._init_tmp(state, step, info_bytes, config_bytes)
+        return self._init_tmp(state, step, info_bytes, config_bytes, names)
 
     def _init_tmp(
-        self, state: Shared, step: int, info_bytes: bytes, config_bytes: bytes | None
+        self,
+        state: Shared,
+        step: int,
+        info_bytes: bytes,
+        config_bytes: bytes | None,
+        writers: tuple[str, ...] = (),
     ) -> CheckpointPath:
         attempt = attempts.start(
-            state, self._protocol, step, info_bytes, config_bytes, durable=self._durable
+            state,
+            self._protocol,
+            step,
+            info_bytes,
+            config_bytes,
+            durable=self._durable,
+            writers=writers,
         )
         return user_path(state.storage, attempt)
 
@@ -551,6 +572,10 @@ class CheckpointManager:
         Raises:
             InvalidCheckpointPathError: If the path is not a temporary checkpoint of this
                 manager, no longer exists, or lost its ``training_info.json``.
+            IncompleteCheckpointError: If a writer named in ``init_tmp_checkpoint`` has
+                not reported (`ckpt.mark_written`), or a file it reported changed;
+                nothing is published and the directory stays.
+            CollectiveError: In a distributed job, if any rank failed or aborted.
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
         """
         self._writable()

@@ -132,13 +132,20 @@ class Spmd:
     # --- saves ------------------------------------------------------------------------
 
     def init_tmp(
-        self, step: int, info: bytes, config: bytes | None, error: BaseException | None
+        self,
+        step: int,
+        info: bytes,
+        config: bytes | None,
+        error: BaseException | None,
+        writers: tuple[str, ...],
     ) -> CheckpointPath:
         """`CheckpointManager.init_tmp_checkpoint`, collectively: one path for every rank."""
         m = self.m
 
         def act(_: list[Any]) -> dict[str, Any]:
-            tmp = attempts.start(m._dir, m._protocol, step, info, config, durable=m._durable)
+            tmp = attempts.start(
+                m._dir, m._protocol, step, info, config, durable=m._durable, writers=writers
+            )
             return {"path": tmp}
 
         call = f"init_tmp_checkpoint(step={step})"

@@ -30,6 +30,7 @@ class Attempt:
 
     thread: int
     path: str
+    writers: tuple[str, ...] = ()  # the workers that must report (mark_written) first
 
 
 class Shared:

@@ -1,0 +1,289 @@
+"""Several processes, one checkpoint: real torch.distributed jobs on gloo over 127.0.0.1.
+
+Each test starts every rank as its own Python process (``tests/dist_job.py``) and reads
+back what each rank saw, then checks the directory itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+
+import ckpt
+from ckpt.torch import load_state
+
+pytestmark = [pytest.mark.torch, pytest.mark.subprocess]
+
+JOB = Path(__file__).with_name("dist_job.py")
+TIMEOUT_S = 4.0  # dist_job's collective_timeout_s
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_job(
+    scenario: str,
+    directory: Path,
+    out: Path,
+    world: int,
+    env: dict[str, str] | None = None,
+    expected: tuple[str, ...] = ("CollectiveError", "CollectiveTimeoutError"),
+) -> list[dict[str, Any]]:
+    """Run every rank of ``scenario``; each rank's JSON result (``{}`` if it died)."""
+    out.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(JOB),
+                scenario,
+                str(directory),
+                str(out),
+                str(r),
+                str(world),
+                str(port),
+            ],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    logs = []
+    for proc in procs:
+        output, _ = proc.communicate(timeout=120)
+        logs.append(output)
+    results = []
+    for rank in range(world):
+        report = out / f"rank{rank}.json"
+        results.append(json.loads(report.read_text()) if report.exists() else {})
+    for rank, result in enumerate(results):
+        if "traceback" in result and result["error"] not in expected:
+            pytest.fail(f"rank {rank} failed:\n{result['traceback']}\n{logs[rank]}")
+    return results
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_every_rank_saves_its_part_and_they_agree(tmp_path: Path, world: int) -> None:
+    directory = tmp_path / "ckpts"
+    results = run_job("lifecycle", directory, tmp_path / "out", world)
+    seen = [r["ok"] for r in results]
+    # Every rank got the same answers: the saved paths, the latest, the best.
+    shared = [{k: v for k, v in s.items() if k != "best_value"} for s in seen]
+    assert all(s == shared[0] for s in shared[1:])
+    first = seen[0]
+    assert first["saved"] == [str(directory / f"step_{n}") for n in (1, 2, 3, 3, 4)]
+    # keep_top_k 2 by reward (2: 0.9, 5: 0.95) plus the latest (6)
+    assert first["steps"] == [2, 5, 6]
+    assert first["latest"] == str(directory / "step_6")
+    assert first["best"] == str(directory / "step_5")
+    assert listing(directory) == [".ckpt", "step_2", "step_5", "step_6"]
+    for step in (2, 5):
+        names = sorted(os.listdir(directory / f"step_{step}"))
+        files = [f"state.rank{r:05d}-of-{world:05d}.ckpt" for r in range(world)]
+        assert names == sorted([*files, "training_info.json"])
+        for rank in range(world):
+            got = load_state(directory / f"step_{step}", rank=rank)
+            assert float(got["w"][0]) == 100 * rank + step
+    assert sorted(os.listdir(directory / "step_6")) == sorted(
+        [*(f"part-{r}.txt" for r in range(world)), "training_info.json"]
+    )
+    # Each rank loaded its own part of the best checkpoint.
+    assert [s["best_value"] for s in seen] == [100.0 * r + 5 for r in range(world)]
+    # The overwritten step 3 was pruned like any other: no leftovers anywhere.
+    assert os.listdir(directory / ".ckpt" / "trash") == []
+
+    # A restarted job resumes from the step every rank agrees on, each from its own part.
+    again = [r["ok"] for r in run_job("resume", directory, tmp_path / "out2", world)]
+    assert {s["latest"] for s in again} == {str(directory / "step_6")}
+    assert [s["best_value"] for s in again] == [100.0 * r + 5 for r in range(world)]
+
+
+def test_a_single_process_reads_what_a_job_saved(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpts"
+    run_job("lifecycle", directory, tmp_path / "out", 2)
+    with ckpt.CheckpointManager({"checkpoint_dir": str(directory)}, read_only=True) as m:
+        best = directory / "step_5"
+        assert m.get_latest_checkpoint_path() == str(directory / "step_6")
+    with pytest.raises(ValueError, match=r"pass `rank=`"):
+        load_state(best)
+    assert float(load_state(best, rank=1)["w"][0]) == 105.0
+    report = ckpt.verify(str(directory))
+    assert report.ok, report
+
+
+def test_dtensor_state_goes_through_dcp_and_reshards_on_another_world_size(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "ckpts"
+    saved = run_job("dcp_save", directory, tmp_path / "out", 2)
+    assert saved[0]["ok"]["steps"] == [1, 2, 3]
+    names = sorted(os.listdir(directory / "step_1"))
+    assert names == [".metadata", "__0_0.distcp", "__1_0.distcp", "training_info.json"]
+    loaded = [r["ok"] for r in run_job("dcp_load", directory, tmp_path / "out2", 4)]
+    for seen in loaded:
+        assert seen["step_1"] == {"equal": True, "local_rows": 3}
+        assert seen["step_2"] == {"equal": True, "local_rows": 3}
+        assert "saved by 2 ranks and this job has 4" in seen["plain_error"]
+        assert seen["latest"] == str(directory / "step_3")
+
+
+def test_a_rank_that_cannot_save_fails_the_save_on_every_rank(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpts"
+    results = run_job("bad_state", directory, tmp_path / "out", 3)
+    assert {r["error"] for r in results} == {"CollectiveError"}
+    assert {tuple(r["ranks"]) for r in results} == {(1,)}
+    assert len({r["message"] for r in results}) == 1
+    assert "rank 1 SerializationError" in results[0]["message"]
+    assert listing(directory) == [".ckpt", "step_1"]  # nothing of step 2, no temporary
+
+
+def test_an_aborting_rank_stops_the_commit_on_every_rank(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpts"
+    expected = ("CollectiveError", "RuntimeError")
+    results = run_job("aborted", directory, tmp_path / "out", 2, expected=expected)
+    assert (results[1]["error"], results[1]["message"]) == (
+        "RuntimeError",
+        "rank 1's writer failed",
+    )
+    assert results[0]["error"] == "CollectiveError"
+    assert "rank(s) 1 aborted tmp_step_1" in results[0]["message"]
+    assert listing(directory) == [".ckpt"]
+
+
+@pytest.mark.parametrize(
+    ("victim", "hang"),
+    [(1, False), (0, False), (1, True)],
+    ids=["rank-dies", "coordinator-dies", "rank-hangs"],
+)
+def test_a_dead_or_hung_rank_is_named_within_the_timeout(
+    tmp_path: Path, victim: int, hang: bool
+) -> None:
+    directory = tmp_path / "ckpts"
+    out = tmp_path / "out"
+    env = {"VICTIM": str(victim), **({"HANG": "1"} if hang else {})}
+    results = run_job("dies", directory, out, 3, env)
+    survivors = [r for r in range(3) if r != victim]
+    for rank in survivors:
+        assert results[rank]["error"] == "CollectiveTimeoutError", results[rank]
+        assert results[rank]["ranks"] == [victim]
+        # within the timeout (twice it where the coordinator is the one that is gone)
+        assert float((out / f"elapsed{rank}").read_text()) < 2 * TIMEOUT_S + 1
+    assert listing(directory) in ([".ckpt", "step_1"], [".ckpt", "step_1", "tmp_step_2"])
+    # No partial checkpoint is visible, and a restart cleans up and carries on.
+    again = run_job("resume", directory, tmp_path / "out2", 3)
+    assert {r["ok"]["latest"] for r in again} == {str(directory / "step_1")}
+    assert [r["ok"]["best_value"] for r in again] == [100.0 * r + 1 for r in range(3)]
+    assert listing(directory) == [".ckpt", "step_1"]
+
+
+def test_a_manager_in_a_job_where_only_one_rank_builds_it_times_out(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="not initialized"):
+        ckpt.CheckpointManager({"checkpoint_dir": str(tmp_path)}, process_group=object())
+    assert time.monotonic() - started < 5
+
+
+WORKER = """
+import os, sys
+import ckpt
+path, writer, die = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+with open(os.path.join(path, f"{writer}.bin"), "wb") as f:
+    f.write(writer.encode() * 1000)
+if die:
+    os._exit(9)  # before it reports
+ckpt.mark_written(path, writer, [f"{writer}.bin"])
+"""
+
+
+def _workers(path: Path, dying: set[str]) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, str(path), w, "1" if w in dying else "0"])
+        for w in ("policy-0", "policy-1")
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [
+        9 if w in dying else 0 for w in ("policy-0", "policy-1")
+    ]
+
+
+def test_single_controller_publishes_only_once_every_worker_reported(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpts"
+    with ckpt.CheckpointManager({"checkpoint_dir": str(directory)}) as m:
+        path = m.init_tmp_checkpoint(1, {"reward": 1.0}, writers=["policy-0", "policy-1"])
+        _workers(path, dying={"policy-1"})
+        with pytest.raises(ckpt.IncompleteCheckpointError, match="policy-1") as caught:
+            m.finalize_checkpoint(path)
+        assert caught.value.missing == ("policy-1",)
+        assert m.list_checkpoints() == []
+        assert listing(directory) == [".ckpt", "tmp_step_1"]
+        # The background finalization refuses the same way, and publishes nothing.
+        m.begin_finalization(path)
+        with pytest.raises(ckpt.FinalizationError) as failed:
+            m.finalize_pending()
+        assert isinstance(failed.value.__cause__, ckpt.IncompleteCheckpointError)
+        assert m.list_checkpoints() == []
+
+        # A fresh try where both workers report is published, reports and all.
+        path = m.init_tmp_checkpoint(1, {"reward": 1.0}, writers=["policy-0", "policy-1"])
+        _workers(path, dying=set())
+        (path / "policy-0.bin").write_bytes(b"changed")  # a file changed after its report
+        with pytest.raises(ckpt.IncompleteCheckpointError, match=r"policy-0 wrote policy-0\.bin"):
+            m.finalize_checkpoint(path)
+        (path / "policy-0.bin").write_bytes(b"policy-0" * 1000)
+        m.begin_finalization(path)
+        m.finalize_pending()
+        assert [r.step for r in m.list_checkpoints()] == [1]
+        reports = sorted(os.listdir(directory / "step_1" / ".ckpt-writers"))
+        assert reports == ["policy-0.json", "policy-1.json"]
+
+
+def test_mark_written_refuses_what_it_cannot_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="`writer_id`"):
+        ckpt.mark_written(tmp_path, "../evil")
+    with pytest.raises(ValueError, match="not inside the checkpoint"):
+        ckpt.mark_written(tmp_path, "w", [tmp_path.parent / "elsewhere"])
+    with pytest.raises(FileNotFoundError):
+        ckpt.mark_written(tmp_path, "w", ["missing.bin"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("example", ["multi_process.py", "single_controller.py"])
+def test_the_examples_of_the_multi_process_page_run(tmp_path: Path, example: str) -> None:
+    script = Path(__file__).parent.parent / "docs" / "examples" / example
+    done = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", str(script), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    if example == "multi_process.py":
+        assert lines == ["['.ckpt', 'step_5', 'step_6']", "['.ckpt', 'step_1', 'step_2']"]
+        # the resumed runs continued from the agreed step: 1..3, then 4..6
+        info = json.loads((tmp_path / "run" / "step_6" / "training_info.json").read_text())
+        assert info["step"] == 6
+    else:
+        assert lines == ["[1, 2]"]
+        shards = sorted(os.listdir(tmp_path / "run" / "step_2" / "policy"))
+        assert shards == ["shard-0.bin", "shard-1.bin"]
