@@ -164,7 +164,7 @@ class CheckpointManager:
         self._dir = Shared(storage, location, durable=self.config.fsync, grace=grace)
         key = self._key = storage.canonical(location)
         if self._spmd is not None:
-            self._spmd.open(key, lambda: self._open_writer(storage, given))
+            self._spmd.join(key, lambda: self._open_writer(storage, given))
         elif not self.read_only:
             self._open_writer(storage, given)
 

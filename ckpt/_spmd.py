@@ -114,7 +114,7 @@ class Spmd:
         with lock:
             yield
 
-    def open(self, key: str, open_directory: Callable[[], None]) -> None:
+    def join(self, key: str, open_directory: Callable[[], None]) -> None:
         """Construct collectively: every rank names the same directory; rank 0 opens it."""
 
         def act(messages: list[Any]) -> dict[str, Any]:

@@ -144,8 +144,21 @@ def dies(directory: str, rank: int, world: int) -> dict[str, Any]:
     return {}
 
 
+def lonely(directory: str, rank: int, world: int) -> dict[str, Any]:
+    """Only rank 0 builds a manager (rank 1 waits past the timeout, then leaves)."""
+    if rank == 1:
+        time.sleep(2 * TIMEOUT_S)
+        return {}
+    started = time.monotonic()
+    try:
+        manager(directory)
+    finally:
+        Path(os.environ["OUT"], f"elapsed{rank}").write_text(str(time.monotonic() - started))
+    return {}
+
+
 SCENARIOS = {
-    f.__name__: f for f in (lifecycle, resume, dcp_save, dcp_load, bad_state, aborted, dies)
+    f.__name__: f for f in (lifecycle, resume, dcp_save, dcp_load, bad_state, aborted, dies, lonely)
 }
 
 
