@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -93,12 +94,13 @@ def snapshot(state: Any, buffers: Buffers) -> Any:
 
 
 def sharded_tensor_type() -> Any:
-    """Torch's DTensor class, or ``None`` in a torch built without distributed."""
-    try:
-        from torch.distributed.tensor import DTensor  # noqa: PLC0415
-    except ImportError:
-        return None
-    return DTensor
+    """The DTensor class, or ``None`` where no DTensor can exist yet.
+
+    Without ``torch.distributed.tensor`` imported there is no DTensor to find, and
+    importing it costs more than half a second: a job of plain tensors never pays it.
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
 
 
 @dataclass
