@@ -163,7 +163,11 @@ class Spmd:
         m = self.m
         name = name_of(tmp)
 
+        ran = False
+
         def act(messages: list[Any]) -> dict[str, Any]:
+            nonlocal ran
+            ran = True
             aborted = [
                 self.group.ranks[src] for src, msg in enumerate(messages) if not msg["commit"]
             ]
@@ -172,7 +176,14 @@ class Spmd:
                 return {"aborted": aborted}
             return {"path": m._finalize_here(tmp, step)}
 
-        answer = self.round(self.calls, f"finalize or abort {name}", {"commit": commit}, None, act)
+        try:
+            answer = self.round(
+                self.calls, f"finalize or abort {name}", {"commit": commit}, None, act
+            )
+        except CheckpointError:
+            if self.coordinator and not ran:  # a rank is gone: nothing may stay half-saved
+                attempts.abort(m._dir, tmp, step, durable=m._durable)
+            raise
         if "aborted" in answer:
             if commit:
                 ranks = tuple(answer["aborted"])
@@ -207,7 +218,13 @@ class Spmd:
         call = f"save(step={step})"
         with self._held(directory.save_lock):
 
-            def start(_: list[Any]) -> dict[str, Any]:
+            def start(messages: list[Any]) -> dict[str, Any]:
+                dcp = [self.group.ranks[src] for src, msg in enumerate(messages) if msg["dcp"]]
+                if dcp and len(dcp) != len(messages):
+                    raise CheckpointError(
+                        f"rank(s) {', '.join(map(str, dcp))} passed state holding DTensors "
+                        f"and the others did not: every rank saves the same kind of state"
+                    )
                 tmp = attempts.start(directory, m._protocol, step, info, config, durable=m._durable)
                 return {"path": tmp}
 

@@ -27,8 +27,11 @@ TIMEOUT_S = 4.0
 
 
 def manager(directory: str, *, read_only: bool = False) -> ckpt.CheckpointManager:
+    """A manager of ``directory`` (or of the URL and options in env ``CKPT_TEST_STORE``)."""
+    store = json.loads(os.environ.get("CKPT_TEST_STORE", "{}"))
     config = {
         "checkpoint_dir": directory,
+        **store,
         "metric_name": "reward",
         "keep_top_k": 2,
         "collective_timeout_s": TIMEOUT_S,
@@ -60,6 +63,22 @@ def lifecycle(directory: str, rank: int, world: int) -> dict[str, Any]:
         seen["steps"] = [r.step for r in m.list_checkpoints()]
         seen["best_value"] = value(load_state(seen["best"]))
     return seen
+
+
+def anywhere(directory: str, rank: int, world: int) -> dict[str, Any]:
+    """Saves (one an overwrite) and pruning on any storage and protocol; each rank reads back."""
+    with manager(directory) as m:
+        for step, reward in ((1, 0.1), (2, 0.9), (2, 0.8), (3, 0.5), (4, 0.2)):
+            m.save(step, {"reward": reward}, state(step, rank))
+        best = m.get_best_checkpoint_path()
+        latest = m.get_latest_checkpoint_path()
+        return {
+            "steps": [r.step for r in m.list_checkpoints()],
+            "best": best,
+            "latest": latest,
+            "best_value": value(load_state(best, storage=m._dir.storage)),
+            "latest_value": value(load_state(latest, storage=m._dir.storage)),
+        }
 
 
 def resume(directory: str, rank: int, world: int) -> dict[str, Any]:
@@ -158,7 +177,8 @@ def lonely(directory: str, rank: int, world: int) -> dict[str, Any]:
 
 
 SCENARIOS = {
-    f.__name__: f for f in (lifecycle, resume, dcp_save, dcp_load, bad_state, aborted, dies, lonely)
+    f.__name__: f
+    for f in (lifecycle, anywhere, resume, dcp_save, dcp_load, bad_state, aborted, dies, lonely)
 }
 
 

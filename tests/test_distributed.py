@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 def run_job(
     scenario: str,
-    directory: Path,
+    directory: Path | str,
     out: Path,
     world: int,
     env: dict[str, str] | None = None,
@@ -114,6 +114,29 @@ def test_every_rank_saves_its_part_and_they_agree(tmp_path: Path, world: int) ->
     again = [r["ok"] for r in run_job("resume", directory, tmp_path / "out2", world)]
     assert {s["latest"] for s in again} == {str(directory / "step_6")}
     assert [s["best_value"] for s in again] == [100.0 * r + 5 for r in range(world)]
+
+
+@pytest.mark.parametrize("where", ["manifest", "s3"])
+def test_a_job_saves_under_the_manifest_protocol_and_on_s3(
+    tmp_path: Path, where: str, s3_server: Any
+) -> None:
+    directory = str(tmp_path / "ckpts")
+    store: dict[str, Any] = {"commit_protocol": "manifest"}
+    if where == "s3":
+        directory = f"s3://{s3_server.new_bucket()}/runs/run1"
+        store = {"storage_options": s3_server.options(), "lease_seconds": 5}
+    env = {"CKPT_TEST_STORE": json.dumps(store)}
+    seen = [r["ok"] for r in run_job("anywhere", directory, tmp_path / "out", 2, env)]
+    assert [s["steps"] for s in seen] == [[2, 3, 4]] * 2  # top 2 by reward, and the latest
+    assert seen[0]["best"] == seen[1]["best"]
+    assert seen[0]["latest"] == seen[1]["latest"]
+    assert "/step_2." in seen[0]["best"]  # the overwrite's attempt, named by its manifest
+    assert [s["best_value"] for s in seen] == [2.0, 102.0]
+    assert [s["latest_value"] for s in seen] == [4.0, 104.0]
+    with ckpt.CheckpointManager({"checkpoint_dir": directory, **store}, read_only=True) as m:
+        assert [r.step for r in m.list_checkpoints()] == [2, 3, 4]
+        report = ckpt.verify(directory, storage=m._dir.storage)
+        assert report.ok, report
 
 
 def test_a_single_process_reads_what_a_job_saved(tmp_path: Path) -> None:
