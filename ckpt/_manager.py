@@ -101,7 +101,8 @@ class CheckpointManager:
     from construction: it takes an OS lock that a crashed process releases, then runs
     restart recovery, then indexes the checkpoints once. Managers of one directory in
     one process share that state; a writer in another process gets
-    `CheckpointDirLockedError`.
+    `CheckpointDirLockedError`. In a torch.distributed job every rank builds the
+    manager, and saves are collective: each rank writes its own part, rank 0 commits.
 
     Args:
         config: A `CheckpointConfig`, or a mapping with NeMo RL's keys.
@@ -112,11 +113,23 @@ class CheckpointManager:
             the directory, so a reader beside a live run stays current.
         storage: Where file operations go (default: `LocalStorage`, the local file
             system). The config's ``commit_protocol`` is chosen from its capabilities.
+        process_group: In an initialized torch.distributed job: ``None`` (the
+            default) makes the manager collective over the default group when it has
+            more than one rank; a ``ProcessGroup`` makes it collective over that
+            group; ``False`` makes a manager of this process alone. A collective
+            manager is built on every rank of the group; rank 0 of the group holds the
+            lock, recovers, commits and prunes (see the Multi-process jobs page).
 
     Raises:
         pydantic.ValidationError: If ``config`` is a mapping that does not validate.
         CheckpointDirLockedError: If another process is this directory's writer.
-        ValueError: If the config's ``commit_protocol`` is one the storage cannot run.
+        ValueError: If the config's ``commit_protocol`` is one the storage cannot run,
+            or ``process_group`` is given outside an initialized torch.distributed job.
+        CollectiveError: In a distributed job, if opening failed on any rank (on rank
+            0, chained to its error: a lock held elsewhere, say), or the ranks named
+            different directories.
+        CollectiveTimeoutError: If a rank of the group did not build its manager
+            within ``collective_timeout_s``.
     """
 
     def __init__(
@@ -682,6 +695,11 @@ class CheckpointManager:
             run_config: The run's configuration, a dict or a pydantic model (dumped with
                 ``mode="json"``), stored as ``config.yaml``.
 
+        In a distributed job it is collective: every rank passes its own state and
+        writes its own part (a state file per rank; DCP's files for state holding
+        DTensors), rank 0 checks every part, commits and prunes, and every rank gets
+        the same path, or the same `CollectiveError`.
+
         Returns:
             The path of the committed checkpoint, ``checkpoint_dir/step_N`` (under the
             manifest protocol, its attempt ``step_N.<token>``).
@@ -692,6 +710,10 @@ class CheckpointManager:
             SerializationError: If the info or the state holds something that cannot be
                 stored; nothing is written then.
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
+            CollectiveError: In a distributed job, if any rank failed; nothing is
+                committed (a bad state on one rank is this, on every rank).
+            CollectiveTimeoutError: In a distributed job, if a rank died or did not
+                answer within ``collective_timeout_s``; nothing is committed.
             Exception: An error of an earlier `save_async`, raised here if not raised yet.
         """
         self._writable()
@@ -761,6 +783,9 @@ class CheckpointManager:
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
             Exception: The error of an earlier background save, raised once, here or
                 from the next call that waits; this save is then not submitted.
+            CollectiveError: In a distributed job, if a rank's state cannot be saved
+                (raised on every rank, before anything is queued); a background save
+                that fails on any rank raises it later, on every rank.
         """
         directory = self._writable()
         step = _check_step(step)

@@ -166,6 +166,14 @@ def test_dtensor_state_goes_through_dcp_and_reshards_on_another_world_size(
         assert seen["step_2"] == {"equal": True, "local_rows": 3}
         assert "saved by 2 ranks and this job has 4" in seen["plain_error"]
         assert seen["latest"] == str(directory / "step_3")
+    # Outside the job: DCP state needs a template to load into; a plain part needs a rank.
+    with pytest.raises(TypeError, match="pass `into=`"):
+        load_state(directory / "step_1")
+    with pytest.raises(TypeError, match="`into` is only for those"):
+        load_state(directory / "step_3", into={})
+    with pytest.raises(ckpt.StateNotFoundError, match="no saved state for rank 5 of 2"):
+        load_state(directory / "step_3", rank=5)
+    assert float(load_state(directory / "step_3", rank=1)["w"][0]) == 1.0
 
 
 def test_a_rank_that_cannot_save_fails_the_save_on_every_rank(tmp_path: Path) -> None:

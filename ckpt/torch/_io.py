@@ -298,9 +298,15 @@ def load_state(
         )
     storage, where = open_storage(directory, storage=storage)
     path = join(where, STATE_FILE)
+    if into is not None:
+        parts = _parts(storage, where)
+        if parts is None or _ranks.DCP_METADATA not in parts:
+            raise TypeError(
+                f"{where} is not a torch.distributed.checkpoint checkpoint (one saved "
+                f"with DTensors): `into` is only for those; load it without `into`"
+            )
+        return _ranks.load_dcp(storage, where, into, process_group)
     try:
-        if into is not None:
-            raise FileNotFoundError(path)  # a DCP load, below
         f = storage.open_read(path, follow_links=True)
     except UnsafeFileError:
         found = storage.entry(path)
@@ -311,7 +317,9 @@ def load_state(
     except (FileNotFoundError, NotADirectoryError) as exc:
         parts = _parts(storage, where)
         if parts is not None:
-            return _load_part(storage, where, parts, map_location, into, rank, process_group)
+            return _load_part(
+                storage, where, parts, map_location, rank=rank, process_group=process_group
+            )
         found = storage.entry(where)
         if found is None:
             why = f"there is no directory {where}"
@@ -382,22 +390,17 @@ def _parts(storage: Storage, where: str) -> dict[str, int] | None:
     return parts or None
 
 
-def _load_part(  # noqa: PLR0917 - private: load_state's arguments, passed on
+def _load_part(
     storage: Storage,
     where: str,
     parts: dict[str, int],
     map_location: MapLocation,
-    into: dict[str, Any] | None,
+    *,
     rank: int | None,
     process_group: Any,
 ) -> Any:
     if _ranks.DCP_METADATA in parts:
-        return _ranks.load_dcp(storage, where, into, process_group)
-    if into is not None:
-        raise TypeError(
-            f"{where} holds one state file per rank, not a DCP checkpoint: `into` is "
-            f"only for state saved with DTensors"
-        )
+        return _ranks.load_dcp(storage, where, None, process_group)  # says `into` is needed
     saved = sorted(
         {int(m.group(2)) for name in parts if (m := _ranks.RANK_FILE.fullmatch(name)) is not None}
     )
