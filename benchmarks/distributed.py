@@ -12,6 +12,9 @@ the whole run, and alternates, in one directory on one disk:
 * **one process**: rank 0 alone calls ``ckpt.torch.save_state(dir, state, fsync=True)``
   with the same bytes in one state (the others wait at a barrier); the file is deleted
   after, untimed.
+* **save_async**: after each pair, every rank calls ``save_async`` with its shard; the
+  time until it returns is what the loop is blocked for (the snapshot into reused host
+  buffers and the round that checks every rank's state), then it waits, untimed.
 
 Target: collective throughput >= 0.9 x the one process's (medians).
 
@@ -27,7 +30,7 @@ Target: under 20 ms at 4 ranks. Run:
 
     python benchmarks/distributed.py [--ranks 4] [--shard-mib 256] [--runs 5] [--dir DIR]
 
-It needs the bytes of ``runs + 2`` collective saves on disk (7 GiB by default).
+It needs the bytes of ``2 * runs + 2`` collective saves on disk (12 GiB by default).
 """
 
 from __future__ import annotations
@@ -82,18 +85,23 @@ def _bandwidth(
 ) -> dict[str, list[float]]:
     shard = {"w": torch.rand(args.shard_mib * MiB // 4)}
     whole = {"w": torch.rand(args.ranks * args.shard_mib * MiB // 4)} if rank == 0 else None
-    times: dict[str, list[float]] = {"collective": [], "single": []}
+    times: dict[str, list[float]] = {"collective": [], "single": [], "async": []}
     for run in range(args.runs + 1):  # the first round warms up, untimed
         order = ("collective", "single") if run % 2 else ("single", "collective")
-        for what in order:
+        for what in (*order, "async"):
             dist.barrier()
             started = time.perf_counter()
             if what == "collective":
                 manager.save(1000 + run, {"run": run}, shard)
+            elif what == "async":
+                manager.save_async(2000 + run, {"run": run}, shard)
+                elapsed = time.perf_counter() - started  # what the loop is blocked for
+                manager.wait_until_finished()
             elif rank == 0:
                 (root / "single").mkdir(exist_ok=True)
                 save_state(root / "single", whole, fsync=True)
-            elapsed = time.perf_counter() - started
+            if what != "async":
+                elapsed = time.perf_counter() - started
             dist.barrier()
             if rank == 0 and what == "single":
                 shutil.rmtree(root / "single")
@@ -192,6 +200,12 @@ def main(argv: list[str]) -> int:
             f"runs {', '.join(f'{t:.3f}' for t in times['single'])})"
         )
         print(f"ratio collective / one process: {single / coll:.2f} (target >= 0.9)")
+        blocked = statistics.median(times["async"])
+        print(
+            f"save_async, blocked per rank (rank 0): {blocked * 1e3:.1f} ms, "
+            f"{blocked / coll:.1%} of the collective save (the first one, which allocates "
+            f"the buffers, is the untimed warm-up)"
+        )
         rounds = statistics.median(times["rounds"]) * 1e3
         tiny = statistics.median(times["tiny"]) * 1e3
         tiny1 = statistics.median(times["tiny1"]) * 1e3
