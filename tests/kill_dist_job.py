@@ -13,7 +13,8 @@ RANK WORLD PORT RESULT [--record OPS.json] [--kill-at I --marker FILE]``:
 ``--kill-at I`` sends that rank SIGKILL right before its ``I``-th file operation
 under ``DIR`` (counted by `kill_job.FileOps`, the single-process kill test's watcher),
 and ``--record`` writes the rank's operations. ``RESULT`` gets what the rank saw: its
-start and end, or the error it raised and how long the failing call took.
+start and end, or the error it raised and how long the failing call took; its output
+goes to ``RESULT.log``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import datetime
 import gc
 import json
 import os
-import signal
 import sys
 import time
 import traceback
@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kill_job import FileOps
+from kill_job import FileOps, child
 
 import ckpt
 import ckpt.torch._ranks  # imported once, in the fork server, for every rank
@@ -43,7 +43,6 @@ from ckpt.torch import load_state
 # 1, the first 3 and 4 on the way.
 EVENTS = [(1, 0.1), (2, 0.5), (2, 0.6), (3, 0.2), (4, 0.3), (5, 0.7), (6, 0.4)]
 TIMEOUT_S = 5.0
-WATCHDOG_S = 60
 
 
 def config(directory: str) -> dict[str, Any]:
@@ -117,20 +116,12 @@ def run(directory: str, rank: int, world: int, port: int, result: str, extra: li
 
 
 def _child(argv: list[str]) -> None:
-    code = 1
     try:
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1):
-            os.dup2(null, fd)
-        signal.alarm(WATCHDOG_S)  # a hung rank dies of SIGALRM, not of SIGKILL
         directory, rank, world, port, result, *extra = argv
-        code = run(directory, int(rank), int(world), int(port), result, extra)
-    except BaseException:
+    except BaseException:  # a forked child must never return into the server's loop
         traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        os._exit(1)
+    child(lambda: run(directory, int(rank), int(world), int(port), result, extra), f"{result}.log")
 
 
 def serve() -> int:

@@ -79,7 +79,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import CodeType, FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import ckpt
 import ckpt.storage.local
@@ -502,26 +502,38 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _child(argv: list[str]) -> None:
+def child(job: Callable[[], int], log: str | None = None) -> NoReturn:
+    """Run ``job`` as a forked child: no stdin, output to ``log``, a watchdog, then exit.
+
+    The exit status is ``job``'s (1 if it raised, with the traceback in the log).
+    """
     code = 1
     try:
-        args = parse(argv)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-        if args.log is not None:
-            log = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            os.close(log)
+        if log is not None:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
         signal.alarm(WATCHDOG_S)  # a hung job dies of SIGALRM, not of SIGKILL
-        code = run(args)
+        code = job()
     except BaseException:
         traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _child(argv: list[str]) -> None:
+    try:
+        args = parse(argv)
+    except BaseException:  # a forked child must never return into the server's loop
+        traceback.print_exc()
+        os._exit(1)
+    child(lambda: run(args), args.log)
 
 
 def serve() -> int:

@@ -20,6 +20,7 @@ import select
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,4 +168,10 @@ def test_sigkill_a_rank_before_each_of_its_file_operations(
         assert visible(directory) == final, where
         assert sorted(os.listdir(directory)) == [".ckpt", "step_2", "step_5", "step_6"], where
         report.append((index, killed[1], killed[2], sorted(before)))
-    print(f"\nrank {victim}: killed before {len(report)} of its {len(ops)} operations")
+    kinds = Counter(kind for _, kind, _, _ in report)
+    leftovers = Counter(len(steps) for *_, steps in report)
+    print(
+        f"\nrank {victim}: killed before {len(report)} of its {len(ops)} operations "
+        f"({dict(sorted(kinds.items()))}); checkpoints visible after the kill: "
+        f"{dict(sorted(leftovers.items()))} (count: points)"
+    )
