@@ -57,7 +57,6 @@ from ckpt.storage import (
     Storage,
     join,
     location_of,
-    name_of,
     open_storage,
     user_path,
 )
@@ -413,13 +412,7 @@ class CheckpointManager:
                         wait_fn()
                     commit_here()
                     return
-                error = None
-                try:
-                    if wait_fn is not None:
-                        wait_fn()
-                except Exception as exc:  # this rank's writes failed: no rank commits
-                    error = exc
-                spmd.round(channel, f"begin_finalization({name_of(tmp)})", {}, error, commit_here)
+                spmd.finalize(channel, tmp, step, wait_fn, commit_here)
             except BaseException:
                 with state.mutex:
                     state.live.pop(step, None)  # not ours to keep: a joining manager may clean it

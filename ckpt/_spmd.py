@@ -195,6 +195,35 @@ class Spmd:
             return None
         return self._path(answer)
 
+    def finalize(
+        self,
+        channel: Channel,
+        tmp: str,
+        step: int,
+        wait_fn: Callable[[], object] | None,
+        commit: Callable[[object], dict[str, Any]],
+    ) -> None:
+        """A background finalization's commit, once every rank's ``wait_fn`` returned."""
+        error = None
+        try:
+            if wait_fn is not None:
+                wait_fn()
+        except Exception as exc:  # this rank's writes failed: no rank commits
+            error = exc
+        ran = False
+
+        def act(messages: list[Any]) -> dict[str, Any]:
+            nonlocal ran
+            ran = True
+            return commit(messages)
+
+        try:
+            self.round(channel, f"begin_finalization({name_of(tmp)})", {}, error, act)
+        except CheckpointError:
+            if self.coordinator and not ran:  # a rank failed: nothing may stay half-saved
+                attempts.abort(self.m._dir, tmp, step, durable=self.m._durable)
+            raise
+
     def save(
         self,
         channel: Channel,

@@ -146,6 +146,57 @@ def aborted(directory: str, rank: int, world: int) -> dict[str, Any]:
     return {}
 
 
+def background(directory: str, rank: int, world: int) -> dict[str, Any]:
+    """NeMo RL's asynchronous finalization and save_async, collectively, and their failures.
+
+    Each rank's files of a checkpoint are written by a thread of its own, as Megatron's
+    async save writes them; ``begin_finalization`` commits once every rank's ``wait_fn``
+    returned. Then rank 1's ``wait_fn`` fails, and then rank 1's background write of a
+    ``save_async`` fails: each time every rank raises, and nothing is committed.
+    """
+    import threading
+
+    from ckpt.torch import _io
+
+    seen: dict[str, Any] = {}
+    with manager(directory) as m:
+        path = m.init_tmp_checkpoint(1, {"reward": 0.5})
+        writer = threading.Thread(target=(path / f"part-{rank}.bin").write_bytes, args=(b"x",))
+        writer.start()
+        m.begin_finalization(path, wait_fn=writer.join)
+        m.finalize_pending()
+        seen["after_finalize"] = [r.step for r in m.list_checkpoints()]
+
+        path = m.init_tmp_checkpoint(2, {"reward": 0.6})
+
+        def fail() -> None:
+            if rank == 1:
+                raise OSError("rank 1's async writer failed")
+
+        m.begin_finalization(path, wait_fn=fail)
+        try:
+            m.finalize_pending()
+        except ckpt.FinalizationError as exc:
+            seen["finalize_error"] = [type(exc.__cause__).__name__, str(exc.__cause__)]
+
+        original = _io.save_file
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(28, "No space left on device")
+
+        if rank == 1:
+            _io.save_file = broken  # type: ignore[assignment]
+        try:
+            m.save_async(3, {"reward": 0.7}, state(3, rank))
+            m.wait_until_finished()
+        except ckpt.CollectiveError as exc:
+            seen["async_error"] = [list(exc.ranks), str(exc)]
+        finally:
+            _io.save_file = original  # type: ignore[assignment]
+        seen["steps"] = [r.step for r in m.list_checkpoints()]
+    return seen
+
+
 def dies(directory: str, rank: int, world: int) -> dict[str, Any]:
     """The victim (env VICTIM) dies (or hangs, env HANG) during the second save."""
     victim = int(os.environ["VICTIM"])
@@ -178,7 +229,18 @@ def lonely(directory: str, rank: int, world: int) -> dict[str, Any]:
 
 SCENARIOS = {
     f.__name__: f
-    for f in (lifecycle, anywhere, resume, dcp_save, dcp_load, bad_state, aborted, dies, lonely)
+    for f in (
+        lifecycle,
+        anywhere,
+        resume,
+        dcp_save,
+        dcp_load,
+        bad_state,
+        aborted,
+        background,
+        dies,
+        lonely,
+    )
 }
 
 

@@ -199,6 +199,26 @@ def test_an_aborting_rank_stops_the_commit_on_every_rank(tmp_path: Path) -> None
     assert listing(directory) == [".ckpt"]
 
 
+def test_background_commits_are_collective_and_fail_on_every_rank(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpts"
+    seen = [r["ok"] for r in run_job("background", directory, tmp_path / "out", 2)]
+    for rank, s in enumerate(seen):
+        assert s["after_finalize"] == [1]
+        cause, message = s["finalize_error"]
+        assert cause == "CollectiveError"
+        assert "rank 1 OSError: rank 1's async writer failed" in message
+        ranks, message = s["async_error"]
+        assert ranks == [1]
+        assert "No space left on device" in message
+        assert s["steps"] == [1], rank
+    assert sorted(os.listdir(directory / "step_1")) == [
+        "part-0.bin",
+        "part-1.bin",
+        "training_info.json",
+    ]
+    assert listing(directory) == [".ckpt", "step_1"]  # both failed attempts removed
+
+
 @pytest.mark.parametrize(
     ("victim", "hang"),
     [(1, False), (0, False), (1, True)],
