@@ -125,7 +125,8 @@ class Group:
             raise CollectiveTimeoutError(
                 f"rank {self.ranks[self.rank]}: not every rank of {list(self.ranks)} "
                 f"created its checkpoint manager within {self.timeout_s:g} s "
-                f"(`collective_timeout_s`); every rank must ({exc})",
+                f"(`collective_timeout_s`); every rank must, or pass process_group=False "
+                f"for a manager of this process alone ({exc})",
                 ranks=(),
             ) from exc
 
