@@ -112,10 +112,10 @@ def mark_written(
 
 def _inside(storage: Storage, root: str, item: PathInput) -> str:
     text = str(item)
-    path = location_of(storage, item) if text.startswith(("/", "file:")) or "://" in text else None
-    path = path if path is not None else join(root, text)
+    absolute = text.startswith(("/", "file:")) or "://" in text
+    path = location_of(storage, item) if absolute else join(root, text)
     prefix = root.rstrip("/") + "/"
-    if not path.startswith(prefix):
+    if ".." in path.split("/") or not path.startswith(prefix):
         raise ValueError(f"{item} is not inside the checkpoint {root}")
     return path
 

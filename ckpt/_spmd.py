@@ -303,20 +303,26 @@ class Spmd:
     # --- queries and changes ------------------------------------------------------------
 
     def agree(self, call: str, answer: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """What the coordinator's ``answer`` is, on every rank (one message each way)."""
+        """What the coordinator's ``answer`` is, on every rank (one message each way).
+
+        Raises:
+            CollectiveError: On every rank, if ``answer`` failed on the coordinator (there,
+                chained to its error), or this rank made another call than it.
+        """
         message: dict[str, Any] | None = None
+        cause: BaseException | None = None
         if self.coordinator:
             try:
                 message = {"call": call, **answer()}
             except Exception as exc:
-                message = {
-                    "call": call,
-                    **error_message(failures_error(call, [Failure(self.me, describe(exc))])),
-                }
-                self.calls.broadcast(message)
-                raise
+                cause = exc
+                failure = Failure(self.me, describe(exc))
+                message = {"call": call, **error_message(failures_error(call, [failure]))}
         got = self.calls.broadcast(message)
-        _raise_if_error(got)
+        try:
+            _raise_if_error(got)
+        except CheckpointError as raised:
+            raise raised from cause
         if got.get("call") != call:
             raise CollectiveError(
                 f"rank {self.me} called {call} while the coordinator called {got.get('call')}",

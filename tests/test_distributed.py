@@ -320,6 +320,8 @@ def test_mark_written_refuses_what_it_cannot_name(tmp_path: Path) -> None:
         ckpt.mark_written(tmp_path, "../evil")
     with pytest.raises(ValueError, match="not inside the checkpoint"):
         ckpt.mark_written(tmp_path, "w", [tmp_path.parent / "elsewhere"])
+    with pytest.raises(ValueError, match="not inside the checkpoint"):
+        ckpt.mark_written(tmp_path, "w", ["../elsewhere"])
     with pytest.raises(FileNotFoundError):
         ckpt.mark_written(tmp_path, "w", ["missing.bin"])
     assert list(tmp_path.iterdir()) == []
