@@ -236,10 +236,15 @@ class Channel:
         messages: list[Any] = [None] * group.size
         messages[0] = message
         failures: list[Failure] = []
-        posted = {src: self._post(self._gather, src, tags) for src in range(1, group.size)}
+        posted: dict[int, tuple[Any, Any, Any]] = {}
         for src in range(1, group.size):
+            try:  # a rank that died already fails the posting itself
+                posted[src] = self._post(self._gather, src, tags)
+            except RuntimeError as exc:
+                failures.append(self._failure(src, exc))
+        for src, receive in posted.items():
             try:
-                messages[src] = json.loads(self._finish_recv(src, posted[src], tags, deadline))
+                messages[src] = json.loads(self._finish_recv(src, receive, tags, deadline))
             except (RuntimeError, ValueError) as exc:
                 failures.append(self._failure(src, exc))
         return messages, failures

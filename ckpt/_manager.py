@@ -10,6 +10,7 @@ saves in progress). Every byte goes through a `ckpt.storage.Storage`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import numbers
 import os
@@ -47,7 +48,7 @@ from ckpt._serialize import (
     encode_run_config,
     encode_training_info,
 )
-from ckpt._spmd import Spmd
+from ckpt._spmd import Spmd, prepare
 from ckpt._text import short_repr
 from ckpt._writers import Shared, writers, writers_mutex
 from ckpt.commit.base import RecoveryAction
@@ -525,15 +526,9 @@ class CheckpointManager:
             raise TypeError(f"`writers` must be a collection of names, got the string {writers!r}")
         names = tuple(sorted({check_writer_id(w) for w in writers or ()}))
         if self._spmd is not None:
-            info_bytes, config_bytes, error = b"", None, None
-            try:
-                info_bytes = encode_training_info(training_info)
-                config_bytes = encode_run_config(run_config) if run_config is not None else None
-            except Exception as exc:
-                error = exc
             if self._spmd.coordinator and (committing := state.finalizing.get(step)):
                 committing.join()
-            return self._spmd.init_tmp(step, info_bytes, config_bytes, error, names)
+            return self._spmd.init_tmp(step, prepare(training_info, run_config), names)
         info_bytes = encode_training_info(training_info)
         config_bytes = encode_run_config(run_config) if run_config is not None else None
         committing = state.finalizing.get(step)
@@ -714,32 +709,13 @@ class CheckpointManager:
         save_state, _ = _state_io()
         self.wait_until_finished()
         if self._spmd is not None:
-            info_bytes, config_bytes, error = self._prepare(training_info, run_config, state)
-            spmd = self._spmd
-            return spmd.save(spmd.calls, step, info_bytes, config_bytes, state=state, error=error)
+            prepared = prepare(training_info, run_config, state)
+            return self._spmd.save(self._spmd.calls, step, prepared, state)
         with self._dir.save_lock, self.checkpoint(step, training_info, run_config) as path:
             save_state(path, state, fsync=self._durable, storage=self._dir.storage)
         if self._protocol.name == "manifest":
             return path  # the attempt is the checkpoint
         return self.checkpoint_dir / _layout.step_name(step)
-
-    def _prepare(
-        self,
-        training_info: Mapping[str, Any],
-        run_config: Mapping[str, Any] | BaseModel | None,
-        state: Any,
-    ) -> tuple[bytes, bytes | None, Exception | None]:
-        """A distributed save's encoded info and config, or this rank's error in them."""
-        from ckpt.torch._ranks import is_sharded  # noqa: PLC0415 - torch is an optional extra
-
-        try:
-            info_bytes = encode_training_info(training_info)
-            config_bytes = encode_run_config(run_config) if run_config is not None else None
-            if not is_sharded(state):
-                _state_io()[1](state)
-        except Exception as exc:
-            return b"", None, exc
-        return info_bytes, config_bytes, None
 
     def save_async(
         self,
@@ -782,16 +758,18 @@ class CheckpointManager:
         """
         directory = self._writable()
         step = _check_step(step)
+        save_state, check_state = _state_io()
         spmd = self._spmd
         if spmd is not None:
-            info_bytes, config_bytes, error = self._prepare(training_info, run_config, state)
-            # Refuse a bad state on every rank now, not in the background.
-            spmd.round(spmd.calls, f"save_async(step={step})", {}, error, lambda _: {})
+            prepared = prepare(training_info, run_config, state)
+            # Refuse a bad state on every rank now, not in the background; the snapshot
+            # is other tensors, planned when written.
+            spmd.round(spmd.calls, f"save_async(step={step})", {}, prepared.error, lambda _: {})
+            prepared = dataclasses.replace(prepared, plan=None)
+            info_bytes, config_bytes = prepared.info, prepared.config
         else:
             info_bytes = encode_training_info(training_info)
             config_bytes = encode_run_config(run_config) if run_config is not None else None
-        save_state, check_state = _state_io()
-        if spmd is None:
             check_state(state)  # refuse a bad state here, not in the background
         if self._async is None:
             self._async = AsyncWriter(
@@ -804,7 +782,7 @@ class CheckpointManager:
         def write(snapshot: Any) -> None:
             if spmd is not None and channel is not None:
                 try:
-                    spmd.save(channel, step, info_bytes, config_bytes, state=snapshot)
+                    spmd.save(channel, step, prepared, snapshot)
                 finally:
                     with directory.mutex:
                         directory.saving[step] -= 1

@@ -10,8 +10,9 @@ recovery, commits and prunes; the others write their own part of a save and read
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Callable, Iterator, Mapping
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ckpt import _attempts as attempts
@@ -19,12 +20,57 @@ from ckpt._async import import_torch
 from ckpt._errors import CheckpointError, CollectiveError
 from ckpt._group import Channel, Failure, Group, describe, error_message, failures_error
 from ckpt._group import raise_if_error as _raise_if_error
-from ckpt.storage import CheckpointPath, join, location_of, name_of, user_path, walk_files
+from ckpt._serialize import encode_run_config, encode_training_info
+from ckpt.storage import CheckpointPath, location_of, name_of, user_path, walk_files
 
 if TYPE_CHECKING:
     from ckpt._manager import CheckpointManager
 
 Act = Callable[[list[Any]], dict[str, Any]]
+logger = logging.getLogger("ckpt")
+_NO_STATE = object()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a rank made of a collective call's arguments before the first round.
+
+    Attributes:
+        info: The encoded training info (empty where ``error`` is set).
+        config: The encoded run config, if any.
+        error: Why this rank cannot take part (an unstorable value, a bad state).
+        sharded: Whether the state holds DTensors (DCP writes it).
+        plan: ``ckpt.torch``'s plan of a plain state, made by checking it, so the
+            write does not plan it again (``None``: plan what is written).
+    """
+
+    info: bytes
+    config: bytes | None
+    error: Exception | None = None
+    sharded: bool = False
+    plan: Any = None
+
+
+def prepare(training_info: Mapping[str, Any], run_config: Any, state: Any = _NO_STATE) -> Prepared:
+    """Encode the info and config and check ``state``, keeping this rank's error.
+
+    A rank does not raise here: its error goes into the first round, so that every
+    rank raises it.
+    """
+    try:
+        info = encode_training_info(training_info)
+        config = encode_run_config(run_config) if run_config is not None else None
+        if state is _NO_STATE:
+            return Prepared(info, config)
+        import_torch()  # for its message naming the extra
+        from ckpt.torch._plan import plan_state  # noqa: PLC0415 - torch is an optional extra
+        from ckpt.torch._ranks import is_sharded  # noqa: PLC0415
+
+        if is_sharded(state):
+            return Prepared(info, config, sharded=True)
+        return Prepared(info, config, plan=plan_state(state))
+    except Exception as exc:
+        return Prepared(b"", None, error=exc)
 
 
 class Spmd:
@@ -54,12 +100,16 @@ class Spmd:
         local: Mapping[str, Any],
         error: BaseException | None,
         act: Act,
+        *,
+        undo: Callable[[], object] | None = None,
     ) -> dict[str, Any]:
         """Gather every rank's ``local`` (or ``error``), let the coordinator ``act``, answer.
 
         ``call`` names the call and its arguments that must agree on every rank. On
         the coordinator ``act`` runs only if every rank succeeded, with every rank's
-        message; what it returns (or raises) is the answer every rank gets.
+        message; what it returns (or raises) is the answer every rank gets. If a rank
+        failed, the coordinator runs ``undo`` instead (removing what the call had
+        started), before it answers.
 
         Raises:
             CollectiveError: If any rank failed (on the rank that failed, chained to its
@@ -83,6 +133,11 @@ class Spmd:
             ]
             if failures:
                 answer = error_message(failures_error(call, failures))
+                if undo is not None:
+                    try:
+                        undo()
+                    except Exception:  # the answer must go out all the same
+                        logger.exception("could not undo %s after a rank failed", call)
             else:
                 try:
                     answer = act(messages)
@@ -106,14 +161,6 @@ class Spmd:
         storage = self.m._dir.storage
         return user_path(storage, location_of(storage, answer["path"]))
 
-    @contextlib.contextmanager
-    def _held(self, lock: threading.Lock) -> Iterator[None]:
-        if not self.coordinator:  # the other ranks have nothing to hold
-            yield
-            return
-        with lock:
-            yield
-
     def join(self, key: str, open_directory: Callable[[], None]) -> None:
         """Construct collectively: every rank names the same directory; rank 0 opens it."""
 
@@ -131,25 +178,24 @@ class Spmd:
 
     # --- saves ------------------------------------------------------------------------
 
-    def init_tmp(
-        self,
-        step: int,
-        info: bytes,
-        config: bytes | None,
-        error: BaseException | None,
-        writers: tuple[str, ...],
-    ) -> CheckpointPath:
+    def init_tmp(self, step: int, prepared: Prepared, writers: tuple[str, ...]) -> CheckpointPath:
         """`CheckpointManager.init_tmp_checkpoint`, collectively: one path for every rank."""
         m = self.m
 
         def act(_: list[Any]) -> dict[str, Any]:
             tmp = attempts.start(
-                m._dir, m._protocol, step, info, config, durable=m._durable, writers=writers
+                m._dir,
+                m._protocol,
+                step,
+                prepared.info,
+                prepared.config,
+                durable=m._durable,
+                writers=writers,
             )
             return {"path": tmp}
 
         call = f"init_tmp_checkpoint(step={step})"
-        return self._path(self.round(self.calls, call, {}, error, act))
+        return self._path(self.round(self.calls, call, {}, prepared.error, act))
 
     def end(self, tmp: str, step: int, *, commit: bool) -> CheckpointPath | None:
         """Finalize (``commit``) or abort an attempt: committed only if every rank finalizes.
@@ -163,11 +209,7 @@ class Spmd:
         m = self.m
         name = name_of(tmp)
 
-        ran = False
-
         def act(messages: list[Any]) -> dict[str, Any]:
-            nonlocal ran
-            ran = True
             aborted = [
                 self.group.ranks[src] for src, msg in enumerate(messages) if not msg["commit"]
             ]
@@ -176,14 +218,10 @@ class Spmd:
                 return {"aborted": aborted}
             return {"path": m._finalize_here(tmp, step)}
 
-        try:
-            answer = self.round(
-                self.calls, f"finalize or abort {name}", {"commit": commit}, None, act
-            )
-        except CheckpointError:
-            if self.coordinator and not ran:  # a rank is gone: nothing may stay half-saved
-                attempts.abort(m._dir, tmp, step, durable=m._durable)
-            raise
+        call = f"finalize or abort {name}"
+        answer = self.round(
+            self.calls, call, {"commit": commit}, None, act, undo=self._undo(tmp, step)
+        )
         if "aborted" in answer:
             if commit:
                 ranks = tuple(answer["aborted"])
@@ -210,42 +248,25 @@ class Spmd:
                 wait_fn()
         except Exception as exc:  # this rank's writes failed: no rank commits
             error = exc
-        ran = False
+        call = f"begin_finalization({name_of(tmp)})"
+        self.round(channel, call, {}, error, commit, undo=self._undo(tmp, step))
 
-        def act(messages: list[Any]) -> dict[str, Any]:
-            nonlocal ran
-            ran = True
-            return commit(messages)
+    def _undo(self, tmp: str, step: int) -> Callable[[], None]:
+        """Remove the attempt ``tmp`` (a rank failed: nothing may stay half-saved)."""
+        m = self.m
+        return lambda: attempts.abort(m._dir, tmp, step, durable=m._durable)
 
-        try:
-            self.round(channel, f"begin_finalization({name_of(tmp)})", {}, error, act)
-        except CheckpointError:
-            if self.coordinator and not ran:  # a rank failed: nothing may stay half-saved
-                attempts.abort(self.m._dir, tmp, step, durable=self.m._durable)
-            raise
-
-    def save(
-        self,
-        channel: Channel,
-        step: int,
-        info: bytes,
-        config: bytes | None,
-        *,
-        state: Any,
-        error: BaseException | None = None,
-    ) -> CheckpointPath:
+    def save(self, channel: Channel, step: int, prepared: Prepared, state: Any) -> CheckpointPath:
         """`CheckpointManager.save`, collectively: every rank writes its part, rank 0 commits.
 
-        ``error`` is this rank's error in preparing the save (a state it cannot write);
-        the save then fails on every rank, naming it.
+        A ``prepared.error`` (this rank could not encode the info or check its state)
+        fails the save on every rank, naming it.
         """
-        from ckpt.torch import _ranks  # noqa: PLC0415 - torch is an optional extra
-
         m = self.m
         directory = m._dir
-        sharded = error is None and _ranks.is_sharded(state)
         call = f"save(step={step})"
-        with self._held(directory.save_lock):
+        lock = directory.save_lock if self.coordinator else contextlib.nullcontext()
+        with lock:
 
             def start(messages: list[Any]) -> dict[str, Any]:
                 dcp = [self.group.ranks[src] for src, msg in enumerate(messages) if msg["dcp"]]
@@ -254,14 +275,17 @@ class Spmd:
                         f"rank(s) {', '.join(map(str, dcp))} passed state holding DTensors "
                         f"and the others did not: every rank saves the same kind of state"
                     )
-                tmp = attempts.start(directory, m._protocol, step, info, config, durable=m._durable)
+                tmp = attempts.start(
+                    directory, m._protocol, step, prepared.info, prepared.config, durable=m._durable
+                )
                 return {"path": tmp}
 
-            tmp = self.round(channel, call, {"dcp": sharded}, error, start)["path"]
+            local = {"dcp": prepared.sharded}
+            tmp = self.round(channel, call, local, prepared.error, start)["path"]
             parts: list[list[Any]] = []
             error = None
             try:
-                parts = self._write_part(channel, tmp, state, sharded=sharded)
+                parts = self._write_part(channel, tmp, state, prepared)
             except Exception as exc:
                 error = exc
 
@@ -273,32 +297,28 @@ class Spmd:
                     attempts.abort(directory, tmp, step, durable=m._durable)
                     raise
 
-            try:
-                answer = self.round(channel, call, {"parts": parts}, error, commit)
-            except CheckpointError:
-                if self.coordinator:  # a rank failed: nothing may be left half-saved
-                    attempts.abort(directory, tmp, step, durable=m._durable)
-                raise
+            undo = self._undo(tmp, step)
+            answer = self.round(channel, call, {"parts": parts}, error, commit, undo=undo)
         return self._path(answer)
 
     def _write_part(
-        self, channel: Channel, tmp: str, state: Any, *, sharded: bool
+        self, channel: Channel, tmp: str, state: Any, prepared: Prepared
     ) -> list[list[Any]]:
         from ckpt.torch import _ranks  # noqa: PLC0415 - torch is an optional extra
         from ckpt.torch._io import save_file  # noqa: PLC0415
+        from ckpt.torch._plan import plan_state  # noqa: PLC0415
 
-        import_torch()
         storage, durable = self.m._dir.storage, self.m._durable
-        if sharded:
+        if prepared.sharded:
             metadata = _ranks.save_dcp(storage, tmp, state, channel.process_group, fsync=durable)
             if not self.coordinator:
                 return []  # DCP's metadata names every rank's files: rank 0 reports them
             files = _ranks.dcp_files(metadata)
             return [[_ranks.DCP_METADATA, 1, False]] + [[n, s, False] for n, s in files.items()]
         name = _ranks.rank_file(self.group.rank, self.group.size)
-        save_file(tmp, state, name, fsync=durable, storage=storage)
-        entry = storage.entry(join(tmp, name))
-        return [[name, entry.size if entry is not None else -1, True]]
+        plan = prepared.plan if prepared.plan is not None else plan_state(state)
+        _, size = save_file(tmp, plan, name, fsync=durable, storage=storage)
+        return [[name, size, True]]
 
     # --- queries and changes ------------------------------------------------------------
 

@@ -118,16 +118,22 @@ class ForkServer:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
 
-    def run(self, argv: list[str]) -> int:
+    def ask(self, request: Any) -> dict[str, Any]:
+        """Send one JSON line, and wait (at most `RUN_TIMEOUT_S`) for the one answering it."""
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(argv) + "\n")
+        self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.proc.stdout], [], [], RUN_TIMEOUT_S)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
-            raise RuntimeError(f"the fork server gave no answer to {argv}")
-        return int(json.loads(line)["exit"])
+            raise RuntimeError(f"the fork server gave no answer to {request}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def run(self, argv: list[str]) -> int:
+        """Run the job once; its exit status."""
+        return int(self.ask(argv)["exit"])
 
 
 @contextmanager

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -33,31 +32,21 @@ from ckpt.torch import load_state
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kill_dist_job import EVENTS, TIMEOUT_S, state
+from test_kill import ForkServer
 
 pytestmark = [pytest.mark.kill, pytest.mark.torch, pytest.mark.subprocess]
 
 JOB = Path(__file__).with_name("kill_dist_job.py")
 WORLD = 2
 SAMPLE = {1: 60, 0: 80}  # kill points per victim in CI (evenly spread over its operations)
-RUN_TIMEOUT_S = 120
 
 
-class Server:
+class Server(ForkServer):
     """A ``kill_dist_job.py`` fork server: one job (every rank) at a time."""
 
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-
-    def run(self, ranks: list[list[str]]) -> list[int]:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(ranks) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], RUN_TIMEOUT_S)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line:
-            raise RuntimeError(f"the fork server gave no answer to {ranks}")
-        return [int(code) for code in json.loads(line)["exits"]]
+    def run_ranks(self, ranks: list[list[str]]) -> list[int]:
+        """Run one job, every rank in a process of its own; their exit statuses."""
+        return [int(code) for code in self.ask(ranks)["exits"]]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +86,7 @@ def job(
         [str(directory), str(r), str(WORLD), port, str(results[r]), *(extra or {}).get(r, [])]
         for r in range(WORLD)
     ]
-    exits = server.run(argv)
+    exits = server.run_ranks(argv)
     return exits, [json.loads(r.read_text()) if r.exists() else {} for r in results]
 
 

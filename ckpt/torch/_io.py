@@ -128,14 +128,17 @@ def save_state(
         NotADirectoryError: If ``directory`` is not a directory.
         OSError: If writing fails (a full disk, say); no file is left behind then.
     """
-    return save_file(directory, state, STATE_FILE, fsync=fsync, storage=storage)
+    return save_file(directory, plan_state(state), STATE_FILE, fsync=fsync, storage=storage)[0]
 
 
 def save_file(
-    directory: PathInput, state: Any, name: str, *, fsync: bool, storage: Storage | None
-) -> CheckpointPath:
-    """`save_state` into the file ``name`` (a rank's own file, in a distributed save)."""
-    plan = plan_state(state)
+    directory: PathInput, plan: _Plan, name: str, *, fsync: bool, storage: Storage | None
+) -> tuple[CheckpointPath, int]:
+    """Write the planned state into the file ``name``; its path and size in bytes.
+
+    A distributed save writes each rank's own file this way, from the plan its check
+    of the state made already.
+    """
     storage, where = open_storage(directory, storage=storage)
     found = storage.entry(where)
     if found is None:
@@ -151,7 +154,7 @@ def save_file(
     staging = _Staging(min(_MAX_STAGING, max(_MIN_STAGING, plan.largest_bounce)))
     with storage.open_write(final, durable=fsync) as f:
         _write(f, plan, staging)
-    return user_path(storage, final)
+    return user_path(storage, final), len(plan.prefix) + plan.data_size
 
 
 def _write(f: BinaryIO, plan: _Plan, staging: _Staging) -> None:
