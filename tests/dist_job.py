@@ -197,6 +197,62 @@ def background(directory: str, rank: int, world: int) -> dict[str, Any]:
     return seen
 
 
+def disagree(directory: str, rank: int, world: int) -> dict[str, Any]:
+    """The coordinator's warnings reach every rank; ranks that disagree fail, named; big
+    messages travel."""
+    import warnings
+
+    seen: dict[str, Any] = {}
+    try:
+        ckpt.CheckpointManager({"checkpoint_dir": f"{directory}-{rank}"})
+    except ckpt.CollectiveError as exc:
+        seen["directories"] = [list(exc.ranks), str(exc)]
+    with manager(directory) as m:
+        m.save(1, {"reward": 0.5}, state(1, rank))
+        m.save(2, {}, state(2, rank))  # no metric: the best query warns
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            seen["best"] = m.get_best_checkpoint_path()
+        seen["warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+        try:  # rank 0 pins, rank 1 unpins: a mismatch, in one round on both
+            (m.pin if rank == 0 else m.unpin)(1)
+        except ckpt.CollectiveError as exc:
+            seen["mismatch"] = [list(exc.ranks), str(exc)]
+        seen["pins"] = [r.step for r in m.list_checkpoints() if r.pinned]
+        spmd = m._spmd
+        assert spmd is not None
+        blob = str(rank) * 50_000  # past the 16 KiB first message, both ways
+        answer = spmd.round(
+            spmd.calls,
+            "big",
+            {"blob": blob},
+            None,
+            lambda messages: {"sizes": [len(x["blob"]) for x in messages], "echo": "e" * 70_000},
+        )
+        seen["big"] = [answer["sizes"], len(answer["echo"])]
+    return seen
+
+
+def subgroups(directory: str, rank: int, world: int) -> dict[str, Any]:
+    """Two managers, one per half of a 4-rank job (``process_group=``), two directories."""
+    halves = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    mine = halves[rank // 2]
+    config = {"checkpoint_dir": f"{directory}/half{rank // 2}", "collective_timeout_s": TIMEOUT_S}
+    seen: dict[str, Any] = {}
+    with ckpt.CheckpointManager(config, process_group=mine) as m:
+        path = m.save(1, {}, state(1, rank))
+        seen["path"] = str(path)
+        seen["files"] = sorted(os.listdir(path))
+        seen["own"] = value(load_state(path, process_group=mine))
+        bad = {"w": object()} if rank == 3 else state(2, rank)
+        try:
+            m.save(2, {}, bad)
+        except ckpt.CollectiveError as exc:
+            seen["error"] = [list(exc.ranks), str(exc)]
+        seen["steps"] = [r.step for r in m.list_checkpoints()]
+    return seen
+
+
 def dies(directory: str, rank: int, world: int) -> dict[str, Any]:
     """The victim (env VICTIM) dies (or hangs, env HANG) during the second save."""
     victim = int(os.environ["VICTIM"])
@@ -238,6 +294,8 @@ SCENARIOS = {
         bad_state,
         aborted,
         background,
+        disagree,
+        subgroups,
         dies,
         lonely,
     )

@@ -219,6 +219,54 @@ def test_background_commits_are_collective_and_fail_on_every_rank(tmp_path: Path
     assert listing(directory) == [".ckpt", "step_1"]  # both failed attempts removed
 
 
+def test_ranks_get_the_coordinators_warnings_and_fail_together_when_they_disagree(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "ckpts"
+    seen = [r["ok"] for r in run_job("disagree", directory, tmp_path / "out", 2)]
+    for s in seen:
+        ranks, message = s["directories"]
+        assert ranks == [0]
+        assert "every rank of a job must open the same directory" in message
+        assert s["best"] == str(directory / "step_1")
+        assert len(s["warnings"]) == 1
+        category, text = s["warnings"][0]
+        assert category == "MissingMetricWarning"
+        assert "step(s) 2" in text
+        ranks, message = s["mismatch"]
+        assert ranks == [1]
+        assert "rank 1 called unpin(1) (rank 0: pin(1))" in message
+        assert s["pins"] == []  # nothing changed: no rank pinned or unpinned
+        assert s["big"] == [[50_000, 50_000], 70_000]
+    assert seen[0]["warnings"] == seen[1]["warnings"]
+    # The refused construction left nothing behind.
+    assert not (tmp_path / "ckpts-0").exists()
+    assert not (tmp_path / "ckpts-1").exists()
+
+
+def test_a_process_group_makes_one_manager_per_group(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpts"
+    seen = [r["ok"] for r in run_job("subgroups", directory, tmp_path / "out", 4)]
+    for rank, s in enumerate(seen):
+        half = directory / f"half{rank // 2}"
+        assert s["path"] == str(half / "step_1")
+        # ranks and sizes are the group's: two parts per checkpoint, named 0 and 1
+        assert s["files"] == [
+            "state.rank00000-of-00002.ckpt",
+            "state.rank00001-of-00002.ckpt",
+            "training_info.json",
+        ]
+        assert s["own"] == 100.0 * rank + 1
+    # Rank 3's bad state fails its own half, named by its global rank; half 0 saves.
+    assert "error" not in seen[0]
+    assert "error" not in seen[1]
+    assert [s["steps"] for s in seen] == [[1, 2], [1, 2], [1], [1]]
+    for s in seen[2:]:
+        ranks, message = s["error"]
+        assert ranks == [3]
+        assert "rank 3 SerializationError" in message
+
+
 @pytest.mark.parametrize(
     ("victim", "hang"),
     [(1, False), (0, False), (1, True)],
