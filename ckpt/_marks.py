@@ -83,23 +83,29 @@ def mark_written(
     prefix = root.rstrip("/") + "/"
     targets = [root] if files is None else [_inside(storage, root, item) for item in files]
     reported: dict[str, int] = {}
-    to_sync: set[str] = set()
+    parents: set[str] = set()  # every directory between a target and the root
     for target in targets:
         found = storage.entry(target)
         if found is None:
             raise FileNotFoundError(f"{target} does not exist (listed in `files`)")
         if found.kind == "dir":
-            to_sync.add(target)
             for path, entry in walk_files(storage, target):
                 name = path.removeprefix(prefix)
                 if not name.startswith(MARKS_DIR + "/"):
                     reported[name] = entry.size
         else:
-            to_sync.add(parent_of(target))
             reported[target.removeprefix(prefix)] = found.size
+        parent = target
+        while parent != root:
+            parent = parent_of(parent)
+            parents.add(parent)
     if storage.capabilities.fsync:
-        for path in sorted(to_sync):
-            storage.sync_tree(path)
+        # This worker's files only (another worker's are its own to sync), then the
+        # directories naming them, deepest first.
+        for target in targets:
+            storage.sync_tree(target)
+        for path in sorted(parents - {root}, key=len, reverse=True):
+            storage.sync_dir(path)
     marks = join(root, MARKS_DIR)
     storage.make_dirs(marks)
     report = join(marks, f"{writer_id}.json")

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import ckpt
+from ckpt.storage import MemoryStorage
 from ckpt.torch import load_state
 
 pytestmark = [pytest.mark.torch, pytest.mark.subprocess]
@@ -396,3 +397,20 @@ def test_the_examples_of_the_multi_process_page_run(tmp_path: Path, example: str
         assert lines == ["[1, 2]"]
         shards = sorted(os.listdir(tmp_path / "run" / "step_2" / "policy"))
         assert shards == ["shard-0.bin", "shard-1.bin"]
+
+
+def test_mark_written_makes_this_workers_files_durable_and_no_one_elses() -> None:
+    storage = MemoryStorage()
+    root = "/run/tmp_step_1"
+    storage.make_dirs(root)
+    storage.sync_tree("/")  # the temporary checkpoint itself survives a power cut
+    storage.make_dirs(f"{root}/policy")
+    storage.write_bytes(f"{root}/policy/shard-0.bin", b"mine")
+    storage.write_bytes(f"{root}/other.bin", b"another worker's")
+    ckpt.mark_written(root, "w0", ["policy/shard-0.bin"], storage=storage)
+    storage.power_cut()
+    assert storage.read_bytes(f"{root}/policy/shard-0.bin") == b"mine"  # name and bytes
+    other = storage.entry(f"{root}/other.bin")  # not this worker's to sync: its bytes
+    assert other is None or other.size == 0  # are lost (its name may be, or not)
+    report = json.loads(storage.read_bytes(f"{root}/.ckpt-writers/w0.json"))
+    assert report == {"writer": "w0", "files": {"policy/shard-0.bin": 4}}

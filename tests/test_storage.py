@@ -71,6 +71,16 @@ def test_sync_tree_syncs_files_and_dirs_but_not_links(
     assert sorted(fsynced) == sorted(map(str, expected))
 
 
+def test_sync_tree_of_a_file_syncs_that_file_alone(
+    storage: LocalStorage, tmp_path: Path, fsynced: list[str]
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_text("x")
+    (tmp_path / "a" / "g").write_text("y")
+    storage.sync_tree(str(tmp_path / "a" / "f"))
+    assert fsynced == [str(tmp_path / "a" / "f")]
+
+
 def test_replace_file_is_whole(storage: LocalStorage, tmp_path: Path) -> None:
     target = tmp_path / "pins.json"
     storage.replace_file(target, b"one", durable=True)

@@ -178,7 +178,11 @@ class Storage(Protocol):
         ...
 
     def sync_tree(self, path: str) -> None:
-        """Make every file and directory under ``path``, and ``path`` itself, durable."""
+        """Make every file and directory under ``path``, and ``path`` itself, durable.
+
+        ``path`` may be a file: then its contents are made durable (not its name: sync
+        its directory for that).
+        """
         ...
 
     def sync_dir(self, path: str) -> None:

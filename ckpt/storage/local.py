@@ -310,7 +310,13 @@ class LocalStorage:
             os.unlink(path)
 
     def sync_tree(self, path: str) -> None:
-        """Call fsync on every file and directory under ``path``, and ``path`` itself."""
+        """Call fsync on every file and directory under ``path``, and ``path`` itself.
+
+        ``path`` may be a regular file: then it alone is synced.
+        """
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            _fsync_path(path, os.O_RDONLY)
+            return
         for root, dirs, files in os.walk(path, topdown=False, followlinks=False):
             for name in files:
                 full = os.path.join(root, name)

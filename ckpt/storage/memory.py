@@ -312,7 +312,10 @@ class MemoryStorage:
     # --- durability -----------------------------------------------------------------
 
     def sync_tree(self, path: str) -> None:
-        """Make every file and directory name under ``path`` (and ``path``) durable."""
+        """Make every file and directory name under ``path`` (and ``path``) durable.
+
+        ``path`` may be a file: then its contents are made durable.
+        """
         with self._mutex:
             node = self._find(path)
             if node is None:
