@@ -30,7 +30,7 @@ def is_sharded(state: Any) -> bool:
     from ckpt._async import sharded_tensor_type  # noqa: PLC0415
 
     DTensor = sharded_tensor_type()
-    if DTensor is None:  # a torch built without distributed
+    if DTensor is None:  # torch.distributed.tensor not imported: no DTensor exists
         return False
     stack = [state]
     seen: set[int] = set()
