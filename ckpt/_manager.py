@@ -10,7 +10,6 @@ saves in progress). Every byte goes through a `ckpt.storage.Storage`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import numbers
 import os
@@ -765,7 +764,7 @@ class CheckpointManager:
             # Refuse a bad state on every rank now, not in the background; the snapshot
             # is other tensors, planned when written.
             spmd.round(spmd.calls, f"save_async(step={step})", {}, prepared.error, lambda _: {})
-            prepared = dataclasses.replace(prepared, plan=None)
+            prepared = prepared.unplanned()
             info_bytes, config_bytes = prepared.info, prepared.config
         else:
             info_bytes = encode_training_info(training_info)

@@ -50,6 +50,10 @@ class Prepared:
     sharded: bool = False
     plan: Any = None
 
+    def unplanned(self) -> Prepared:
+        """The same, for other tensors than those planned (a snapshot of them)."""
+        return Prepared(self.info, self.config, self.error, self.sharded)
+
 
 def prepare(training_info: Mapping[str, Any], run_config: Any, state: Any = _NO_STATE) -> Prepared:
     """Encode the info and config and check ``state``, keeping this rank's error.
