@@ -101,6 +101,17 @@ POLICIES_EXPORTS = [
 ]
 
 
+def test_trainer_adapter_exports_are_what_we_mean() -> None:
+    import ckpt.hf
+    import ckpt.lightning
+
+    assert ckpt.lightning.__all__ == ["ModelCheckpoint"]
+    assert ckpt.hf.__all__ == ["CheckpointCallback", "latest_checkpoint"]
+    for package in (ckpt.lightning, ckpt.hf):
+        for name in package.__all__:
+            assert getattr(package, name).__module__.startswith(f"{package.__name__}._")
+
+
 def test_ckpt_exports_are_what_we_mean() -> None:
     assert ckpt.__all__ == CKPT_EXPORTS
     assert all(hasattr(ckpt, name) for name in ckpt.__all__)

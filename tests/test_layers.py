@@ -109,5 +109,20 @@ def test_the_cli_uses_only_the_public_api() -> None:
             assert not private, f"{module} imports {sorted(private)}"
 
 
+@pytest.mark.parametrize("adapter", ["ckpt.lightning", "ckpt.hf", "ckpt._adapter"])
+def test_the_trainer_adapters_use_only_the_public_api(adapter: str) -> None:
+    graph = _graph()
+    assert adapter in graph
+    for module, imported in graph.items():
+        if module == adapter or module.startswith(adapter + "."):
+            private = {
+                m
+                for m in imported
+                if any(part.startswith("_") for part in m.split(".")[1:])
+                and not m.startswith((adapter + ".", "ckpt._adapter"))
+            }
+            assert not private, f"{module} imports {sorted(private)}"
+
+
 def test_policies_is_pure() -> None:
     assert all(not m.startswith("ckpt") for m in _imports(Path(policies.__file__)))

@@ -1,0 +1,14 @@
+"""Hugging Face integration: `CheckpointCallback` for the `Trainer` (the ``hf`` extra).
+
+Add ``CheckpointCallback(config)`` to the Trainer's callbacks, drop
+``save_total_limit``, and resume with ``latest_checkpoint(output_dir)``.
+"""
+
+try:
+    import transformers  # noqa: F401 - fail here, with the extra's name
+except ImportError as error:  # pragma: no cover - the extra is installed in CI
+    raise ImportError("ckpt.hf needs transformers: pip install 'ckpt-warden[hf]'") from error
+
+from ckpt.hf._callback import CheckpointCallback, latest_checkpoint
+
+__all__ = ["CheckpointCallback", "latest_checkpoint"]

@@ -1,0 +1,265 @@
+"""`CheckpointCallback`: the Trainer writes ``checkpoint-N``; ckpt commits, ranks and prunes it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from ckpt import (
+    CheckpointConfig,
+    CheckpointManager,
+    CheckpointRecord,
+    LocalStorage,
+    MissingMetricWarning,
+)
+from ckpt._adapter import given_keys, merge
+from policies import metric_value
+
+logger = logging.getLogger("ckpt.hf")
+
+#: The training-info key naming the Trainer's directory inside a ckpt checkpoint.
+DIR_KEY = "hf_checkpoint"
+_CHECKPOINT = re.compile(r"checkpoint-(0|[1-9][0-9]*)")
+#: The file the Trainer writes last into ``checkpoint-N``: without it the save was cut short.
+_WRITTEN_LAST = "trainer_state.json"
+
+
+class CheckpointCallback(TrainerCallback):
+    """Make every ``checkpoint-N`` of a Hugging Face `Trainer` a committed ckpt checkpoint.
+
+    Add it to the Trainer (``callbacks=[CheckpointCallback(config)]``); the Trainer
+    keeps saving when ``save_strategy`` says. Right after each save the callback moves
+    ``output_dir/checkpoint-N`` into ckpt's temporary directory (one rename), fsyncs
+    every file and publishes it atomically as ``output_dir/step_N/checkpoint-N``, with
+    the step's logged metrics as its training info; ckpt's retention then prunes.
+    ``state.best_model_checkpoint`` is set to ckpt's best, so ``load_best_model_at_end``
+    loads what ckpt kept. Resume with
+    ``trainer.train(resume_from_checkpoint=ckpt.hf.latest_checkpoint(output_dir))``.
+
+    The ranking is the Trainer's own ``metric_for_best_model`` (with its ``eval_``
+    prefix) and ``greater_is_better`` when they are set; what is kept is the config's
+    (``keep_top_k: 3``, a ``retention`` block; unset keeps every checkpoint, as the
+    Trainer does without ``save_total_limit``).
+
+    When training starts, a ``checkpoint-N`` in ``output_dir`` without the
+    ``trainer_state.json`` the Trainer writes last is a save a crash cut short: it is
+    removed. One that looks complete but was never committed is left alone, with a
+    warning in the log.
+
+    Args:
+        config: The ckpt config (a `ckpt.CheckpointConfig` or a mapping of its keys).
+            ``checkpoint_dir`` may be left out: it is the Trainer's ``output_dir``,
+            and must be that directory if given.
+
+    Raises:
+        ValueError: When the Trainer is built or starts training, if
+            ``save_total_limit`` is set (the Trainer would delete checkpoints behind
+            ckpt's back), ``save_on_each_node`` is set, the hub's checkpoint strategies
+            push a ``checkpoint-N`` this callback moves, or the config disagrees with
+            the Trainer's arguments (``checkpoint_dir`` and ``output_dir``,
+            ``metric_name`` and ``metric_for_best_model``, ``higher_is_better`` and
+            ``greater_is_better``); ``checkpoint_dir`` must be a local directory.
+    """
+
+    def __init__(
+        self, config: CheckpointConfig | Mapping[str, Any] | BaseModel | None = None
+    ) -> None:
+        self._given = given_keys(config)
+        #: The ckpt config, once the Trainer's arguments are known.
+        self.ckpt_config: CheckpointConfig | None = None
+        self._manager: CheckpointManager | None = None
+        self._storage = LocalStorage()
+
+    @property
+    def manager(self) -> CheckpointManager | None:
+        """The manager while training runs (``None`` before and after)."""
+        return self._manager
+
+    # --- the Trainer's events -------------------------------------------------------
+
+    def on_init_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        """Refuse, when the Trainer is built, arguments that would defeat ckpt."""
+        self.ckpt_config = self._config_for(args)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        """Open the directory as its writer and remove saves a crash cut short."""
+        self.ckpt_config = self._config_for(args)
+        self._close()
+        self._manager = CheckpointManager(self.ckpt_config)
+        if state.is_world_process_zero:
+            self._tidy(_output_dir(args))
+        self._sync_best(state)
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        """Commit the ``checkpoint-N`` the Trainer has just written as step N."""
+        manager = self._writer()
+        step = state.global_step
+        name = f"checkpoint-{step}"
+        tmp = manager.init_tmp_checkpoint(step, _training_info(state, name))
+        try:
+            if state.is_world_process_zero:  # every rank has written its part by now
+                self._storage.rename(os.path.join(_output_dir(args), name), str(tmp / name))
+        except BaseException:
+            manager.abort_checkpoint(tmp)
+            raise
+        manager.finalize_checkpoint(tmp)
+        self._sync_best(state)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        """Close the manager (the directory lock goes with it)."""
+        self._close()
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _config_for(self, args: TrainingArguments) -> CheckpointConfig:
+        refused = {
+            "save_total_limit": args.save_total_limit is not None,
+            "save_on_each_node": bool(args.save_on_each_node),
+            "hub_strategy": bool(args.push_to_hub)
+            and str(getattr(args.hub_strategy, "value", args.hub_strategy))
+            in ("checkpoint", "all_checkpoints"),
+        }
+        why = {
+            "save_total_limit": "the Trainer would delete checkpoints behind ckpt's back; "
+            "say what to keep in the ckpt config instead (`keep_top_k`, or a `retention` "
+            "block such as {kind: latest_n, n: 3})",
+            "save_on_each_node": "ckpt commits one shared directory; every node must see "
+            "output_dir",
+            "hub_strategy": "the hub would upload checkpoint-N while ckpt moves it; use "
+            "hub_strategy='every_save' or 'end'",
+        }
+        for field, bad in refused.items():
+            if bad:
+                raise ValueError(
+                    f"CheckpointCallback: `{field}`={getattr(args, field)!r} is refused: "
+                    f"{why[field]}"
+                )
+        derived: dict[str, tuple[str, Any]] = {"checkpoint_dir": ("output_dir", _output_dir(args))}
+        if args.metric_for_best_model is not None:
+            metric = str(args.metric_for_best_model)
+            name = metric if metric.startswith("eval_") else f"eval_{metric}"
+            derived["metric_name"] = ("metric_for_best_model", name)
+            if args.greater_is_better is not None:
+                derived["higher_is_better"] = ("greater_is_better", bool(args.greater_is_better))
+        config = CheckpointConfig.model_validate(merge("CheckpointCallback", self._given, derived))
+        if "://" in str(config.checkpoint_dir):
+            raise ValueError(
+                f"CheckpointCallback: `checkpoint_dir`={config.checkpoint_dir!r} must be a "
+                "local directory: the Trainer writes checkpoint-N to its local output_dir"
+            )
+        return config
+
+    def _writer(self) -> CheckpointManager:
+        if self._manager is None:
+            raise RuntimeError("CheckpointCallback: a save outside trainer.train(), no writer open")
+
+        return self._manager
+
+    def _tidy(self, output_dir: str) -> None:
+        """Remove the ``checkpoint-N`` saves a crash cut short; warn of uncommitted others."""
+        for entry in self._storage.list_dir(output_dir):
+            if entry.kind != "dir" or not _CHECKPOINT.fullmatch(entry.name):
+                continue
+            path = os.path.join(output_dir, entry.name)
+            if self._storage.entry(os.path.join(path, _WRITTEN_LAST)) is None:
+                logger.warning("removing %s: a save interrupted before it was complete", path)
+                self._storage.remove_tree(path)
+            else:
+                logger.warning(
+                    "%s was never committed by ckpt (written without this callback, or a "
+                    "crash came right after the Trainer wrote it): latest_checkpoint() "
+                    "ignores it, and a save of the same step replaces it",
+                    path,
+                )
+
+    def _sync_best(self, state: TrainerState) -> None:
+        """Point the Trainer's best checkpoint at ckpt's (every rank gets rank 0's answer)."""
+        manager = self._writer()
+        name = manager.ranking.name if hasattr(manager.ranking, "name") else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MissingMetricWarning)  # steps without evaluation
+            best = manager.get_best_checkpoint_path()
+        if best is None or name is None:
+            return
+        info = manager.load_training_info(best) or {}
+        value = metric_value(info, name)
+        trainer_dir = info.get(DIR_KEY)
+        if value is None or not isinstance(trainer_dir, str):
+            return
+        state.best_model_checkpoint = os.path.join(best, trainer_dir)
+        state.best_metric = value
+        state.best_global_step = int(info.get("step", 0))
+
+    def _close(self) -> None:
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            manager.close()
+
+
+def _output_dir(args: TrainingArguments) -> str:
+    if args.output_dir is None:
+        raise ValueError("CheckpointCallback: the Trainer's `output_dir` is None; set it")
+    return os.path.abspath(args.output_dir)
+
+
+def _training_info(state: TrainerState, name: str) -> dict[str, Any]:
+    """What the Trainer logged at this step (losses, evaluation metrics), and the epoch."""
+    step = state.global_step
+    info: dict[str, Any] = {}
+    for entry in state.log_history:
+        if entry.get("step") != step:
+            continue
+        for key, value in entry.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            info[key] = None if isinstance(value, float) and math.isnan(value) else value
+    info["step"] = step
+    if state.epoch is not None:
+        info["epoch"] = float(state.epoch)
+    info[DIR_KEY] = name
+    return info
+
+
+def _trainer_dir(record: CheckpointRecord) -> str | None:
+    name = record.info.get(DIR_KEY)
+    return name if isinstance(name, str) and _CHECKPOINT.fullmatch(name) else None
+
+
+def latest_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The newest committed ``checkpoint-N``, for ``trainer.train(resume_from_checkpoint=...)``.
+
+    Unlike ``transformers.trainer_utils.get_last_checkpoint``, it never returns a save
+    a crash cut short: only what `CheckpointCallback` committed counts. It reads the
+    directory and changes nothing (no lock, no recovery), so every rank of a
+    distributed job may call it before training starts.
+
+    Args:
+        output_dir: The Trainer's ``output_dir`` (the callback's ``checkpoint_dir``).
+
+    Returns:
+        ``output_dir/step_N/checkpoint-N`` of the highest committed step, or ``None``
+        if there is none (a fresh run: pass ``None`` to start from scratch).
+    """
+    config = {"checkpoint_dir": os.path.abspath(output_dir)}
+    with CheckpointManager(config, read_only=True, process_group=False) as reader:
+        for record in reversed(reader.list_checkpoints()):
+            name = _trainer_dir(record)
+            if name is not None:
+                return str(record.path / name)
+    return None

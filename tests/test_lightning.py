@@ -1,0 +1,470 @@
+"""`ckpt.lightning.ModelCheckpoint` on real Lightning Trainers (``tests/lightning_job.py``).
+
+The tiny model's validation logs the val_loss of `VAL` for each epoch, so what top-k
+keeps is known; where Lightning's own `ModelCheckpoint` makes the same decision, the
+two are run side by side and must agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+
+import ckpt
+from ckpt.lightning import ModelCheckpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+import lightning_job as job
+from lightning_job import BATCHES, VAL
+from test_kill import ForkServer
+
+JOB = Path(__file__).with_name("lightning_job.py")
+
+
+def step_of(epoch: int, per_epoch: int = BATCHES) -> int:
+    return (epoch + 1) * per_epoch
+
+
+def file_of(directory: Path, epoch: int, per_epoch: int = BATCHES) -> str:
+    step = step_of(epoch, per_epoch)
+    return str(directory / f"step_{step}" / f"epoch={epoch}-step={step}.ckpt")
+
+
+def steps(directory: Path) -> list[int]:
+    with ckpt.CheckpointManager({"checkpoint_dir": str(directory)}, read_only=True) as reader:
+        return [r.step for r in reader.list_checkpoints()]
+
+
+def top_k_epochs(k: int, upto: int) -> set[int]:
+    ranked = sorted(range(upto), key=lambda e: (VAL[e], -e))
+    return set(ranked[:k])
+
+
+# --- what is kept, next to Lightning's own callback --------------------------------------
+
+
+def stock_fit(
+    directory: Path, epochs: int, **kwargs: Any
+) -> tuple[LightningModelCheckpoint, list[str]]:
+    torch.manual_seed(0)
+    cb = LightningModelCheckpoint(dirpath=directory, monitor="val_loss", **kwargs)
+    io = job.RecordingIO()
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[cb],
+        plugins=[io],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(job.Tiny(), *job.loaders())
+    return cb, io.saved
+
+
+@pytest.mark.parametrize("save_last", [True, False])
+def test_top_k_agrees_with_lightning_and_writes_only_what_it_keeps(
+    tmp_path: Path, save_last: bool
+) -> None:
+    ours = job.fit(tmp_path / "ours", len(VAL), top_k=2, save_last=save_last)
+    stock, stock_saved = stock_fit(tmp_path / "stock", len(VAL), save_top_k=2, save_last=save_last)
+
+    name = os.path.basename
+    assert {name(p) for p in ours["top"]} == {name(p) for p in stock.best_k_models}
+    assert name(ours["best"]) == name(stock.best_model_path)
+    assert ours["best_score"] == pytest.approx(float(stock.best_model_score))  # type: ignore[arg-type]
+    kept = top_k_epochs(2, len(VAL))
+    assert ours["best"] == file_of(tmp_path / "ours", min(kept, key=lambda e: VAL[e]))
+    latest = len(VAL) - 1
+    assert steps(tmp_path / "ours") == sorted(
+        step_of(e) for e in kept | ({latest} if save_last else set())
+    )
+    assert ours["last"] == file_of(tmp_path / "ours", latest if save_last else max(kept))
+    # Without save_last, a save top-k would drop at once is never written, as in Lightning.
+    stock_top = [name(p) for p in stock_saved if name(p) != "last.ckpt"]
+    if save_last:
+        assert len(ours["saved"]) == len(VAL)  # one file per save point; last is one of them
+    else:
+        assert [name(p) for p in ours["saved"]] == stock_top
+    # Every file went through ckpt's temporary directory and is a loadable checkpoint.
+    assert all("/tmp_step_" in p for p in ours["saved"])
+    loaded = torch.load(ours["best"], weights_only=False)
+    assert loaded["global_step"] == int(Path(ours["best"]).parent.name.split("_")[1])
+
+
+def test_no_monitor_keeps_the_latest_save_of_every_n_train_steps(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cb = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+    )
+    trainer.fit(job.Tiny(), job.loaders()[0])
+    assert steps(tmp_path) == [6]
+    assert cb.best_model_path == cb.last_model_path == str(tmp_path / "step_6/epoch=1-step=6.ckpt")
+    assert cb.best_model_score is None
+    assert repr(cb.ckpt_config.retention) == "LatestNSpec(kind='latest_n', n=1)"  # type: ignore[union-attr]
+
+
+# --- restarts -------------------------------------------------------------------------
+
+
+def test_a_restart_resumes_from_last_then_best_and_keeps_exactly_top_k(tmp_path: Path) -> None:
+    first = job.fit(tmp_path, 3)
+    assert steps(tmp_path) == [step_of(1), step_of(2)]  # 0.3 and 0.4; 0.5 pruned
+
+    second = job.fit(tmp_path, len(VAL), ckpt_path="last")
+    # A new callback knows best and last before training, from the directory alone.
+    assert second["built"] == {"best": first["best"], "last": first["last"]}
+    assert second["ckpt_path"] == file_of(tmp_path, 2)
+    # Lightning's own top-k kept more than k after a resume (#5173, #11379); ckpt keeps k + latest.
+    kept = top_k_epochs(2, len(VAL)) | {len(VAL) - 1}
+    assert steps(tmp_path) == sorted(step_of(e) for e in kept)
+    assert second["best"] == file_of(tmp_path, 3)
+    assert second["best_score"] == pytest.approx(0.2)
+
+    third = job.fit(tmp_path, len(VAL), ckpt_path="best")
+    assert third["ckpt_path"] == file_of(tmp_path, 3)
+    assert third["global_step"] == step_of(len(VAL) - 1)  # epochs 4 and 5 trained again
+    assert steps(tmp_path) == sorted(step_of(e) for e in kept)
+
+
+def test_state_is_read_from_the_directory_not_from_the_saved_callback_state(tmp_path: Path) -> None:
+    job.fit(tmp_path, 3)
+    shutil.rmtree(tmp_path / f"step_{step_of(1)}")  # the best, removed behind the run's back
+    resumed = job.fit(tmp_path, 4, ckpt_path="last")
+    # Lightning would restore best_model_path and best_k_models from the checkpoint's copy.
+    assert resumed["built"]["best"] == file_of(tmp_path, 2)
+    assert file_of(tmp_path, 1) not in resumed["top"]
+    assert resumed["best"] == file_of(tmp_path, 3)
+    assert set(resumed["top"]) == {file_of(tmp_path, 3), file_of(tmp_path, 2)}
+
+
+def test_validate_and_test_load_the_best(tmp_path: Path) -> None:
+    job.fit(tmp_path, 4)
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2)
+    trainer = pl.Trainer(callbacks=[cb], logger=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.validate(job.Tiny(), job.loaders()[1], ckpt_path="best")
+    assert trainer.ckpt_path == file_of(tmp_path, 3)
+    assert steps(tmp_path) == [step_of(1), step_of(3)]  # a read-only stage changes nothing
+
+
+def test_without_dirpath_the_directory_is_lightnings_default(tmp_path: Path) -> None:
+    cb = ModelCheckpoint(monitor="val_loss")
+    assert cb.ckpt_config is None  # not known before the trainer is
+    trainer = pl.Trainer(
+        max_epochs=2,
+        default_root_dir=tmp_path,
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(job.Tiny(), *job.loaders())
+    assert steps(tmp_path / "checkpoints") == [step_of(1)]
+    assert cb.best_model_path == file_of(tmp_path / "checkpoints", 1)
+
+
+# --- arguments -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "retention"),
+    [
+        ({"monitor": "val_loss", "save_top_k": 3}, "TopKSpec(kind='top_k', k=3)"),
+        (
+            {"monitor": "val_loss", "save_top_k": 3, "save_last": True},
+            "HybridSpec(kind='hybrid', k=3)",
+        ),
+        ({"monitor": "val_loss", "save_top_k": -1}, "KeepAllSpec(kind='keep_all')"),
+        ({"save_top_k": -1}, "KeepAllSpec(kind='keep_all')"),
+        ({}, "LatestNSpec(kind='latest_n', n=1)"),
+        ({"save_top_k": 0, "save_last": True}, "LatestNSpec(kind='latest_n', n=1)"),
+    ],
+)
+def test_lightning_arguments_become_a_retention_policy(
+    tmp_path: Path, kwargs: dict[str, Any], retention: str
+) -> None:
+    cb = ModelCheckpoint(dirpath=tmp_path, **kwargs)
+    assert cb.ckpt_config is not None
+    assert repr(cb.ckpt_config.retention) == retention
+    assert cb.ckpt_config.metric_name == kwargs.get("monitor")
+
+
+def test_config_gives_what_the_arguments_do_not(tmp_path: Path) -> None:
+    config = {
+        "checkpoint_dir": str(tmp_path),
+        "metric_name": "val_acc",
+        "higher_is_better": True,
+        "retention": {"kind": "latest_n", "n": 4},
+        "fsync": False,
+    }
+    cb = ModelCheckpoint(config=config)
+    assert cb.dirpath == str(tmp_path)
+    assert (cb.monitor, cb.mode) == ("val_acc", "max")
+    assert cb.ckpt_config is not None
+    assert repr(cb.ckpt_config.retention) == "LatestNSpec(kind='latest_n', n=4)"
+    assert cb.ckpt_config.fsync is False
+    assert cb.saves
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dirpath": "elsewhere"}, "`dirpath`='elsewhere' and the config's `checkpoint_dir`="),
+        ({"monitor": "val_acc"}, "`monitor`='val_acc' and the config's `metric_name`='val_loss'"),
+        (
+            {"mode": "max", "monitor": "val_loss"},
+            "`mode`='max' and the config's `higher_is_better`=False",
+        ),
+        (
+            {"save_top_k": 3, "config_retention": True},
+            "the config's retention both say what to keep",
+        ),
+        ({"save_last": "link"}, "`save_last` must be True, False or None, got 'link'"),
+    ],
+)
+def test_arguments_that_disagree_with_the_config_are_refused(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    config: dict[str, Any] = {
+        "checkpoint_dir": str(tmp_path),
+        "metric_name": "val_loss",
+        "higher_is_better": False,
+    }
+    if kwargs.pop("config_retention", False):
+        config["keep_top_k"] = 2
+    if "dirpath" in kwargs:
+        kwargs["dirpath"] = str(tmp_path / kwargs["dirpath"])
+        message = message.replace("'elsewhere'", repr(kwargs["dirpath"]))
+    with pytest.raises(ValueError, match="ModelCheckpoint: ") as error:
+        ModelCheckpoint(config=config, **kwargs)
+    assert message in str(error.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_lightning_still_refuses_what_it_refuses(tmp_path: Path) -> None:
+    with pytest.raises(MisconfigurationException, match="save_top_k=3, monitor=None"):
+        ModelCheckpoint(dirpath=tmp_path, save_top_k=3)
+    with pytest.raises(MisconfigurationException, match="mutually exclusive"):
+        ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, train_time_interval=timedelta(1))
+
+
+def test_a_filename_leaving_the_checkpoint_is_refused(tmp_path: Path) -> None:
+    cb = ModelCheckpoint(dirpath=tmp_path / "run", filename="../{epoch}")
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+    )
+    with pytest.raises(ValueError, match="not a relative path inside the checkpoint"):
+        trainer.fit(job.Tiny(), job.loaders()[0])
+    assert steps(tmp_path / "run") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+# --- two DDP processes ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def run_ddp(directory: Path, out: Path, *argv: str) -> list[dict[str, Any]]:
+    """Both ranks of a DDP job, each a process of its own, as torchrun would start them."""
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "WORLD_SIZE": "2",
+            "NODE_RANK": "0",
+            "LOCAL_RANK": str(rank),
+            "RANK": str(rank),
+        }
+        report = out / f"rank{rank}.json"
+        log = open(out / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
+        procs.append(
+            (
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(JOB),
+                        str(directory),
+                        "--ddp",
+                        "--report",
+                        str(report),
+                        *argv,
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+                report,
+            )
+        )
+    results = []
+    for proc, log, report in procs:
+        try:
+            code = proc.wait(timeout=240)
+        finally:
+            proc.kill()
+            log.close()
+        assert code == 0, (out / f"{report.stem}.log").read_text()[-3000:]
+        results.append(json.loads(report.read_text()))
+    return results
+
+
+@pytest.mark.subprocess
+def test_two_ddp_ranks_save_one_checkpoint_and_agree(tmp_path: Path) -> None:
+    directory = tmp_path / "run"
+    first = run_ddp(directory, tmp_path, "--epochs", "3", "--save-last")
+    second = run_ddp(
+        directory, tmp_path, "--epochs", str(len(VAL)), "--save-last", "--ckpt-path", "last"
+    )
+    for ranks in (first, second):
+        a, b = ({k: v for k, v in r.items() if k not in ("rank", "saved")} for r in ranks)
+        assert a == b  # the same view on both ranks, decided on rank 0
+    per_epoch = BATCHES // 2  # each rank trains on half the batches
+    assert second[0]["ckpt_path"] == file_of(directory, 2, per_epoch)
+    kept = top_k_epochs(2, len(VAL)) | {len(VAL) - 1}
+    assert steps(directory) == sorted(step_of(e, per_epoch) for e in kept)
+    assert second[0]["best"] == file_of(directory, 3, per_epoch)
+    assert ckpt.verify(directory).problems == ()
+    # Lightning writes the file on rank 0 only, into the attempt both ranks were given.
+    assert [os.path.basename(os.path.dirname(p)) for p in second[0]["saved"]] == [
+        f"tmp_step_{step_of(e, per_epoch)}" for e in range(3, len(VAL))
+    ]
+    assert second[1]["saved"] == []
+
+
+# --- a kill in the middle of a save --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w")  # noqa: SIM115
+    with (
+        log,
+        subprocess.Popen(
+            [sys.executable, str(JOB), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        ) as proc,
+    ):
+        assert proc.stdin is not None
+        yield ForkServer(proc)
+        proc.stdin.close()
+
+
+KILLED_SAVE = step_of(2)  # val_loss 0.4 enters the top 2 and pushes out epoch 0 (0.5)
+EPOCHS = 5
+
+
+@pytest.mark.kill
+@pytest.mark.subprocess
+def test_a_kill_in_a_save_resumes_from_the_last_complete_checkpoint(
+    tmp_path: Path, server: ForkServer
+) -> None:
+    record, clean = tmp_path / "ops.json", tmp_path / "clean"
+    args = ["--epochs", str(EPOCHS), "--save-last"]
+    assert (
+        server.run(
+            [
+                str(clean),
+                *args,
+                "--record",
+                str(record),
+                "--report",
+                str(tmp_path / "clean.json"),
+                "--log",
+                str(tmp_path / "clean.log"),
+            ]
+        )
+        == 0
+    )
+    expected = json.loads((tmp_path / "clean.json").read_text())
+    recorded = json.loads(record.read_text())
+    ops = [i for i, (_, _, event, _) in enumerate(recorded) if event == KILLED_SAVE]
+    renames = [i for i in ops if recorded[i][0].startswith("rename")]
+    # Lightning's file appearing, the commit, the move to the trash: and the first and last.
+    assert len(renames) == 3, [recorded[i] for i in ops]
+    exhaustive = os.environ.get("CKPT_KILL_EXHAUSTIVE")
+    points = ops if exhaustive else sorted({ops[0], *renames, ops[-1]})
+    for point in points:
+        run = tmp_path / f"kill{point}"
+        marker, report = run.with_suffix(".marker"), run.with_suffix(".json")
+        code = server.run(
+            [
+                str(run),
+                *args,
+                "--kill-at",
+                str(point),
+                "--marker",
+                str(marker),
+                "--log",
+                str(run.with_suffix(".log")),
+            ]
+        )
+        assert code == -9, point
+        survivors = steps(run)  # what a reader sees right after the crash
+        assert (
+            server.run(
+                [
+                    str(run),
+                    *args,
+                    "--ckpt-path",
+                    "last",
+                    "--report",
+                    str(report),
+                    "--log",
+                    str(run.with_suffix(".log2")),
+                ]
+            )
+            == 0
+        ), run.with_suffix(".log2").read_text()[-3000:]
+        resumed = json.loads(report.read_text())
+        op = json.loads(marker.read_text())["op"]
+        latest = max(survivors)
+        assert resumed["ckpt_path"] == file_of(run, latest // BATCHES - 1), op
+        assert latest in (KILLED_SAVE - BATCHES, KILLED_SAVE), op
+        assert steps(run) == steps(clean), op
+        assert (resumed["best"], resumed["last"]) == (
+            expected["best"].replace(str(clean), str(run)),
+            expected["last"].replace(str(clean), str(run)),
+        ), op
+        assert ckpt.verify(run).problems == (), op
