@@ -553,6 +553,29 @@ def serve() -> int:
         sys.stdout.flush()
 
 
+def serve_jobs(
+    parse_args: Callable[[list[str]], argparse.Namespace],
+    job: Callable[[argparse.Namespace], int],
+) -> int:
+    """A fork server for another job script: one child per request line, as `serve` does.
+
+    Each request is the script's argument list; ``parse_args`` reads it (its ``log`` is
+    the child's output) and ``job`` runs it.
+    """
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        args = parse_args(json.loads(line))
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            child(lambda args=args: job(args), args.log)
+        _, status = os.waitpid(pid, 0)
+        sys.stdout.write(json.dumps({"exit": os.waitstatus_to_exitcode(status)}) + "\n")
+        sys.stdout.flush()
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     if args.serve:

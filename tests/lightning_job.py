@@ -176,24 +176,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def serve() -> int:
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            return 0
-        args = parse(json.loads(line))
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            kill_job.child(lambda args=args: run(args), args.log)
-        _, status = os.waitpid(pid, 0)
-        sys.stdout.write(json.dumps({"exit": os.waitstatus_to_exitcode(status)}) + "\n")
-        sys.stdout.flush()
-
-
 def main(argv: list[str]) -> int:
     args = parse(argv)
     if args.serve:
-        return serve()
+        return kill_job.serve_jobs(parse, run)
     signal.alarm(WATCHDOG_S)
     return run(args)
 

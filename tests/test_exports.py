@@ -106,7 +106,7 @@ def test_trainer_adapter_exports_are_what_we_mean() -> None:
     import ckpt.lightning
 
     assert ckpt.lightning.__all__ == ["ModelCheckpoint"]
-    assert ckpt.hf.__all__ == ["CheckpointCallback", "latest_checkpoint"]
+    assert ckpt.hf.__all__ == ["CheckpointCallback", "best_checkpoint", "latest_checkpoint"]
     for package in (ckpt.lightning, ckpt.hf):
         for name in package.__all__:
             assert getattr(package, name).__module__.startswith(f"{package.__name__}._")

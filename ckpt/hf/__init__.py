@@ -1,7 +1,7 @@
 """Hugging Face integration: `CheckpointCallback` for the `Trainer` (the ``hf`` extra).
 
 Add ``CheckpointCallback(config)`` to the Trainer's callbacks, drop
-``save_total_limit``, and resume with ``latest_checkpoint(output_dir)``.
+``save_total_limit``, and resume with ``latest_checkpoint(output_dir)`` (or ``best_checkpoint``).
 """
 
 try:
@@ -9,6 +9,6 @@ try:
 except ImportError as error:  # pragma: no cover - the extra is installed in CI
     raise ImportError("ckpt.hf needs transformers: pip install 'ckpt-warden[hf]'") from error
 
-from ckpt.hf._callback import CheckpointCallback, latest_checkpoint
+from ckpt.hf._callback import CheckpointCallback, best_checkpoint, latest_checkpoint
 
-__all__ = ["CheckpointCallback", "latest_checkpoint"]
+__all__ = ["CheckpointCallback", "best_checkpoint", "latest_checkpoint"]

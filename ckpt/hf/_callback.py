@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -49,9 +50,10 @@ class CheckpointCallback(TrainerCallback):
     (``keep_top_k: 3``, a ``retention`` block; unset keeps every checkpoint, as the
     Trainer does without ``save_total_limit``).
 
-    When training starts, a ``checkpoint-N`` in ``output_dir`` without the
-    ``trainer_state.json`` the Trainer writes last is a save a crash cut short: it is
-    removed. One that looks complete but was never committed is left alone, with a
+    When training starts, a ``checkpoint-N`` in ``output_dir`` whose
+    ``trainer_state.json`` (the file the Trainer writes last) is missing, not whole JSON
+    or of another step is a save a crash cut short: it is removed. One that is complete
+    but was never committed (a Trainer's own, from before ckpt) is left alone, with a
     warning in the log.
 
     Args:
@@ -66,7 +68,8 @@ class CheckpointCallback(TrainerCallback):
             push a ``checkpoint-N`` this callback moves, or the config disagrees with
             the Trainer's arguments (``checkpoint_dir`` and ``output_dir``,
             ``metric_name`` and ``metric_for_best_model``, ``higher_is_better`` and
-            ``greater_is_better``); ``checkpoint_dir`` must be a local directory.
+            ``greater_is_better``): ``checkpoint_dir`` is the local ``output_dir`` the
+            Trainer writes to.
     """
 
     def __init__(
@@ -150,20 +153,18 @@ class CheckpointCallback(TrainerCallback):
                     f"CheckpointCallback: `{field}`={getattr(args, field)!r} is refused: "
                     f"{why[field]}"
                 )
-        derived: dict[str, tuple[str, Any]] = {"checkpoint_dir": ("output_dir", _output_dir(args))}
+        output_dir = _output_dir(args)
+        derived: dict[str, tuple[str, Any, Any]] = {
+            "checkpoint_dir": ("output_dir", output_dir, output_dir)
+        }
         if args.metric_for_best_model is not None:
             metric = str(args.metric_for_best_model)
             name = metric if metric.startswith("eval_") else f"eval_{metric}"
-            derived["metric_name"] = ("metric_for_best_model", name)
+            derived["metric_name"] = ("metric_for_best_model", metric, name)
             if args.greater_is_better is not None:
-                derived["higher_is_better"] = ("greater_is_better", bool(args.greater_is_better))
-        config = CheckpointConfig.model_validate(merge("CheckpointCallback", self._given, derived))
-        if "://" in str(config.checkpoint_dir):
-            raise ValueError(
-                f"CheckpointCallback: `checkpoint_dir`={config.checkpoint_dir!r} must be a "
-                "local directory: the Trainer writes checkpoint-N to its local output_dir"
-            )
-        return config
+                better = bool(args.greater_is_better)
+                derived["higher_is_better"] = ("greater_is_better", better, better)
+        return CheckpointConfig.model_validate(merge("CheckpointCallback", self._given, derived))
 
     def _writer(self) -> CheckpointManager:
         if self._manager is None:
@@ -174,10 +175,11 @@ class CheckpointCallback(TrainerCallback):
     def _tidy(self, output_dir: str) -> None:
         """Remove the ``checkpoint-N`` saves a crash cut short; warn of uncommitted others."""
         for entry in self._storage.list_dir(output_dir):
-            if entry.kind != "dir" or not _CHECKPOINT.fullmatch(entry.name):
+            match = _CHECKPOINT.fullmatch(entry.name)
+            if entry.kind != "dir" or match is None:
                 continue
             path = os.path.join(output_dir, entry.name)
-            if self._storage.entry(os.path.join(path, _WRITTEN_LAST)) is None:
+            if not self._complete(path, int(match.group(1))):
                 logger.warning("removing %s: a save interrupted before it was complete", path)
                 self._storage.remove_tree(path)
             else:
@@ -187,6 +189,17 @@ class CheckpointCallback(TrainerCallback):
                     "ignores it, and a save of the same step replaces it",
                     path,
                 )
+
+    def _complete(self, path: str, step: int) -> bool:
+        """Whether the Trainer finished ``path``: its last file is whole and names ``step``."""
+        state = os.path.join(path, _WRITTEN_LAST)
+        if self._storage.entry(state) is None:
+            return False
+        try:
+            written = json.loads(self._storage.read_bytes(state))
+        except (OSError, ValueError):
+            return False
+        return isinstance(written, dict) and written.get("global_step") == step
 
     def _sync_best(self, state: TrainerState) -> None:
         """Point the Trainer's best checkpoint at ckpt's (every rank gets rank 0's answer)."""
@@ -241,6 +254,22 @@ def _trainer_dir(record: CheckpointRecord) -> str | None:
     return name if isinstance(name, str) and _CHECKPOINT.fullmatch(name) else None
 
 
+def _reader(output_dir: str | os.PathLike[str]) -> CheckpointManager:
+    """A manager that only reads, ranking as the run recorded (no lock, no recovery)."""
+    config: dict[str, Any] = {"checkpoint_dir": os.path.abspath(output_dir)}
+    with CheckpointManager(config, read_only=True, process_group=False) as probe:
+        recorded = probe.recorded_ranking() or {}
+    if recorded.get("metric_name") is not None:
+        config["metric_name"] = recorded["metric_name"]
+        config["higher_is_better"] = bool(recorded.get("higher_is_better", True))
+    return CheckpointManager(config, read_only=True, process_group=False)
+
+
+def _trainer_path(record: CheckpointRecord | None) -> str | None:
+    name = None if record is None else _trainer_dir(record)
+    return None if record is None or name is None else str(record.path / name)
+
+
 def latest_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
     """The newest committed ``checkpoint-N``, for ``trainer.train(resume_from_checkpoint=...)``.
 
@@ -256,10 +285,28 @@ def latest_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
         ``output_dir/step_N/checkpoint-N`` of the highest committed step, or ``None``
         if there is none (a fresh run: pass ``None`` to start from scratch).
     """
-    config = {"checkpoint_dir": os.path.abspath(output_dir)}
-    with CheckpointManager(config, read_only=True, process_group=False) as reader:
-        for record in reversed(reader.list_checkpoints()):
-            name = _trainer_dir(record)
-            if name is not None:
-                return str(record.path / name)
-    return None
+    with _reader(output_dir) as reader:
+        ours = [r for r in reader.list_checkpoints() if _trainer_dir(r) is not None]
+        return _trainer_path(ours[-1] if ours else None)
+
+
+def best_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The best committed ``checkpoint-N`` by the run's own ranking, like `latest_checkpoint`.
+
+    The ranking is the one the run recorded (``metric_for_best_model`` and
+    ``greater_is_better``, or the config's ``metric_name``); a run without a metric
+    ranks by recency, so this is then the latest.
+
+    Args:
+        output_dir: The Trainer's ``output_dir`` (the callback's ``checkpoint_dir``).
+
+    Returns:
+        ``output_dir/step_N/checkpoint-N`` of the best committed step, or ``None``.
+
+    Warns:
+        ckpt.MissingMetricWarning: If some checkpoints lack the metric (they rank last).
+    """
+    with _reader(output_dir) as reader:
+        ours = [r for r in reader.list_checkpoints() if _trainer_dir(r) is not None]
+        ranked = reader.ranking.rank(ours)
+        return _trainer_path(ranked[0] if ranked else None)  # type: ignore[arg-type]

@@ -1,0 +1,223 @@
+"""`ckpt.hf.CheckpointCallback` on real Hugging Face Trainers (``tests/hf_job.py``).
+
+Every second step is evaluated with a scripted score (`SCORES`, higher is better) and
+saved, so what ckpt keeps, and which checkpoint is best, is known in advance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ckpt
+from ckpt.hf import CheckpointCallback, best_checkpoint, latest_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+import hf_job as job
+from hf_job import EVERY, KEEP_TOP_K, SCORES
+from test_kill import ForkServer
+
+JOB = Path(__file__).with_name("hf_job.py")
+STEPS = EVERY * len(SCORES)
+
+
+def saved_step(i: int) -> int:
+    return EVERY * (i + 1)
+
+
+def kept(upto: int) -> list[int]:
+    """What Hybrid top-k keeps of the saves up to step ``upto``: the best k and the latest."""
+    saves = range(upto // EVERY)
+    best = sorted(saves, key=lambda i: (-SCORES[i], -i))[:KEEP_TOP_K]
+    return sorted({saved_step(i) for i in best} | {saved_step(max(saves))})
+
+
+def steps(directory: Path) -> list[int]:
+    with ckpt.CheckpointManager({"checkpoint_dir": str(directory)}, read_only=True) as reader:
+        return [r.step for r in reader.list_checkpoints()]
+
+
+def trainer_dir(directory: Path, step: int) -> str:
+    return str(directory / f"step_{step}" / f"checkpoint-{step}")
+
+
+def top_level(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("checkpoint-"))
+
+
+def test_each_checkpoint_is_committed_ranked_and_pruned(tmp_path: Path) -> None:
+    report = job.train(tmp_path, STEPS)
+    assert steps(tmp_path) == kept(STEPS) == [4, 8, 12]
+    assert top_level(tmp_path) == []  # every checkpoint-N moved into its step
+    best = saved_step(SCORES.index(max(SCORES)))
+    assert report["best_model_checkpoint"] == trainer_dir(tmp_path, best)
+    assert report["best_metric"] == max(SCORES)
+    # load_best_model_at_end loaded the weights of the checkpoint ckpt kept as best.
+    weights = load_file(Path(trainer_dir(tmp_path, best)) / "model.safetensors")
+    assert weights["layer.weight"].flatten().tolist() == pytest.approx(report["weight"])
+    with ckpt.CheckpointManager({"checkpoint_dir": str(tmp_path)}, read_only=True) as reader:
+        info = reader.load_training_info(reader.get_latest_checkpoint_path())
+        assert reader.recorded_ranking() == {"metric_name": "eval_score", "higher_is_better": True}
+    assert info is not None
+    assert (info["step"], info["eval_score"], info["hf_checkpoint"]) == (
+        12,
+        SCORES[5],
+        "checkpoint-12",
+    )
+    assert isinstance(info["loss"], float)
+    assert ckpt.verify(tmp_path).problems == ()
+
+
+def test_resume_from_latest_then_best(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None  # a fresh run: train from scratch
+    assert best_checkpoint(tmp_path) is None
+    job.train(tmp_path, 6)
+    assert latest_checkpoint(tmp_path) == trainer_dir(tmp_path, 6)
+    assert best_checkpoint(tmp_path) == trainer_dir(tmp_path, 4)  # 0.7 beats 0.6 and 0.5
+
+    resumed = job.train(tmp_path, STEPS, resume="latest")
+    assert (resumed["resumed_from"], resumed["started_at"]) == (trainer_dir(tmp_path, 6), 6)
+    assert steps(tmp_path) == kept(STEPS)
+    # The best recorded in the resumed trainer_state.json moved; ckpt pointed the Trainer at it.
+    assert resumed["best_model_checkpoint"] == trainer_dir(tmp_path, 8)
+
+    again = job.train(tmp_path, STEPS, resume="best")
+    assert (again["resumed_from"], again["started_at"]) == (trainer_dir(tmp_path, 8), 8)
+    assert steps(tmp_path) == kept(STEPS)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"save_total_limit": 2}, "`save_total_limit`=2 is refused: the Trainer would delete"),
+        ({"save_on_each_node": True}, "`save_on_each_node`=True is refused"),
+        (
+            {"metric_for_best_model": "accuracy"},
+            "`metric_for_best_model`='accuracy' and the config's `metric_name`='eval_score'",
+        ),
+    ],
+)
+def test_arguments_that_would_defeat_ckpt_are_refused_when_the_trainer_is_built(
+    tmp_path: Path, overrides: dict[str, Any], message: str
+) -> None:
+    args = job.arguments(tmp_path / "out", STEPS, **overrides)
+    callback = CheckpointCallback({"metric_name": "eval_score", "keep_top_k": 2})
+    with pytest.raises(ValueError, match="CheckpointCallback: ") as error:
+        job.trainer(args, [callback])
+    assert message in str(error.value)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_hubs_checkpoint_strategies_are_refused(tmp_path: Path) -> None:
+    # A Trainer pushing to the hub reaches the network when it is built, so the
+    # callback's own event is called with the Trainer's arguments here.
+    from transformers import TrainerControl, TrainerState
+
+    args = job.arguments(tmp_path, STEPS, push_to_hub=True, hub_strategy="all_checkpoints")
+    with pytest.raises(ValueError, match=r"`hub_strategy`=.* is refused: the hub would upload"):
+        CheckpointCallback().on_init_end(args, TrainerState(), TrainerControl())
+
+
+@pytest.mark.parametrize("elsewhere", ["other", "memory://run"])
+def test_a_checkpoint_dir_that_is_not_output_dir_is_refused(tmp_path: Path, elsewhere: str) -> None:
+    config = {"checkpoint_dir": elsewhere if "://" in elsewhere else str(tmp_path / elsewhere)}
+    args = job.arguments(tmp_path / "out", STEPS)
+    with pytest.raises(ValueError, match=r"`output_dir`=.* and the config's `checkpoint_dir`="):
+        job.trainer(args, [CheckpointCallback(config)])
+    # The same directory, spelt differently, is the same.
+    job.trainer(args, [CheckpointCallback({"checkpoint_dir": f"{tmp_path}/x/../out"})])
+
+
+def test_a_save_cut_short_is_removed_and_a_complete_stranger_is_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job.train(tmp_path, 4)
+    half = tmp_path / "checkpoint-6"  # what a kill in the middle of the Trainer's save leaves
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"partial")
+    torn = tmp_path / "checkpoint-7"  # killed while the Trainer wrote its last file
+    torn.mkdir()
+    (torn / "trainer_state.json").write_text('{"global_step": ')
+    stranger = tmp_path / "checkpoint-100"  # a Trainer's own checkpoint, from before ckpt
+    stranger.mkdir()
+    (stranger / "trainer_state.json").write_text('{"global_step": 100}')
+    with caplog.at_level("WARNING", logger="ckpt.hf"):
+        job.train(tmp_path, 8, resume="latest")
+    assert top_level(tmp_path) == ["checkpoint-100"]
+    assert (stranger / "trainer_state.json").read_text() == '{"global_step": 100}'
+    assert caplog.text.count("removing") == 2
+    assert "checkpoint-100 was never committed" in caplog.text
+    assert latest_checkpoint(tmp_path) == trainer_dir(tmp_path, 8)
+
+
+# --- a kill in the middle of a save --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w")  # noqa: SIM115
+    with (
+        log,
+        subprocess.Popen(
+            [sys.executable, str(JOB), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        ) as proc,
+    ):
+        assert proc.stdin is not None
+        yield ForkServer(proc)
+        proc.stdin.close()
+
+
+KILLED_SAVE = 6  # score 0.6: it joins the top 2 and pushes out step 2 (0.5)
+RUN_STEPS = 10
+
+
+@pytest.mark.kill
+@pytest.mark.subprocess
+def test_a_kill_in_a_save_resumes_from_the_last_complete_checkpoint(
+    tmp_path: Path, server: ForkServer
+) -> None:
+    record, clean = tmp_path / "ops.json", tmp_path / "clean"
+    args = ["--steps", str(RUN_STEPS)]
+    log = str(tmp_path / "clean.log")
+    assert server.run([str(clean), *args, "--record", str(record), "--log", log]) == 0
+    recorded = json.loads(record.read_text())
+    ops = [i for i, (_, _, event, _) in enumerate(recorded) if event == KILLED_SAVE]
+    kinds = {recorded[i][0] for i in ops}
+    assert {"open-write", "write", "fsync", "rename-noreplace"} <= kinds, kinds
+    # The Trainer's first operation; its last file (trainer_state.json) created, then written;
+    # the move into the attempt, the commit, the move to the trash; the last operation.
+    last_file = [i for i in ops if recorded[i][1] == f"checkpoint-{KILLED_SAVE}/trainer_state.json"]
+    moves = [i for i in ops if recorded[i][0].startswith("rename")]
+    assert len(last_file) == 2, [recorded[i] for i in ops]
+    assert len(moves) == 3, [recorded[i] for i in ops]
+    sampled = {ops[0], *last_file, *moves, ops[-1]}
+    points = ops if os.environ.get("CKPT_KILL_EXHAUSTIVE") else sorted(sampled)
+    for point in points:
+        run = tmp_path / f"kill{point}"
+        marker, report, log = (run.with_suffix(s) for s in (".marker", ".json", ".log"))
+        kill = [str(run), *args, "--kill-at", str(point), "--marker", str(marker)]
+        assert server.run([*kill, "--log", str(log)]) == -9, point
+        op = json.loads(marker.read_text())["op"]
+        survivors = steps(run)  # what a reader sees right after the crash
+        restart = [str(run), *args, "--resume", "latest", "--report", str(report)]
+        assert server.run([*restart, "--log", f"{log}2"]) == 0, Path(f"{log}2").read_text()[-3000:]
+        resumed = json.loads(report.read_text())
+        assert resumed["resumed_from"] == trainer_dir(run, max(survivors)), op
+        assert max(survivors) in (KILLED_SAVE - EVERY, KILLED_SAVE), op
+        assert steps(run) == steps(clean) == kept(RUN_STEPS), op
+        assert top_level(run) == [], op
+        assert ckpt.verify(run).problems == (), op
+        assert torch.load(Path(trainer_dir(run, RUN_STEPS)) / "rng_state.pth", weights_only=False)
