@@ -135,6 +135,7 @@ def train(
     resume_from = start(output_dir)
     run.train(resume_from_checkpoint=resume_from)
     return {
+        "world_size": run.args.world_size,
         "resumed_from": resume_from,
         "started_at": observe.started_at,
         "global_step": run.state.global_step,

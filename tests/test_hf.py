@@ -24,6 +24,7 @@ from ckpt.hf import CheckpointCallback, best_checkpoint, latest_checkpoint
 sys.path.insert(0, str(Path(__file__).parent))
 import hf_job as job
 from hf_job import EVERY, KEEP_TOP_K, SCORES
+from ranks import run_ranks
 from test_kill import ForkServer
 
 JOB = Path(__file__).with_name("hf_job.py")
@@ -157,6 +158,24 @@ def test_a_save_cut_short_is_removed_and_a_complete_stranger_is_left(
     assert caplog.text.count("removing") == 2
     assert "checkpoint-100 was never committed" in caplog.text
     assert latest_checkpoint(tmp_path) == trainer_dir(tmp_path, 8)
+
+
+# --- two processes ----------------------------------------------------------------------
+
+
+@pytest.mark.subprocess
+def test_two_ranks_commit_one_checkpoint_per_save_and_agree_on_the_best(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = run_ranks(JOB, tmp_path, str(run), "--steps", "6")
+    second = run_ranks(JOB, tmp_path, str(run), "--steps", str(STEPS), "--resume", "latest")
+    for ranks in (first, second):
+        assert [r["world_size"] for r in ranks] == [2, 2]
+        assert ranks[0] == ranks[1]  # the same resume point, best and final weights
+    assert (second[0]["resumed_from"], second[0]["started_at"]) == (trainer_dir(run, 6), 6)
+    assert second[0]["best_model_checkpoint"] == trainer_dir(run, 8)
+    assert steps(run) == kept(STEPS)
+    assert top_level(run) == []
+    assert ckpt.verify(run).problems == ()
 
 
 # --- a kill in the middle of a save --------------------------------------------------------

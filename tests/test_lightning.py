@@ -7,10 +7,10 @@ two are run side by side and must agree.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +30,7 @@ from ckpt.lightning import ModelCheckpoint
 sys.path.insert(0, str(Path(__file__).parent))
 import lightning_job as job
 from lightning_job import BATCHES, VAL
+from ranks import run_ranks
 from test_kill import ForkServer
 
 JOB = Path(__file__).with_name("lightning_job.py")
@@ -292,59 +293,8 @@ def test_a_filename_leaving_the_checkpoint_is_refused(tmp_path: Path) -> None:
 # --- two DDP processes ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def run_ddp(directory: Path, out: Path, *argv: str) -> list[dict[str, Any]]:
-    """Both ranks of a DDP job, each a process of its own, as torchrun would start them."""
-    port = str(_free_port())
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "WORLD_SIZE": "2",
-            "NODE_RANK": "0",
-            "LOCAL_RANK": str(rank),
-            "RANK": str(rank),
-        }
-        report = out / f"rank{rank}.json"
-        log = open(out / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
-        procs.append(
-            (
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(JOB),
-                        str(directory),
-                        "--ddp",
-                        "--report",
-                        str(report),
-                        *argv,
-                    ],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                ),
-                log,
-                report,
-            )
-        )
-    results = []
-    for proc, log, report in procs:
-        try:
-            code = proc.wait(timeout=240)
-        finally:
-            proc.kill()
-            log.close()
-        assert code == 0, (out / f"{report.stem}.log").read_text()[-3000:]
-        results.append(json.loads(report.read_text()))
-    return results
+    return run_ranks(JOB, out, str(directory), "--ddp", *argv)
 
 
 @pytest.mark.subprocess
@@ -468,3 +418,32 @@ def test_a_kill_in_a_save_resumes_from_the_last_complete_checkpoint(
             expected["last"].replace(str(clean), str(run)),
         ), op
         assert ckpt.verify(run).problems == (), op
+
+
+# --- on object storage --------------------------------------------------------------------
+
+
+def test_a_run_on_s3_commits_resumes_and_prunes_there(
+    s3_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lightning writes its file with fsspec's defaults, ckpt with the same environment.
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/runs/lit"
+    first = job.fit(url, 3)
+    assert first["best"].startswith(f"{url}/step_8.")  # an attempt, named by its manifest
+    resumed = job.fit(url, len(VAL), ckpt_path="last")
+    assert resumed["ckpt_path"] == first["last"]
+    with ckpt.CheckpointManager({"checkpoint_dir": url}, read_only=True) as reader:
+        records = reader.list_checkpoints()
+    kept = top_k_epochs(2, len(VAL)) | {len(VAL) - 1}
+    assert [r.step for r in records] == sorted(step_of(e) for e in kept)
+    assert resumed["best"] == str(records[1].path / "epoch=3-step=16.ckpt")
+    keys = s3_server.keys(bucket)
+    files = sorted(k.rsplit("/", 1)[-1] for k in keys if k.endswith(".ckpt"))
+    assert files == sorted(os.path.basename(file_of(Path(), e)) for e in kept)
+    loaded = torch.load(
+        io.BytesIO(keys[resumed["best"][len(f"s3://{bucket}/") :]]), weights_only=False
+    )
+    assert loaded["global_step"] == step_of(3)
