@@ -76,6 +76,11 @@ def test_each_checkpoint_is_committed_ranked_and_pruned(tmp_path: Path) -> None:
     )
     assert isinstance(info["loss"], float)
     assert ckpt.verify(tmp_path).problems == ()
+    # Each checkpoint's trainer_state.json names the best so far where ckpt committed it.
+    for step in steps(tmp_path):
+        state = json.loads((Path(trainer_dir(tmp_path, step)) / "trainer_state.json").read_text())
+        best_so_far = saved_step(max(range(step // EVERY), key=lambda i: SCORES[i]))
+        assert state["best_model_checkpoint"] == trainer_dir(tmp_path, best_so_far)
 
 
 def test_resume_from_latest_then_best(tmp_path: Path) -> None:
@@ -126,6 +131,16 @@ def test_the_hubs_checkpoint_strategies_are_refused(tmp_path: Path) -> None:
     args = job.arguments(tmp_path, STEPS, push_to_hub=True, hub_strategy="all_checkpoints")
     with pytest.raises(ValueError, match=r"`hub_strategy`=.* is refused: the hub would upload"):
         CheckpointCallback().on_init_end(args, TrainerState(), TrainerControl())
+
+
+def test_hyperparameter_search_is_refused_when_training_starts(tmp_path: Path) -> None:
+    from transformers import TrainerControl, TrainerState
+
+    state = TrainerState(is_hyper_param_search=True)
+    args = job.arguments(tmp_path, STEPS)
+    with pytest.raises(ValueError, match="hyperparameter search is not supported"):
+        CheckpointCallback().on_train_begin(args, state, TrainerControl())
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("elsewhere", ["other", "memory://run"])

@@ -273,6 +273,38 @@ def test_lightning_still_refuses_what_it_refuses(tmp_path: Path) -> None:
         ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, train_time_interval=timedelta(1))
 
 
+def _fit_monitoring(directory: Path, monitor: str, *, validate: bool) -> ModelCheckpoint:
+    cb = ModelCheckpoint(dirpath=directory, monitor=monitor, save_top_k=2)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        limit_val_batches=None if validate else 0,
+    )
+    trainer.fit(job.Tiny(), *job.loaders())
+    return cb
+
+
+def test_a_monitor_validation_never_logs_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(MisconfigurationException, match=r"monitor='val_acc'\) found no such"):
+        _fit_monitoring(tmp_path, "val_acc", validate=True)
+    assert steps(tmp_path) == []
+
+
+def test_a_monitor_not_logged_yet_warns_once_and_ranks_last(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="found no such logged metric") as caught:
+        cb = _fit_monitoring(tmp_path, "val_loss", validate=False)
+    assert sum("found no such logged metric" in str(w.message) for w in caught) == 1
+    assert steps(tmp_path) == [step_of(0), step_of(1)]  # two slots, both without the metric
+    assert cb.best_model_score is None
+    assert cb.best_k_models == {}
+    assert cb.best_model_path == file_of(tmp_path, 1)  # without the metric: the latest
+
+
 def test_a_filename_leaving_the_checkpoint_is_refused(tmp_path: Path) -> None:
     cb = ModelCheckpoint(dirpath=tmp_path / "run", filename="../{epoch}")
     trainer = pl.Trainer(

@@ -69,7 +69,8 @@ class CheckpointCallback(TrainerCallback):
             the Trainer's arguments (``checkpoint_dir`` and ``output_dir``,
             ``metric_name`` and ``metric_for_best_model``, ``higher_is_better`` and
             ``greater_is_better``): ``checkpoint_dir`` is the local ``output_dir`` the
-            Trainer writes to.
+            Trainer writes to. Also when training starts under
+            ``trainer.hyperparameter_search``, whose trials save elsewhere.
     """
 
     def __init__(
@@ -98,6 +99,11 @@ class CheckpointCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
     ) -> None:
         """Open the directory as its writer and remove saves a crash cut short."""
+        if state.is_hyper_param_search:
+            raise ValueError(
+                "CheckpointCallback: hyperparameter search is not supported: its trials "
+                "save under output_dir/run-*, outside the directory ckpt commits"
+            )
         self.ckpt_config = self._config_for(args)
         self._close()
         self._manager = CheckpointManager(self.ckpt_config)
@@ -115,7 +121,11 @@ class CheckpointCallback(TrainerCallback):
         tmp = manager.init_tmp_checkpoint(step, _training_info(state, name))
         try:
             if state.is_world_process_zero:  # every rank has written its part by now
-                self._storage.rename(os.path.join(_output_dir(args), name), str(tmp / name))
+                written = os.path.join(_output_dir(args), name)
+                self._storage.rename(written, str(tmp / name))
+                # A new best names itself where the Trainer wrote it; name where it will be.
+                committed = tmp if not tmp.name.startswith("tmp_") else tmp.parent / f"step_{step}"
+                self._repoint_best(str(tmp / name / _WRITTEN_LAST), written, str(committed / name))
         except BaseException:
             manager.abort_checkpoint(tmp)
             raise
@@ -200,6 +210,21 @@ class CheckpointCallback(TrainerCallback):
         except (OSError, ValueError):
             return False
         return isinstance(written, dict) and written.get("global_step") == step
+
+    def _repoint_best(self, path: str, old: str, new: str) -> None:
+        """Rewrite ``best_model_checkpoint`` in a ``trainer_state.json`` from ``old`` to ``new``.
+
+        So that a Trainer resuming from the checkpoint finds its best (it forgets one
+        whose directory is gone). The file is rewritten as the Trainer writes it.
+        """
+        written = json.loads(self._storage.read_bytes(path))
+        recorded = written.get("best_model_checkpoint")
+        if not isinstance(recorded, str) or os.path.abspath(recorded) != old:
+            return
+        # As the Trainer spelt it: relative to the working directory if its output_dir was.
+        written["best_model_checkpoint"] = new if os.path.isabs(recorded) else os.path.relpath(new)
+        text = json.dumps(written, indent=2, sort_keys=True) + "\n"
+        self._storage.replace_file(path, text.encode(), durable=False)  # the commit fsyncs
 
     def _sync_best(self, state: TrainerState) -> None:
         """Point the Trainer's best checkpoint at ckpt's (every rank gets rank 0's answer)."""
