@@ -17,11 +17,13 @@ from ckpt.hf import CheckpointCallback, latest_checkpoint
 
 
 class Regression(torch.nn.Module):
+    """Your model: one linear layer, returning its loss as Trainer models do."""
+
     def __init__(self) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(4, 1)
 
-    def forward(self, x, labels=None):
+    def forward(self, x, labels=None):  # noqa: D102
         out = self.layer(x)
         return {"loss": torch.nn.functional.mse_loss(out, labels), "logits": out}
 
@@ -30,6 +32,7 @@ data = [{"x": torch.randn(4), "labels": torch.randn(1)} for _ in range(64)]
 
 
 def run(max_steps: int) -> Trainer:
+    """Train to ``max_steps`` with a new Trainer, resuming from ckpt's latest."""
     args = TrainingArguments(
         output_dir="runs/hf",
         max_steps=max_steps,

@@ -17,19 +17,21 @@ from ckpt.lightning import ModelCheckpoint  # was: from lightning.pytorch.callba
 
 
 class Regression(pl.LightningModule):
+    """Your model: one linear layer; its validation logs ``val_loss``."""
+
     def __init__(self) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(4, 1)
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch, batch_idx):  # noqa: D102 - Lightning's hooks
         x, y = batch
         return torch.nn.functional.mse_loss(self.layer(x), y)
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx):  # noqa: D102
         x, y = batch
         self.log("val_loss", torch.nn.functional.mse_loss(self.layer(x), y))
 
-    def configure_optimizers(self):
+    def configure_optimizers(self):  # noqa: D102
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
@@ -38,6 +40,7 @@ loaders = DataLoader(data, batch_size=16), DataLoader(data, batch_size=64)
 
 
 def run(epochs: int, ckpt_path: str | None = None) -> ModelCheckpoint:
+    """Train to ``epochs`` with a new Trainer and callback, as a new process would."""
     checkpoints = ModelCheckpoint(
         dirpath="runs/lightning", monitor="val_loss", save_top_k=2, save_last=True
     )
