@@ -58,6 +58,8 @@ def blocks(page: Path, lang: str) -> list[tuple[int, str]]:
         snippet = _SNIPPET.match(code.strip())
         if snippet:
             code = _section(ROOT / snippet["file"], snippet["section"])
+        elif "8<" in code:  # a snippet line a formatter rewrote still compiles: say so
+            raise ValueError(f"{page.name}: a block includes a snippet in no form MkDocs reads")
         found.append((text[: match.start()].count("\n") + 1, code))
     return found
 
