@@ -133,6 +133,9 @@ def test_no_monitor_keeps_the_latest_save_of_every_n_train_steps(tmp_path: Path)
 def test_a_restart_resumes_from_last_then_best_and_keeps_exactly_top_k(tmp_path: Path) -> None:
     first = job.fit(tmp_path, 3)
     assert steps(tmp_path) == [step_of(1), step_of(2)]  # 0.3 and 0.4; 0.5 pruned
+    # Resuming a run that has finished trains nothing, and saves nothing again.
+    finished = job.fit(tmp_path, 3, ckpt_path="last")
+    assert (finished["ckpt_path"], finished["saved"]) == (first["last"], [])
 
     second = job.fit(tmp_path, len(VAL), ckpt_path="last")
     # A new callback knows best and last before training, from the directory alone.

@@ -144,7 +144,6 @@ class ModelCheckpoint(LightningModelCheckpoint):
             enable_version_counter=False,  # one checkpoint per step: nothing to version
         )
         self._manager: CheckpointManager | None = None
-        self._start_step: int | None = None
         self._warned_missing = False
         #: The ckpt config the arguments make (``None`` until ``dirpath`` is known).
         self.ckpt_config: CheckpointConfig | None = None
@@ -191,11 +190,6 @@ class ModelCheckpoint(LightningModelCheckpoint):
         self._manager = CheckpointManager(self.ckpt_config, read_only=stage != "fit")
         self._refresh(trainer)
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Remember the step training starts from (a resumed checkpoint's)."""
-        super().on_train_start(trainer, pl_module)
-        self._start_step = trainer.global_step
-
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Close the manager; ``best_model_path`` and the others keep their values."""
         self._close()
@@ -205,10 +199,6 @@ class ModelCheckpoint(LightningModelCheckpoint):
     ) -> None:
         """Close the manager: a save in flight was aborted or never committed."""
         self._close()
-
-    def state_dict(self) -> dict[str, Any]:
-        """What Lightning stores in each checkpoint (read by tools, never by this callback)."""
-        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Ignore the saved state: the directory is the truth, read at ``setup``."""
@@ -236,16 +226,12 @@ class ModelCheckpoint(LightningModelCheckpoint):
         step = trainer.global_step
         if self._last_global_step_saved == step and self._last_checkpoint_saved:
             return  # saved at this step already, as a top-k member or the latest
-        if step == self._start_step and self._saved_at(step):
-            return  # nothing trained since this checkpoint was loaded
         manager = self._writer()
         self._check_monitor(trainer, candidates)
-        name = self._file_name(candidates)
-        info = _training_info(candidates, name)
-        if not latest and not self._kept(trainer, manager, step, info):
-            if self.verbose:
-                rank_zero_info(f"step {step}: {self.monitor!r} is not among what ckpt keeps")
+        plan = self._plan(trainer, manager, step, candidates, latest=latest)
+        if plan is None:
             return
+        name, info = plan
         tmp = manager.init_tmp_checkpoint(step, info)
         try:
             trainer.save_checkpoint(str(tmp / name), self.save_weights_only)
@@ -268,9 +254,6 @@ class ModelCheckpoint(LightningModelCheckpoint):
         if self._manager is None or self._manager.read_only:
             raise RuntimeError("ModelCheckpoint: saving outside `trainer.fit` (no writer open)")
         return self._manager
-
-    def _saved_at(self, step: int) -> bool:
-        return any(r.step == step for r in self._writer().list_checkpoints())
 
     def _check_monitor(self, trainer: Trainer, candidates: Mapping[str, Any]) -> None:
         if self.monitor is None or self.monitor in candidates:
@@ -297,16 +280,36 @@ class ModelCheckpoint(LightningModelCheckpoint):
             )
         return "/".join(parts)
 
-    def _kept(
-        self, trainer: Trainer, manager: CheckpointManager, step: int, info: dict[str, Any]
-    ) -> bool:
-        """Whether retention would keep a save at ``step``: rank 0 decides, all ranks follow."""
-        keep: bool | None = None
+    def _plan(
+        self,
+        trainer: Trainer,
+        manager: CheckpointManager,
+        step: int,
+        candidates: Mapping[str, Any],
+        *,
+        latest: bool,
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The file name and training info of the save at ``step``, or None to skip it.
+
+        Rank 0 decides and every rank follows, so that all of them enter the collective
+        commit, or none, with one name (logged metrics may differ from rank to rank).
+        """
+        plan: tuple[str, dict[str, Any]] | None = None
         if trainer.is_global_zero:
-            views: list[CheckpointView] = [r for r in manager.list_checkpoints() if r.step != step]
+            name = self._file_name(candidates)
+            info = _training_info(candidates, name)
+            existing = manager.list_checkpoints()
+            views: list[CheckpointView] = [r for r in existing if r.step != step]
             views.append(CheckpointView(step=step, info=info))
-            keep = next(d.keep for d in decide(manager.retention, views) if d.step == step)
-        return bool(trainer.strategy.broadcast(keep, src=0))
+            keep = latest or next(
+                d.keep for d in decide(manager.retention, views) if d.step == step
+            )
+            if keep:
+                plan = (name, info)
+            elif self.verbose:
+                rank_zero_info(f"step {step}: not saved, ckpt would not keep it")
+        shared: tuple[str, dict[str, Any]] | None = trainer.strategy.broadcast(plan, src=0)
+        return shared
 
     # --- the view -------------------------------------------------------------------
 
