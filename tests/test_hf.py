@@ -143,6 +143,20 @@ def test_hyperparameter_search_is_refused_when_training_starts(tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_save_the_trainer_did_not_write_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    from transformers import TrainerControl, TrainerState
+
+    callback, state = CheckpointCallback(), TrainerState()
+    args = job.arguments(tmp_path, STEPS)
+    callback.on_train_begin(args, state, TrainerControl())
+    state.global_step = 3
+    with pytest.raises(FileNotFoundError, match=r"saved step 3, but .*checkpoint-3 does not exist"):
+        callback.on_save(args, state, TrainerControl())
+    callback.on_train_end(args, state, TrainerControl())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt"]  # no tmp_step_3 left
+    assert steps(tmp_path) == []
+
+
 @pytest.mark.parametrize("elsewhere", ["other", "memory://run"])
 def test_a_checkpoint_dir_that_is_not_output_dir_is_refused(tmp_path: Path, elsewhere: str) -> None:
     config = {"checkpoint_dir": elsewhere if "://" in elsewhere else str(tmp_path / elsewhere)}

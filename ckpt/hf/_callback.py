@@ -122,6 +122,11 @@ class CheckpointCallback(TrainerCallback):
         try:
             if state.is_world_process_zero:  # every rank has written its part by now
                 written = os.path.join(_output_dir(args), name)
+                if self._storage.entry(written) is None:
+                    raise FileNotFoundError(
+                        f"CheckpointCallback: the Trainer saved step {step}, but {written} "
+                        "does not exist; a Trainer that saves elsewhere cannot be committed"
+                    )
                 self._storage.rename(written, str(tmp / name))
                 # A new best names itself where the Trainer wrote it; name where it will be.
                 committed = tmp if not tmp.name.startswith("tmp_") else tmp.parent / f"step_{step}"
