@@ -134,6 +134,7 @@ def fit(
         "top": {path: float(score) for path, score in cb.best_k_models.items()},
         "kth": cb.kth_best_model_path,
         "saved": io.saved,
+        "weight": trainer.lightning_module.layer.weight.detach().flatten().tolist(),
     }
 
 
