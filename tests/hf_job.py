@@ -14,9 +14,7 @@ better), so what ckpt keeps is known in advance. Run it as a script or import `t
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,6 @@ EVERY = 2  # steps between evaluations and saves
 #: The score of the evaluation at step EVERY * (i + 1).
 SCORES = (0.5, 0.7, 0.6, 0.9, 0.4, 0.65)
 KEEP_TOP_K = 2
-WATCHDOG_S = 120
 
 
 class Tiny(nn.Module):
@@ -146,41 +143,14 @@ def train(
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    ops = None
-    if args.kill_at is not None or args.record is not None:
-        ops = kill_job.FileOps(args.directory, kill_at=args.kill_at, marker=args.marker)
-        ops.event = None
-        ops.start()
-    report = train(args.directory, args.steps, resume=args.resume, ops=ops)
-    if args.record is not None and ops is not None:
-        Path(args.record).write_text(json.dumps(ops.ops))
-    if args.report is not None:
-        Path(args.report).write_text(json.dumps(report))
-    return 0
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("directory", nargs="?")
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=EVERY * len(SCORES))
     parser.add_argument("--resume", choices=["latest", "best"])
-    parser.add_argument("--report")
-    parser.add_argument("--record")
-    parser.add_argument("--kill-at", type=int)
-    parser.add_argument("--marker")
-    parser.add_argument("--log")
-    parser.add_argument("--serve", action="store_true")
-    return parser.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
-    args = parse(argv)
-    if args.serve:
-        return kill_job.serve_jobs(parse, run)
-    signal.alarm(WATCHDOG_S)
-    return run(args)
+def _job(args: argparse.Namespace, ops: kill_job.FileOps | None) -> dict[str, Any]:
+    return train(args.directory, args.steps, resume=args.resume, ops=ops)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(kill_job.job_main(sys.argv[1:], _arguments, _job))

@@ -553,24 +553,57 @@ def serve() -> int:
         sys.stdout.flush()
 
 
-def serve_jobs(
-    parse_args: Callable[[list[str]], argparse.Namespace],
-    job: Callable[[argparse.Namespace], int],
+def job_main(
+    argv: list[str],
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    job: Callable[[argparse.Namespace, FileOps | None], dict[str, Any]],
 ) -> int:
-    """A fork server for another job script: one child per request line, as `serve` does.
+    """The command line of another job script (``lightning_job.py``, ``hf_job.py``).
 
-    Each request is the script's argument list; ``parse_args`` reads it (its ``log`` is
-    the child's output) and ``job`` runs it.
+    Its own arguments (``add_arguments``), and those of this one: the directory,
+    ``--report FILE`` (the JSON ``job`` returns), ``--record FILE`` (every file
+    operation under the directory), ``--kill-at I --marker FILE``, and ``--serve``: a
+    fork server, one child per request line (the argument list; ``--log`` is the
+    child's output), as `serve` is. ``job`` gets the `FileOps` watching the directory,
+    if any, to name each operation's event.
     """
+
+    def parse_args(given: list[str]) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("directory", nargs="?")
+        add_arguments(parser)
+        for flag in ("--report", "--record", "--marker", "--log"):
+            parser.add_argument(flag)
+        parser.add_argument("--kill-at", type=int)
+        parser.add_argument("--serve", action="store_true")
+        return parser.parse_args(given)
+
+    def run_job(args: argparse.Namespace) -> int:
+        ops = None
+        if args.kill_at is not None or args.record is not None:
+            ops = FileOps(args.directory, kill_at=args.kill_at, marker=args.marker)
+            ops.event = None
+            ops.start()
+        report = job(args, ops)
+        if args.record is not None and ops is not None:
+            Path(args.record).write_text(json.dumps(ops.ops))
+        if args.report is not None:
+            Path(args.report).write_text(json.dumps(report))
+        return 0
+
+    args = parse_args(argv)
+    if not args.serve:
+        signal.alarm(WATCHDOG_S)
+        return run_job(args)
     while True:
         line = sys.stdin.readline()
         if not line:
             return 0
-        args = parse_args(json.loads(line))
+        request = parse_args(json.loads(line))
         gc.freeze()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
-            child(lambda args=args: job(args), args.log)
+            child(lambda request=request: run_job(request), request.log)
         _, status = os.waitpid(pid, 0)
         sys.stdout.write(json.dumps({"exit": os.waitstatus_to_exitcode(status)}) + "\n")
         sys.stdout.flush()

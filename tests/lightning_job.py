@@ -19,9 +19,7 @@ it a fork server, as ``kill_job.py --serve`` is: Lightning is imported once.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,6 @@ from ckpt.lightning import ModelCheckpoint
 #: The val_loss each epoch logs.
 VAL = (0.5, 0.3, 0.4, 0.2, 0.6, 0.35)
 BATCHES = 4  # optimizer steps per epoch
-WATCHDOG_S = 120
 
 
 class Tiny(pl.LightningModule):
@@ -90,6 +87,18 @@ def loaders() -> tuple[DataLoader[Any], DataLoader[Any]]:
     return DataLoader(data, batch_size=4), DataLoader(data, batch_size=8)
 
 
+def quiet_trainer(**kwargs: Any) -> pl.Trainer:
+    """A CPU Trainer without logger, progress bar, summary or sanity check, unless asked."""
+    defaults: dict[str, Any] = {
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        "num_sanity_val_steps": 0,
+    }
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
 def fit(
     directory: str | os.PathLike[str],
     epochs: int,
@@ -109,17 +118,12 @@ def fit(
     built = {"best": cb.best_model_path, "last": cb.last_model_path}
     io = RecordingIO()
     extra: list[pl.Callback] = [StepEvents(ops)] if ops is not None else []
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=epochs,
         callbacks=[cb, *extra],
         plugins=[io],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
         devices=2 if ddp else 1,
         strategy="ddp" if ddp else "auto",
-        num_sanity_val_steps=0,
     )
     train, val = loaders()
     trainer.fit(Tiny(), train, val, ckpt_path=ckpt_path)
@@ -138,52 +142,26 @@ def fit(
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    ops = None
-    if args.kill_at is not None or args.record is not None:
-        ops = kill_job.FileOps(args.directory, kill_at=args.kill_at, marker=args.marker)
-        ops.event = None
-        ops.start()
-    report = fit(
-        args.directory,
-        args.epochs,
-        top_k=args.top_k,
-        save_last=args.save_last or None,
-        ckpt_path=args.ckpt_path,
-        ddp=args.ddp,
-        ops=ops,
-    )
-    if args.record is not None and ops is not None:
-        Path(args.record).write_text(json.dumps(ops.ops))
-    if args.report is not None:
-        Path(args.report).write_text(json.dumps(report))
-    return 0
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("directory", nargs="?")
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=len(VAL))
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--save-last", action="store_true")
     parser.add_argument("--ckpt-path")
     parser.add_argument("--ddp", action="store_true")
-    parser.add_argument("--report")
-    parser.add_argument("--record")
-    parser.add_argument("--kill-at", type=int)
-    parser.add_argument("--marker")
-    parser.add_argument("--log")
-    parser.add_argument("--serve", action="store_true")
-    return parser.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
-    args = parse(argv)
-    if args.serve:
-        return kill_job.serve_jobs(parse, run)
-    signal.alarm(WATCHDOG_S)
-    return run(args)
+def _job(args: argparse.Namespace, ops: kill_job.FileOps | None) -> dict[str, Any]:
+    save_last = args.save_last or None
+    return fit(
+        args.directory,
+        args.epochs,
+        top_k=args.top_k,
+        save_last=save_last,
+        ckpt_path=args.ckpt_path,
+        ddp=args.ddp,
+        ops=ops,
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(kill_job.job_main(sys.argv[1:], _arguments, _job))

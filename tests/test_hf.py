@@ -7,8 +7,6 @@ saved, so what ckpt keeps, and which checkpoint is best, is known in advance.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ import hf_job as job
 from hf_job import EVERY, KEEP_TOP_K, SCORES
 from ranks import run_ranks
 from test_kill import ForkServer
+from trainer_kills import committed_steps, fork_server, kill_and_resume, points, record
 
 JOB = Path(__file__).with_name("hf_job.py")
 STEPS = EVERY * len(SCORES)
@@ -42,9 +41,7 @@ def kept(upto: int) -> list[int]:
     return sorted({saved_step(i) for i in best} | {saved_step(max(saves))})
 
 
-def steps(directory: Path) -> list[int]:
-    with ckpt.CheckpointManager({"checkpoint_dir": str(directory)}, read_only=True) as reader:
-        return [r.step for r in reader.list_checkpoints()]
+steps = committed_steps
 
 
 def trainer_dir(directory: Path, step: int) -> str:
@@ -212,20 +209,8 @@ def test_two_ranks_commit_one_checkpoint_per_save_and_agree_on_the_best(tmp_path
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w")  # noqa: SIM115
-    with (
-        log,
-        subprocess.Popen(
-            [sys.executable, str(JOB), "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        ) as proc,
-    ):
-        assert proc.stdin is not None
-        yield ForkServer(proc)
-        proc.stdin.close()
+    with fork_server(JOB, tmp_path_factory.mktemp("server") / "server.log") as served:
+        yield served
 
 
 KILLED_SAVE = 6  # score 0.6: it joins the top 2 and pushes out step 2 (0.5)
@@ -237,11 +222,9 @@ RUN_STEPS = 10
 def test_a_kill_in_a_save_resumes_from_the_last_complete_checkpoint(
     tmp_path: Path, server: ForkServer
 ) -> None:
-    record, clean = tmp_path / "ops.json", tmp_path / "clean"
     args = ["--steps", str(RUN_STEPS)]
-    log = str(tmp_path / "clean.log")
-    assert server.run([str(clean), *args, "--record", str(record), "--log", log]) == 0
-    recorded = json.loads(record.read_text())
+    clean = tmp_path / "clean"
+    recorded, _ = record(server, clean, args)
     ops = [i for i, (_, _, event, _) in enumerate(recorded) if event == KILLED_SAVE]
     kinds = {recorded[i][0] for i in ops}
     assert {"open-write", "write", "fsync", "rename-noreplace"} <= kinds, kinds
@@ -251,20 +234,12 @@ def test_a_kill_in_a_save_resumes_from_the_last_complete_checkpoint(
     moves = [i for i in ops if recorded[i][0].startswith("rename")]
     assert len(last_file) == 2, [recorded[i] for i in ops]
     assert len(moves) == 3, [recorded[i] for i in ops]
-    sampled = {ops[0], *last_file, *moves, ops[-1]}
-    points = ops if os.environ.get("CKPT_KILL_EXHAUSTIVE") else sorted(sampled)
-    for point in points:
+    for point in points(ops, {ops[0], *last_file, *moves, ops[-1]}):
         run = tmp_path / f"kill{point}"
-        marker, report, log = (run.with_suffix(s) for s in (".marker", ".json", ".log"))
-        kill = [str(run), *args, "--kill-at", str(point), "--marker", str(marker)]
-        assert server.run([*kill, "--log", str(log)]) == -9, point
-        op = json.loads(marker.read_text())["op"]
-        survivors = steps(run)  # what a reader sees right after the crash
-        restart = [str(run), *args, "--resume", "latest", "--report", str(report)]
-        assert server.run([*restart, "--log", f"{log}2"]) == 0, Path(f"{log}2").read_text()[-3000:]
-        resumed = json.loads(report.read_text())
-        assert resumed["resumed_from"] == trainer_dir(run, max(survivors)), op
-        assert max(survivors) in (KILLED_SAVE - EVERY, KILLED_SAVE), op
+        killed = kill_and_resume(server, run, args, point, ["--resume", "latest"])
+        latest, op = max(killed.survivors), killed.op
+        assert killed.report["resumed_from"] == trainer_dir(run, latest), op
+        assert latest in (KILLED_SAVE - EVERY, KILLED_SAVE), op
         assert steps(run) == steps(clean) == kept(RUN_STEPS), op
         assert top_level(run) == [], op
         assert ckpt.verify(run).problems == (), op

@@ -8,17 +8,14 @@ two are run side by side and must agree.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -32,6 +29,7 @@ import lightning_job as job
 from lightning_job import BATCHES, VAL
 from ranks import run_ranks
 from test_kill import ForkServer
+from trainer_kills import committed_steps, fork_server, kill_and_resume, points, record
 
 JOB = Path(__file__).with_name("lightning_job.py")
 
@@ -45,9 +43,7 @@ def file_of(directory: Path, epoch: int, per_epoch: int = BATCHES) -> str:
     return str(directory / f"step_{step}" / f"epoch={epoch}-step={step}.ckpt")
 
 
-def steps(directory: Path) -> list[int]:
-    with ckpt.CheckpointManager({"checkpoint_dir": str(directory)}, read_only=True) as reader:
-        return [r.step for r in reader.list_checkpoints()]
+steps = committed_steps
 
 
 def top_k_epochs(k: int, upto: int) -> set[int]:
@@ -64,15 +60,10 @@ def stock_fit(
     torch.manual_seed(0)
     cb = LightningModelCheckpoint(dirpath=directory, monitor="val_loss", **kwargs)
     io = job.RecordingIO()
-    trainer = pl.Trainer(
+    trainer = job.quiet_trainer(
         max_epochs=epochs,
         callbacks=[cb],
         plugins=[io],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
     )
     trainer.fit(job.Tiny(), *job.loaders())
     return cb, io.saved
@@ -111,13 +102,9 @@ def test_top_k_agrees_with_lightning_and_writes_only_what_it_keeps(
 def test_no_monitor_keeps_the_latest_save_of_every_n_train_steps(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cb = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3)
-    trainer = pl.Trainer(
+    trainer = job.quiet_trainer(
         max_epochs=2,
         callbacks=[cb],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
         limit_val_batches=0,
     )
     trainer.fit(job.Tiny(), job.loaders()[0])
@@ -167,7 +154,7 @@ def test_state_is_read_from_the_directory_not_from_the_saved_callback_state(tmp_
 def test_validate_and_test_load_the_best(tmp_path: Path) -> None:
     job.fit(tmp_path, 4)
     cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2)
-    trainer = pl.Trainer(callbacks=[cb], logger=False, enable_progress_bar=False, accelerator="cpu")
+    trainer = job.quiet_trainer(callbacks=[cb])
     trainer.validate(job.Tiny(), job.loaders()[1], ckpt_path="best")
     assert trainer.ckpt_path == file_of(tmp_path, 3)
     assert steps(tmp_path) == [step_of(1), step_of(3)]  # a read-only stage changes nothing
@@ -176,15 +163,10 @@ def test_validate_and_test_load_the_best(tmp_path: Path) -> None:
 def test_without_dirpath_the_directory_is_lightnings_default(tmp_path: Path) -> None:
     cb = ModelCheckpoint(monitor="val_loss")
     assert cb.ckpt_config is None  # not known before the trainer is
-    trainer = pl.Trainer(
+    trainer = job.quiet_trainer(
         max_epochs=2,
         default_root_dir=tmp_path,
         callbacks=[cb],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
     )
     trainer.fit(job.Tiny(), *job.loaders())
     assert steps(tmp_path / "checkpoints") == [step_of(1)]
@@ -278,14 +260,9 @@ def test_lightning_still_refuses_what_it_refuses(tmp_path: Path) -> None:
 
 def _fit_monitoring(directory: Path, monitor: str, *, validate: bool) -> ModelCheckpoint:
     cb = ModelCheckpoint(dirpath=directory, monitor=monitor, save_top_k=2)
-    trainer = pl.Trainer(
+    trainer = job.quiet_trainer(
         max_epochs=2,
         callbacks=[cb],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
         limit_val_batches=None if validate else 0,
     )
     trainer.fit(job.Tiny(), *job.loaders())
@@ -310,13 +287,9 @@ def test_a_monitor_not_logged_yet_warns_once_and_ranks_last(tmp_path: Path) -> N
 
 def test_a_filename_leaving_the_checkpoint_is_refused(tmp_path: Path) -> None:
     cb = ModelCheckpoint(dirpath=tmp_path / "run", filename="../{epoch}")
-    trainer = pl.Trainer(
+    trainer = job.quiet_trainer(
         max_epochs=1,
         callbacks=[cb],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
         limit_val_batches=0,
     )
     with pytest.raises(ValueError, match="not a relative path inside the checkpoint"):
@@ -360,20 +333,8 @@ def test_two_ddp_ranks_save_one_checkpoint_and_agree(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w")  # noqa: SIM115
-    with (
-        log,
-        subprocess.Popen(
-            [sys.executable, str(JOB), "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        ) as proc,
-    ):
-        assert proc.stdin is not None
-        yield ForkServer(proc)
-        proc.stdin.close()
+    with fork_server(JOB, tmp_path_factory.mktemp("server") / "server.log") as served:
+        yield served
 
 
 KILLED_SAVE = step_of(2)  # val_loss 0.4 enters the top 2 and pushes out epoch 0 (0.5)
@@ -385,73 +346,22 @@ EPOCHS = 5
 def test_a_kill_in_a_save_resumes_from_the_last_complete_checkpoint(
     tmp_path: Path, server: ForkServer
 ) -> None:
-    record, clean = tmp_path / "ops.json", tmp_path / "clean"
     args = ["--epochs", str(EPOCHS), "--save-last"]
-    assert (
-        server.run(
-            [
-                str(clean),
-                *args,
-                "--record",
-                str(record),
-                "--report",
-                str(tmp_path / "clean.json"),
-                "--log",
-                str(tmp_path / "clean.log"),
-            ]
-        )
-        == 0
-    )
-    expected = json.loads((tmp_path / "clean.json").read_text())
-    recorded = json.loads(record.read_text())
+    clean = tmp_path / "clean"
+    recorded, expected = record(server, clean, args)
     ops = [i for i, (_, _, event, _) in enumerate(recorded) if event == KILLED_SAVE]
     renames = [i for i in ops if recorded[i][0].startswith("rename")]
     # Lightning's file appearing, the commit, the move to the trash: and the first and last.
     assert len(renames) == 3, [recorded[i] for i in ops]
-    exhaustive = os.environ.get("CKPT_KILL_EXHAUSTIVE")
-    points = ops if exhaustive else sorted({ops[0], *renames, ops[-1]})
-    for point in points:
+    for point in points(ops, {ops[0], *renames, ops[-1]}):
         run = tmp_path / f"kill{point}"
-        marker, report = run.with_suffix(".marker"), run.with_suffix(".json")
-        code = server.run(
-            [
-                str(run),
-                *args,
-                "--kill-at",
-                str(point),
-                "--marker",
-                str(marker),
-                "--log",
-                str(run.with_suffix(".log")),
-            ]
-        )
-        assert code == -9, point
-        survivors = steps(run)  # what a reader sees right after the crash
-        assert (
-            server.run(
-                [
-                    str(run),
-                    *args,
-                    "--ckpt-path",
-                    "last",
-                    "--report",
-                    str(report),
-                    "--log",
-                    str(run.with_suffix(".log2")),
-                ]
-            )
-            == 0
-        ), run.with_suffix(".log2").read_text()[-3000:]
-        resumed = json.loads(report.read_text())
-        op = json.loads(marker.read_text())["op"]
-        latest = max(survivors)
-        assert resumed["ckpt_path"] == file_of(run, latest // BATCHES - 1), op
+        killed = kill_and_resume(server, run, args, point, ["--ckpt-path", "last"])
+        latest, op = max(killed.survivors), killed.op
+        assert killed.report["ckpt_path"] == file_of(run, latest // BATCHES - 1), op
         assert latest in (KILLED_SAVE - BATCHES, KILLED_SAVE), op
         assert steps(run) == steps(clean), op
-        assert (resumed["best"], resumed["last"]) == (
-            expected["best"].replace(str(clean), str(run)),
-            expected["last"].replace(str(clean), str(run)),
-        ), op
+        ended = (killed.report["best"], killed.report["last"])
+        assert ended == tuple(expected[k].replace(str(clean), str(run)) for k in ("best", "last"))
         assert ckpt.verify(run).problems == (), op
 
 
