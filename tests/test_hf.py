@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import hf_job as job
 from hf_job import EVERY, KEEP_TOP_K, SCORES
 from ranks import run_ranks
-from test_kill import ForkServer
-from trainer_kills import committed_steps, fork_server, kill_and_resume, points, record
+from test_kill import ForkServer, fork_server
+from trainer_kills import committed_steps, kill_and_resume, points, record
 
 JOB = Path(__file__).with_name("hf_job.py")
 STEPS = EVERY * len(SCORES)

@@ -137,23 +137,31 @@ class ForkServer:
 
 
 @contextmanager
+def fork_server(script: Path, log: Path) -> Iterator[ForkServer]:
+    """``script --serve`` (its errors in ``log``); it exits at the end of its input."""
+    with (
+        open(log, "w") as errors,
+        subprocess.Popen(
+            [sys.executable, str(script), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        ) as proc,
+    ):
+        assert proc.stdin is not None
+        try:
+            yield ForkServer(proc)
+        finally:
+            proc.stdin.close()
+
+
+@contextmanager
 def fork_servers(n: int, logs: Path) -> Iterator[queue.Queue[ForkServer]]:
     servers: queue.Queue[ForkServer] = queue.Queue()
     with ExitStack() as stack:
         for i in range(n):
-            log = stack.enter_context(open(logs / f"server_{i}.log", "w"))
-            proc = stack.enter_context(
-                subprocess.Popen(
-                    [sys.executable, str(JOB), "--serve"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    text=True,
-                )
-            )
-            assert proc.stdin is not None
-            stack.callback(proc.stdin.close)  # the server exits at the end of its input
-            servers.put(ForkServer(proc))
+            servers.put(stack.enter_context(fork_server(JOB, logs / f"server_{i}.log")))
         yield servers
 
 

@@ -1,13 +1,9 @@
-"""What the trainers' kill tests share: a job's fork server, a clean run, a kill, a resume."""
+"""What the trainers' kill tests share: a clean run, a kill, a resume (and the fork server)."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,24 +11,6 @@ from typing import Any
 from test_kill import ForkServer
 
 import ckpt
-
-
-@contextmanager
-def fork_server(script: Path, log: Path) -> Iterator[ForkServer]:
-    """``script --serve``: the trainer is imported once, each run is a fresh fork."""
-    with (
-        open(log, "w") as errors,
-        subprocess.Popen(
-            [sys.executable, str(script), "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-        ) as proc,
-    ):
-        assert proc.stdin is not None
-        yield ForkServer(proc)
-        proc.stdin.close()
 
 
 def committed_steps(directory: Path | str) -> list[int]:
