@@ -154,6 +154,27 @@ def test_a_save_the_trainer_did_not_write_is_refused_and_leaves_nothing(tmp_path
     assert steps(tmp_path) == []
 
 
+def test_the_trainers_own_best_follows_its_checkpoint_when_ckpt_cannot_rank_it(
+    tmp_path: Path,
+) -> None:
+    from transformers import TrainerControl, TrainerState
+
+    callback, state, control = CheckpointCallback(), TrainerState(), TrainerControl()
+    args = job.arguments(tmp_path, STEPS)
+    callback.on_train_begin(args, state, control)
+    written = tmp_path / "checkpoint-2"  # as the Trainer leaves a new best, unevaluated here
+    written.mkdir()
+    (written / "trainer_state.json").write_text(
+        json.dumps({"best_model_checkpoint": str(written), "global_step": 2})
+    )
+    state.global_step, state.best_model_checkpoint = 2, str(written)
+    callback.on_save(args, state, control)
+    callback.on_train_end(args, state, control)
+    assert state.best_model_checkpoint == trainer_dir(tmp_path, 2)
+    saved = json.loads((Path(trainer_dir(tmp_path, 2)) / "trainer_state.json").read_text())
+    assert saved["best_model_checkpoint"] == trainer_dir(tmp_path, 2)
+
+
 @pytest.mark.parametrize("elsewhere", ["other", "memory://run"])
 def test_a_checkpoint_dir_that_is_not_output_dir_is_refused(tmp_path: Path, elsewhere: str) -> None:
     config = {"checkpoint_dir": elsewhere if "://" in elsewhere else str(tmp_path / elsewhere)}

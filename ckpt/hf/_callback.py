@@ -119,9 +119,11 @@ class CheckpointCallback(TrainerCallback):
         step = state.global_step
         name = f"checkpoint-{step}"
         tmp = manager.init_tmp_checkpoint(step, _training_info(state, name))
+        written = os.path.join(_output_dir(args), name)
+        # Where it will be: the attempt itself, or the step_N it is renamed to.
+        committed = tmp if not tmp.name.startswith("tmp_") else tmp.parent / f"step_{step}"
         try:
             if state.is_world_process_zero:  # every rank has written its part by now
-                written = os.path.join(_output_dir(args), name)
                 if self._storage.entry(written) is None:
                     raise FileNotFoundError(
                         f"CheckpointCallback: the Trainer saved step {step}, but {written} "
@@ -129,12 +131,14 @@ class CheckpointCallback(TrainerCallback):
                     )
                 self._storage.rename(written, str(tmp / name))
                 # A new best names itself where the Trainer wrote it; name where it will be.
-                committed = tmp if not tmp.name.startswith("tmp_") else tmp.parent / f"step_{step}"
                 self._repoint_best(str(tmp / name / _WRITTEN_LAST), written, str(committed / name))
         except BaseException:
             manager.abort_checkpoint(tmp)
             raise
         manager.finalize_checkpoint(tmp)
+        best = state.best_model_checkpoint
+        if best is not None and os.path.abspath(best) == written:
+            state.best_model_checkpoint = str(committed / name)  # the Trainer's own choice, moved
         self._sync_best(state)
 
     def on_train_end(
