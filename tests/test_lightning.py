@@ -173,6 +173,23 @@ def test_without_dirpath_the_directory_is_lightnings_default(tmp_path: Path) -> 
     assert cb.best_model_path == file_of(tmp_path / "checkpoints", 1)
 
 
+def test_the_lightning_hooks_it_overrides_exist_and_lightning_calls_them() -> None:
+    # The callback relies on three of Lightning's private methods: a rename must fail here.
+    import inspect
+
+    from lightning.pytorch.trainer.connectors import checkpoint_connector
+
+    for name in ("_save_topk_checkpoint", "_save_last_checkpoint", "_find_last_checkpoints"):
+        assert callable(getattr(LightningModelCheckpoint, name, None)), name
+        assert getattr(ModelCheckpoint, name) is not getattr(LightningModelCheckpoint, name)
+    for hook in ("on_train_batch_end", "on_train_epoch_end", "on_validation_end"):
+        source = inspect.getsource(getattr(LightningModelCheckpoint, hook))
+        assert "self._save_topk_checkpoint(" in source, hook
+        assert "self._save_last_checkpoint(" in source, hook
+    connector = inspect.getsource(checkpoint_connector)
+    assert "._find_last_checkpoints(" in connector
+
+
 # --- arguments -------------------------------------------------------------------------
 
 
