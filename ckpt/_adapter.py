@@ -25,11 +25,9 @@ def given_keys(config: CheckpointConfig | Mapping[str, Any] | BaseModel | None) 
     """
     if config is None:
         return {}
-    if isinstance(config, CheckpointConfig):
-        return config.model_dump(exclude_unset=True)
     if isinstance(config, Mapping):
         return dict(config)
-    if isinstance(config, BaseModel):  # NeMo RL's CheckpointingConfig, say
+    if isinstance(config, BaseModel):  # a CheckpointConfig, or NeMo RL's CheckpointingConfig
         return config.model_dump(exclude_unset=True)
     raise TypeError(
         "`config` must be a CheckpointConfig, a mapping of config keys or a pydantic model "

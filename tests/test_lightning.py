@@ -216,14 +216,17 @@ def test_lightning_arguments_become_a_retention_policy(
     assert cb.ckpt_config.metric_name == kwargs.get("monitor")
 
 
-def test_config_gives_what_the_arguments_do_not(tmp_path: Path) -> None:
-    config = {
+@pytest.mark.parametrize("kind", ["dict", "CheckpointConfig"])
+def test_config_gives_what_the_arguments_do_not(tmp_path: Path, kind: str) -> None:
+    config: Any = {
         "checkpoint_dir": str(tmp_path),
         "metric_name": "val_acc",
         "higher_is_better": True,
         "retention": {"kind": "latest_n", "n": 4},
         "fsync": False,
     }
+    if kind == "CheckpointConfig":
+        config = ckpt.CheckpointConfig(**config)
     cb = ModelCheckpoint(config=config)
     assert cb.dirpath == str(tmp_path)
     assert (cb.monitor, cb.mode) == ("val_acc", "max")
@@ -266,6 +269,11 @@ def test_arguments_that_disagree_with_the_config_are_refused(
         ModelCheckpoint(config=config, **kwargs)
     assert message in str(error.value)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_config_of_another_type_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"`config` must be a CheckpointConfig, .* got int"):
+        ModelCheckpoint(dirpath=tmp_path, config=42)  # type: ignore[arg-type]
 
 
 def test_lightning_still_refuses_what_it_refuses(tmp_path: Path) -> None:
