@@ -145,11 +145,15 @@ def test_a_save_the_trainer_did_not_write_is_refused_and_leaves_nothing(tmp_path
 
     callback, state = CheckpointCallback(), TrainerState()
     args = job.arguments(tmp_path, STEPS)
+    assert callback.manager is None
     callback.on_train_begin(args, state, TrainerControl())
+    assert callback.manager is not None
+    assert callback.manager.checkpoint_dir == tmp_path
     state.global_step = 3
     with pytest.raises(FileNotFoundError, match=r"saved step 3, but .*checkpoint-3 does not exist"):
         callback.on_save(args, state, TrainerControl())
     callback.on_train_end(args, state, TrainerControl())
+    assert callback.manager is None  # closed: the directory's lock went with it
     assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt"]  # no tmp_step_3 left
     assert steps(tmp_path) == []
 
