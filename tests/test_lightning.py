@@ -151,6 +151,21 @@ def test_state_is_read_from_the_directory_not_from_the_saved_callback_state(tmp_
     assert set(resumed["top"]) == {file_of(tmp_path, 3), file_of(tmp_path, 2)}
 
 
+@pytest.mark.parametrize("crafted", ["/etc/passwd", "../../elsewhere.ckpt", "a//b.ckpt", 7])
+def test_a_crafted_file_name_in_a_checkpoint_never_points_outside_it(
+    tmp_path: Path, crafted: Any
+) -> None:
+    config = {"checkpoint_dir": str(tmp_path)}
+    with (
+        ckpt.CheckpointManager(config) as manager,
+        manager.checkpoint(4, {"lightning_file": crafted, "val_loss": 0.1}),
+    ):
+        pass
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss")
+    assert cb.best_model_path == cb.last_model_path == str(tmp_path / "step_4")
+    assert list(cb.best_k_models) == [str(tmp_path / "step_4")]
+
+
 def test_validate_and_test_load_the_best(tmp_path: Path) -> None:
     job.fit(tmp_path, 4)
     cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2)

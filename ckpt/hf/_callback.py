@@ -247,8 +247,12 @@ class CheckpointCallback(TrainerCallback):
         info = manager.load_training_info(best) or {}
         value = metric_value(info, name)
         trainer_dir = info.get(DIR_KEY)
-        if value is None or not isinstance(trainer_dir, str):
-            return
+        if (
+            value is None
+            or not isinstance(trainer_dir, str)
+            or not _CHECKPOINT.fullmatch(trainer_dir)
+        ):
+            return  # not the Trainer's (a crafted name must not point the Trainer elsewhere)
         state.best_model_checkpoint = os.path.join(best, trainer_dir)
         state.best_metric = value
         state.best_global_step = int(info.get("step", 0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Mapping
@@ -21,8 +20,6 @@ from pydantic import BaseModel
 from ckpt import CheckpointConfig, CheckpointManager, CheckpointRecord
 from ckpt._adapter import RETENTION_KEYS, given_keys, merge
 from policies import CheckpointView, decide, metric_value
-
-logger = logging.getLogger("ckpt.lightning")
 
 #: The training-info key naming Lightning's file inside a checkpoint's directory.
 FILE_KEY = "lightning_file"
@@ -366,10 +363,11 @@ def _training_info(candidates: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def _file_of(record: CheckpointRecord) -> str:
+    """Lightning's file in ``record``; its directory if the info names none inside it."""
     name = record.info.get(FILE_KEY)
-    if isinstance(name, str) and name and ".." not in name.split("/"):
-        return str(record.path / name)
-    return str(record.path)  # not saved by this callback: the checkpoint's directory
+    if not isinstance(name, str) or any(p in ("", ".", "..") for p in name.split("/")):
+        return str(record.path)  # not saved by this callback, or a crafted name ("/etc/x")
+    return str(record.path / name)
 
 
 def _view(callback: ModelCheckpoint, manager: CheckpointManager) -> dict[str, Any]:
