@@ -179,6 +179,24 @@ def test_the_trainers_own_best_follows_its_checkpoint_when_ckpt_cannot_rank_it(
     assert saved["best_model_checkpoint"] == trainer_dir(tmp_path, 2)
 
 
+@pytest.mark.parametrize("crafted", ["/etc", "../checkpoint-4", "checkpoint-4/.."])
+def test_a_crafted_trainer_dir_never_becomes_the_best_or_a_resume_point(
+    tmp_path: Path, crafted: str
+) -> None:
+    from transformers import TrainerControl, TrainerState
+
+    config = {"checkpoint_dir": str(tmp_path)}
+    info = {"step": 4, "eval_score": 0.9, "hf_checkpoint": crafted}
+    with ckpt.CheckpointManager(config) as manager, manager.checkpoint(4, info):
+        pass
+    callback, state = CheckpointCallback(), TrainerState()
+    callback.on_train_begin(job.arguments(tmp_path, STEPS), state, TrainerControl())
+    callback.on_train_end(job.arguments(tmp_path, STEPS), state, TrainerControl())
+    assert state.best_model_checkpoint is None
+    assert latest_checkpoint(tmp_path) is None
+    assert best_checkpoint(tmp_path) is None
+
+
 @pytest.mark.parametrize("elsewhere", ["other", "memory://run"])
 def test_a_checkpoint_dir_that_is_not_output_dir_is_refused(tmp_path: Path, elsewhere: str) -> None:
     config = {"checkpoint_dir": elsewhere if "://" in elsewhere else str(tmp_path / elsewhere)}
