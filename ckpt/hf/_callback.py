@@ -122,6 +122,11 @@ class CheckpointCallback(TrainerCallback):
         written = os.path.join(_output_dir(args), name)
         # Where it will be: the attempt itself, or the step_N it is renamed to.
         committed = tmp if not tmp.name.startswith("tmp_") else tmp.parent / f"step_{step}"
+        moved = str(committed / name)
+        # A new best of the Trainer's names itself where the Trainer wrote it, in the state
+        # and in the trainer_state.json it has just saved from it.
+        recorded = state.best_model_checkpoint
+        names_itself = recorded is not None and os.path.abspath(recorded) == written
         try:
             if state.is_world_process_zero:  # every rank has written its part by now
                 if self._storage.entry(written) is None:
@@ -130,15 +135,15 @@ class CheckpointCallback(TrainerCallback):
                         "does not exist; a Trainer that saves elsewhere cannot be committed"
                     )
                 self._storage.rename(written, str(tmp / name))
-                # A new best names itself where the Trainer wrote it; name where it will be.
-                self._repoint_best(str(tmp / name / _WRITTEN_LAST), written, str(committed / name))
+                if names_itself:  # as the Trainer spelt it: relative if its output_dir was
+                    spelt = moved if os.path.isabs(str(recorded)) else os.path.relpath(moved)
+                    self._repoint_best(str(tmp / name / _WRITTEN_LAST), spelt)
         except BaseException:
             manager.abort_checkpoint(tmp)
             raise
         manager.finalize_checkpoint(tmp)
-        best = state.best_model_checkpoint
-        if best is not None and os.path.abspath(best) == written:
-            state.best_model_checkpoint = str(committed / name)  # the Trainer's own choice, moved
+        if names_itself:
+            state.best_model_checkpoint = moved  # the Trainer's own choice, where it now is
         self._sync_best(state)
 
     def on_train_end(
@@ -220,38 +225,32 @@ class CheckpointCallback(TrainerCallback):
             return False
         return isinstance(written, dict) and written.get("global_step") == step
 
-    def _repoint_best(self, path: str, old: str, new: str) -> None:
-        """Rewrite ``best_model_checkpoint`` in a ``trainer_state.json`` from ``old`` to ``new``.
+    def _repoint_best(self, path: str, best: str) -> None:
+        """Set ``best_model_checkpoint`` in the ``trainer_state.json`` at ``path`` to ``best``.
 
         So that a Trainer resuming from the checkpoint finds its best (it forgets one
         whose directory is gone). The file is rewritten as the Trainer writes it.
         """
         written = json.loads(self._storage.read_bytes(path))
-        recorded = written.get("best_model_checkpoint")
-        if not isinstance(recorded, str) or os.path.abspath(recorded) != old:
-            return
-        # As the Trainer spelt it: relative to the working directory if its output_dir was.
-        written["best_model_checkpoint"] = new if os.path.isabs(recorded) else os.path.relpath(new)
+        written["best_model_checkpoint"] = best
         text = json.dumps(written, indent=2, sort_keys=True) + "\n"
         self._storage.replace_file(path, text.encode(), durable=False)  # the commit fsyncs
 
     def _sync_best(self, state: TrainerState) -> None:
         """Point the Trainer's best checkpoint at ckpt's (every rank gets rank 0's answer)."""
         manager = self._writer()
-        name = manager.ranking.name if hasattr(manager.ranking, "name") else None
+        name = getattr(manager.ranking, "name", None)
+        if name is None:
+            return  # ranked by recency: the Trainer tracks no best either
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MissingMetricWarning)  # steps without evaluation
             best = manager.get_best_checkpoint_path()
-        if best is None or name is None:
+        if best is None:
             return
         info = manager.load_training_info(best) or {}
         value = metric_value(info, name)
-        trainer_dir = info.get(DIR_KEY)
-        if (
-            value is None
-            or not isinstance(trainer_dir, str)
-            or not _CHECKPOINT.fullmatch(trainer_dir)
-        ):
+        trainer_dir = _trainer_dir(info)
+        if value is None or trainer_dir is None:
             return  # not the Trainer's (a crafted name must not point the Trainer elsewhere)
         state.best_model_checkpoint = os.path.join(best, trainer_dir)
         state.best_metric = value
@@ -287,8 +286,9 @@ def _training_info(state: TrainerState, name: str) -> dict[str, Any]:
     return info
 
 
-def _trainer_dir(record: CheckpointRecord) -> str | None:
-    name = record.info.get(DIR_KEY)
+def _trainer_dir(info: Mapping[str, Any]) -> str | None:
+    """The ``checkpoint-N`` a checkpoint's training info names, if it names one."""
+    name = info.get(DIR_KEY)
     return name if isinstance(name, str) and _CHECKPOINT.fullmatch(name) else None
 
 
@@ -303,8 +303,13 @@ def _reader(output_dir: str | os.PathLike[str]) -> CheckpointManager:
     return CheckpointManager(config, read_only=True, process_group=False)
 
 
+def _committed_by_callback(reader: CheckpointManager) -> list[CheckpointRecord]:
+    """The checkpoints holding a ``checkpoint-N`` of the Trainer's, by step."""
+    return [r for r in reader.list_checkpoints() if _trainer_dir(r.info) is not None]
+
+
 def _trainer_path(record: CheckpointRecord | None) -> str | None:
-    name = None if record is None else _trainer_dir(record)
+    name = None if record is None else _trainer_dir(record.info)
     return None if record is None or name is None else str(record.path / name)
 
 
@@ -324,7 +329,7 @@ def latest_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
         if there is none (a fresh run: pass ``None`` to start from scratch).
     """
     with _reader(output_dir) as reader:
-        ours = [r for r in reader.list_checkpoints() if _trainer_dir(r) is not None]
+        ours = _committed_by_callback(reader)
         return _trainer_path(ours[-1] if ours else None)
 
 
@@ -345,6 +350,5 @@ def best_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
         ckpt.MissingMetricWarning: If some checkpoints lack the metric (they rank last).
     """
     with _reader(output_dir) as reader:
-        ours = [r for r in reader.list_checkpoints() if _trainer_dir(r) is not None]
-        ranked = reader.ranking.rank(ours)
+        ranked = reader.ranking.rank(_committed_by_callback(reader))
         return _trainer_path(ranked[0] if ranked else None)  # type: ignore[arg-type]
