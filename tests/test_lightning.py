@@ -140,6 +140,21 @@ def test_a_restart_resumes_from_last_then_best_and_keeps_exactly_top_k(tmp_path:
     assert steps(tmp_path) == sorted(step_of(e) for e in kept)
 
 
+def test_with_a_retention_block_every_scored_checkpoint_is_among_the_top(tmp_path: Path) -> None:
+    config = {"retention": {"kind": "keep_all"}}
+    ended = job.fit(tmp_path, 3, top_k=1, save_last=None, config=config)
+    assert set(ended["top"]) == {file_of(tmp_path, e) for e in range(3)}
+    assert ended["kth"] == ""  # no k of Lightning's to be the k-th of
+    assert ended["best"] == file_of(tmp_path, 1)
+
+
+def test_keeping_only_the_latest_still_scores_it(tmp_path: Path) -> None:
+    ended = job.fit(tmp_path, 3, top_k=0, save_last=True)
+    assert steps(tmp_path) == [step_of(2)]
+    assert (ended["best"], ended["best_score"]) == (file_of(tmp_path, 2), pytest.approx(0.4))
+    assert ended["top"] == {}
+
+
 def test_state_is_read_from_the_directory_not_from_the_saved_callback_state(tmp_path: Path) -> None:
     job.fit(tmp_path, 3)
     shutil.rmtree(tmp_path / f"step_{step_of(1)}")  # the best, removed behind the run's back

@@ -380,15 +380,17 @@ def _view(callback: ModelCheckpoint, manager: CheckpointManager) -> dict[str, An
         for r in ranked
         if monitor is not None and (value := metric_value(r.info, monitor)) is not None
     ]
-    k = callback.save_top_k
-    top = dict(scored if k < 0 or callback._retention_given else scored[:k])
-    best = _file_of(ranked[0]) if ranked else ""  # type: ignore[arg-type]
+    # A retention block of the config keeps no "k" of Lightning's: every scored one counts.
+    k = None if callback._retention_given or callback.save_top_k < 0 else callback.save_top_k
+    top = dict(scored[:k])
+    best = ranked[0] if ranked else None
+    best_score = None if best is None or monitor is None else metric_value(best.info, monitor)
     return {
-        "best": best,
-        "best_score": top.get(best),
+        "best": "" if best is None else _file_of(best),  # type: ignore[arg-type]
+        "best_score": best_score,
         "last": _file_of(records[-1]) if records else "",
         "top": top,
-        "kth": list(top)[-1] if k > 0 and len(top) >= k else "",
+        "kth": list(top)[-1] if k and len(top) == k else "",
     }
 
 
