@@ -114,6 +114,18 @@ def test_no_monitor_keeps_the_latest_save_of_every_n_train_steps(tmp_path: Path)
     assert repr(cb.ckpt_config.retention) == "LatestNSpec(kind='latest_n', n=1)"  # type: ignore[union-attr]
 
 
+def test_a_time_interval_and_weights_only_reach_lightning(tmp_path: Path) -> None:
+    cb = ModelCheckpoint(dirpath=tmp_path, train_time_interval=timedelta(0), save_weights_only=True)
+    io = job.RecordingIO()
+    trainer = job.quiet_trainer(max_epochs=1, callbacks=[cb], plugins=[io], limit_val_batches=0)
+    trainer.fit(job.Tiny(), job.loaders()[0])
+    assert len(io.saved) == BATCHES  # an interval of 0 saves after every batch
+    assert steps(tmp_path) == [BATCHES]  # and the latest is kept
+    loaded = torch.load(cb.last_model_path, weights_only=False)
+    assert "state_dict" in loaded
+    assert "optimizer_states" not in loaded
+
+
 # --- restarts -------------------------------------------------------------------------
 
 
