@@ -175,9 +175,26 @@ def list_attempt(storage: Storage, attempt: str) -> tuple[ManifestFile, ...]:
 def delete_manifest_checkpoint(
     storage: Storage, directory: str, committed: Committed, *, durable: bool
 ) -> None:
-    """Remove the manifest first (the checkpoint is gone from then on), then its files."""
+    """Remove the manifest first (the checkpoint is gone from then on), then its files.
+
+    Where the store can make the condition (S3's ``If-Match``), the manifest is deleted
+    only if it is still the version this writer indexed: a manifest another writer
+    replaced meanwhile stays, and so does the attempt it names.
+
+    Raises:
+        CommitConflictError: If the manifest changed since it was indexed.
+    """
     assert committed.manifest is not None
-    storage.remove_file(committed.manifest)
+    caps = storage.capabilities
+    if caps.conditional_replace and committed.version and isinstance(storage, ConditionalStorage):
+        removed = storage.remove_if(committed.manifest, committed.version)
+        if not removed and storage.entry(committed.manifest) is not None:
+            raise CommitConflictError(
+                f"did not delete step {committed.step}: {committed.manifest} changed "
+                f"since this writer indexed it (another writer replaced it)"
+            )
+    else:
+        storage.remove_file(committed.manifest)
     if durable:
         storage.sync_dir(directory)
     storage.remove_tree(committed.path)

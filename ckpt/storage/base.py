@@ -215,6 +215,14 @@ class ConditionalStorage(Storage, Protocol):
         """
         ...
 
+    def remove_if(self, path: str, version: str) -> bool:
+        """Remove the file ``path`` if its `Entry.version` is still ``version``.
+
+        Returns:
+            Whether it was removed (``False`` if it changed or was absent).
+        """
+        ...
+
 
 def join(base: str, *names: str) -> str:
     """``base`` with ``names`` appended, one ``/`` between each (a URL root works too)."""

@@ -132,6 +132,9 @@ class FsspecStorage:
             conditional_replace=conditional,
             content_versions=self.dialect == "s3",
         )
+        # The leases `lock` took, by the key prefix each one guards.
+        self._leases: dict[str, Lease] = {}
+        self._leases_mutex = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FsspecStorage({type(self.fs).__name__}(...), lease_seconds={self.lease_seconds!r})"
@@ -145,6 +148,24 @@ class FsspecStorage:
 
     def _path(self, path: str) -> str:
         return cast(str, self.fs._strip_protocol(path)).rstrip("/")
+
+    def _fence(self, path: str) -> str:
+        """Check the lease guarding ``path`` (if this storage holds one); its key.
+
+        Every request that changes the store goes through here first, so a writer whose
+        lease lapsed changes nothing (`LeaseLostError`).
+        """
+        key = self._path(path)
+        with self._leases_mutex:
+            held = [
+                (prefix, lease)
+                for prefix, lease in self._leases.items()
+                if not lease.released and (key == prefix or key.startswith(prefix + "/"))
+            ]
+        for _, lease in held:
+            if key != self._path(lease.path):  # its own object: the lease renews it
+                lease.guard(path)
+        return key
 
     def canonical(self, path: str) -> str:
         """The store's own URL of ``path``, spelt as a ``UPath`` of it prints."""
@@ -243,10 +264,11 @@ class FsspecStorage:
         It holds one part (`WRITE_PART_BYTES`) in memory at a time; memory:// buffers the
         whole object and stores it at the end.
         """
-        key = self._path(path)
+        key = self._fence(path)
         if self.dialect == "memory":
             buffer = io.BytesIO()
             yield buffer
+            self._fence(path)
             with _memory_mutex:
                 self.fs.pipe_file(key, buffer.getvalue())
             return
@@ -259,6 +281,13 @@ class FsspecStorage:
                 f.discard()
             f.closed = True
             raise
+        try:
+            self._fence(path)  # completing the upload is what makes the object appear
+        except BaseException:
+            with contextlib.suppress(Exception):
+                f.discard()
+            f.closed = True
+            raise
         f.close()
 
     def write_bytes(self, path: str, data: bytes) -> None:
@@ -267,7 +296,7 @@ class FsspecStorage:
         The check is atomic where the store has exclusive creates (S3's
         ``If-None-Match: *``), a check then a put elsewhere.
         """
-        key = self._path(path)
+        key = self._fence(path)
         if self.dialect == "s3":
             self.fs.pipe_file(key, data, mode="create")
             return
@@ -278,8 +307,9 @@ class FsspecStorage:
 
     def replace_file(self, path: str, data: bytes, *, durable: bool) -> None:
         """Put ``data`` at ``path``: readers see the old object or the new one."""
+        key = self._fence(path)
         with _memory_mutex if self.dialect == "memory" else contextlib.nullcontext():
-            self.fs.pipe_file(self._path(path), data)
+            self.fs.pipe_file(key, data)
 
     def replace_if(self, path: str, data: bytes, version: str) -> bool:
         """Put ``data`` at ``path`` only if its version is still ``version``.
@@ -291,7 +321,7 @@ class FsspecStorage:
             NotImplementedError: On a store without conditional replaces (see
                 ``capabilities.conditional_replace``).
         """
-        key = self._path(path)
+        key = self._fence(path)
         if self.dialect == "s3":
             try:
                 self.fs.pipe_file(key, data, IfMatch=version)
@@ -331,12 +361,49 @@ class FsspecStorage:
 
     def remove_file(self, path: str) -> None:
         """Delete the object ``path``; nothing if it is absent."""
+        key = self._fence(path)
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(self._path(path))
+            self.fs.rm_file(key)
+
+    def remove_if(self, path: str, version: str) -> bool:
+        """Delete the object ``path`` only if its version is still ``version``.
+
+        On S3 the condition is the store's own (``DeleteObject`` with ``If-Match``), so a
+        late request of a writer that lost its lease cannot delete what replaced it.
+
+        Returns:
+            Whether it was deleted (``False``: it changed or vanished meanwhile).
+
+        Raises:
+            NotImplementedError: On a store without conditional writes.
+        """
+        key = self._fence(path)
+        if self.dialect == "s3":
+            bucket, name, _ = self.fs.split_path(key)
+            self.fs.invalidate_cache(key)
+            try:
+                self.fs.call_s3("delete_object", Bucket=bucket, Key=name, IfMatch=version)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                if "PreconditionFailed" in str(exc) or "pre-condition" in str(exc):
+                    return False
+                raise
+            finally:
+                self.fs.invalidate_cache(key)
+            return True
+        if self.dialect == "memory":
+            with _memory_mutex:
+                found = self.entry(path)
+                if found is None or found.version != version:
+                    return False
+                self.fs.rm_file(key)
+                return True
+        raise NotImplementedError(f"{type(self.fs).__name__} offers no conditional delete")
 
     def remove_tree(self, path: str) -> None:
         """Delete every object under the prefix ``path`` (and an object at ``path``)."""
-        key = self._path(path)
+        key = self._fence(path)
         self.fs.invalidate_cache(key)
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(key, recursive=True)
@@ -358,12 +425,22 @@ class FsspecStorage:
         `lease_seconds`. A second writer is refused while it is renewed; a crashed
         writer's lease is taken over once it has gone unrenewed for `lease_seconds`.
 
+        The lease fences the directory above its own (``run/`` for the lease
+        ``run/.ckpt/lock``): while it is held, every request of this storage that changes
+        an object under that directory checks it first (`Lease.guard`), so a writer
+        whose lease lapsed gets `LeaseLostError` instead of committing or deleting.
+
         Raises:
             CheckpointDirLockedError: If a live writer holds the lease.
             CheckpointError: If the store has no conditional writes, so that no lease
                 can keep a second writer out.
         """
-        return Lease.acquire(self, path, self.lease_seconds)
+        lease = Lease.acquire(self, path, self.lease_seconds)
+        guarded = posixpath.dirname(posixpath.dirname(self._path(path)))
+        with self._leases_mutex:
+            self._leases = {p: held for p, held in self._leases.items() if not held.released}
+            self._leases[guarded] = lease
+        return lease
 
     def lock_held(self, path: str) -> bool:
         """Whether a writer's lease in ``path`` is live (renewed within its duration)."""

@@ -9,13 +9,28 @@ an exclusive create and renewed with a conditional replace (S3's ``If-None-Match
   lease renewed meanwhile belongs to a live writer: refused.
 * **renew**: a background thread replaces it, conditionally on the version it last
   wrote, every third of the duration. A failed condition means it was taken over; a
-  failed request is retried until the duration runs out. Either way the lease is lost,
-  and `Lease.check` (called before every commit and delete) says so.
+  failed request is retried until the duration runs out. Either way the lease is lost.
+* **fence**: the storage that took the lease calls `Lease.guard` before every request
+  that changes the directory (see ``FsspecStorage.lock``): a writer whose lease is not
+  current then makes no such request, and gets `LeaseLostError` from the call that tried.
 * **release**: replace it, conditionally, with a released one.
 
-Whether a lease went unrenewed is judged by watching it on this machine's own clock,
-never by comparing clocks of two machines; only a lease whose stated renewal time is
-two durations old by this clock is taken over without watching it.
+Whether a lease went unrenewed is judged only by watching it on the taker's own clock
+for a whole duration, never by comparing the clocks of two machines: a taker whose clock
+runs hours ahead of the holder's waits exactly as long as one whose clock agrees.
+
+A renewal counts from the moment its request was sent (not when the answer came back),
+so a holder never believes its lease lasts longer than a taker watching the store sees
+it: a taker replaces it no earlier than a whole duration after the version it watched
+was written, and that is after the holder's renewal was sent. `guard` asks for a third
+of the duration still left, renewing on the spot when less is. What remains is a
+request that passed `guard` and then took longer than that third of the duration
+(10 s with the default 30 s lease) to reach the store: a process paused, or a request
+retried, for that long between the check and the store. Publishing a manifest is
+conditional on the store itself (an exclusive create, or ``If-Match`` on the version
+this writer indexed), and so is deleting one on S3, so such a late request cannot
+replace or delete a manifest the new writer wrote; it can still delete a checkpoint
+the new writer has not rewritten, which is why that window is kept small.
 """
 
 from __future__ import annotations
@@ -88,7 +103,11 @@ def _holder(raw: dict[str, Any] | None) -> str:
 
 
 def _stale_by_clock(raw: dict[str, Any]) -> bool:
-    """Whether the holder's own renewal time is two durations old by this clock."""
+    """Whether the holder's own renewal time is two durations old by this clock.
+
+    Only a reader's report uses it (`lease_live`): it decides nothing that changes the
+    directory. A takeover never trusts another machine's clock.
+    """
     renewed, seconds = raw.get("renewed_at"), raw.get("seconds")
     if not isinstance(renewed, (int, float)) or not isinstance(seconds, (int, float)):
         return False
@@ -96,7 +115,11 @@ def _stale_by_clock(raw: dict[str, Any]) -> bool:
 
 
 def lease_live(store: LeaseStore, path: str) -> bool:
-    """Whether ``path`` holds a lease that is not released and not two durations old."""
+    """Whether ``path`` holds a lease that is not released and not two durations old.
+
+    A guess for reports (`ckpt.verify`), which changes nothing: a skewed clock may make it
+    wrong, and nothing that deletes or takes a lease over relies on it.
+    """
     found = store.read_versioned(path)
     if found is None:
         return False
@@ -125,6 +148,9 @@ class Lease:
         self._renewed = time.monotonic()
         self._lost: str | None = None
         self._mutex = threading.Lock()
+        # One renewal at a time: two with the same version would have one fail, and
+        # that failure would read as a takeover.
+        self._renewing = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._renew_loop, name=f"ckpt-lease {path}", daemon=True
@@ -166,7 +192,7 @@ class Lease:
         while found is not None:
             data, version = found
             raw = _decode(data)
-            if raw is not None and (raw.get("released") or _stale_by_clock(raw)):
+            if raw is not None and raw.get("released"):
                 break
             # Watch it: a live writer replaces it within a third of its duration.
             if time.monotonic() >= deadline:
@@ -194,26 +220,50 @@ class Lease:
             self._renew()
 
     def _renew(self) -> None:
-        # The request is made outside the mutex: a commit's `check` never waits on it.
-        with self._mutex:
-            if self._lost is not None or self._stop.is_set():
-                return
-            version = self._version
-        try:
-            body = _body(self._owner, self._seconds)
-            replaced = self._store.replace_if(self._path, body, version)
-            entry = self._store.entry(self._path) if replaced else None
-        except OSError as exc:
+        with self._renewing:
+            # The request is made outside the mutex: `check` never waits on it.
             with self._mutex:
-                if time.monotonic() - self._renewed > self._seconds:
-                    self._lost = f"it could not be renewed for {self._seconds:g} s ({exc})"
-            return
-        with self._mutex:
-            if entry is None:
-                self._lost = "another writer took it over"
+                if self._lost is not None or self._stop.is_set():
+                    return
+                version = self._version
+            sent = time.monotonic()  # the taker watches from no earlier than this
+            try:
+                body = _body(self._owner, self._seconds)
+                replaced = self._store.replace_if(self._path, body, version)
+                entry = self._store.entry(self._path) if replaced else None
+            except OSError as exc:
+                with self._mutex:
+                    if time.monotonic() - self._renewed > self._seconds:
+                        self._lost = f"it could not be renewed for {self._seconds:g} s ({exc})"
                 return
-            self._version = entry.version
-            self._renewed = time.monotonic()
+            with self._mutex:
+                if entry is None:
+                    self._lost = "another writer took it over"
+                    return
+                self._version = entry.version
+                self._renewed = max(self._renewed, sent)
+
+    def _left(self) -> float:
+        with self._mutex:
+            return self._seconds - (time.monotonic() - self._renewed)
+
+    def guard(self, path: str) -> None:
+        """Raise `LeaseLostError` unless the lease is current enough for a change to ``path``.
+
+        The storage calls it right before each request that changes the directory. It
+        asks for a third of the duration still left, so the request reaches the store
+        before a taker could; with less left it renews the lease first (one request).
+
+        Raises:
+            LeaseLostError: If the lease was taken over or went unrenewed for its
+                duration.
+        """
+        self.check()
+        if self._left() < self._seconds / 3:
+            self._renew()
+            self.check()
+            if self._left() < self._seconds / 3:
+                raise self._error(f"it could not be renewed in time to change {path} safely")
 
     def check(self) -> None:
         """Raise `LeaseLostError` unless this writer still holds the lease.
@@ -226,11 +276,24 @@ class Lease:
             if lost is None and time.monotonic() - self._renewed > self._seconds:
                 lost = f"it was not renewed for {self._seconds:g} s"
         if lost is not None:
-            raise LeaseLostError(
-                f"this writer's lease {self._path} is lost: {lost}. Another writer may "
-                f"own the checkpoint directory now, so nothing more is committed or "
-                f"deleted; restart the run to take the lease again"
-            )
+            raise self._error(lost)
+
+    def _error(self, lost: str) -> LeaseLostError:
+        return LeaseLostError(
+            f"this writer's lease {self._path} is lost: {lost}. Another writer may "
+            f"own the checkpoint directory now, so nothing more is committed or "
+            f"deleted; restart the run to take the lease again"
+        )
+
+    @property
+    def path(self) -> str:
+        """The lease object's path."""
+        return self._path
+
+    @property
+    def released(self) -> bool:
+        """Whether `release` was called."""
+        return self._stop.is_set()
 
     def release(self) -> None:
         """Stop renewing and mark the lease released; calling it twice is harmless."""
