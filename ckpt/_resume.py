@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ckpt._unpickle import load_dcp_metadata, load_weights_only
 from ckpt.storage.local import exists
 
 MEGATRON_EXTRA = "pip install 'ckpt-warden[megatron]'"
@@ -42,14 +43,22 @@ def resume_paths(
 
 
 def _megatron_has_optimizer(iteration: Path) -> bool:
-    core = _megatron_dist_checkpointing(iteration)
-    if "optimizer" in core.load_common_state_dict(str(iteration)):
-        return True  # saved with the common state (older Megatron checkpoints)
-    if not exists(iteration / "metadata.json"):
+    # megatron-core's own readers unpickle `.metadata` (DCP) and would run what a crafted
+    # file names: ckpt reads both files itself, with megatron's safe classes admitted
+    # (importing megatron.core registers them) and nothing else.
+    _megatron_dist_checkpointing(iteration)
+    common = iteration / "common.pt"
+    if exists(common):
+        found = load_weights_only(str(common), str(common), map_location="cpu")
+        if isinstance(found, dict) and "optimizer" in found:
+            return True  # saved with the common state (older Megatron checkpoints)
+    metadata = iteration / ".metadata"
+    if not exists(iteration / "metadata.json") or not exists(metadata):
         return False
     # torch_dist checkpoints shard optimizer tensors apart from the common state; what
     # was stored says more than the run config's intent.
-    keys = core.serialization.load_sharded_metadata(str(iteration))
+    with metadata.open("rb") as f:
+        keys = load_dcp_metadata(f, str(metadata)).state_dict_metadata
     return any(_is_optimizer_key(str(key)) for key in keys)
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import re
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -632,10 +635,85 @@ def test_load_state_onto_a_device_torch_cannot_use_is_device_unavailable(
     assert ckpt.torch.load_state(directory, map_location="cpu")["x"].tolist() == [0.0, 0.0]
 
 
-def test_load_state_refuses_a_shape_no_tensor_can_have(tmp_path: Path) -> None:
-    directory = _state_file(tmp_path, shape=[0, 2**70])
+@pytest.mark.parametrize(
+    "shape", [[0, 2**70], [2**62 - 1, 2**62 - 1, 0], [2**40, 2**40, 0]], ids=str
+)
+def test_load_state_refuses_a_shape_no_tensor_can_have(tmp_path: Path, shape: list[int]) -> None:
+    directory = _state_file(tmp_path, shape=shape)
     with pytest.raises(ckpt.SerializationError, match="beyond what a tensor can hold"):
         ckpt.torch.load_state(directory)
+
+
+@pytest.mark.parametrize("device", ["meta", "META", "meta:0"])
+def test_load_state_refuses_a_file_claiming_meta_tensors(tmp_path: Path, device: str) -> None:
+    directory = _state_file(tmp_path, device=device)
+    with pytest.raises(ckpt.SerializationError, match="claims the device 'meta'"):
+        ckpt.torch.load_state(directory)
+    with pytest.raises(ckpt.SerializationError, match="claims the device 'meta'"):
+        ckpt.torch.load_state(directory, map_location="cpu")
+
+
+class _Payload:
+    """What a crafted pickle holds: loading it with `pickle.load` creates ``sentinel``."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.sentinel,))
+
+
+def _dcp_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # DCP says it saves from one process: it does
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save(state, checkpoint_id=str(directory), no_dist=True)
+    return directory
+
+
+def test_load_state_into_refuses_crafted_dcp_metadata_and_runs_nothing(tmp_path: Path) -> None:
+    directory = _dcp_checkpoint(tmp_path / "dcp", {"w": torch.arange(4.0), "step": 7})
+    into: dict[str, Any] = {"w": torch.zeros(4), "step": 0}
+    ckpt.torch.load_state(directory, into=into)  # the real one loads, non-tensor values too
+    assert into["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert into["step"] == 7
+    sentinel = tmp_path / "ran"
+    (directory / ".metadata").write_bytes(pickle.dumps(_Payload(sentinel)))
+    with pytest.raises(ckpt.SerializationError, match=r"dcp/\.metadata is not DCP metadata"):
+        ckpt.torch.load_state(directory, into={"w": torch.zeros(4), "step": 0})
+    assert not sentinel.exists()
+
+
+def test_load_state_into_refuses_a_crafted_dcp_value_and_runs_nothing(tmp_path: Path) -> None:
+    sentinel = tmp_path / "ran"
+    directory = _dcp_checkpoint(tmp_path / "dcp", {"w": torch.ones(2), "obj": _Payload(sentinel)})
+    assert not sentinel.exists()
+    with pytest.raises(ckpt.SerializationError, match=r"the value 'obj' of the DCP checkpoint"):
+        ckpt.torch.load_state(directory, into={"w": torch.zeros(2), "obj": None})
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("crafted", ["common.pt", ".metadata"])
+def test_resume_paths_refuse_a_crafted_megatron_file_and_run_nothing(
+    tmp_path: Path, crafted: str
+) -> None:
+    sentinel = tmp_path / "ran"
+    iteration = tmp_path / "step_3" / "policy" / "weights" / "iter_0000000"
+    _dcp_checkpoint(iteration, {"decoder.w": torch.zeros(2), "optimizer.exp_avg": torch.zeros(2)})
+    torch.save({"iteration": 3}, iteration / "common.pt")
+    (iteration / "metadata.json").write_text(
+        json.dumps({"sharded_backend": "torch_dist", "common_backend": "torch"})
+    )
+    real = CheckpointManager.get_resume_paths(tmp_path / "step_3", model_component="policy")
+    assert real[1] == tmp_path / "step_3" / "policy" / "optimizer"
+    if crafted == "common.pt":
+        torch.save(_Payload(sentinel), iteration / "common.pt")
+    else:
+        (iteration / ".metadata").write_bytes(pickle.dumps(_Payload(sentinel)))
+    with pytest.raises(ckpt.SerializationError, match=re.escape(crafted)):
+        CheckpointManager.get_resume_paths(tmp_path / "step_3", model_component="policy")
+    assert not sentinel.exists()
 
 
 @pytest.mark.parametrize("kind", ["directory", "FIFO, socket or device"])

@@ -152,7 +152,9 @@ def _entry(i: int, item: Any, end: int, data_size: int, devices: set[str]) -> Te
     if not isinstance(item["shape"], list):
         raise Invalid(f"tensor {i} has the shape {item['shape']!r}, not a list")
     shape = tuple(_int(n, f"a dimension of tensor {i}") for n in item["shape"])
-    if any(n > _MAX_DIM for n in shape):  # torch cannot even allocate an empty one
+    # torch computes strides from every non-zero dimension even when one is zero: their
+    # product must fit too, or it refuses an empty tensor with an overflow of its own.
+    if any(n > _MAX_DIM for n in shape) or math.prod(n for n in shape if n) > _MAX_DIM:
         raise Invalid(f"tensor {i} has the shape {shape}, beyond what a tensor can hold")
     offset = _int(item["offset"], f"the offset of tensor {i}", low=end)
     if offset % _TENSOR_ALIGN:
@@ -163,6 +165,11 @@ def _entry(i: int, item: Any, end: int, data_size: int, devices: set[str]) -> Te
     device = item["device"]
     if not isinstance(device, str):
         raise Invalid(f"tensor {i} has the device {device!r}, not a string")
+    if device.split(":", 1)[0].strip().lower() == "meta":
+        raise Invalid(
+            f"tensor {i} claims the device 'meta', which holds no data; save_state never "
+            f"writes one, so the file was not written by it"
+        )
     if device not in devices:
         try:
             torch.device(device)

@@ -11,9 +11,12 @@ kept, and ``torch.distributed.checkpoint.load`` reads the directory as it is.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any, cast
 
+from ckpt._errors import SerializationError
+from ckpt._unpickle import load_dcp_metadata, load_weights_only
 from ckpt.storage import LocalStorage, Storage, join
 
 DCP_METADATA = ".metadata"
@@ -83,9 +86,52 @@ def dcp_files(metadata: Any) -> dict[str, int]:
     return files
 
 
-def load_dcp(storage: Storage, where: str, into: Any, process_group: Any) -> Any:
-    """Load the DCP checkpoint at ``where`` into ``into`` (resharded as DCP does)."""
+def _safe_dcp(where: str) -> tuple[type[Any], type[Any]]:
+    """DCP's file reader and load planner, reading no pickle with `pickle.load`.
+
+    DCP unpickles its ``.metadata`` and ``torch.load``s non-tensor values with
+    ``weights_only=False``: either runs whatever a crafted file names. These read the
+    metadata with ckpt's restricted unpickler and the values with ``weights_only=True``.
+    """
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner  # noqa: PLC0415
     from torch.distributed.checkpoint.filesystem import FileSystemReader  # noqa: PLC0415
+    from torch.distributed.checkpoint.metadata import StorageMeta  # noqa: PLC0415
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            locate = getattr(self, "_get_metadata_path", None)
+            path = locate(kwargs.get("rank")) if locate else join(str(self.path), DCP_METADATA)
+            with self.fs.create_stream(path, "rb") as f:
+                metadata = load_dcp_metadata(cast(IO[bytes], f), str(path))
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            if hasattr(self, "load_id"):
+                metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class SafePlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            item = f"the value {read_item.dest_index.fqn!r} of the DCP checkpoint {where}"
+            loaded = load_weights_only(value, item)
+            if self.flatten_state_dict:
+                from torch.distributed.checkpoint._traverse import set_element  # noqa: PLC0415
+
+                set_element(
+                    self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded
+                )
+            else:
+                self.state_dict[read_item.dest_index.fqn] = loaded
+
+    return SafeReader, SafePlanner
+
+
+def load_dcp(storage: Storage, where: str, into: Any, process_group: Any) -> Any:
+    """Load the DCP checkpoint at ``where`` into ``into`` (resharded as DCP does).
+
+    Raises:
+        SerializationError: If its metadata or a value names anything but plain data.
+    """
+    from torch.distributed.checkpoint.api import CheckpointException  # noqa: PLC0415
     from torch.distributed.checkpoint.state_dict_loader import load  # noqa: PLC0415
 
     if not isinstance(into, dict):
@@ -94,8 +140,32 @@ def load_dcp(storage: Storage, where: str, into: Any, process_group: Any) -> Any
             f"pass `into=`, a state dict laid out as this job wants it (its DTensors on "
             f"this job's mesh), and DCP loads into it in place; got {type(into).__name__}"
         )
-    reader = FileSystemReader(local_dir(storage, where, "loading"))
-    load(into, storage_reader=reader, process_group=process_group)
+    reader_type, planner_type = _safe_dcp(where)
+    root = local_dir(storage, where, "loading")
+    metadata = join(where, DCP_METADATA)
+    with storage.open_read(metadata) as f:
+        load_dcp_metadata(f, metadata)  # refused here, before DCP reports it per rank
+    reader = reader_type(root)
+    try:
+        with warnings.catch_warnings():
+            # One process loading a DCP checkpoint is what `into=` is for outside a job.
+            warnings.filterwarnings(
+                "ignore", message="torch.distributed is disabled", category=UserWarning
+            )
+            load(
+                into,
+                storage_reader=reader,
+                planner=planner_type(),
+                process_group=process_group,
+                no_dist=this_rank(process_group) is None,
+            )
+    except CheckpointException as exc:
+        # DCP gathers each rank's failure: a refused file is the one to tell.
+        for failure in getattr(exc, "failures", {}).values():
+            found = failure[0] if isinstance(failure, tuple) else failure
+            if isinstance(found, SerializationError):
+                raise SerializationError(str(found)) from exc
+        raise
     return into
 
 
