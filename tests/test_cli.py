@@ -458,3 +458,31 @@ def test_steps_are_described_as_runs() -> None:
     many = describe_steps(list(range(0, 40, 2)))
     assert many.startswith("0, 2, 4")
     assert many.endswith("... (20 in all)")
+
+
+@pytest.mark.parametrize("damage", ["unreadable info", "file missing from a manifest"])
+def test_latest_and_best_never_answer_with_or_skip_silently_past_a_damaged_checkpoint(
+    tmp_path: Path, damage: str
+) -> None:
+    directory = tmp_path / "run"
+    protocol = "manifest" if damage.startswith("file") else "rename"
+    config = {"checkpoint_dir": str(directory), "fsync": False, "commit_protocol": protocol}
+    with ckpt.CheckpointManager(config) as manager:
+        for step, reward in [(1, 0.1), (2, 0.9)]:
+            with manager.checkpoint(step, {"val_reward": reward}) as path:
+                (path / "model.bin").write_bytes(b"w" * 100)
+        newest = Path(str(manager.get_latest_checkpoint_path()))
+    assert ckpt_cli("latest", directory).returncode == 0
+    if damage == "unreadable info":
+        (newest / "training_info.json").write_text("{not json")
+    else:
+        (newest / "model.bin").unlink()
+    for command in (("latest", directory), ("best", directory, "--metric", "val_reward", "--max")):
+        result = ckpt_cli(*command)
+        assert result.returncode == 1
+        assert result.stdout == ""  # no path a shell could resume from
+        line = result.stderr.splitlines()[-1]
+        assert line.startswith("ckpt: error: ")
+        assert "step 2" in line, line
+        assert "damaged" in line, line
+        assert "ckpt check" in line

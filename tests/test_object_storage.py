@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -464,3 +465,42 @@ def test_a_step_prefix_on_a_store_is_never_a_checkpoint_nor_removed(
     keys = s3_server.keys(s3["bucket"])
     assert keys["runs/run1/step_3/training_info.json"] == b'{"x": 1}'
     assert keys["runs/run1/step_4/training_info.json"] == b'{"x": 1}'
+
+
+@pytest.mark.parametrize("store", ["s3", "memory"])
+def test_a_manifest_whose_attempt_is_gone_is_no_checkpoint_on_any_store(
+    s3_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, store: str
+) -> None:
+    """Every object of step 2's attempt removed outside ckpt (a lifecycle rule, an rm)."""
+    if store == "s3":
+        url = f"s3://{s3_server.new_bucket()}/runs/run1"
+        options: dict[str, Any] = dict(s3_server.options())
+    else:
+        url, options = f"memory://ckpt-tests/{tmp_path.name}", {}
+    config = {"checkpoint_dir": url, "storage_options": options, "metric_name": "reward"}
+    with ckpt.CheckpointManager({**config, "lease_seconds": 3}) as manager:
+        first = _save(manager, 1, 0.1)
+        second = _save(manager, 2, 0.9)
+    fs = UPath(url, **options).fs
+    fs.rm(str(UPath(second, **options).path), recursive=True)
+    fs.invalidate_cache()
+    manifest = f"{url}/step_2.manifest.json"
+    assert UPath(manifest, **options).exists()
+    with (
+        caplog.at_level(logging.WARNING, logger="ckpt"),
+        ckpt.CheckpointManager(config, read_only=True) as reader,
+    ):
+        assert [r.step for r in reader.list_checkpoints()] == [1]
+        assert str(reader.get_latest_checkpoint_path()) == str(first)
+        assert str(reader.get_best_checkpoint_path()) == str(first)
+    assert "step_2.manifest.json names step_2." in caplog.text
+    assert "missing" in caplog.text
+    report = ckpt.verify(url, storage_options=options)
+    assert [p.code for p in report.errors] == ["broken_manifest"]
+    # A writer's recovery removes the manifest that names nothing, and says so.
+    with ckpt.CheckpointManager({**config, "lease_seconds": 3}) as writer:
+        assert [a.kind for a in writer.recovery] == ["removed_broken_manifest"]
+        assert [r.step for r in writer.list_checkpoints()] == [1]
+        assert str(writer.get_latest_checkpoint_path()) == str(first)
+    assert not UPath(manifest, **options).exists()
+    assert ckpt.verify(url, storage_options=options).ok

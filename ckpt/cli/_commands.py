@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -83,18 +84,72 @@ def _cmd_best(args: argparse.Namespace) -> int:
                 f"no checkpoint in {directory} has a usable `{name}` (missing, null or NaN "
                 f"everywhere); metrics found: {found}"
             )
+        listed = {record.step for record in manager.list_checkpoints()}
+        answer = next(r.step for r in manager.list_checkpoints() if str(r.path) == str(best))
+    # A broken checkpoint the ranking could not read may have been the best.
+    _refuse_if_damaged(directory, config, "best", answer, lambda step: step not in listed)
     print(best)
     return 0
 
 
 def _cmd_latest(args: argparse.Namespace) -> int:
     directory = _existing_dir(args.directory)
-    with CheckpointManager(_config_for(directory, None), read_only=True) as manager:
+    config = _config_for(directory, None)
+    with CheckpointManager(config, read_only=True) as manager:
         latest = manager.get_latest_checkpoint_path()
+        records = manager.list_checkpoints()
     if latest is None:
+        _refuse_if_damaged(directory, config, "latest", None, lambda step: True)
         raise CliError(f"no checkpoints in {directory}")
+    answer = max(record.step for record in records)
+    _refuse_if_damaged(directory, config, "latest", answer, lambda step: step > answer)
     print(latest)
     return 0
+
+
+# The `ckpt check` codes that say a step's checkpoint is damaged or only recovery reaches it.
+_DAMAGE = frozenset(
+    {"broken_manifest", "unreadable_info", "not_a_directory", "interrupted_overwrite"}
+)
+_STEP_IN_NAME = re.compile(r"^(?:tmp_|old_)?step_(\d+)(?:$|\.)")
+
+
+def _refuse_if_damaged(
+    directory: str,
+    config: CheckpointConfig,
+    what: str,
+    answer: int | None,
+    skipped: Callable[[int], bool],
+) -> None:
+    """Exit non-zero if the answer is damaged, or a damaged checkpoint was skipped past.
+
+    A shell resuming from ``ckpt latest`` must not get a path that holds no checkpoint,
+    nor silently get an older one while the newest is damaged.
+    """
+    damaged: dict[int, Problem] = {}
+    for problem in verify(directory, config).errors:
+        match = _STEP_IN_NAME.match(str(problem.path).rstrip("/").rsplit("/", 1)[-1])
+        if match is not None and problem.code in _DAMAGE:
+            damaged.setdefault(int(match.group(1)), problem)
+    if answer in damaged:
+        problem = damaged[answer]
+        raise CliError(
+            f"the {what} checkpoint, step {answer}, is damaged: {problem.message} "
+            f"({problem.hint}; `ckpt check {directory}` lists every problem)"
+        )
+    passed = sorted(step for step in damaged if skipped(step))
+    if passed:
+        problem = damaged[passed[-1]]
+        instead = (
+            f"step {answer} is the {what} intact one"
+            if answer is not None
+            else ("no intact checkpoint remains")
+        )
+        raise CliError(
+            f"step {passed[-1]} could be the {what} checkpoint but is damaged: "
+            f"{problem.message}; {instead}. {problem.hint[:1].upper()}{problem.hint[1:]}, "
+            f"or pass that path yourself (`ckpt check {directory}` lists every problem)"
+        )
 
 
 def _warn_if_contradicting(

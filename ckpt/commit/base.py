@@ -10,7 +10,11 @@ from ckpt.storage import CheckpointPath, Storage
 CommitKind = Literal["rename", "manifest"]
 
 RecoveryKind = Literal[
-    "removed_temporary", "rolled_back_overwrite", "removed_displaced", "finished_delete"
+    "removed_temporary",
+    "rolled_back_overwrite",
+    "removed_displaced",
+    "finished_delete",
+    "removed_broken_manifest",
 ]
 
 
@@ -45,7 +49,8 @@ class RecoveryAction:
 
     Attributes:
         kind: What was done: ``"removed_temporary"``, ``"rolled_back_overwrite"``,
-            ``"removed_displaced"`` or ``"finished_delete"``.
+            ``"removed_displaced"``, ``"finished_delete"`` or
+            ``"removed_broken_manifest"``.
         path: The entry acted on.
         detail: A sentence for logs and reports.
     """

@@ -18,7 +18,15 @@ from ckpt.commit.base import CommitProtocol, Committed, RecoveryAction, Recovery
 from ckpt.commit.manifest import Manifest, delete_manifest_checkpoint, read_manifest
 from ckpt.commit.rename import discard, find_leftovers, trash_dir
 from ckpt.storage import user_path
-from ckpt.storage.base import Entry, Storage, describe_kind, join, name_of, walk_files
+from ckpt.storage.base import (
+    ConditionalStorage,
+    Entry,
+    Storage,
+    describe_kind,
+    join,
+    name_of,
+    walk_files,
+)
 
 logger = logging.getLogger("ckpt")
 
@@ -30,6 +38,7 @@ class BrokenManifest:
     step: int
     name: str
     detail: str
+    attempt_missing: bool = False  # its files are gone: recovery may remove the manifest
 
 
 ManifestCache = dict[str, tuple[str, Manifest | BrokenManifest]]
@@ -47,7 +56,9 @@ def committed(
     A ``step_N`` entry of any kind is reported (the caller checks that it is a
     checkpoint) where the storage has directories; on an object store only manifests
     make checkpoints, and a ``step_N/`` prefix is someone else's. A manifest counts only
-    when it can be read and names an existing attempt.
+    when it can be read and names an attempt the listing shows, on every store: on an
+    object store an attempt whose objects were all removed (a lifecycle rule, an
+    operator's ``rm``) is absent from the listing, at no extra request.
     With a ``cache`` (kept by the caller from scan to scan), a manifest is read again
     only when its entry's version changed, and the cache is pruned to this listing.
     """
@@ -76,11 +87,16 @@ def committed(
             continue
         manifest = manifest_or_broken
         attempt = entries.get(manifest.attempt)
-        if storage.capabilities.directories and (attempt is None or attempt.kind != "dir"):
+        if attempt is None or attempt.kind != "dir":
             # A link there would have readers read, and deletes act, somewhere else.
             what = "missing" if attempt is None else f"a {describe_kind(attempt.kind)}"
             broken.append(
-                BrokenManifest(step, name, f"{name} names {manifest.attempt}, which is {what}")
+                BrokenManifest(
+                    step,
+                    name,
+                    f"{name} names {manifest.attempt}, which is {what}",
+                    attempt_missing=attempt is None,
+                )
             )
             continue
         found[step] = Committed(
@@ -275,7 +291,10 @@ class _Recovery:
         storage, directory = self.storage, self.directory
         if not any("." in name and name.startswith("step_") for name in self.entries):
             return  # no manifest and no attempt: a directory of the rename protocol
-        found, _ = committed(storage, directory, self.entries, self.cache)
+        found, broken = committed(storage, directory, self.entries, self.cache)
+        for manifest in broken:
+            if manifest.attempt_missing and manifest.name not in self.keep:
+                self._remove_manifest(manifest)
         named = {name_of(c.path) for c in found.values() if c.kind == "manifest"}
         for name, _step in unnamed_attempts(self.entries, named):
             path = join(directory, name)
@@ -304,6 +323,24 @@ class _Recovery:
                 path,
                 f"removed {shadowed.name}: {_layout.manifest_name(step)} replaced it",
             )
+
+    def _remove_manifest(self, manifest: BrokenManifest) -> None:
+        """Remove a manifest whose attempt is gone: it names nothing left to load."""
+        path = join(self.directory, manifest.name)
+        entry = self.entries[manifest.name]
+        storage = self.storage
+        if isinstance(storage, ConditionalStorage) and storage.capabilities.conditional_replace:
+            if not storage.remove_if(path, entry.version):
+                return  # rewritten meanwhile: the next scan judges the new one
+        else:
+            storage.remove_file(path)
+        del self.entries[manifest.name]
+        self.act(
+            "removed_broken_manifest",
+            path,
+            f"removed {manifest.name}: {manifest.detail}, so the checkpoint it committed "
+            f"is gone (its files were deleted outside ckpt)",
+        )
 
     def _recent(self, attempt: str) -> bool:
         """Whether a file of ``attempt`` was written less than ``grace`` seconds ago."""
