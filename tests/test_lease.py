@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 import ckpt
+from ckpt.storage import FsspecStorage
 
 pytestmark = [
     pytest.mark.subprocess,
@@ -239,3 +240,57 @@ def test_a_writer_with_a_skewed_clock_neither_evicts_a_live_one_nor_waits_past_a
     took = _skewed(s3_server, url, skew, seconds)
     assert took["took"] is True
     assert seconds <= took["after"] < seconds + 3
+
+
+def test_a_change_with_little_lease_left_renews_first_and_one_taken_over_changes_nothing(
+    s3_server: Any,
+) -> None:
+    """`guard` wants a third of the lease left: it renews on the spot, or refuses."""
+    from ckpt.storage import open_storage
+
+    url = f"s3://{s3_server.new_bucket()}/run"
+    storage, location = open_storage(url, s3_server.options())
+    assert isinstance(storage, FsspecStorage)
+    storage.lease_seconds = 30.0  # no background renewal falls inside the test
+    lock = f"{location}/.ckpt/lock"
+    lease = storage.lock(lock)
+    try:
+        before = storage.entry(lock)
+        lease._renewed -= 25.0  # as if the last renewal were 25 s old: 5 s left
+        storage.write_bytes(f"{location}/a", b"a")
+        after = storage.entry(lock)
+        assert before is not None
+        assert after is not None
+        assert after.version != before.version  # renewed before the write went out
+        assert storage.entry(f"{location}/a") is not None
+        # Another writer replaces the lease; with little left, the renewal finds out.
+        assert storage.replace_if(lock, b'{"format": 1, "owner": "b"}\n', after.version)
+        lease._renewed -= 25.0
+        with pytest.raises(ckpt.LeaseLostError, match="another writer took it over"):
+            storage.write_bytes(f"{location}/b", b"b")
+        with pytest.raises(ckpt.LeaseLostError):
+            storage.remove_file(f"{location}/a")
+        assert storage.entry(f"{location}/b") is None
+        assert storage.entry(f"{location}/a") is not None
+    finally:
+        lease.release()
+
+
+def test_a_manifest_replaced_since_it_was_indexed_is_not_deleted(s3_server: Any) -> None:
+    """The delete carries ``If-Match``: S3 itself refuses a late or stale delete."""
+    url = f"s3://{s3_server.new_bucket()}/run"
+    config = {**job.config(url, s3_server.options()), "keep_top_k": None}
+    with ckpt.CheckpointManager(config) as manager:
+        job.save(manager, 1, 0.5)
+        (record,) = manager.list_checkpoints()
+        indexed = manager._dir.index.committed[1]  # what this writer would delete
+    from ckpt.commit.manifest import delete_manifest_checkpoint
+    from ckpt.storage import open_storage
+
+    storage, location = open_storage(url, s3_server.options())
+    manifest = f"{location}/step_1.manifest.json"
+    storage.replace_file(manifest, storage.read_bytes(manifest) + b" ", durable=False)
+    with pytest.raises(ckpt.CommitConflictError, match="changed since this writer indexed"):
+        delete_manifest_checkpoint(storage, location, indexed, durable=False)
+    assert storage.entry(manifest) is not None
+    assert storage.list_dir(str(record.path))  # nor was its attempt touched

@@ -84,8 +84,9 @@ def _cmd_best(args: argparse.Namespace) -> int:
                 f"no checkpoint in {directory} has a usable `{name}` (missing, null or NaN "
                 f"everywhere); metrics found: {found}"
             )
-        listed = {record.step for record in manager.list_checkpoints()}
-        answer = next(r.step for r in manager.list_checkpoints() if str(r.path) == str(best))
+        records = manager.list_checkpoints()
+        listed = {record.step for record in records}
+        answer = next(r.step for r in records if str(r.path) == str(best))
     # A broken checkpoint the ranking could not read may have been the best.
     _refuse_if_damaged(directory, config, "best", answer, lambda step: step not in listed)
     print(best)
@@ -121,10 +122,11 @@ def _refuse_if_damaged(
     answer: int | None,
     skipped: Callable[[int], bool],
 ) -> None:
-    """Exit non-zero if the answer is damaged, or a damaged checkpoint was skipped past.
+    """Exit non-zero if the answer is damaged; warn of a damaged one it was chosen over.
 
-    A shell resuming from ``ckpt latest`` must not get a path that holds no checkpoint,
-    nor silently get an older one while the newest is damaged.
+    A shell resuming from ``ckpt latest`` must never get a path that holds no
+    checkpoint. One damaged step does not stop it from getting the intact answer, but
+    it hears which step was passed over, and why.
     """
     damaged: dict[int, Problem] = {}
     for problem in verify(directory, config).errors:
@@ -140,15 +142,14 @@ def _refuse_if_damaged(
     passed = sorted(step for step in damaged if skipped(step))
     if passed:
         problem = damaged[passed[-1]]
-        instead = (
-            f"step {answer} is the {what} intact one"
-            if answer is not None
-            else ("no intact checkpoint remains")
-        )
-        raise CliError(
-            f"step {passed[-1]} could be the {what} checkpoint but is damaged: "
-            f"{problem.message}; {instead}. {problem.hint[:1].upper()}{problem.hint[1:]}, "
-            f"or pass that path yourself (`ckpt check {directory}` lists every problem)"
+        logging.getLogger("ckpt").warning(
+            "step %d could be the %s checkpoint but is damaged: %s (%s); `ckpt check %s` "
+            "lists every problem",
+            passed[-1],
+            what,
+            problem.message,
+            problem.hint,
+            directory,
         )
 
 

@@ -15,18 +15,15 @@ from dataclasses import dataclass
 
 from ckpt import _layout
 from ckpt.commit.base import CommitProtocol, Committed, RecoveryAction, RecoveryKind
-from ckpt.commit.manifest import Manifest, delete_manifest_checkpoint, read_manifest
+from ckpt.commit.manifest import (
+    Manifest,
+    delete_manifest_checkpoint,
+    read_manifest,
+    remove_manifest,
+)
 from ckpt.commit.rename import discard, find_leftovers, trash_dir
 from ckpt.storage import user_path
-from ckpt.storage.base import (
-    ConditionalStorage,
-    Entry,
-    Storage,
-    describe_kind,
-    join,
-    name_of,
-    walk_files,
-)
+from ckpt.storage.base import Entry, Storage, describe_kind, join, name_of, walk_files
 
 logger = logging.getLogger("ckpt")
 
@@ -327,13 +324,8 @@ class _Recovery:
     def _remove_manifest(self, manifest: BrokenManifest) -> None:
         """Remove a manifest whose attempt is gone: it names nothing left to load."""
         path = join(self.directory, manifest.name)
-        entry = self.entries[manifest.name]
-        storage = self.storage
-        if isinstance(storage, ConditionalStorage) and storage.capabilities.conditional_replace:
-            if not storage.remove_if(path, entry.version):
-                return  # rewritten meanwhile: the next scan judges the new one
-        else:
-            storage.remove_file(path)
+        if not remove_manifest(self.storage, path, self.entries[manifest.name].version):
+            return  # rewritten meanwhile: the next scan judges the new one
         del self.entries[manifest.name]
         self.act(
             "removed_broken_manifest",

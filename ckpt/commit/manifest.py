@@ -172,29 +172,38 @@ def list_attempt(storage: Storage, attempt: str) -> tuple[ManifestFile, ...]:
     return tuple(sorted(files, key=lambda f: f.path))
 
 
+def remove_manifest(storage: Storage, path: str, version: str) -> bool:
+    """Remove the manifest ``path`` if it is still ``version``; whether it is gone.
+
+    The condition is the store's own where it can make one (S3's ``If-Match``), so a
+    manifest another writer replaced meanwhile stays; elsewhere (or with no version
+    known) the lock keeps other writers out and the manifest is removed.
+    """
+    caps = storage.capabilities
+    if version and caps.conditional_replace and isinstance(storage, ConditionalStorage):
+        return storage.remove_if(path, version) or storage.entry(path) is None
+    storage.remove_file(path)
+    return True
+
+
 def delete_manifest_checkpoint(
     storage: Storage, directory: str, committed: Committed, *, durable: bool
 ) -> None:
     """Remove the manifest first (the checkpoint is gone from then on), then its files.
 
-    Where the store can make the condition (S3's ``If-Match``), the manifest is deleted
-    only if it is still the version this writer indexed: a manifest another writer
-    replaced meanwhile stays, and so does the attempt it names.
+    The manifest is removed only if it is still the version this writer indexed (see
+    `remove_manifest`): one another writer replaced meanwhile stays, and so does the
+    attempt it names.
 
     Raises:
         CommitConflictError: If the manifest changed since it was indexed.
     """
     assert committed.manifest is not None
-    caps = storage.capabilities
-    if caps.conditional_replace and committed.version and isinstance(storage, ConditionalStorage):
-        removed = storage.remove_if(committed.manifest, committed.version)
-        if not removed and storage.entry(committed.manifest) is not None:
-            raise CommitConflictError(
-                f"did not delete step {committed.step}: {committed.manifest} changed "
-                f"since this writer indexed it (another writer replaced it)"
-            )
-    else:
-        storage.remove_file(committed.manifest)
+    if not remove_manifest(storage, committed.manifest, committed.version):
+        raise CommitConflictError(
+            f"did not delete step {committed.step}: {committed.manifest} changed "
+            f"since this writer indexed it (another writer replaced it)"
+        )
     if durable:
         storage.sync_dir(directory)
     storage.remove_tree(committed.path)

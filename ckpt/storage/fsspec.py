@@ -74,6 +74,11 @@ def _version(info: Mapping[str, Any]) -> str:
     return f"{_mtime(info)!r}:{info.get('size', 0)}"
 
 
+def _precondition_failed(exc: OSError) -> bool:
+    """Whether s3fs's error is S3 refusing a conditional request (412)."""
+    return "PreconditionFailed" in str(exc) or "pre-condition" in str(exc)
+
+
 def _kind(info: Mapping[str, Any]) -> EntryKind:
     kind = info.get("type")
     if kind == "directory":
@@ -132,8 +137,8 @@ class FsspecStorage:
             conditional_replace=conditional,
             content_versions=self.dialect == "s3",
         )
-        # The leases `lock` took, by the key prefix each one guards.
-        self._leases: dict[str, Lease] = {}
+        # The leases `lock` took: (the key prefix each guards, its own key, the lease).
+        self._leases: list[tuple[str, str, Lease]] = []
         self._leases_mutex = threading.Lock()
 
     def __repr__(self) -> str:
@@ -157,14 +162,16 @@ class FsspecStorage:
         """
         key = self._path(path)
         with self._leases_mutex:
-            held = [
-                (prefix, lease)
-                for prefix, lease in self._leases.items()
-                if not lease.released and (key == prefix or key.startswith(prefix + "/"))
+            guarding = [
+                lease
+                for prefix, own, lease in self._leases
+                # Its own object is left to it: the lease renews and releases it.
+                if key != own
+                and not lease.released
+                and (key == prefix or key.startswith(prefix + "/"))
             ]
-        for _, lease in held:
-            if key != self._path(lease.path):  # its own object: the lease renews it
-                lease.guard(path)
+        for lease in guarding:
+            lease.guard(path)
         return key
 
     def canonical(self, path: str) -> str:
@@ -328,7 +335,7 @@ class FsspecStorage:
             except (FileExistsError, FileNotFoundError):
                 return False
             except OSError as exc:
-                if "PreconditionFailed" in str(exc) or "pre-condition" in str(exc):
+                if _precondition_failed(exc):
                     return False
                 raise
             return True
@@ -386,7 +393,7 @@ class FsspecStorage:
             except FileNotFoundError:
                 return False
             except OSError as exc:
-                if "PreconditionFailed" in str(exc) or "pre-condition" in str(exc):
+                if _precondition_failed(exc):
                     return False
                 raise
             finally:
@@ -436,10 +443,10 @@ class FsspecStorage:
                 can keep a second writer out.
         """
         lease = Lease.acquire(self, path, self.lease_seconds)
-        guarded = posixpath.dirname(posixpath.dirname(self._path(path)))
+        own = self._path(path)
         with self._leases_mutex:
-            self._leases = {p: held for p, held in self._leases.items() if not held.released}
-            self._leases[guarded] = lease
+            self._leases = [held for held in self._leases if not held[2].released]
+            self._leases.append((posixpath.dirname(posixpath.dirname(own)), own, lease))
         return lease
 
     def lock_held(self, path: str) -> bool:

@@ -286,11 +286,6 @@ class Lease:
         )
 
     @property
-    def path(self) -> str:
-        """The lease object's path."""
-        return self._path
-
-    @property
     def released(self) -> bool:
         """Whether `release` was called."""
         return self._stop.is_set()

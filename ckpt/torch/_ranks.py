@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping
-from typing import IO, Any, cast
+from typing import Any
 
 from ckpt._errors import SerializationError
 from ckpt._unpickle import load_dcp_metadata, load_weights_only
@@ -86,12 +86,13 @@ def dcp_files(metadata: Any) -> dict[str, int]:
     return files
 
 
-def _safe_dcp(where: str) -> tuple[type[Any], type[Any]]:
+def _safe_dcp(where: str, metadata: Any) -> tuple[type[Any], type[Any]]:
     """DCP's file reader and load planner, reading no pickle with `pickle.load`.
 
     DCP unpickles its ``.metadata`` and ``torch.load``s non-tensor values with
-    ``weights_only=False``: either runs whatever a crafted file names. These read the
-    metadata with ckpt's restricted unpickler and the values with ``weights_only=True``.
+    ``weights_only=False``: either runs whatever a crafted file names. The reader hands
+    DCP the ``metadata`` ckpt's restricted unpickler read; the planner loads the values
+    with ``weights_only=True``.
     """
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner  # noqa: PLC0415
     from torch.distributed.checkpoint.filesystem import FileSystemReader  # noqa: PLC0415
@@ -99,10 +100,6 @@ def _safe_dcp(where: str) -> tuple[type[Any], type[Any]]:
 
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            locate = getattr(self, "_get_metadata_path", None)
-            path = locate(kwargs.get("rank")) if locate else join(str(self.path), DCP_METADATA)
-            with self.fs.create_stream(path, "rb") as f:
-                metadata = load_dcp_metadata(cast(IO[bytes], f), str(path))
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             if hasattr(self, "load_id"):
@@ -140,12 +137,12 @@ def load_dcp(storage: Storage, where: str, into: Any, process_group: Any) -> Any
             f"pass `into=`, a state dict laid out as this job wants it (its DTensors on "
             f"this job's mesh), and DCP loads into it in place; got {type(into).__name__}"
         )
-    reader_type, planner_type = _safe_dcp(where)
-    root = local_dir(storage, where, "loading")
-    metadata = join(where, DCP_METADATA)
-    with storage.open_read(metadata) as f:
-        load_dcp_metadata(f, metadata)  # refused here, before DCP reports it per rank
-    reader = reader_type(root)
+    path = join(where, DCP_METADATA)
+    with storage.open_read(path) as f:
+        # Read once, here: a refused file is one clear error, not one per rank from DCP.
+        metadata = load_dcp_metadata(f, path)
+    reader_type, planner_type = _safe_dcp(where, metadata)
+    reader = reader_type(local_dir(storage, where, "loading"))
     try:
         with warnings.catch_warnings():
             # One process loading a DCP checkpoint is what `into=` is for outside a job.
