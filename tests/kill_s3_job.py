@@ -18,10 +18,12 @@ process SIGKILL right before the ``I``-th (from 0), after writing that request's
 ``--log`` (local disk), so the test knows what was committed for sure.
 
 The lease lasts 60 s: no renewal request falls inside a run, so every run makes the
-same requests in the same order.
+same requests in the same order. A restart after a kill passes ``--lease-seconds 1``:
+it takes the dead job's lease over the real way, after watching it unchanged for that
+long on its own clock, instead of waiting out 60 s.
 
     python tests/kill_s3_job.py URL OPTIONS_JSON --log FILE [--record FILE]
-        [--kill-at I --marker FILE]
+        [--kill-at I --marker FILE] [--lease-seconds S]
 """
 
 from __future__ import annotations
@@ -53,13 +55,15 @@ def small(event: int) -> bytes:
     return f"rng state of event {event}\n".encode()
 
 
-def config(url: str, options: dict[str, Any]) -> dict[str, Any]:
+def config(
+    url: str, options: dict[str, Any], lease_seconds: float = LEASE_SECONDS
+) -> dict[str, Any]:
     return {
         "checkpoint_dir": url,
         "storage_options": options,
         "metric_name": "reward",
         "keep_top_k": 2,
-        "lease_seconds": LEASE_SECONDS,
+        "lease_seconds": lease_seconds,
         "attempt_grace_seconds": 0,
     }
 
@@ -95,8 +99,8 @@ def _count_requests(kill_at: int | None, marker: str | None) -> list[str]:
     return made
 
 
-def run(url: str, options: dict[str, Any], log: str) -> None:
-    with ckpt.CheckpointManager(config(url, options)) as manager:
+def run(url: str, options: dict[str, Any], log: str, lease_seconds: float) -> None:
+    with ckpt.CheckpointManager(config(url, options, lease_seconds)) as manager:
         latest = manager.get_latest_checkpoint_path()
         info = manager.load_training_info(latest)
         start = info["event"] + 1 if info is not None else 0
@@ -126,9 +130,10 @@ def main() -> None:
     parser.add_argument("--record")
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--marker")
+    parser.add_argument("--lease-seconds", type=float, default=LEASE_SECONDS)
     args = parser.parse_args()
     made = _count_requests(args.kill_at, args.marker)
-    run(args.url, json.loads(args.options), args.log)
+    run(args.url, json.loads(args.options), args.log, args.lease_seconds)
     if args.record:
         with open(args.record, "w") as f:
             json.dump(made, f)
