@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt._unpickle import load_dcp_metadata, load_weights_only
-from ckpt.storage.local import exists
+from ckpt.storage.local import LocalStorage, exists
 
 MEGATRON_EXTRA = "pip install 'ckpt-warden[megatron]'"
 _ITERATION = "iter_0000000"  # the one iteration NeMo RL's Megatron workers write
@@ -47,9 +47,11 @@ def _megatron_has_optimizer(iteration: Path) -> bool:
     # file names: ckpt reads both files itself, with megatron's safe classes admitted
     # (importing megatron.core registers them) and nothing else.
     _megatron_dist_checkpointing(iteration)
+    storage = LocalStorage()
     common = iteration / "common.pt"
     if exists(common):
-        found = load_weights_only(str(common), str(common), map_location="cpu")
+        with storage.open_read(str(common), follow_links=True) as f:
+            found = load_weights_only(f, str(common), map_location="cpu")
         if isinstance(found, dict) and "optimizer" in found:
             return True  # saved with the common state (older Megatron checkpoints)
     metadata = iteration / ".metadata"
@@ -57,7 +59,7 @@ def _megatron_has_optimizer(iteration: Path) -> bool:
         return False
     # torch_dist checkpoints shard optimizer tensors apart from the common state; what
     # was stored says more than the run config's intent.
-    with metadata.open("rb") as f:
+    with storage.open_read(str(metadata), follow_links=True) as f:
         keys = load_dcp_metadata(f, str(metadata)).state_dict_metadata
     return any(_is_optimizer_key(str(key)) for key in keys)
 
