@@ -56,7 +56,8 @@ def start(
 
     Raises:
         SaveInProgressError: If another live thread of this process holds one.
-        CheckpointError: If ``tmp_step_N`` exists and is not a directory.
+        CheckpointError: If ``tmp_step_N`` exists and is not a directory, or holds
+            files ckpt did not write (no ``training_info.json``).
     """
     storage = state.storage
     me = threading.get_ident()
@@ -80,6 +81,10 @@ def start(
             leftovers = [tmp] if found is not None else []
         for leftover in leftovers:
             if storage.entry(leftover) is not None and not _committed(state, leftover, step):
+                if not commits.made_by_ckpt(storage, leftover):
+                    raise CheckpointError(
+                        f"cannot save step {step}: {name_of(leftover)} {commits.NOT_OURS}"
+                    )
                 logger.warning("replacing %s left by an earlier attempt at step %d", leftover, step)
                 commits.abandon(storage, state.location, leftover, durable=durable)
         state.live.pop(step, None)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 import ckpt
 from ckpt.hf import CheckpointCallback, best_checkpoint, latest_checkpoint
@@ -207,16 +208,24 @@ def test_a_checkpoint_dir_that_is_not_output_dir_is_refused(tmp_path: Path, else
     job.trainer(args, [CheckpointCallback({"checkpoint_dir": f"{tmp_path}/x/../out"})])
 
 
-def test_a_save_cut_short_is_removed_and_a_complete_stranger_is_left(
+def test_only_the_save_ckpt_announced_is_removed_and_strangers_are_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     job.train(tmp_path, 4)
-    half = tmp_path / "checkpoint-6"  # what a kill in the middle of the Trainer's save leaves
+    assert not (tmp_path / ".ckpt" / "hf" / "saving.json").exists()  # gone after each commit
+    # What a kill in the middle of the Trainer's save of step 6 leaves: the callback's
+    # announcement, written before the Trainer started, and the directory half written.
+    (tmp_path / ".ckpt" / "hf" / "saving.json").write_text('{"checkpoint": "checkpoint-6"}')
+    half = tmp_path / "checkpoint-6"
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"partial")
-    torn = tmp_path / "checkpoint-7"  # killed while the Trainer wrote its last file
-    torn.mkdir()
-    (torn / "trainer_state.json").write_text('{"global_step": ')
+    # The user's own: incomplete, or complete but of another step; never ckpt's to delete.
+    mine = tmp_path / "checkpoint-500"
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"my weights")
+    copied = tmp_path / "checkpoint-7"
+    copied.mkdir()
+    (copied / "trainer_state.json").write_text('{"global_step": 700}')
     stranger = tmp_path / "checkpoint-100"  # a Trainer's own checkpoint, from before ckpt
     stranger.mkdir()
     (stranger / "trainer_state.json").write_text('{"global_step": 100}')
@@ -224,9 +233,45 @@ def test_a_save_cut_short_is_removed_and_a_complete_stranger_is_left(
         job.train(tmp_path, 8, resume="latest")
     assert top_level(tmp_path) == ["checkpoint-100"]
     assert (stranger / "trainer_state.json").read_text() == '{"global_step": 100}'
-    assert caplog.text.count("removing") == 2
+    aside = tmp_path / ".ckpt" / "hf" / "set-aside"
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-500", "checkpoint-7"]
+    assert (aside / "checkpoint-500" / "model.safetensors").read_bytes() == b"my weights"
+    assert (aside / "checkpoint-7" / "trainer_state.json").read_text() == '{"global_step": 700}'
+    assert caplog.text.count("removing") == 1
+    assert "checkpoint-6: a save interrupted" in caplog.text
+    assert f"moved {mine} to {aside / 'checkpoint-500'}" in caplog.text
     assert "checkpoint-100 was never committed" in caplog.text
     assert latest_checkpoint(tmp_path) == trainer_dir(tmp_path, 8)
+    assert ckpt.verify(tmp_path).problems == ()
+    # A second stranger of the same name is set aside beside the first, not over it.
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"again")
+    job.train(tmp_path, 10, resume="latest")
+    assert (aside / "checkpoint-500.1" / "model.safetensors").read_bytes() == b"again"
+    assert (aside / "checkpoint-500" / "model.safetensors").read_bytes() == b"my weights"
+
+
+@pytest.mark.parametrize("strategy", ["steps", "best"])
+def test_the_announcement_names_only_steps_the_trainer_may_save(
+    tmp_path: Path, strategy: str
+) -> None:
+    seen: list[str | None] = []
+
+    class Watch(TrainerCallback):  # runs after ckpt's callback, before the Trainer saves
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            path = tmp_path / ".ckpt" / "hf" / "saving.json"
+            seen.append(json.loads(path.read_text())["checkpoint"] if path.exists() else None)
+
+    callback = CheckpointCallback({"keep_top_k": KEEP_TOP_K})
+    args = job.arguments(tmp_path, 6, save_strategy=strategy)
+    job.trainer(args, [callback, Watch()]).train()
+    # Every second step is evaluated, and may be saved: announced at its end, and gone
+    # once committed, or once the next step (or the end) shows it was not saved.
+    assert seen == [None, "checkpoint-2", None, "checkpoint-4", None, "checkpoint-6"]
+    assert not (tmp_path / ".ckpt" / "hf" / "saving.json").exists()
+    # Under `best` only a new best is saved: step 6 (0.6 after 0.7) is not.
+    assert steps(tmp_path) == ([4, 6] if strategy == "steps" else [2, 4])
+    assert top_level(tmp_path) == []
 
 
 # --- two processes ----------------------------------------------------------------------
@@ -285,5 +330,6 @@ def test_a_kill_in_a_save_resumes_from_the_last_complete_checkpoint(
         assert latest in (KILLED_SAVE - EVERY, KILLED_SAVE), op
         assert steps(run) == steps(clean) == kept(RUN_STEPS), op
         assert top_level(run) == [], op
+        assert not (run / ".ckpt" / "hf" / "set-aside").exists(), op  # removed, as ckpt's own
         assert ckpt.verify(run).problems == (), op
         assert torch.load(Path(trainer_dir(run, RUN_STEPS)) / "rng_state.pth", weights_only=False)

@@ -152,6 +152,32 @@ def test_a_restart_resumes_from_last_then_best_and_keeps_exactly_top_k(tmp_path:
     assert steps(tmp_path) == sorted(step_of(e) for e in kept)
 
 
+def test_files_in_dirpath_that_ckpt_did_not_write_survive_training(tmp_path: Path) -> None:
+    """Lightning's own checkpoints, a user's files, a user's directory under ckpt's names."""
+    first = step_of(0)  # the first step ckpt saves
+    tmp = f"tmp_step_{first}"
+    mine = {
+        "epoch=9-step=90.ckpt": b"lightning's own",
+        "last.ckpt": b"an old last",
+        "notes/readme.txt": b"mine",
+        f"{tmp}/weights.pt": b"mine",  # under the name of ckpt's temporary for that step
+        "step_999/weights.pt": b"mine",  # a step_N that is not a checkpoint
+    }
+    for name, data in mine.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(ckpt.CheckpointError, match=f"cannot save step {first}: {tmp} holds files"):
+        job.fit(tmp_path, 3)  # refused, rather than replacing the user's directory
+    assert (tmp_path / tmp / "weights.pt").read_bytes() == b"mine"
+    shutil.rmtree(tmp_path / tmp)
+    del mine[f"{tmp}/weights.pt"]
+    job.fit(tmp_path, len(VAL) - 1)
+    job.fit(tmp_path, len(VAL), ckpt_path="last")  # a restart, and pruning meanwhile
+    assert {name: (tmp_path / name).read_bytes() for name in mine} == mine
+    kept = top_k_epochs(2, len(VAL)) | {len(VAL) - 1}
+    assert steps(tmp_path) == sorted(step_of(e) for e in kept)
+
+
 def test_with_a_retention_block_every_scored_checkpoint_is_among_the_top(tmp_path: Path) -> None:
     config = {"retention": {"kind": "keep_all"}}
     ended = job.fit(tmp_path, 3, top_k=1, save_last=None, config=config)

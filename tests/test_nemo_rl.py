@@ -484,6 +484,7 @@ def test_a_temporary_directory_a_crashed_save_left_is_started_afresh_and_logged(
     manager = make_manager()
     stale = ckpt_dir / "tmp_step_7"
     stale.mkdir()  # what a save that died before its finalize leaves, this run
+    (stale / "training_info.json").write_text('{"v": 0}')  # ckpt's, written first
     (stale / "half.bin").write_bytes(b"half")
     with caplog.at_level("WARNING", "ckpt"):
         tmp = manager.init_tmp_checkpoint(7, {"v": 1})

@@ -49,7 +49,7 @@ def test_tmp_step_is_removed(
     write_step(ckpt_dir, "step_4", {"v": 4}, files={"model.bin": b"four"})
     kept = tree(ckpt_dir / "step_4")
     write_step(ckpt_dir, "tmp_step_5", {"v": 5}, files={"model.bin": b"unfinished"})
-    write_step(ckpt_dir, "tmp_step_6", None, files={"deep/er/file": b"x"})
+    write_step(ckpt_dir, "tmp_step_6", None)  # a crash before training_info.json
     manager = make_manager()
     assert [(a.kind, a.path) for a in manager.recovery] == [
         ("removed_temporary", ckpt_dir / "tmp_step_5"),
@@ -89,6 +89,40 @@ def test_old_step_beside_its_step_is_removed(
     assert names(ckpt_dir) == [".ckpt", "step_2"]
     assert tree(ckpt_dir / "step_2") == new
     assert list(trash(ckpt_dir).iterdir()) == []
+
+
+def test_leftover_names_holding_files_ckpt_did_not_write_are_never_deleted(
+    make_manager: Make,
+    write_step: Callable[..., Path],
+    ckpt_dir: Path,
+    tree: Tree,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ckpt")
+    write_step(ckpt_dir, "step_2", {"v": 2}, files={"m": b"2"})
+    # A user's own directories under names ckpt uses, none with ckpt's training_info.json.
+    mine = {
+        "tmp_step_3": write_step(ckpt_dir, "tmp_step_3", None, files={"notes.txt": b"mine"}),
+        "old_step_2": write_step(ckpt_dir, "old_step_2", None, files={"model.bin": b"mine"}),
+        "step_4.0123456789ab": write_step(
+            ckpt_dir, "step_4.0123456789ab", None, files={"deep/file": b"mine"}
+        ),
+    }
+    before = {name: tree(path) for name, path in mine.items()}
+    manager = make_manager()
+    assert manager.recovery == ()
+    assert {name: tree(path) for name, path in mine.items()} == before
+    logged = caplog.text
+    for name in mine:
+        assert f"leaving {name} alone: it holds files but no training_info.json" in logged
+    # A save of that step refuses rather than replacing the user's directory.
+    with pytest.raises(ckpt.CheckpointError, match="cannot save step 3: tmp_step_3 holds files"):
+        manager.init_tmp_checkpoint(3, {"v": 3})
+    assert tree(mine["tmp_step_3"]) == before["tmp_step_3"]
+    # Other steps save, and retention never touches the user's directories.
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(5, {"v": 5}))
+    assert steps(manager) == [2, 5]
+    assert {name: tree(path) for name, path in mine.items()} == before
 
 
 def test_trash_is_emptied(

@@ -183,6 +183,27 @@ def abandon(storage: Storage, directory: str, attempt: str, *, durable: bool) ->
         storage.remove_tree(attempt)
 
 
+def made_by_ckpt(storage: Storage, attempt: str) -> bool:
+    """Whether ``attempt`` is one ckpt made, so that ckpt may delete it.
+
+    ckpt writes ``training_info.json`` into an attempt before anything else is written
+    there, so an attempt that holds files but not that one is somebody else's (a
+    user's ``tmp_step_N``, a copy of another run's): never ckpt's to delete. An empty
+    directory (a crash between making it and writing that file) holds nothing to lose.
+    """
+    info = storage.entry(join(attempt, _layout.INFO_FILE))
+    if info is not None:
+        return info.kind == "file"
+    return storage.capabilities.directories and not storage.list_dir(attempt)
+
+
+#: Why ckpt leaves an attempt that `made_by_ckpt` denies alone (after its name).
+NOT_OURS = (
+    f"holds files but no {_layout.INFO_FILE}, so ckpt did not make it and will not "
+    f"delete it; move it out of the checkpoint directory"
+)
+
+
 def unnamed_attempts(entries: Mapping[str, Entry], named: Collection[str]) -> list[tuple[str, int]]:
     """The attempt prefixes (``step_N.<token>``) of a listing that no manifest names."""
     found = []
@@ -263,6 +284,8 @@ class _Recovery:
             final_name = _layout.step_name(leftover.step)
             if leftover.kind == "foreign":
                 logger.warning("leaving %s alone: %s", name, leftover.detail)
+            elif leftover.kind != "interrupted_overwrite" and not made_by_ckpt(self.storage, path):
+                logger.warning("leaving %s alone: it %s", name, NOT_OURS)
             elif leftover.kind == "temporary":
                 self.discard(path)
                 self.act("removed_temporary", path, f"removed {name}, left by an unfinished save")
@@ -296,6 +319,9 @@ class _Recovery:
         for name, _step in unnamed_attempts(self.entries, named):
             path = join(directory, name)
             if name in self.keep or (self.grace and self._recent(path)):
+                continue
+            if not made_by_ckpt(storage, path):
+                logger.warning("leaving %s alone: it %s", name, NOT_OURS)
                 continue
             abandon(storage, directory, path, durable=self.durable)
             self.act(

@@ -20,6 +20,7 @@ from ckpt import (
     CheckpointRecord,
     LocalStorage,
     MissingMetricWarning,
+    UnsafeFileError,
 )
 from ckpt._adapter import given_keys, merge
 from policies import metric_value
@@ -31,6 +32,12 @@ DIR_KEY = "hf_checkpoint"
 _CHECKPOINT = re.compile(r"checkpoint-(0|[1-9][0-9]*)")
 #: The file the Trainer writes last into ``checkpoint-N``: without it the save was cut short.
 _WRITTEN_LAST = "trainer_state.json"
+#: The callback's own corner of ckpt's bookkeeping directory.
+_OWN_DIR = os.path.join(".ckpt", "hf")
+#: Names the ``checkpoint-N`` the Trainer may be about to write; written before it starts.
+_SAVING = "saving.json"
+#: Where a ``checkpoint-N`` that is not ckpt's to delete is moved, out of the Trainer's way.
+_SET_ASIDE = "set-aside"
 
 
 class CheckpointCallback(TrainerCallback):
@@ -50,11 +57,15 @@ class CheckpointCallback(TrainerCallback):
     (``keep_top_k: 3``, a ``retention`` block; unset keeps every checkpoint, as the
     Trainer does without ``save_total_limit``).
 
-    When training starts, a ``checkpoint-N`` in ``output_dir`` whose
-    ``trainer_state.json`` (the file the Trainer writes last) is missing, not whole JSON
-    or of another step is a save a crash cut short: it is removed. One that is complete
-    but was never committed (a Trainer's own, from before ckpt) is left alone, with a
-    warning in the log.
+    ckpt deletes nothing it did not write. Before each save the Trainer may make, the
+    callback records (in ``output_dir/.ckpt/hf/saving.json``, fsynced) which
+    ``checkpoint-N`` it is about to write. When training starts, a ``checkpoint-N`` in
+    ``output_dir`` whose ``trainer_state.json`` (the file the Trainer writes last) is
+    missing, not whole JSON or of another step is incomplete: if the record names it,
+    it is the save a crash cut short and is removed; otherwise it is not ckpt's, and is
+    moved, whole, to ``output_dir/.ckpt/hf/set-aside/`` with a warning (the Trainer
+    would otherwise write into it). One that is complete but was never committed (a
+    Trainer's own, from before ckpt) is left where it is, with a warning in the log.
 
     Args:
         config: The ckpt config (a `ckpt.CheckpointConfig` or a mapping of its keys).
@@ -81,6 +92,8 @@ class CheckpointCallback(TrainerCallback):
         self.ckpt_config: CheckpointConfig | None = None
         self._manager: CheckpointManager | None = None
         self._storage = LocalStorage()
+        #: The step ``saving.json`` names, while it exists.
+        self._marked: int | None = None
 
     @property
     def manager(self) -> CheckpointManager | None:
@@ -110,6 +123,37 @@ class CheckpointCallback(TrainerCallback):
         if state.is_world_process_zero:
             self._tidy(_output_dir(args))
         self._sync_best(state)
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        """Forget a save the last step announced but did not make (a ``best`` not reached)."""
+        if self._marked is not None:
+            self._unmark(args)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        """Record the ``checkpoint-N`` the Trainer may write next, before it writes."""
+        self._announce(args, state, control)
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        """As `on_step_end`: an epoch strategy saves after this."""
+        self._announce(args, state, control)
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        """As `on_step_end`, for a callback that asks for a save when it sees the logs."""
+        self._announce(args, state, control)
+
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        """As `on_step_end`, for a callback that asks for a save after an evaluation."""
+        self._announce(args, state, control)
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
@@ -142,6 +186,8 @@ class CheckpointCallback(TrainerCallback):
             manager.abort_checkpoint(tmp)
             raise
         manager.finalize_checkpoint(tmp)
+        if self._marked is not None:
+            self._unmark(args)
         if names_itself:
             state.best_model_checkpoint = moved  # the Trainer's own choice, where it now is
         self._sync_best(state)
@@ -150,6 +196,8 @@ class CheckpointCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
     ) -> None:
         """Close the manager (the directory lock goes with it)."""
+        if self._marked is not None:
+            self._unmark(args)  # a save announced for the last step that did not happen
         self._close()
 
     # --- helpers --------------------------------------------------------------------
@@ -159,8 +207,7 @@ class CheckpointCallback(TrainerCallback):
             "save_total_limit": args.save_total_limit is not None,
             "save_on_each_node": bool(args.save_on_each_node),
             "hub_strategy": bool(args.push_to_hub)
-            and str(getattr(args.hub_strategy, "value", args.hub_strategy))
-            in ("checkpoint", "all_checkpoints"),
+            and _strategy(args.hub_strategy) in ("checkpoint", "all_checkpoints"),
         }
         why = {
             "save_total_limit": "the Trainer would delete checkpoints behind ckpt's back; "
@@ -196,23 +243,96 @@ class CheckpointCallback(TrainerCallback):
 
         return self._manager
 
+    def _own_dir(self, output_dir: str) -> str:
+        """``output_dir/.ckpt/hf``, made if missing; refused if it is not a directory."""
+        path = os.path.join(output_dir, _OWN_DIR)
+        self._storage.make_dirs(path)
+        found = self._storage.entry(path)
+        if found is None or found.kind != "dir":
+            raise UnsafeFileError(
+                f"CheckpointCallback: {path} is not a directory (a link, or a file), where "
+                "the callback keeps its records; move it away"
+            )
+        return path
+
+    def _announce(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl
+    ) -> None:
+        """Write ``saving.json`` naming ``checkpoint-N`` if the Trainer may save step N now."""
+        step = state.global_step
+        # The `best` strategy decides to save after evaluating, with no event in between.
+        may_save = control.should_save or (
+            control.should_evaluate and _strategy(args.save_strategy) == "best"
+        )
+        if not may_save or self._marked == step or not state.is_world_process_zero:
+            return
+        record = json.dumps({"checkpoint": f"checkpoint-{step}"}).encode()
+        self._storage.replace_file(
+            os.path.join(self._own_dir(_output_dir(args)), _SAVING), record, durable=True
+        )
+        self._marked = step
+
+    def _unmark(self, args: TrainingArguments) -> None:
+        self._marked = None
+        path = os.path.join(_output_dir(args), _OWN_DIR, _SAVING)
+        if self._storage.entry(path) is not None:
+            self._storage.remove_file(path)
+
+    def _announced(self, output_dir: str) -> str | None:
+        """The ``checkpoint-N`` the last run's ``saving.json`` names, if it names one."""
+        own = self._storage.entry(os.path.join(output_dir, _OWN_DIR))
+        if own is None or own.kind != "dir":
+            return None  # never a record read through a link
+        path = os.path.join(output_dir, _OWN_DIR, _SAVING)
+        found = self._storage.entry(path)
+        if found is None or found.kind != "file":
+            return None
+        try:
+            name = json.loads(self._storage.read_bytes(path)).get("checkpoint")
+        except (OSError, ValueError, AttributeError):
+            return None  # torn by a crash while written: it names nothing
+        return name if isinstance(name, str) and _CHECKPOINT.fullmatch(name) else None
+
     def _tidy(self, output_dir: str) -> None:
-        """Remove the ``checkpoint-N`` saves a crash cut short; warn of uncommitted others."""
+        """Remove the save a crash cut short; move other incomplete ones aside; warn of all."""
+        announced = self._announced(output_dir)
         for entry in self._storage.list_dir(output_dir):
             match = _CHECKPOINT.fullmatch(entry.name)
             if entry.kind != "dir" or match is None:
                 continue
             path = os.path.join(output_dir, entry.name)
-            if not self._complete(path, int(match.group(1))):
-                logger.warning("removing %s: a save interrupted before it was complete", path)
-                self._storage.remove_tree(path)
-            else:
+            if self._complete(path, int(match.group(1))):
                 logger.warning(
                     "%s was never committed by ckpt (written without this callback, or a "
                     "crash came right after the Trainer wrote it): latest_checkpoint() "
                     "ignores it, and a save of the same step replaces it",
                     path,
                 )
+            elif entry.name == announced:
+                logger.warning("removing %s: a save interrupted before it was complete", path)
+                self._storage.remove_tree(path)
+            else:
+                logger.warning(
+                    "moved %s to %s: it is incomplete (no whole %s of its step) and ckpt "
+                    "did not write it, so it is not ckpt's to delete, and the Trainer "
+                    "would write into it",
+                    path,
+                    self._set_aside(output_dir, entry.name),
+                    _WRITTEN_LAST,
+                )
+        if announced is not None:
+            self._storage.remove_file(os.path.join(output_dir, _OWN_DIR, _SAVING))
+
+    def _set_aside(self, output_dir: str, name: str) -> str:
+        """Move ``output_dir/name`` under ``.ckpt/hf/set-aside/`` (a fresh name); say where."""
+        aside = os.path.join(self._own_dir(output_dir), _SET_ASIDE)
+        self._storage.make_dirs(aside)
+        taken = {e.name for e in self._storage.list_dir(aside)}
+        target, n = name, 1
+        while target in taken:  # an earlier run set aside one of the same name
+            target, n = f"{name}.{n}", n + 1
+        self._storage.rename(os.path.join(output_dir, name), os.path.join(aside, target))
+        return os.path.join(aside, target)
 
     def _complete(self, path: str, step: int) -> bool:
         """Whether the Trainer finished ``path``: its last file is whole and names ``step``."""
@@ -260,6 +380,11 @@ class CheckpointCallback(TrainerCallback):
         manager, self._manager = self._manager, None
         if manager is not None:
             manager.close()
+
+
+def _strategy(value: object) -> str:
+    """A Trainer strategy's name, whether an enum (``SaveStrategy.BEST``) or a string."""
+    return str(getattr(value, "value", value))
 
 
 def _output_dir(args: TrainingArguments) -> str:
