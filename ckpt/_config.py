@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from ckpt._errors import ConfigFileError
 from ckpt._text import short_repr
-from ckpt.storage import url_protocol
+from ckpt.storage import refuse_credentials, url_protocol
 from ckpt.storage.local import read_named_file
 
 
@@ -69,7 +69,8 @@ def _suggest(name: str, valid: list[str]) -> str:
 class _Strict(BaseModel):
     """Rejects unknown keys with a suggestion of the closest valid one."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A value can hold a secret (credentials in a URL): messages show ckpt's own words.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -226,6 +227,10 @@ def _checkpoint_dir(value: Any) -> Any:
     text = os.fspath(value)
     if isinstance(value, str):
         protocol = url_protocol(value)
+        try:
+            refuse_credentials(value)
+        except ValueError as exc:
+            raise PydanticCustomError("ckpt_checkpoint_dir", str(exc)) from None
         if protocol is not None:
             return _checkpoint_url(value, protocol, value.split("://", 1)[1])
         if value.lower().startswith(("file://", "local://")):
@@ -320,6 +325,7 @@ class CheckpointConfig(_Strict):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
+        hide_input_in_errors=True,
         json_schema_extra={"title": "ckpt checkpointing config"},
     )
 

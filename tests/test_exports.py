@@ -66,6 +66,8 @@ STORAGE_EXPORTS = [
     "name_of",
     "open_storage",
     "parent_of",
+    "redact_url",
+    "refuse_credentials",
     "url_protocol",
     "user_path",
     "walk_files",

@@ -267,6 +267,8 @@ def test_recovery_removes_only_old_attempts_of_its_own_layout(
     storage.write_bytes(join(location, "step_2.aaaaaaaaaaaa", "training_info.json"), b"{}")
     storage.write_bytes(join(location, "notes.txt"), b"mine")
     storage.write_bytes(join(location, "step_3.not-an-attempt", "x"), b"mine")
+    # An attempt's name, but no training_info.json (ckpt writes it first): not ckpt's.
+    storage.write_bytes(join(location, "step_4.bbbbbbbbbbbb", "x"), b"mine")
     with ckpt.CheckpointManager(config) as manager:
         assert manager.recovery == ()  # too young: it may be another process's save
     time.sleep(2.5)
@@ -278,6 +280,7 @@ def test_recovery_removes_only_old_attempts_of_its_own_layout(
     keys = s3_server.keys(s3["bucket"])
     assert keys["runs/run1/notes.txt"] == b"mine"
     assert keys["runs/run1/step_3.not-an-attempt/x"] == b"mine"
+    assert keys["runs/run1/step_4.bbbbbbbbbbbb/x"] == b"mine"
     assert not [k for k in keys if "step_2." in k]
 
 
@@ -447,6 +450,41 @@ def test_url_configs_are_checked_and_keep_their_secrets(tmp_path: Path) -> None:
     assert "hunter2" not in repr(config)
     with pytest.raises(ValueError, match="nosuch"):
         ckpt.CheckpointManager({"checkpoint_dir": "nosuch://bucket/run"})
+
+
+@pytest.mark.parametrize("url", ["s3://AKIAKEY:SECRETVALUE@bucket/run", "memory://AKIAKEY@b/run"])
+def test_credentials_in_a_url_are_refused_and_never_shown(
+    url: str, tmp_path: Path, s3_server: Any
+) -> None:
+    scheme, rest = url.split("://", 1)
+    shown = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    attempts = [
+        lambda: ckpt.CheckpointManager({"checkpoint_dir": url}),
+        lambda: ckpt.load_config({"checkpoint_dir": url}),
+        lambda: ckpt.verify(url),
+        lambda: ckpt.mark_written(f"{url}/step_1.0123456789ab", "w"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ValueError, match="carries credentials in the URL") as raised:
+            attempt()
+        assert "AKIAKEY" not in str(raised.value)
+        assert "SECRETVALUE" not in str(raised.value)
+        assert shown in str(raised.value)
+        assert "storage_options" in str(raised.value)
+    config = tmp_path / "ckpt.yaml"
+    config.write_text(f"checkpoint_dir: {url}\n")
+    for args in (["ls", url], ["check", url], ["config", "validate", str(config)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ckpt", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **s3_server.env()},
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode != 0, args
+        assert "AKIAKEY" not in done.stderr + done.stdout, args
+        assert shown in done.stderr, (args, done.stderr)
 
 
 def test_a_step_prefix_on_a_store_is_never_a_checkpoint_nor_removed(

@@ -15,9 +15,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
+from ckpt.storage import redact_url
+
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"ckpt: error: {message}\n")
+    # A library's message may quote a URL a user gave, credentials and all.
+    sys.stderr.write(f"ckpt: error: {redact_url(message)}\n")
 
 
 def _print_json(data: Any) -> None:
@@ -159,7 +162,7 @@ class _Progress:
 
 class _LogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"ckpt: {record.levelname.lower()}: {super().format(record)}"
+        return f"ckpt: {record.levelname.lower()}: {redact_url(super().format(record))}"
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ from ckpt.storage._open import (
     PathInput,
     location_of,
     open_storage,
+    redact_url,
+    refuse_credentials,
     url_protocol,
     user_path,
 )
@@ -50,6 +52,8 @@ __all__ = [
     "name_of",
     "open_storage",
     "parent_of",
+    "redact_url",
+    "refuse_credentials",
     "url_protocol",
     "user_path",
     "walk_files",

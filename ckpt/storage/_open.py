@@ -26,6 +26,8 @@ PathInput = Union[str, "os.PathLike[str]", "UPath"]
 """What users may name a location with: a path, a URL, or a path object of either."""
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+# The userinfo of a URL (``KEY:SECRET@`` in ``s3://KEY:SECRET@bucket/run``).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s]*@")
 _LOCAL = ("file", "local")  # fsspec's names for the local file system
 
 # The package each fsspec protocol needs, and the extra of ckpt that installs it.
@@ -68,6 +70,31 @@ def _local(value: PathInput) -> str:
     return os.path.abspath(os.fspath(text))
 
 
+def redact_url(text: str) -> str:
+    """``text`` with the userinfo of every URL in it hidden: ``s3://***@bucket/run``."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def refuse_credentials(value: PathInput, field: str = "checkpoint_dir") -> None:
+    """Refuse a URL that carries credentials (``s3://KEY:SECRET@bucket/run``).
+
+    No fsspec store ckpt supports reads credentials from the URL (s3fs would send
+    ``KEY:SECRET@bucket`` as the bucket's name, and boto echo it in its error), and a
+    URL is printed in logs and messages: credentials belong in ``storage_options`` or
+    the environment.
+
+    Raises:
+        ValueError: Naming the URL with its credentials hidden.
+    """
+    text = str(value)
+    if url_protocol(value) is not None and _USERINFO.match(text) is not None:
+        raise ValueError(
+            f"`{field}` {redact_url(text)!r} carries credentials in the URL (hidden here): "
+            f"pass them in `storage_options` (key=..., secret=... for s3://) or the "
+            f"environment (AWS_ACCESS_KEY_ID, ...), never in the URL"
+        )
+
+
 def open_storage(
     checkpoint_dir: PathInput,
     storage_options: Mapping[str, Any] | None = None,
@@ -85,8 +112,9 @@ def open_storage(
     Raises:
         ImportError: If the URL's protocol needs a package that is not installed; the
             message names ckpt's extra that installs it.
-        ValueError: If fsspec knows no such protocol.
+        ValueError: If fsspec knows no such protocol, or the URL carries credentials.
     """
+    refuse_credentials(checkpoint_dir)
     if storage is not None:
         return storage, location_of(storage, checkpoint_dir)
     protocol = url_protocol(checkpoint_dir)
