@@ -250,7 +250,13 @@ def load_state(
     """Read the state `save_state` (or a distributed manager's save) wrote into ``directory``.
 
     Loading runs no code from the file: the structure is JSON, checked against what
-    `save_state` writes, and tensors are read as raw bytes into new tensors. Dicts come
+    `save_state` writes, and tensors are read as raw bytes into new tensors (a file
+    claiming more elements than it holds, or the data-less ``meta`` device, is
+    refused). A DCP checkpoint keeps its plan as a pickle (``.metadata``): ckpt reads
+    it with an unpickler that admits only DCP's metadata classes, torch sizes, dtypes
+    and layouts, paths and plain containers, and reads DCP's non-tensor values with
+    ``torch.load(weights_only=True)``; anything else is a `SerializationError`
+    before it is called. Dicts come
     back as plain dicts (in their saved order), tuples as tuples, tensors as plain
     tensors that do not require grad; tied tensors come back as one tensor.
 
