@@ -366,10 +366,13 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> No
     plain = ckpt_cli("ls", tmp_path / "nope")
     assert plain.returncode == 1
     assert one_error_line(plain) == f"ckpt: error: {tmp_path / 'nope'} does not exist"
-    debug = ckpt_cli("ls", tmp_path / "nope", "--debug")
-    assert debug.returncode == 1
-    assert "Traceback" in debug.stderr
-    assert "CliError" in debug.stderr
+    for debug in (
+        ckpt_cli("ls", tmp_path / "nope", "--debug"),
+        ckpt_cli("--debug", "ls", tmp_path / "nope"),
+    ):
+        assert debug.returncode == 1
+        assert "Traceback" in debug.stderr
+        assert "CliError" in debug.stderr
 
 
 @pytest.mark.subprocess
@@ -420,7 +423,7 @@ def test_demo_without_matplotlib_says_how_to_get_the_plot(tmp_path: Path) -> Non
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "pip install 'ckpt-warden[plot]'" in result.stdout
+    assert "pip install -e '.[plot]' in ckpt's clone" in result.stdout
     assert not (tmp_path / "demo" / "val_reward.png").exists()
     assert (tmp_path / "demo" / "checkpoints" / "step_40").is_dir()
 

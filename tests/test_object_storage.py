@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -336,7 +337,12 @@ def test_the_cli_takes_an_s3_url(s3: dict[str, Any], s3_server: Any, tmp_path: P
     latest = cli("latest", url)
     assert latest.stdout.strip().startswith(f"{url}/step_3."), latest
     assert cli("check", url).returncode == 0
-    assert cli("pin", url, "1").returncode == 0
+    pinned = cli("pin", url, "1")
+    assert pinned.returncode == 0, pinned.stderr
+    (printed,) = re.findall(r"pinned step 1: (\S+)", pinned.stdout)
+    assert printed.startswith(f"{url}/step_1.")  # the real attempt, not a step_1 that is not
+    prefix = printed.removeprefix(f"s3://{s3['bucket']}/") + "/"
+    assert any(key.startswith(prefix) for key in s3_server.keys(s3["bucket"]))
     pruned = cli("prune", url, "--config", str(config))
     assert pruned.returncode == 0, pruned.stderr
     with ckpt.CheckpointManager(s3["config"], read_only=True) as reader:

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error exits with status 2 through argparse's `SystemExit`.
     """
     args = _parser().parse_args(argv)
-    debug: bool = args.debug
+    debug = bool(getattr(args, "debug", False))
     # The demo tells its own story; elsewhere the library's warnings (recovery, files
     # it ignores) are part of the answer.
     with (

@@ -28,7 +28,6 @@ from ckpt import (
 from ckpt.cli._configs import CliError, _config_for, _existing_dir, _load_config, _writer, location
 from ckpt.cli._listing import _list, _metric_counts, _sizes, recorded_ranking
 from ckpt.cli._output import _plural, _print_json, _Progress, _size, _table, step_ranges
-from ckpt.storage import join
 from policies import Decision, metric_value
 
 
@@ -251,11 +250,13 @@ def _cmd_pin(args: argparse.Namespace) -> int:
             manager.pin(step)
         else:
             manager.unpin(step)
-    path = join(directory, f"step_{step}")
+        # The checkpoint's own path: step_N.<id> on a store, where step_N is no directory.
+        paths = {r.step: str(r.path) for r in manager.list_checkpoints()}
+    where = f": {paths[step]}" if step in paths else " (no checkpoint of it is committed)"
     if before.get(step) == args.pinned:
-        print(f"step {step} was already {verb}ned: {path}")
+        print(f"step {step} was already {verb}ned{where}")
     else:
-        print(f"{verb}ned step {step}: {path}")
+        print(f"{verb}ned step {step}{where}")
     return 0
 
 

@@ -83,7 +83,8 @@ def _with_json(sub: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     # --debug is accepted before or after the command; SUPPRESS keeps a subcommand's
-    # default from overwriting a --debug given before it.
+    # default from overwriting a --debug given before it. The action is shared by every
+    # parser, so no set_defaults may give it a default (main reads it with getattr).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--debug",
@@ -98,7 +99,6 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(debug=False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = _Commands(parser, common)
     _add_queries(commands)
