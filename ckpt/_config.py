@@ -564,7 +564,10 @@ def read_config_file(path: str | os.PathLike[str]) -> Any:
         if node is None:
             return None
         _check_expansion(node, path)
+        _check_duplicate_keys(node, path)
         return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigFileError(_yaml_error(path, text, exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigFileError(f"{path} is not valid YAML: {short_repr(exc, 600)}") from exc
     except RecursionError:
@@ -612,6 +615,45 @@ def _check_expansion(root: yaml.Node, path: str | os.PathLike[str]) -> None:
         open_nodes.add(key)
         pending.append((node, True, depth))
         pending.extend((child, False, depth + 1) for child in children if id(child) not in sizes)
+
+
+def _yaml_error(path: str | os.PathLike[str], text: str, error: yaml.MarkedYAMLError) -> str:
+    """PyYAML's complaint as a person reads it: where, what, and the line with a caret."""
+    mark = error.problem_mark or error.context_mark
+    what = "; ".join(part for part in (error.context, error.problem) if part) or "a syntax error"
+    if mark is None:
+        return f"{path} is not valid YAML: {what}"
+    lines = text.splitlines() or [""]
+    shown = lines[min(mark.line, len(lines) - 1)].strip()[:200]
+    return (
+        f"{path} is not valid YAML at line {mark.line + 1}, column {mark.column + 1}: "
+        f"{what}; that line is `{shown}`"
+    )
+
+
+def _check_duplicate_keys(root: yaml.Node, path: str | os.PathLike[str]) -> None:
+    """Refuse a mapping that gives a key twice: YAML would keep the second silently."""
+    seen_nodes: set[int] = set()
+    pending = [root]
+    while pending:
+        node = pending.pop()
+        if id(node) in seen_nodes:
+            continue  # an alias: walked already
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue
+                line = key.start_mark.line + 1
+                if key.value in first:
+                    raise ConfigFileError(
+                        f"{path} gives the key `{key.value[:80]}` twice, on line "
+                        f"{first[key.value]} and line {line}; YAML would keep only the "
+                        f"second: remove one"
+                    )
+                first[key.value] = line
+        pending.extend(_children(node))
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

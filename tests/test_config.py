@@ -464,6 +464,30 @@ def test_invalid_yaml_is_a_config_file_error(tmp_path: Path, text: str) -> None:
     assert str(path) in str(info.value)
 
 
+def test_a_yaml_error_names_its_line_column_and_the_line(tmp_path: Path) -> None:
+    text = "checkpointing:\n  keep_top_k: 3\n  metric_name: [val_loss\n  enabled: true\n"
+    path = _write(tmp_path / "syntax.yaml", text)
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not valid YAML at line 4, column 10: ")
+    assert "expected ',' or ']', but got ':'" in message
+    assert message.endswith("that line is `enabled: true`")
+    assert "object at 0x" not in message
+
+
+def test_a_duplicate_key_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    text = "checkpointing:\n  keep_top_k: 3\n  metric_name: reward\n  keep_top_k: 5\n"
+    path = _write(tmp_path / "dup.yaml", text)
+    with pytest.raises(
+        ConfigFileError, match="gives the key `keep_top_k` twice, on line 2 and line 4"
+    ):
+        load_config(path)
+    # The same key in two different mappings is no duplicate.
+    text = "checkpointing:\n  checkpoint_dir: r\n  keep_top_k: 1\nlogger:\n  keep_top_k: 9\n"
+    assert load_config(_write(tmp_path / "ok.yaml", text)).keep_top_k == 1
+
+
 def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "nope.yaml")
