@@ -32,7 +32,7 @@ def import_torch() -> Any:
         import torch  # noqa: PLC0415 - torch is an optional extra
     except ImportError as exc:
         raise ImportError(
-            "saving model state needs torch: pip install 'ckpt-warden[torch]'"
+            "saving model state needs torch: pip install -e '.[torch]' in ckpt's clone"
         ) from exc
     return torch
 

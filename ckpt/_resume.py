@@ -11,7 +11,7 @@ from typing import Any
 from ckpt._unpickle import load_dcp_metadata, load_weights_only
 from ckpt.storage.local import LocalStorage, exists
 
-MEGATRON_EXTRA = "pip install 'ckpt-warden[megatron]'"
+MEGATRON_EXTRA = "pip install -e '.[megatron]' in ckpt's clone"
 _ITERATION = "iter_0000000"  # the one iteration NeMo RL's Megatron workers write
 _CHAINED = re.compile(r"^chained_\d+\.")  # prefixes of a ChainedOptimizer's sub-optimizers
 

@@ -198,6 +198,6 @@ with CheckpointManager({{"checkpoint_dir": {str(tmp_path)!r}, "keep_top_k": 1}})
         [sys.executable, "-c", script], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    hint = "saving model state needs torch: pip install 'ckpt-warden[torch]'"
+    hint = "saving model state needs torch: pip install -e '.[torch]' in ckpt's clone"
     assert result.stdout.splitlines() == [str(tmp_path / "step_3"), hint, hint]
     assert not (tmp_path / "step_4").exists()

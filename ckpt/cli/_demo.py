@@ -37,7 +37,7 @@ NAN_STEP = 9  # the evaluation diverges: stored as null, ranks below every real 
 PINNED_STEP = 10  # say an evaluation job reads it: never pruned
 CRASH_STEP = 27  # the child dies halfway through writing this checkpoint
 RUN_CONFIG = {"lr": 1e-6, "algorithm": "grpo", "seed": 0}
-PLOT_EXTRA = "pip install 'ckpt-warden[plot]'"
+PLOT_EXTRA = "pip install -e '.[plot]' in ckpt's clone"
 
 
 class DemoError(ckpt.CheckpointError, RuntimeError):

@@ -7,7 +7,9 @@ Add ``CheckpointCallback(config)`` to the Trainer's callbacks, drop
 try:
     import transformers  # noqa: F401 - fail here, with the extra's name
 except ImportError as error:  # pragma: no cover - the extra is installed in CI
-    raise ImportError("ckpt.hf needs transformers: pip install 'ckpt-warden[hf]'") from error
+    raise ImportError(
+        "ckpt.hf needs transformers: pip install -e '.[hf]' in ckpt's clone"
+    ) from error
 
 from ckpt.hf._callback import CheckpointCallback, best_checkpoint, latest_checkpoint
 

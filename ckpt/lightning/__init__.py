@@ -8,7 +8,7 @@ try:
     import lightning.pytorch  # noqa: F401 - fail here, with the extra's name
 except ImportError as error:  # pragma: no cover - the extra is installed in CI
     raise ImportError(
-        "ckpt.lightning needs Lightning: pip install 'ckpt-warden[lightning]'"
+        "ckpt.lightning needs Lightning: pip install -e '.[lightning]' in ckpt's clone"
     ) from error
 
 from ckpt.lightning._callback import ModelCheckpoint

@@ -135,7 +135,7 @@ def open_storage(
             raise
         raise ImportError(
             f"a {protocol}:// checkpoint_dir needs {package}: "
-            f"pip install 'ckpt-warden[{extra}]' ({exc})"
+            f"pip install -e '.[{extra}]' in ckpt's clone ({exc})"
         ) from exc
     opened = FsspecStorage(fs, lease_seconds=lease_seconds)
     return opened, opened.canonical(str(checkpoint_dir))
