@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -25,7 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from ckpt._errors import ConfigFileError
 from ckpt._text import short_repr
-from ckpt.storage import refuse_credentials, url_protocol
+from ckpt.storage import redact_url, refuse_credentials, url_protocol
 from ckpt.storage.local import read_named_file
 
 
@@ -56,13 +57,79 @@ def _count(minimum: int, *, nullable: bool, maximum: int | None = None) -> Befor
     return BeforeValidator(check)
 
 
+def _flag(value: Any, info: ValidationInfo) -> Any:
+    """Refuse anything but true, false (and null where allowed): "no" is not a boolean."""
+    if value is None or isinstance(value, bool):
+        return value  # None: pydantic refuses it where the field is not optional
+    raise PydanticCustomError(
+        "ckpt_bool",
+        "`{field}` must be true or false, got {value}",
+        {"field": info.field_name, "value": short_repr(value)},
+    )
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+"""A config boolean: YAML's true/false only, never "no", "yes", 0 or 1."""
+
+
+# What each kind of value pydantic refuses should have been, in a user's words.
+_EXPECTED = {
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "dict_type": "a mapping",
+    "list_type": "a list",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _reworded(item: Any) -> Any:
+    """One of pydantic's errors as ckpt says it: the field, what it takes, what came."""
+    if str(item["type"]).startswith("ckpt_"):
+        return {"type": PydanticCustomError(item["type"], item["msg"]), "loc": item["loc"]}
+    field = ".".join(str(part) for part in item["loc"] if part not in RETENTION_KINDS)
+    ctx = item.get("ctx") or {}
+    if item["type"] == "literal_error":
+        expected = f"one of {ctx.get('expected', '')}"
+    elif item["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
+        limit = next(iter(ctx.values()), "")
+        expected = f"a number {sign.get(item['type'], '<=')} {limit}"
+    else:
+        expected = _EXPECTED.get(item["type"], item["msg"][:1].lower() + item["msg"][1:])
+    got = "nothing" if "input" not in item else short_repr(item["input"])
+    return {
+        "type": PydanticCustomError(
+            "ckpt_" + str(item["type"]),
+            "`{field}` must be {expected}, got {value}",
+            {"field": field or "config", "expected": expected, "value": redact_url(got)},
+        ),
+        "loc": item["loc"],
+    }
+
+
 def _key_text(key: Any) -> str:
     return key if isinstance(key, str) and len(key) <= 40 else short_repr(key, 40)
 
 
+# A block with at most this many keys lists them all in an unknown key's message.
+_LISTED_KEYS = 6
+
+
+def _close(name: str, valid: list[str], n: int = 1) -> list[str]:
+    """The ``n`` valid names closest to ``name``: only close ones for one, any for more."""
+    return difflib.get_close_matches(name[:100], valid, n=n, cutoff=0.6 if n == 1 else 0.0)
+
+
 def _suggest(name: str, valid: list[str]) -> str:
     """``", did you mean `x`?"`` for the closest valid name, or nothing."""
-    close = difflib.get_close_matches(name[:100], valid, n=1, cutoff=0.6)
+    close = _close(name, valid)
     return f", did you mean `{close[0]}`?" if close else ""
 
 
@@ -87,11 +154,11 @@ class _Strict(BaseModel):
             )
             if len(unknown) > 5:
                 problems += f"; and {len(unknown) - 5} more unknown keys"
-            raise PydanticCustomError(
-                "ckpt_unknown_key",
-                "{problems}; accepted keys: {accepted}",
-                {"problems": problems, "accepted": ", ".join(valid)},
-            )
+            if len(valid) <= _LISTED_KEYS:
+                problems += f"; accepted keys: {', '.join(valid)}"
+            elif not any(_close(str(key), valid) for key in unknown[:5]):
+                problems += f"; the closest keys: {', '.join(_close(str(unknown[0]), valid, 3))}"
+            raise PydanticCustomError("ckpt_unknown_key", "{problems}", {"problems": problems})
         for name, field in cls.model_fields.items():
             if field.is_required() and name not in data:
                 raise PydanticCustomError(
@@ -329,7 +396,7 @@ class CheckpointConfig(_Strict):
         json_schema_extra={"title": "ckpt checkpointing config"},
     )
 
-    enabled: bool = Field(
+    enabled: Flag = Field(
         True,
         description="Whether checkpointing is on. When off the manager only reads: "
         "it takes no lock, creates nothing, and refuses to write.",
@@ -376,7 +443,7 @@ class CheckpointConfig(_Strict):
         description="Key in training_info that ranks checkpoints (best checkpoint and "
         "top-k retention). Unset: rank by recency.",
     )
-    higher_is_better: bool = Field(
+    higher_is_better: Flag = Field(
         True, description="Whether a larger metric value is better (reward) or smaller (loss)."
     )
     keep_top_k: Annotated[int | None, Field(ge=0), _count(0, nullable=True)] = Field(
@@ -399,7 +466,7 @@ class CheckpointConfig(_Strict):
     ft_keep_latest_k: Annotated[int | None, Field(ge=0), _count(0, nullable=True)] = Field(
         None, description="Also keep the k most recent checkpoints, whatever their metric."
     )
-    fsync: bool = Field(
+    fsync: Flag = Field(
         True,
         description="fsync files and directories on commit and delete. Turn off only "
         "on storage where durability does not matter (tmpfs, tests).",
@@ -423,28 +490,28 @@ class CheckpointConfig(_Strict):
     checkpoint_must_save_by: Annotated[str | None, BeforeValidator(_deadline)] = Field(
         None, description="NeMo RL: wall-clock deadline DD:HH:MM:SS (not used by ckpt)."
     )
-    save_optimizer: bool = Field(True, description="NeMo RL (not used by ckpt).")
-    is_async: bool = Field(False, description="NeMo RL (not used by ckpt).")
+    save_optimizer: Flag = Field(True, description="NeMo RL (not used by ckpt).")
+    is_async: Flag = Field(False, description="NeMo RL (not used by ckpt).")
     model_save_format: str | None = Field(None, description="NeMo RL (not used by ckpt).")
-    save_consolidated: bool = Field(False, description="NeMo RL (not used by ckpt).")
+    save_consolidated: Flag = Field(False, description="NeMo RL (not used by ckpt).")
     model_cache_dir: str = Field("", description="NeMo RL (not used by ckpt).")
     model_repo_id: str = Field("", description="NeMo RL (not used by ckpt).")
-    is_peft: bool = Field(False, description="NeMo RL (not used by ckpt).")
+    is_peft: Flag = Field(False, description="NeMo RL (not used by ckpt).")
     peft_config: Any = Field(None, description="NeMo RL (not used by ckpt).")
     pretrained_checkpoint: PretrainedCheckpoint | str | None = Field(
         None,
         description="NeMo RL: initial weights from a Megatron checkpoint, as {path, format} "
         "(a plain path, the older form, is accepted too); not used by ckpt.",
     )
-    save_data_plane: bool = Field(
+    save_data_plane: Flag = Field(
         False, description="NeMo RL: include the data plane in checkpoints (not used by ckpt)."
     )
-    load_replay_buffer: bool | None = Field(
+    load_replay_buffer: Flag | None = Field(
         None,
         description="NeMo RL: restore the replay buffer on resume; unset and true both "
         "restore, only false opts out (not used by ckpt).",
     )
-    protect_best: bool = Field(
+    protect_best: Flag = Field(
         False,
         description="With keep_top_k and save_period > 1, also keep the best checkpoint of "
         "all steps, not only of the save_period multiples, so get_best_checkpoint_path "
@@ -456,6 +523,19 @@ class CheckpointConfig(_Strict):
     def _bounded(cls, data: Any) -> Any:
         _check_depth(data)
         return data
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _in_our_words(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        """Every message names its field and the value received, in ckpt's words."""
+        try:
+            return handler(data)
+        except ValidationError as error:
+            raise ValidationError.from_exception_data(
+                error.title,
+                [_reworded(item) for item in error.errors(include_url=False)],
+                hide_input=True,
+            ) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> CheckpointConfig:
@@ -534,7 +614,22 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> Checkpoin
         FileNotFoundError: If the file does not exist.
     """
     data = source if isinstance(source, Mapping) else read_config_file(source)
-    return CheckpointConfig.model_validate(config_section(data)[0])
+    section, where = config_section(data)
+    if not isinstance(source, Mapping) and isinstance(section, Mapping):
+        _check_section(section, where, source)
+    return CheckpointConfig.model_validate(section)
+
+
+def _check_section(data: Mapping[str, Any], where: tuple[str, ...], path: Any) -> None:
+    """Refuse a run config that has no ``checkpointing:`` section, saying so."""
+    if where or not data or any(key in CheckpointConfig.model_fields for key in data):
+        return
+    keys = ", ".join(f"`{_key_text(key)}`" for key in list(data)[:3])
+    raise ConfigFileError(
+        f"{os.fspath(path)} has no `checkpointing:` section, and none of its keys "
+        f"({keys}{', ...' if len(data) > 3 else ''}) is a checkpointing key: give "
+        f"the section itself, or a run config with a `checkpointing:` key"
+    )
 
 
 def read_config_file(path: str | os.PathLike[str]) -> Any:
@@ -695,6 +790,7 @@ def read_config_section(
         raise ConfigFileError(
             f"{os.fspath(path)} holds {type(data).__name__}, not a mapping of config keys"
         )
+    _check_section(data, where, path)
     return data, where
 
 

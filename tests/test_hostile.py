@@ -557,9 +557,8 @@ def test_unknown_keys_read_as_sentences() -> None:
     with pytest.raises(ValidationError) as caught:
         ckpt.load_config({"checkpoint_dir": "x", "zzz": 1, "keep_topk": 2})
     (error,) = caught.value.errors()
-    assert error["msg"].startswith(
-        "unknown key `zzz` (got 1); unknown key `keep_topk` (got 2), did you mean "
-        "`keep_top_k`?; accepted keys: attempt_grace_seconds, checkpoint_dir, "
+    assert error["msg"] == (
+        "unknown key `zzz` (got 1); unknown key `keep_topk` (got 2), did you mean `keep_top_k`?"
     )
     assert ", ;" not in error["msg"]
     with pytest.raises(ValidationError) as caught:
