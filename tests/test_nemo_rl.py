@@ -304,7 +304,7 @@ def test_resume_paths_of_a_megatron_checkpoint_without_megatron_core_name_the_ex
     for name in [n for n in sys.modules if n.split(".")[0] == "megatron"] + ["megatron"]:
         monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
     with pytest.raises(
-        ImportError, match=r"needs megatron-core: pip install 'ckpt-warden\[megatron\]'"
+        ImportError, match=r"needs megatron-core: pip install -e '\.\[megatron\]' in ckpt's clone"
     ):
         CheckpointManager.get_resume_paths(tmp_path)
 
