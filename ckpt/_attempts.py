@@ -13,7 +13,13 @@ import threading
 from types import MappingProxyType
 
 from ckpt import _layout
-from ckpt._errors import CheckpointError, InvalidCheckpointPathError, SaveInProgressError
+from ckpt._errors import (
+    CheckpointError,
+    InvalidCheckpointPathError,
+    RecoveryWarning,
+    SaveInProgressError,
+    warn,
+)
 from ckpt._marks import check_reports
 from ckpt._records import CheckpointRecord
 from ckpt._serialize import decode_training_info
@@ -85,7 +91,11 @@ def start(
                     raise CheckpointError(
                         f"cannot save step {step}: {name_of(leftover)} {commits.NOT_OURS}"
                     )
-                logger.warning("replacing %s left by an earlier attempt at step %d", leftover, step)
+                warn(
+                    RecoveryWarning,
+                    f"replacing {user_path(storage, leftover)} left by an earlier attempt "
+                    f"at step {step}",
+                )
                 commits.abandon(storage, state.location, leftover, durable=durable)
         state.live.pop(step, None)
         attempt = protocol.prepare(storage, state.location, step)

@@ -27,12 +27,23 @@ specific one also derives from the built-in exception a caller would naturally c
 Invalid configuration values raise pydantic's ``ValidationError`` (itself a
 ``ValueError``), and failures of the file system propagate as ``OSError``.
 
-Warnings (not errors) derive from ``UserWarning``::
+Warnings (not errors) derive from `CheckpointWarning`, a ``UserWarning``; the last
+three are also logged at WARNING on the ``ckpt`` logger::
 
-    MissingMetricWarning                 (UserWarning)      checkpoints lack the ranking metric
+    CheckpointWarning                    (UserWarning)
+    ├── MissingMetricWarning                                checkpoints lack the ranking metric
+    ├── RecoveryWarning                                     recovery changed a directory
+    ├── NonFiniteMetricWarning                              a NaN or inf was stored as null
+    └── LeaseWaitWarning                                    a restart waits on another lease
 """
 
 from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
 
 
 class CheckpointError(Exception):
@@ -119,12 +130,47 @@ class SaveInProgressError(CheckpointError, RuntimeError):
     """
 
 
-class MissingMetricWarning(UserWarning):
+class CheckpointWarning(UserWarning):
+    """Base class of ckpt's warnings: filter them all with one category.
+
+    For example ``warnings.simplefilter("ignore", ckpt.CheckpointWarning)``, or
+    ``"error"`` in a test suite that wants none.
+    """
+
+
+class MissingMetricWarning(CheckpointWarning):
     """`CheckpointManager.get_best_checkpoint_path` met checkpoints without the metric.
 
     They rank below every checkpoint that has it; when none has it, the latest is
     returned. Filter it like any warning, for example
     ``warnings.simplefilter("ignore", ckpt.MissingMetricWarning)``.
+    """
+
+
+class RecoveryWarning(CheckpointWarning):
+    """Recovery changed a checkpoint directory: what a crash left was finished or undone.
+
+    A writer's recovery (when a manager opens its directory, and before a save replaces
+    an earlier attempt), and the Hugging Face callback's tidying of ``checkpoint-N``
+    directories, warn once per change: a temporary removed, an overwrite rolled back, an
+    incomplete directory set aside. The same text is logged on the ``ckpt`` logger.
+    """
+
+
+class NonFiniteMetricWarning(CheckpointWarning):
+    """A NaN or infinite number in training info was stored as ``null``.
+
+    JSON has no NaN: the checkpoint is saved, and ranks as one without that metric.
+    The same text is logged on the ``ckpt`` logger.
+    """
+
+
+class LeaseWaitWarning(CheckpointWarning):
+    """A writer found another writer's lease on a store and waits to see if it is live.
+
+    The wait lasts at most ``lease_seconds`` (a restart after a crash waits the whole
+    of it); the warning names the holder and when it last renewed, by its own clock.
+    The same text is logged on the ``ckpt`` logger.
     """
 
 
@@ -191,3 +237,21 @@ class FinalizationError(CheckpointError, RuntimeError):
     exit, chained to the error of the ``wait_fn`` or the commit. A `RuntimeError`
     whose message starts "Background checkpoint finalization failed", as NeMo RL's.
     """
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: Frames a warning looks past: ckpt's own, and the `with` machinery of its context managers.
+_SKIPPED = (_PACKAGE, contextlib.__file__)
+
+
+def warn(category: type[CheckpointWarning], message: str) -> None:
+    """Log ``message`` at WARNING on the ``ckpt`` logger and warn it as ``category``.
+
+    The warning points at the first caller outside ckpt, so that Python's default
+    filter shows it once per line of the user's code that caused it.
+    """
+    frame, level = sys._getframe(0), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_SKIPPED):
+        frame, level = frame.f_back, level + 1
+    logging.getLogger("ckpt").warning("%s", message, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ckpt._errors import SerializationError
+from ckpt._errors import NonFiniteMetricWarning, SerializationError, warn
 from ckpt._text import short_repr
 
 logger = logging.getLogger("ckpt")
@@ -97,7 +97,8 @@ def _to_plain(root: Any, name: str, *, json_keys: bool, nonfinite_to_none: bool)
             return value
         if isinstance(value, float):
             if nonfinite_to_none and not math.isfinite(value):
-                logger.warning("%s is %r: stored as null (JSON has no NaN or inf)", where, value)
+                text = f"{where} is {value!r}: stored as null (JSON has no NaN or inf)"
+                warn(NonFiniteMetricWarning, text)
                 return None
             return value
         if isinstance(value, os.PathLike):
@@ -172,24 +173,54 @@ def decode_training_info(data: bytes) -> dict[str, Any]:
     return parsed
 
 
-def encode_ranking(metric_name: str | None, higher_is_better: bool, custom: str | None) -> bytes:
-    """The contents of ``.ckpt/ranking.json``: the ranking a run's writer commits with."""
-    if custom is not None:
-        return json.dumps({"custom": custom}).encode()
-    return json.dumps({"metric_name": metric_name, "higher_is_better": higher_is_better}).encode()
+#: The config fields that, with the ranking, decide what retention keeps.
+RETENTION_FIELDS = ("retention", "keep_top_k", "ft_keep_latest_k", "save_period", "protect_best")
+
+
+def encode_ranking(
+    metric_name: str | None,
+    higher_is_better: bool,
+    custom: str | None,
+    retention: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The contents of ``.ckpt/ranking.json``: the ranking a run's writer commits with.
+
+    ``retention`` is ``{"config": {field: value}}`` (the `RETENTION_FIELDS` of the
+    writer's config) or ``{"custom": repr}`` for a policy object of the run's own.
+    """
+    record: dict[str, Any] = (
+        {"custom": custom}
+        if custom is not None
+        else {"metric_name": metric_name, "higher_is_better": higher_is_better}
+    )
+    if retention is not None:
+        record["retention"] = dict(retention)
+    return json.dumps(record).encode()
 
 
 def decode_ranking(data: bytes) -> dict[str, Any]:
-    """Parse ``.ckpt/ranking.json``.
+    """Parse ``.ckpt/ranking.json`` (a record without ``retention`` is an older writer's).
 
     Raises:
         ValueError: If it is not what `encode_ranking` writes.
     """
     parsed = _json(data)
-    if isinstance(parsed, dict) and parsed.keys() == {"custom"}:
+    if isinstance(parsed, dict) and "retention" in parsed:
+        retention = parsed["retention"]
+        custom = isinstance(retention, dict) and retention.keys() == {"custom"}
+        fields = (
+            isinstance(retention, dict)
+            and retention.keys() == {"config"}
+            and isinstance(retention["config"], dict)
+            and retention["config"].keys() == set(RETENTION_FIELDS)
+        )
+        if not (fields or (custom and isinstance(retention["custom"], str))):
+            raise ValueError(f"expected a retention record, found {short_repr(retention)}")
+    keys = set(parsed) - {"retention"} if isinstance(parsed, dict) else set()
+    if isinstance(parsed, dict) and keys == {"custom"}:
         if isinstance(parsed["custom"], str):
             return parsed
-    elif isinstance(parsed, dict) and parsed.keys() == {"metric_name", "higher_is_better"}:
+    elif isinstance(parsed, dict) and keys == {"metric_name", "higher_is_better"}:
         name, higher = parsed["metric_name"], parsed["higher_is_better"]
         if (name is None or (isinstance(name, str) and name)) and isinstance(higher, bool):
             return parsed

@@ -153,13 +153,4 @@ def _job(args: argparse.Namespace, ops: kill_job.FileOps | None) -> dict[str, An
 
 
 if __name__ == "__main__":
-    code = kill_job.job_main(sys.argv[1:], _arguments, _job)
-    if torch.distributed.is_initialized():
-        # The Trainer's last all_gather (its FLOP count) is freed by a gloo thread that
-        # needs the GIL; if that comes while the interpreter shuts down, the thread is
-        # forced to exit and the process aborts ("terminate called without an active
-        # exception"). The report is written: leave without the interpreter's shutdown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    kill_job.exit_job(kill_job.job_main(sys.argv[1:], _arguments, _job))

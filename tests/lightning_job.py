@@ -164,4 +164,4 @@ def _job(args: argparse.Namespace, ops: kill_job.FileOps | None) -> dict[str, An
 
 
 if __name__ == "__main__":
-    sys.exit(kill_job.job_main(sys.argv[1:], _arguments, _job))
+    kill_job.exit_job(kill_job.job_main(sys.argv[1:], _arguments, _job))

@@ -15,6 +15,7 @@ CKPT_EXPORTS = [
     "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointRecord",
+    "CheckpointWarning",
     "CollectiveError",
     "CollectiveTimeoutError",
     "CommitConflictError",
@@ -26,14 +27,17 @@ CKPT_EXPORTS = [
     "InvalidCheckpointPathError",
     "InvalidStepError",
     "LeaseLostError",
+    "LeaseWaitWarning",
     "LocalStorage",
     "Lock",
     "MissingMetricWarning",
+    "NonFiniteMetricWarning",
     "Overview",
     "PretrainedCheckpoint",
     "Problem",
     "ReadOnlyError",
     "RecoveryAction",
+    "RecoveryWarning",
     "SaveInProgressError",
     "SerializationError",
     "StateNotFoundError",
@@ -163,6 +167,22 @@ def test_every_error_derives_from_checkpoint_error_and_a_builtin() -> None:
         error = getattr(ckpt, name)
         assert issubclass(error, ckpt.CheckpointError)
         assert issubclass(error, builtin)
+        assert name in ckpt._errors.__doc__
+
+
+def test_every_warning_is_a_checkpoint_warning_named_in_the_hierarchy() -> None:
+    names = [n for n in CKPT_EXPORTS if n.endswith("Warning")]
+    assert names == [
+        "CheckpointWarning",
+        "LeaseWaitWarning",
+        "MissingMetricWarning",
+        "NonFiniteMetricWarning",
+        "RecoveryWarning",
+    ]
+    for name in names:
+        assert issubclass(getattr(ckpt, name), ckpt.CheckpointWarning)
+        assert issubclass(getattr(ckpt, name), UserWarning)
+        assert not issubclass(getattr(ckpt, name), ckpt.CheckpointError)
         assert name in ckpt._errors.__doc__
 
 

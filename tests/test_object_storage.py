@@ -187,14 +187,52 @@ def _second_writer(s3: dict[str, Any], body: str, **env: str) -> subprocess.Comp
     )
 
 
-def test_a_crashed_writer_blocks_a_restart_for_at_most_its_lease(s3: dict[str, Any]) -> None:
-    crashed = _second_writer(s3, "import os; os._exit(9)")  # dies holding the lease
+_WAITING = (
+    r"waiting up to 3 s for the lease \S+/\.ckpt/lock held by pid (\d+) on \S+ "
+    r"\(last renewed at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC by its clock\)"
+)
+
+
+def test_a_crashed_writer_blocks_a_restart_for_at_most_its_lease_and_says_so(
+    s3: dict[str, Any], s3_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    crash = "import os; print(os.getpid(), flush=True); os._exit(9)"  # dies holding the lease
+    crashed = _second_writer(s3, crash)
     assert crashed.returncode == 9, crashed.stderr
     started = time.monotonic()
-    with ckpt.CheckpointManager(s3["config"]) as manager:
+    with caplog.at_level(logging.WARNING, logger="ckpt"):
+        with pytest.warns(ckpt.LeaseWaitWarning) as warned:
+            manager = ckpt.CheckpointManager(s3["config"])
         waited = time.monotonic() - started
-        _save(manager, 1, 0.0)
+        with manager:
+            _save(manager, 1, 0.0)
     assert waited <= s3["config"]["lease_seconds"] + 3
+    # The wait is said at WARNING, naming the dead holder, and warned, for a user who
+    # configured no logging, at the line that opened the manager.
+    (said,) = [r for r in caplog.records if r.getMessage().startswith("waiting up to")]
+    assert said.levelname == "WARNING"
+    holder = re.match(_WAITING, said.getMessage())
+    assert holder is not None, said.getMessage()
+    assert holder.group(1) == crashed.stdout.strip()
+    (warning,) = [w for w in warned if w.category is ckpt.LeaseWaitWarning]
+    assert str(warning.message) == said.getMessage()
+    assert warning.filename == __file__
+    # The CLI shows it too, before it does what it was asked.
+    crashed = _second_writer(s3, crash)
+    config = tmp_path / "ckpt.yaml"
+    config.write_text(f"checkpoint_dir: {s3['config']['checkpoint_dir']}\nlease_seconds: 3\n")
+    pruned = subprocess.run(
+        [sys.executable, "-m", "ckpt", "prune", s3["config"]["checkpoint_dir"], "--config", config],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **s3_server.env()},
+        timeout=120,
+        check=False,
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    holder = re.search(_WAITING, pruned.stderr)
+    assert holder is not None, pruned.stderr
+    assert holder.group(1) == crashed.stdout.strip()
 
 
 def test_a_writer_whose_lease_was_taken_over_commits_nothing(s3: dict[str, Any]) -> None:

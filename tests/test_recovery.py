@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,52 @@ def test_a_clean_directory_needs_no_recovery(
     write_step(manager.checkpoint_dir, "step_1", {})
     assert make_manager().recovery == ()
     assert [r for r in caplog.records if r.name == "ckpt"] == []
+
+
+_USER_SCRIPT = """
+import sys, warnings
+import ckpt
+if sys.argv[2] == "quiet":
+    warnings.simplefilter("ignore", ckpt.CheckpointWarning)
+manager = ckpt.CheckpointManager({"checkpoint_dir": sys.argv[1]})  # line 6
+with manager.checkpoint(3, {"loss": float("nan")}):  # line 7
+    pass
+manager.close()
+"""
+
+
+@pytest.mark.subprocess
+def test_what_recovery_changed_reaches_a_user_who_configured_no_logging(
+    write_step: Callable[..., Path], ckpt_dir: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(_USER_SCRIPT)
+
+    def run(mode: str) -> str:
+        write_step(ckpt_dir, "tmp_step_5", {"v": 5}, files={"model.bin": b"unfinished"})
+        done = subprocess.run(
+            [sys.executable, str(script), str(ckpt_dir), mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        assert done.stdout == ""
+        return done.stderr
+
+    said = run("default")
+    # Python's own warning display, pointing at the user's line that caused each.
+    assert (
+        f"{script}:6: RecoveryWarning: recovery in {ckpt_dir}: removed tmp_step_5, left by "
+        f"an unfinished save"
+    ) in said, said
+    assert (
+        f"{script}:7: NonFiniteMetricWarning: training_info['loss'] is nan: stored as null"
+    ) in said, said
+    assert not (ckpt_dir / "tmp_step_5").exists()
+    # One category filters them all.
+    assert run("quiet") == ""
+    assert not (ckpt_dir / "tmp_step_5").exists()
 
 
 def test_tmp_step_is_removed(

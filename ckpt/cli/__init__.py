@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from ckpt import MissingMetricWarning
+from ckpt import CheckpointWarning
 from ckpt.cli._commands import _describe
 from ckpt.cli._output import _error, _library_log
 from ckpt.cli._parser import _parser
@@ -43,8 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.catch_warnings(),
     ):
         # Commands say themselves which checkpoints lack a metric (`best` fails, `ls`
-        # counts them); the library's warning about it would only repeat that.
-        warnings.simplefilter("ignore", MissingMetricWarning)
+        # counts them), and every other warning of ckpt's is on the logger shown above:
+        # the warning itself would only repeat them.
+        warnings.simplefilter("ignore", CheckpointWarning)
         try:
             return int(args.handler(args))
         except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from ckpt import _layout
+from ckpt._errors import RecoveryWarning, warn
 from ckpt.commit.base import CommitProtocol, Committed, RecoveryAction, RecoveryKind
 from ckpt.commit.manifest import (
     Manifest,
@@ -242,7 +243,7 @@ def recover(
     if durable and recovery.actions:
         storage.sync_dir(directory)
     for action in recovery.actions:
-        logger.warning("recovery in %s: %s", directory, action.detail)
+        warn(RecoveryWarning, f"recovery in {user_path(storage, directory)}: {action.detail}")
     return recovery.actions
 
 

@@ -20,12 +20,20 @@ from ckpt import (
     CheckpointRecord,
     LocalStorage,
     MissingMetricWarning,
+    RecoveryWarning,
     UnsafeFileError,
 )
 from ckpt._adapter import given_keys, merge
 from policies import metric_value
 
 logger = logging.getLogger("ckpt.hf")
+
+
+def _recovered(text: str) -> None:
+    """Tell what tidying changed: on the logger, and to a user who configured none."""
+    logger.warning("%s", text)
+    warnings.warn(text, RecoveryWarning, stacklevel=3)
+
 
 #: The training-info key naming the Trainer's directory inside a ckpt checkpoint.
 DIR_KEY = "hf_checkpoint"
@@ -309,16 +317,14 @@ class CheckpointCallback(TrainerCallback):
                     path,
                 )
             elif entry.name == announced:
-                logger.warning("removing %s: a save interrupted before it was complete", path)
                 self._storage.remove_tree(path)
+                _recovered(f"removed {path}: a save interrupted before it was complete")
             else:
-                logger.warning(
-                    "moved %s to %s: it is incomplete (no whole %s of its step) and ckpt "
-                    "did not write it, so it is not ckpt's to delete, and the Trainer "
-                    "would write into it",
-                    path,
-                    self._set_aside(output_dir, entry.name),
-                    _WRITTEN_LAST,
+                aside = self._set_aside(output_dir, entry.name)
+                _recovered(
+                    f"moved {path} to {aside}: it is incomplete (no whole {_WRITTEN_LAST} of "
+                    f"its step) and ckpt did not write it, so it is not ckpt's to delete, and "
+                    f"the Trainer would write into it",
                 )
         if announced is not None:
             self._storage.remove_file(os.path.join(output_dir, _OWN_DIR, _SAVING))

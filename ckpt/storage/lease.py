@@ -44,7 +44,13 @@ import threading
 import time
 from typing import Any, Protocol
 
-from ckpt._errors import CheckpointDirLockedError, CheckpointError, LeaseLostError
+from ckpt._errors import (
+    CheckpointDirLockedError,
+    CheckpointError,
+    LeaseLostError,
+    LeaseWaitWarning,
+    warn,
+)
 from ckpt.storage.base import Capabilities, Entry
 
 _FORMAT = 1
@@ -100,6 +106,18 @@ def _holder(raw: dict[str, Any] | None) -> str:
     if raw is None:
         return "an unreadable lease"
     return f"pid {raw.get('pid')} on {raw.get('host')}"
+
+
+def _renewed(raw: dict[str, Any] | None) -> str:
+    """When the holder says it last renewed, by its own clock (shown, never compared)."""
+    renewed = None if raw is None else raw.get("renewed_at")
+    if not isinstance(renewed, (int, float)) or isinstance(renewed, bool):
+        return "at an unknown time"
+    try:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(renewed))
+    except (OverflowError, OSError, ValueError):
+        return "at an unknown time"
+    return f"at {stamp} UTC by its clock"
 
 
 def _stale_by_clock(raw: dict[str, Any]) -> bool:
@@ -189,6 +207,16 @@ class Lease:
     def _take_over(cls, store: LeaseStore, path: str, seconds: float, owner: str) -> Lease:
         found = store.read_versioned(path)
         deadline = time.monotonic() + seconds
+        raw = None if found is None else _decode(found[0])
+        if found is not None and not (raw is not None and raw.get("released")):
+            # A restart after a crash waits here a whole lease: a user must see why.
+            warn(
+                LeaseWaitWarning,
+                f"waiting up to {seconds:g} s for the lease {path} held by {_holder(raw)} "
+                f"(last renewed {_renewed(raw)}): a live writer renews it within "
+                f"{seconds / 3:g} s; one that crashed is taken over once it has stayed "
+                f"unrenewed for {seconds:g} s",
+            )
         while found is not None:
             data, version = found
             raw = _decode(data)
