@@ -42,6 +42,7 @@ from ckpt._resolve import policies_from_config
 from ckpt._resume import resume_paths
 from ckpt._retention import RetentionApplier
 from ckpt._serialize import (
+    RETENTION_FIELDS,
     decode_training_info,
     encode_ranking,
     encode_run_config,
@@ -65,11 +66,20 @@ from policies import ByMetric, ByRecency, Decision, Ranking, RetentionPolicy
 logger = logging.getLogger("ckpt")
 
 
-def _ranking_record(ranking: Ranking) -> bytes:
+def _ranking_record(
+    ranking: Ranking, retention: RetentionPolicy, config: CheckpointConfig, own: bool
+) -> bytes:
+    """What ``.ckpt/ranking.json`` says; ``own``: the retention object is the caller's."""
+    kept: dict[str, Any] = (
+        {"custom": short_repr(retention, 200)}
+        if own
+        else {"config": config.model_dump(mode="json", include=set(RETENTION_FIELDS))}
+    )
     if type(ranking) is ByMetric:
-        return encode_ranking(ranking.name, ranking.higher_is_better, None)
+        return encode_ranking(ranking.name, ranking.higher_is_better, None, kept)
     if type(ranking) is ByRecency:
-        return encode_ranking(None, True, None)
+        return encode_ranking(None, True, None, kept)
+    # A ranking of the run's own: the retention the config describes ranks by it too.
     return encode_ranking(None, True, short_repr(ranking, 200))
 
 
@@ -161,7 +171,9 @@ class CheckpointManager:
         self._durable = self.config.fsync
         self._closed = False
         self._retention = RetentionApplier(self.retention, self.ranking)
-        self._ranking_record = _ranking_record(self.ranking)
+        self._ranking_record = _ranking_record(
+            self.ranking, self.retention, self.config, retention is not None
+        )
         self._async: AsyncWriter | None = None
         self._finalizer: Finalizer | None = None
         self._protocol = commit.choose(self.config.commit_protocol, storage.capabilities)
@@ -915,7 +927,31 @@ class CheckpointManager:
             OSError: If it cannot be read.
         """
         state = self._usable()
-        return _meta.read_ranking(state.storage, state.location)
+        recorded = _meta.read_ranking(state.storage, state.location)
+        if recorded is None:
+            return None
+        return {key: value for key, value in recorded.items() if key != "retention"}
+
+    def recorded_retention(self) -> dict[str, Any] | None:
+        """The retention the directory's writer recorded, for tools given no config.
+
+        Returns:
+            ``{"config": {...}}``: the config fields that, with `recorded_ranking`,
+            give the writer's retention (``retention``, ``keep_top_k``,
+            ``ft_keep_latest_k``, ``save_period``, ``protect_best``);
+            ``{"custom": repr}`` for a policy object of the run's own; ``None`` where
+            nothing is recorded (a run ranked by an object of its own, or a directory
+            NeMo RL's manager or an older ckpt wrote).
+
+        Raises:
+            UnsafeFileError: If ``.ckpt`` or the record is a link or a special file.
+            ValueError: If the file does not hold a ranking record.
+            OSError: If it cannot be read.
+        """
+        state = self._usable()
+        recorded = _meta.read_ranking(state.storage, state.location)
+        retention = None if recorded is None else recorded.get("retention")
+        return None if retention is None else dict(retention)
 
     def pin(self, step: int) -> None:
         """Protect the checkpoint at ``step`` from pruning; the pin survives restarts.

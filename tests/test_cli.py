@@ -82,11 +82,21 @@ def test_ls_lists_every_checkpoint_and_the_metrics_found(run_dir: Path) -> None:
     assert result.stderr == ""  # piped: no progress bar
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"{run_dir}: 6 checkpoints")
+    # The run recorded how it retains: without --config, the listing says so.
+    assert lines[0].endswith("; retention KeepAll() (recorded by the run); ranking ByRecency()")
     header = lines[1].split()
-    assert header == ["step", "loss", "val_reward", "size", "committed", "pinned"]
+    assert header == [
+        "step",
+        "loss",
+        "val_reward",
+        "size",
+        "committed",
+        "pinned",
+        *["retention", "why"],
+    ]
     rows = {int(line.split()[0]): line.split() for line in lines[2:8]}
     assert sorted(rows) == [1, 2, 3, 4, 5, 6]
-    assert rows[2][-1] == "pinned"
+    assert [step for step, row in rows.items() if "pinned" in row] == [2]
     assert rows[4][2] == "0.9"
     assert rows[5][2] == "-"  # NaN was stored as null
     assert f"latest:  {step_path(run_dir, 6)}" in lines
@@ -189,6 +199,21 @@ def test_best_needs_a_direction_the_run_did_not_record(
         _cli.main(["best", str(run_dir)])
     assert exited.value.code == 2
     assert "records no ranking of its own" in capsys.readouterr().err
+
+
+def test_best_with_a_misspelt_metric_names_the_closest_recorded_ones_first(
+    run_dir: Path, config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before any question of direction: the name itself is what is wrong.
+    for extra in ([], ["--max"], ["--config", str(config_file)]):
+        assert _cli.main(["best", str(run_dir), "--metric", "val_rewrd", *extra]) == 1
+        err = capsys.readouterr().err
+        assert err == (
+            f"ckpt: error: no checkpoint in {run_dir} records `val_rewrd`; the closest "
+            f"recorded metrics: `val_reward`, `loss`\n"
+        ), err
+    assert _cli.main(["best", str(run_dir), "--metric", "los", "--min"]) == 1
+    assert "the closest recorded metrics: `loss`, `val_reward`" in capsys.readouterr().err
 
 
 def test_check_refuses_an_unknown_code_to_ignore(
@@ -381,7 +406,78 @@ def test_usage_errors_exit_with_2(run_dir: Path) -> None:
     negative = ckpt_cli("pin", run_dir, "-1")
     assert negative.returncode == 2
     assert "non-negative integer" in negative.stderr
-    assert ckpt_cli("prune", run_dir).returncode == 2  # --config is required
+    _as_an_older_writer_left_it(run_dir)
+    refused = ckpt_cli("prune", run_dir)
+    assert refused.returncode == 2  # nothing says what to keep: --config is required
+    assert "give --config CFG: " in refused.stderr
+    assert "records no retention of its own" in refused.stderr
+
+
+def _as_an_older_writer_left_it(directory: Path) -> None:
+    """Drop the retention from the run's record, as a writer before ckpt recorded it."""
+    record = directory / ".ckpt" / "ranking.json"
+    recorded = json.loads(record.read_text())
+    del recorded["retention"]
+    record.write_text(json.dumps(recorded))
+
+
+@pytest.mark.subprocess
+def test_ls_and_prune_without_a_config_follow_the_retention_the_run_recorded(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "run"
+    config = {"checkpoint_dir": str(directory), "metric_name": "val_loss", "fsync": False}
+    ranked = {**config, "higher_is_better": False, "keep_top_k": 2}
+    with ckpt.CheckpointManager(ranked) as manager:
+        # Each pinned as it is committed, so that retention leaves them all for now.
+        for step, loss in {1: 0.5, 2: 0.1, 3: 0.9, 4: 0.3, 5: 0.7, 6: 0.8}.items():
+            with manager.checkpoint(step, {"val_loss": loss}):
+                pass
+            manager.pin(step)
+        for step in range(1, 7):
+            manager.unpin(step)
+        planned = {d.step: d for d in manager.plan_retention()}
+    listing = ckpt_cli("ls", directory, "--json")
+    assert listing.returncode == 0, listing.stderr
+    data = json.loads(listing.stdout)
+    assert data["schema"] == 2
+    assert data["retention"] == repr(manager.retention)
+    assert data["retention_source"] == "recorded by the run"
+    assert data["ranking"] == "ByMetric(name='val_loss', higher_is_better=False)"
+    decisions = {c["step"]: (c["keep"], c["reason"]) for c in data["checkpoints"]}
+    assert decisions == {s: (d.keep, d.reason) for s, d in planned.items()}
+    # The text says the same, naming the ranking once: rows say `top-2 #1`.
+    text = ckpt_cli("ls", directory)
+    first, *rest = text.stdout.splitlines()
+    # (Hybrid's repr names its ranking: it is not repeated after it.)
+    assert first.endswith(f"; retention {manager.retention!r} (recorded by the run)")
+    assert "ByMetric(name='val_loss', higher_is_better=False)" in repr(manager.retention)
+    rows = {int(line.split()[0]): line for line in rest if line.split()[0].isdigit()}
+    assert rows[2].split()[-3:] == ["keep", "top-2", "#1"]
+    assert rows[4].split()[-3:] == ["keep", "top-2", "#2"]
+    assert rows[1].split()[-3:] == ["prune", "not", "kept"]
+    assert all(len(line) < 110 for line in rest), rest
+    # prune follows it too, dry run first; only then is anything deleted.
+    dry = ckpt_cli("prune", directory, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    would = [p["step"] for p in json.loads(dry.stdout)["pruned"]]
+    assert would == [s for s, d in planned.items() if not d.keep] == [1, 3, 5]
+    assert sorted(p.name for p in directory.glob("step_*")) == [f"step_{s}" for s in range(1, 7)]
+    assert ckpt_cli("prune", directory).returncode == 0
+    assert sorted(p.name for p in directory.glob("step_*")) == ["step_2", "step_4", "step_6"]
+
+
+@pytest.mark.subprocess
+def test_ls_json_without_a_config_or_a_record_says_null_where_nothing_is_known(
+    run_dir: Path,
+) -> None:
+    _as_an_older_writer_left_it(run_dir)
+    data = json.loads(ckpt_cli("ls", run_dir, "--json").stdout)
+    assert (data["retention"], data["retention_source"], data["ranking"]) == (None, None, None)
+    assert {(c["keep"], c["reason"]) for c in data["checkpoints"]} == {(None, None)}
+    text = ckpt_cli("ls", run_dir).stdout.splitlines()
+    assert text[0].endswith("; retention unknown (no --config, and the run recorded none)")
+    assert text[1].split()[-1] == "pinned"  # no retention column: nothing to say there
 
 
 # --- demo -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import re
@@ -26,7 +27,13 @@ from ckpt import (
     verify,
 )
 from ckpt.cli._configs import CliError, _config_for, _existing_dir, _load_config, _writer, location
-from ckpt.cli._listing import _list, _metric_counts, _sizes, recorded_ranking
+from ckpt.cli._listing import (
+    _list,
+    _metric_counts,
+    _sizes,
+    recorded_config,
+    recorded_ranking,
+)
 from ckpt.cli._output import _plural, _print_json, _Progress, _size, _table, step_ranges
 from policies import Decision, metric_value
 
@@ -51,6 +58,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
         overrides["metric_name"] = args.metric
     if args.higher_is_better is not None:
         overrides["higher_is_better"] = args.higher_is_better
+    if args.metric is not None:
+        _refuse_unrecorded_metric(directory, args.metric)
     if args.config is None:
         if args.metric is None and recorded is None:
             parser.error(
@@ -90,6 +99,23 @@ def _cmd_best(args: argparse.Namespace) -> int:
     _refuse_if_damaged(directory, config, "best", answer, lambda step: step not in listed)
     print(best)
     return 0
+
+
+def _refuse_unrecorded_metric(directory: str, name: str) -> None:
+    """Fail first on a metric no checkpoint records (a typo), naming the closest ones."""
+    with CheckpointManager(_config_for(directory, None), read_only=True) as reader:
+        records = reader.list_checkpoints()
+    if not records or any(metric_value(r.info, name) is not None for r in records):
+        return  # "no checkpoints" is said once the ranking is known
+    recorded = sorted(
+        _metric_counts(records),
+        key=lambda known: (-difflib.SequenceMatcher(None, name, known).ratio(), known),
+    )
+    closest = ", ".join(f"`{known}`" for known in recorded[:5])
+    raise CliError(
+        f"no checkpoint in {directory} records `{name}`"
+        + (f"; the closest recorded metrics: {closest}" if closest else "; none records a metric")
+    )
 
 
 def _cmd_latest(args: argparse.Namespace) -> int:
@@ -187,7 +213,18 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     directory = _existing_dir(args.directory, args.config)
     # `enabled: false` tells a training loop not to save; it does not forbid a prune the
     # user asks for by name.
-    config = _config_for(directory, args.config, {"enabled": True})
+    if args.config is not None:
+        config = _config_for(directory, args.config, {"enabled": True})
+    else:
+        recorded = recorded_config(directory)
+        if recorded is None:
+            parser: argparse.ArgumentParser = args.parser
+            parser.error(
+                f"give --config CFG: {directory} records no retention of its own (written "
+                f"by NeMo RL's manager or an older ckpt, or by a run with a policy object "
+                f"of its own), and prune will not guess what to delete"
+            )
+        config = _config_for(directory, None, {**recorded, "enabled": True})
     keep_latest = not args.prune_latest
     failed: list[int] = []
     if args.dry_run:

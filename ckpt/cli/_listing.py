@@ -19,9 +19,12 @@ class _Listing:
     directory: str
     config_file: str | None
     metric_name: str | None
-    retention: str
+    ranking: str | None
+    #: The retention's repr, and where it came from; ``None`` where nothing is known.
+    retention: str | None
+    retention_source: str | None
     records: list[CheckpointRecord]
-    decisions: dict[int, Decision]
+    decisions: dict[int, Decision] | None
     sizes: dict[int, int | None]
     best: CheckpointRecord | None
 
@@ -29,11 +32,15 @@ class _Listing:
         return _metric_counts(self.records, first=self.metric_name)
 
     def to_dict(self) -> dict[str, Any]:
+        decisions = self.decisions
         return {
+            "schema": JSON_SCHEMA_VERSION,
             "directory": str(self.directory),
             "config": self.config_file,
             "metric_name": self.metric_name,
+            "ranking": self.ranking,
             "retention": self.retention,
+            "retention_source": self.retention_source,
             "checkpoints": [
                 {
                     "step": r.step,
@@ -41,8 +48,8 @@ class _Listing:
                     "size_bytes": self.sizes.get(r.step),
                     "committed_at": _iso(r.committed_at),
                     "pinned": r.pinned,
-                    "keep": self.decisions[r.step].keep,
-                    "reason": self.decisions[r.step].reason,
+                    "keep": None if decisions is None else decisions[r.step].keep,
+                    "reason": None if decisions is None else decisions[r.step].reason,
                     "info": dict(r.info),
                 }
                 for r in self.records
@@ -57,22 +64,27 @@ class _Listing:
         if not self.records:
             return [f"{self.directory}: no checkpoints"]
         total = _size(sum(s or 0 for s in self.sizes.values()))
-        configured = self.config_file is not None
-        policy = f"retention {self.retention}" if configured else "no --config"
+        if self.retention is None:
+            policy = "retention unknown (no --config, and the run recorded none)"
+        else:
+            policy = f"retention {self.retention} ({self.retention_source})"
         count = _plural(len(self.records), "checkpoint")
+        named = self.ranking is None or self.ranking in (self.retention or "")
+        if self.decisions is not None and not named:
+            policy += f"; ranking {self.ranking}"  # once here, not on every row
         out = [f"{self.directory}: {count}, {total} on disk; {policy}"]
         shown = list(self.metrics())[:3]
         header = ["step", *shown, "size", "committed", "pinned"]
-        if configured:
+        if self.decisions is not None:
             header += ["retention", "why"]
         rows = []
         for r in self.records:
             row = [str(r.step), *(_value(r.info.get(m)) for m in shown)]
             row += [_size(self.sizes.get(r.step)), _local(r.committed_at)]
             row.append("pinned" if r.pinned else "")
-            if configured:
+            if self.decisions is not None:
                 decision = self.decisions[r.step]
-                row += ["keep" if decision.keep else "prune", decision.reason]
+                row += ["keep" if decision.keep else "prune", self._why(decision.reason)]
             rows.append(row)
         out += _table(header, rows, numeric=len(shown) + 2)
         if self.best is not None and self.metric_name is not None:
@@ -81,9 +93,21 @@ class _Listing:
         out.append(f"latest:  {self.records[-1].path}")
         counts = [f"{name} ({n} of {len(self.records)})" for name, n in self.metrics().items()]
         out.append(f"metrics: {', '.join(counts) or 'none'}")
-        if not configured:
+        if self.decisions is None:
             out.append("(pass --config CFG to see what its retention keeps and why)")
         return out
+
+    def _why(self, reason: str) -> str:
+        """A decision's reason without the policies the header names: ``top-3 #1``."""
+        if self.ranking is not None:
+            reason = reason.replace(f" by {self.ranking}: #", " #")
+        if self.retention is not None:
+            reason = reason.replace(f"not kept by {self.retention}", "not kept")
+        return reason
+
+
+#: The version of ``ckpt ls --json``'s layout (see docs/cli.md): bumped when it changes.
+JSON_SCHEMA_VERSION = 2
 
 
 def list_lines(directory: str, config_file: str | None) -> list[str]:
@@ -92,20 +116,29 @@ def list_lines(directory: str, config_file: str | None) -> list[str]:
 
 
 def _list(directory: str, config_file: str | None) -> _Listing:
-    # Without a config, the listing ranks the way the run does, as far as it recorded it.
-    recorded = recorded_ranking(directory) if config_file is None else None
-    config = _config_for(directory, config_file, recorded)
+    # Without a config, the listing ranks and retains the way the run does, as far as it
+    # recorded it; where it recorded no retention, no decision is shown.
+    recorded = recorded_config(directory) if config_file is None else None
+    if config_file is None and recorded is None:
+        config = _config_for(directory, None, recorded_ranking(directory))
+    else:
+        config = _config_for(directory, config_file, recorded)
+    known = config_file is not None or recorded is not None
     with CheckpointManager(config, read_only=True) as manager:
         overview = manager.overview()  # one look: a live run may change the directory
-        retention = repr(manager.retention)
+        retention, ranking = repr(manager.retention), repr(manager.ranking)
     records = list(overview.records)
     return _Listing(
         directory=directory,
         config_file=config_file,
         metric_name=config.metric_name,
-        retention=retention,
+        ranking=ranking if known or config.metric_name else None,
+        retention=retention if known else None,
+        retention_source=(
+            None if not known else "from --config" if config_file else "recorded by the run"
+        ),
         records=records,
-        decisions={d.step: d for d in overview.decisions},
+        decisions={d.step: d for d in overview.decisions} if known else None,
         sizes=_sizes(records),
         best=overview.best if config.metric_name else None,
     )
@@ -113,15 +146,30 @@ def _list(directory: str, config_file: str | None) -> _Listing:
 
 def recorded_ranking(directory: str) -> dict[str, Any] | None:
     """The metric and direction the run's writer ranks by; ``None`` if not recorded."""
+    recorded = _recorded(directory)[0]
+    if recorded is None or recorded["metric_name"] is None:
+        return None  # ranked by recency
+    return recorded
+
+
+def recorded_config(directory: str) -> dict[str, Any] | None:
+    """The config fields that give the writer's ranking and retention; ``None``: unknown."""
+    ranking, retention = _recorded(directory)
+    if ranking is None or retention is None:
+        return None  # an older writer's, or a policy object only the run's code has
+    return {**ranking, **retention}
+
+
+def _recorded(directory: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     try:
         with CheckpointManager(_config_for(directory, None), read_only=True) as reader:
-            recorded = reader.recorded_ranking()
+            ranking, retention = reader.recorded_ranking(), reader.recorded_retention()
     except (OSError, ValueError) as exc:
         logging.getLogger("ckpt").warning("ignoring the run's recorded ranking: %s", exc)
-        return None
-    if recorded is None or "custom" in recorded or recorded["metric_name"] is None:
-        return None  # ranked by recency, or by an object only the run's code has
-    return recorded
+        return None, None
+    if ranking is None or "custom" in ranking:
+        return None, None  # ranked by an object only the run's code has
+    return ranking, None if retention is None else retention.get("config")
 
 
 def _metric_counts(records: Sequence[CheckpointRecord], first: str | None = None) -> dict[str, int]:

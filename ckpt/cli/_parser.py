@@ -154,9 +154,13 @@ def _add_queries(commands: _Commands) -> None:
 
 def _add_changes(commands: _Commands) -> None:
     sub = _with_dir(
-        commands.add("prune", "delete what the config's retention does not keep", _cmd_prune)
+        commands.add(
+            "prune",
+            "delete what retention does not keep (the config's, or the one the run recorded)",
+            _cmd_prune,
+        )
     )
-    _with_config(sub, required=True)
+    _with_config(sub)
     sub.add_argument(
         "--dry-run", action="store_true", help="say what would go and why; change nothing"
     )
