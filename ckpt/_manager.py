@@ -55,6 +55,7 @@ from ckpt.commit.base import RecoveryAction
 from ckpt.storage import (
     CheckpointPath,
     PathInput,
+    PathStr,
     Storage,
     join,
     location_of,
@@ -81,6 +82,11 @@ def _ranking_record(
         return encode_ranking(None, True, None, kept)
     # A ranking of the run's own: the retention the config describes ranks by it too.
     return encode_ranking(None, True, short_repr(ranking, 200))
+
+
+def _name(record: CheckpointRecord) -> str:
+    """A checkpoint's entry in its directory: ``step_N``, or its attempt ``step_N.<id>``."""
+    return str(record.path).rstrip("/").rsplit("/", 1)[-1]
 
 
 def _check_step(step: object) -> int:
@@ -1003,8 +1009,13 @@ class CheckpointManager:
             records = state.index.records
             return [records[step] for step in sorted(records)]
 
-    def get_latest_checkpoint_path(self) -> str | None:
+    def get_latest_checkpoint_path(self) -> PathStr | None:
         """Return the path of the checkpoint with the highest step, or ``None``.
+
+        It is a `ckpt.storage.PathStr`: the ``str`` NeMo RL's manager returns, which
+        also joins with ``/`` into the type `init_tmp_checkpoint` returns (a
+        `pathlib.Path` on local disk, a ``UPath`` on a store), so
+        ``latest / "model.pt"`` works on both; ``latest.path`` is that path itself.
 
         In a distributed job every rank calls it, and every rank gets the answer of the
         coordinator, so that no two ranks resume from different steps.
@@ -1013,18 +1024,23 @@ class CheckpointManager:
             answer = self._spmd.agree("get_latest_checkpoint_path()", self._latest_here)
         else:
             answer = self._latest_here()
-        return answer["path"]  # type: ignore[no-any-return]
+        return self._named(answer["name"])
 
     def _latest_here(self) -> dict[str, Any]:
         state = self._usable()
         with state.mutex:
             latest = self._retention.latest(state.index)
-            return {"path": None if latest is None else str(state.index.records[latest].path)}
+            return {"name": None if latest is None else _name(state.index.records[latest])}
 
-    def get_best_checkpoint_path(self) -> str | None:
+    def _named(self, name: str | None) -> PathStr | None:
+        """The path of the checkpoint ``name`` (the coordinator's answer) in this directory."""
+        return None if name is None else PathStr(self.checkpoint_dir / name)
+
+    def get_best_checkpoint_path(self) -> PathStr | None:
         """Return the path of the best checkpoint by the ranking, or ``None``.
 
-        It is the checkpoint top-k retention protects first. With a metric ranking,
+        It is the checkpoint top-k retention protects first; the path is of the type
+        `get_latest_checkpoint_path` returns. With a metric ranking,
         checkpoints whose metric is missing, NaN or not a number rank last, and ties go
         to the higher step; if none has the metric, that is the latest checkpoint.
 
@@ -1041,16 +1057,16 @@ class CheckpointManager:
             answer = self._best_here()
         for text in answer["warnings"]:
             warnings.warn(text, MissingMetricWarning, stacklevel=2)
-        return answer["path"]  # type: ignore[no-any-return]
+        return self._named(answer["name"])
 
     def _best_here(self) -> dict[str, Any]:
         state = self._usable()
         with state.mutex:
             best = self._retention.best(state.index)
             if best is None:
-                return {"path": None, "warnings": []}
+                return {"name": None, "warnings": []}
             texts = self._missing_warnings(self._retention.missing_metric(state.index))
-            return {"path": str(state.index.records[best].path), "warnings": texts}
+            return {"name": _name(state.index.records[best]), "warnings": texts}
 
     def _warn_missing(self, missing: set[int]) -> None:
         for text in self._missing_warnings(missing):

@@ -63,6 +63,7 @@ STORAGE_EXPORTS = [
     "Lock",
     "MemoryStorage",
     "PathInput",
+    "PathStr",
     "Storage",
     "describe_kind",
     "join",

@@ -1196,3 +1196,27 @@ def test_a_save_decides_over_everything_only_when_it_must(
     assert full == [3, 4]  # a policy of unknown shape is always asked about everything
     assert custom.sizes == [3, 4]
     assert steps(other) == [7, 10, 11]
+
+
+def test_best_and_latest_are_nemo_rls_strings_that_join_like_the_paths_it_hands_out(
+    tmp_path: Path,
+) -> None:
+    import json
+    import pickle
+
+    from ckpt.storage import PathStr
+
+    with CheckpointManager({"checkpoint_dir": str(tmp_path / "run"), "metric_name": "m"}) as m:
+        tmp = m.init_tmp_checkpoint(3, {"m": 1.0})
+        (tmp / "model.pt").write_bytes(b"w")
+        m.finalize_checkpoint(tmp)
+        latest, best = m.get_latest_checkpoint_path(), m.get_best_checkpoint_path()
+    for path in (latest, best):
+        assert isinstance(path, PathStr)
+        assert path == str(tmp_path / "run" / "step_3")  # what NeMo RL's manager returns
+        assert type(path / "model.pt") is type(tmp)  # what init_tmp_checkpoint returns
+        assert (path / "model.pt").read_bytes() == b"w"
+        assert path.path == tmp_path / "run" / "step_3"
+        assert json.loads(json.dumps({"resume": path})) == {"resume": str(path)}
+        again = pickle.loads(pickle.dumps(path))
+        assert (again, again.path) == (path, path.path)

@@ -586,3 +586,38 @@ def test_a_manifest_whose_attempt_is_gone_is_no_checkpoint_on_any_store(
         assert str(writer.get_latest_checkpoint_path()) == str(first)
     assert not UPath(manifest, **options).exists()
     assert ckpt.verify(url, storage_options=options).ok
+
+
+def test_the_readmes_resume_loop_runs_unchanged_on_s3(s3: dict[str, Any]) -> None:
+    torch = pytest.importorskip("torch")
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (loop,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "resume" in b]
+    here = '"checkpoint_dir": "results/run1",'
+    assert here in loop
+    options = s3["config"]["storage_options"]
+    on_s3 = loop.replace(
+        here,
+        f'"checkpoint_dir": {s3["config"]["checkpoint_dir"]!r}, "storage_options": {options!r},',
+    )
+    model = torch.nn.Linear(4, 1)
+
+    def train_one_step(module: Any) -> float:
+        return float(module.weight.detach().sum())
+
+    first: dict[str, Any] = {"model": model, "train_one_step": train_one_step}
+    exec(compile(on_s3, "<README loop>", "exec"), first)  # a fresh run, then a restart
+    best = first["best"]
+    assert isinstance(best, str)  # NeMo RL's type, which also joins with `/`
+    assert isinstance(best / "model.pt", UPath)
+    assert (best / "model.pt").parent == best.path
+    with torch.no_grad():
+        model.weight.add_(1.0)  # the restart must restore what was saved, not keep this
+    second: dict[str, Any] = {"model": model, "train_one_step": train_one_step}
+    exec(compile(on_s3, "<README loop>", "exec"), second)
+    with ckpt.CheckpointManager(s3["config"], read_only=True) as reader:
+        assert [r.step for r in reader.list_checkpoints()] == [700, 800, 900]
+        latest = reader.get_latest_checkpoint_path()
+    assert latest is not None
+    assert second["start"] == 900 + 1  # resumed after the latest
+    with (latest / "model.pt").open("rb") as f:
+        assert torch.equal(torch.load(f)["weight"], model.weight)

@@ -179,7 +179,7 @@ def run_demo(workdir: Path) -> None:
         with warnings.catch_warnings():  # steps without val_reward are the demo's point
             warnings.simplefilter("ignore", ckpt.MissingMetricWarning)
             best_path = manager.get_best_checkpoint_path()
-    best = int(Path(best_path).name.removeprefix("step_")) if best_path else None
+    best = int(best_path.path.name.removeprefix("step_")) if best_path else None
 
     print(f"\n4. the result: $ ckpt ls {checkpoint_dir} --config {config_file}")
     from ckpt.cli._listing import list_lines  # noqa: PLC0415 - the child needs no CLI

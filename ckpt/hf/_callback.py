@@ -378,7 +378,7 @@ class CheckpointCallback(TrainerCallback):
         trainer_dir = _trainer_dir(info)
         if value is None or trainer_dir is None:
             return  # not the Trainer's (a crafted name must not point the Trainer elsewhere)
-        state.best_model_checkpoint = os.path.join(best, trainer_dir)
+        state.best_model_checkpoint = os.path.join(str(best), trainer_dir)
         state.best_metric = value
         state.best_global_step = int(info.get("step", 0))
 

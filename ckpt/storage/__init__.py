@@ -10,6 +10,7 @@ layer above it (commit protocols, the manager, ``ckpt.torch``, the CLI) asks a
 from ckpt.storage._open import (
     CheckpointPath,
     PathInput,
+    PathStr,
     location_of,
     open_storage,
     redact_url,
@@ -45,6 +46,7 @@ __all__ = [
     "Lock",
     "MemoryStorage",
     "PathInput",
+    "PathStr",
     "Storage",
     "describe_kind",
     "join",

@@ -22,6 +22,33 @@ if TYPE_CHECKING:
 CheckpointPath = Union[Path, "UPath"]
 """A path handed to users: a `pathlib.Path` on local disk, a ``UPath`` for a URL."""
 
+
+class PathStr(str):
+    """A checkpoint's path as NeMo RL's manager returns it, a ``str``, that joins with ``/``.
+
+    `CheckpointManager.get_latest_checkpoint_path` and `get_best_checkpoint_path`
+    return one: it is the string NeMo RL's callers expect (``os.path.join``, ``==``,
+    ``json.dumps``, f-strings all take it), and ``path / "model.pt"`` (or `path`) gives
+    the storage's own path type, the one `init_tmp_checkpoint` returns: a
+    `pathlib.Path` on local disk, a ``UPath`` on a store, with the store's options. So
+    one resume snippet runs on both.
+    """
+
+    path: CheckpointPath
+    """The same location as the storage's path type."""
+
+    def __new__(cls, path: CheckpointPath) -> PathStr:
+        made = super().__new__(cls, str(path))
+        made.path = path
+        return made
+
+    def __truediv__(self, other: str | os.PathLike[str]) -> CheckpointPath:
+        return self.path / other
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PathStr, (self.path,))
+
+
 PathInput = Union[str, "os.PathLike[str]", "UPath"]
 """What users may name a location with: a path, a URL, or a path object of either."""
 
