@@ -467,6 +467,24 @@ def test_ls_and_prune_without_a_config_follow_the_retention_the_run_recorded(
     assert sorted(p.name for p in directory.glob("step_*")) == ["step_2", "step_4", "step_6"]
 
 
+def test_a_recorded_retention_no_config_accepts_is_ignored_with_a_warning(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = run_dir / ".ckpt" / "ranking.json"
+    recorded = json.loads(record.read_text())
+    recorded["retention"]["config"]["keep_top_k"] = -1
+    record.write_text(json.dumps(recorded))
+    assert _cli.main(["ls", str(run_dir)]) == 0
+    out = capsys.readouterr()
+    assert "retention unknown (no --config, and the run recorded none)" in out.out
+    assert "ckpt: warning: ignoring the run's recorded retention: " in out.err
+    assert "`keep_top_k`" in out.err
+    with pytest.raises(SystemExit) as exited:  # nothing trusted: prune will not guess
+        _cli.main(["prune", str(run_dir), "--dry-run"])
+    assert exited.value.code == 2
+    assert list(run_dir.glob("step_*"))
+
+
 @pytest.mark.subprocess
 def test_ls_json_without_a_config_or_a_record_says_null_where_nothing_is_known(
     run_dir: Path,

@@ -157,7 +157,13 @@ def recorded_config(directory: str) -> dict[str, Any] | None:
     ranking, retention = _recorded(directory)
     if ranking is None or retention is None:
         return None  # an older writer's, or a policy object only the run's code has
-    return {**ranking, **retention}
+    recorded = {**ranking, **retention}
+    try:
+        _config_for(directory, None, recorded)
+    except ValueError as exc:  # a record no writer of ours wrote: say so, trust nothing
+        logging.getLogger("ckpt").warning("ignoring the run's recorded retention: %s", exc)
+        return None
+    return recorded
 
 
 def _recorded(directory: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
