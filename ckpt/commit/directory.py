@@ -240,7 +240,10 @@ def recover(
     recovery.partials_and_trash()
     if listed is not None:
         listed.update(recovery.entries)
-    if durable and recovery.actions:
+    if durable:
+        # Even when nothing was left to undo: a crash between a commit's rename (or
+        # manifest) and its directory fsync leaves a checkpoint this writer now reports
+        # that a power cut could still take away. One fsync makes what it adopts durable.
         storage.sync_dir(directory)
     for action in recovery.actions:
         warn(RecoveryWarning, f"recovery in {user_path(storage, directory)}: {action.detail}")
