@@ -932,8 +932,7 @@ class CheckpointManager:
             ValueError: If the file does not hold a ranking record.
             OSError: If it cannot be read.
         """
-        state = self._usable()
-        recorded = _meta.read_ranking(state.storage, state.location)
+        recorded = self._record()
         if recorded is None:
             return None
         return {key: value for key, value in recorded.items() if key != "retention"}
@@ -954,10 +953,14 @@ class CheckpointManager:
             ValueError: If the file does not hold a ranking record.
             OSError: If it cannot be read.
         """
-        state = self._usable()
-        recorded = _meta.read_ranking(state.storage, state.location)
+        recorded = self._record()
         retention = None if recorded is None else recorded.get("retention")
         return None if retention is None else dict(retention)
+
+    def _record(self) -> dict[str, Any] | None:
+        """``.ckpt/ranking.json`` as the writer recorded it (both queries read it)."""
+        state = self._usable()
+        return _meta.read_ranking(state.storage, state.location)
 
     def pin(self, step: int) -> None:
         """Protect the checkpoint at ``step`` from pruning; the pin survives restarts.

@@ -120,7 +120,8 @@ def _list(directory: str, config_file: str | None) -> _Listing:
     # recorded it; where it recorded no retention, no decision is shown.
     recorded = recorded_config(directory) if config_file is None else None
     if config_file is None and recorded is None:
-        config = _config_for(directory, None, recorded_ranking(directory))
+        run_ranking = _recorded(directory)[0]  # ranked as the run does, retention unknown
+        config = _config_for(directory, None, run_ranking)
     else:
         config = _config_for(directory, config_file, recorded)
     known = config_file is not None or recorded is not None
