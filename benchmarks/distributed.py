@@ -111,13 +111,12 @@ def _bandwidth(
 
 
 def _rounds(manager: ckpt.CheckpointManager, rank: int) -> list[float]:
-    spmd = manager._spmd  # the rounds alone, through the manager's own channel
-    assert spmd is not None
+    coordinator = manager._coord  # the rounds alone, through the manager's own channel
     times = []
     for i in range(201):
         started = time.perf_counter()
-        spmd.round(spmd.calls, "bench", {}, None, lambda _: {})
-        spmd.round(spmd.calls, "bench", {"parts": [["x", 1, True]]}, None, lambda _: {"path": "x"})
+        coordinator.round("bench", {}, None, lambda _: {})
+        coordinator.round("bench", {"parts": [["x", 1, True]]}, None, lambda _: {"path": "x"})
         if i:
             times.append(time.perf_counter() - started)
     return times

@@ -45,7 +45,7 @@ import s3fs
 import torch
 
 from ckpt import CheckpointManager
-from ckpt.commit import ManifestProtocol
+from ckpt.commit import ManifestProtocol, Place
 from ckpt.storage import join, open_storage
 from ckpt.torch import save_state
 
@@ -93,13 +93,14 @@ def _bucket(options: dict[str, Any], name: str) -> None:
 def _populate(url: str, options: dict[str, Any], count: int) -> None:
     """``count`` committed checkpoints, written by ckpt's own manifest protocol."""
     storage, location = open_storage(url, options)
+    place = Place(storage, location, durable=True)
     protocol = ManifestProtocol()
 
     def one(step: int) -> None:
-        attempt = protocol.prepare(storage, location, step)
+        attempt = protocol.prepare(place, step)
         storage.write_bytes(join(attempt, "training_info.json"), b'{"loss": %f}' % (1 / (step + 1)))
         storage.write_bytes(join(attempt, "weights.bin"), b"w" * 64)
-        protocol.commit(storage, location, attempt, step, existing=None, durable=True)
+        protocol.commit(place, attempt, step, existing=None)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(count)))

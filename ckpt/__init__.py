@@ -6,13 +6,16 @@ The pure ranking and retention policies live in the sibling package ``policies``
 
 import logging
 
-from ckpt._config import (
+from ckpt._collective.reports import mark_written
+from ckpt._config.resolve import policies_from_config
+from ckpt._config.schema import (
     CheckpointConfig,
     PretrainedCheckpoint,
     explain_config_error,
     load_config,
     read_config_section,
 )
+from ckpt._directory.records import CheckpointRecord, Overview
 from ckpt._errors import (
     CheckpointDirLockedError,
     CheckpointError,
@@ -39,9 +42,6 @@ from ckpt._errors import (
     UnsafeFileError,
 )
 from ckpt._manager import CheckpointManager
-from ckpt._marks import mark_written
-from ckpt._records import CheckpointRecord, Overview
-from ckpt._resolve import policies_from_config
 from ckpt._verify import PROBLEM_CODES, Problem, VerifyReport, verify
 from ckpt.commit.base import RecoveryAction
 from ckpt.storage import Entry, LocalStorage, Lock, Storage

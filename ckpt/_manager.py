@@ -1,15 +1,14 @@
 """The checkpoint manager: a facade over an index, a retention applier and a commit protocol.
 
 `CheckpointManager` validates what users pass and keeps NeMo RL's method names; the
-work is done by the parts below it: `ckpt._index.Index` (what the directory holds),
-`ckpt._retention.RetentionApplier` (what to keep), a `ckpt.commit` protocol (how a
-save becomes a checkpoint), and `ckpt._writers` (this process's writers and their
+work is done by the parts below it: `ckpt._directory.index.Index` (what the directory holds),
+`ckpt._directory.retention.RetentionApplier` (what to keep), a `ckpt.commit` protocol (how a
+save becomes a checkpoint), and `ckpt._directory.registry` (this process's writers and their
 saves in progress). Every byte goes through a `ckpt.storage.Storage`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import numbers
 import os
@@ -22,36 +21,21 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ckpt import _attempts as attempts
-from ckpt import _layout, _meta, commit
-from ckpt._async import AsyncWriter, import_torch
-from ckpt._config import CheckpointConfig, PretrainedCheckpoint, as_config
-from ckpt._errors import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    InvalidStepError,
-    LeaseLostError,
-    MissingMetricWarning,
-    ReadOnlyError,
-)
-from ckpt._finalize import Finalizer
-from ckpt._group import Group, initialized_group
-from ckpt._marks import check_writer_id
-from ckpt._records import CheckpointRecord, Overview, describe_steps
-from ckpt._resolve import policies_from_config
+from ckpt import _layout, commit
+from ckpt._collective.coordinator import coordinator_for
+from ckpt._collective.reports import check_writer_id
+from ckpt._config.resolve import policies_from_config
+from ckpt._config.schema import CheckpointConfig, PretrainedCheckpoint, as_config
+from ckpt._config.serialize import RETENTION_FIELDS, decode_training_info, encode_ranking
+from ckpt._directory.directory import Directory
+from ckpt._directory.records import CheckpointRecord, Overview, describe_steps
+from ckpt._directory.retention import RetentionApplier
+from ckpt._errors import CheckpointError, InvalidStepError, MissingMetricWarning, ReadOnlyError
 from ckpt._resume import resume_paths
-from ckpt._retention import RetentionApplier
-from ckpt._serialize import (
-    RETENTION_FIELDS,
-    decode_training_info,
-    encode_ranking,
-    encode_run_config,
-    encode_training_info,
-)
-from ckpt._spmd import Spmd, prepare
+from ckpt._saving.saver import Saver, default_handler, prepare
 from ckpt._text import short_repr
-from ckpt._writers import Shared, writers, writers_mutex
 from ckpt.commit.base import RecoveryAction
+from ckpt.handler import StateHandler
 from ckpt.storage import (
     CheckpointPath,
     PathInput,
@@ -82,11 +66,6 @@ def _ranking_record(
         return encode_ranking(None, True, None, kept)
     # A ranking of the run's own: the retention the config describes ranks by it too.
     return encode_ranking(None, True, short_repr(ranking, 200))
-
-
-def _name(record: CheckpointRecord) -> str:
-    """A checkpoint's entry in its directory: ``step_N``, or its attempt ``step_N.<id>``."""
-    return str(record.path).rstrip("/").rsplit("/", 1)[-1]
 
 
 def _check_step(step: object) -> int:
@@ -173,50 +152,39 @@ class CheckpointManager:
         )
         self.checkpoint_dir: CheckpointPath = user_path(storage, location)
         self.read_only = read_only or not self.config.enabled
-        # Each manager honours its own `fsync`, even when it shares a directory's state.
-        self._durable = self.config.fsync
         self._closed = False
-        self._retention = RetentionApplier(self.retention, self.ranking)
-        self._ranking_record = _ranking_record(
-            self.ranking, self.retention, self.config, retention is not None
-        )
-        self._async: AsyncWriter | None = None
-        self._finalizer: Finalizer | None = None
-        self._protocol = commit.choose(self.config.commit_protocol, storage.capabilities)
-        group = initialized_group(process_group)
-        self._spmd: Spmd | None = None
-        if group is not None:
-            self._spmd = Spmd(self, Group(group, self.config.collective_timeout_s))
-        grace = self.config.attempt_grace_seconds
+        coordinator = self._coord = coordinator_for(process_group, self.config.collective_timeout_s)
         # Read-only managers and the ranks other than a distributed job's coordinator
         # never change the directory: they re-list it for every query.
-        self._reader = self.read_only or (self._spmd is not None and not self._spmd.coordinator)
-        self._dir = Shared(storage, location, durable=self.config.fsync, grace=grace)
-        key = self._key = storage.canonical(location)
-        if self._spmd is not None:
-            self._spmd.join(key, lambda: self._open_writer(storage, given))
-        elif not self.read_only:
-            self._open_writer(storage, given)
+        self._dir = Directory(
+            storage,
+            location,
+            commit.choose(self.config.commit_protocol, storage.capabilities),
+            # Each manager honours its own `fsync`, even when it shares a directory's state.
+            durable=self.config.fsync,
+            retention=RetentionApplier(self.retention, self.ranking),
+            ranking_record=_ranking_record(
+                self.ranking, self.retention, self.config, retention is not None
+            ),
+            reader=self.read_only or not coordinator.coordinator,
+            grace=self.config.attempt_grace_seconds,
+        )
+        name = self.checkpoint_dir.name
+        self._saver = Saver(self._dir, coordinator, name, self.config.max_pending_saves)
+        key = self._dir.key
 
-    def _open_writer(self, storage: Storage, given: Storage | None) -> None:
-        if self._reader:
-            return
-        key, location, grace = self._key, self._dir.location, self.config.attempt_grace_seconds
-        with writers_mutex:
-            shared = writers.get(key)
-            if shared is not None and storage is not shared.storage and given is not None:
-                raise CheckpointError(
-                    f"{self.checkpoint_dir} is already open for writing in this process with "
-                    f"{shared.storage!r}; close that manager first, or pass the same storage"
-                )
-            if shared is None:
-                shared = Shared(storage, location, durable=self.config.fsync, grace=grace)
-                shared.open_writer()
-                writers[key] = shared
-            else:
-                shared.recovery += shared.recover()  # see the disk as it is now
-            shared.users += 1
-        self._dir = shared
+        def open_directory(messages: list[Any]) -> dict[str, Any]:
+            for src, message in enumerate(messages):
+                if message["dir"] != key:
+                    rank, me = coordinator.rank_of(src), coordinator.me
+                    raise CheckpointError(
+                        f"rank {rank} opened {message['dir']} and rank {me} {key}: every "
+                        f"rank of a job must open the same directory"
+                    )
+            self._dir.open_writer(given)
+            return {}
+
+        coordinator.round("CheckpointManager()", {"dir": key}, None, open_directory)
 
     # Seed attributes, kept for code that reads them.
     @property
@@ -271,7 +239,7 @@ class CheckpointManager:
         Recovery runs when the first writer of a directory opens it, and again when
         another manager of the same process joins it; this is every action of both.
         """
-        return self._dir.recovery
+        return self._dir.shared.recovery
 
     def __repr__(self) -> str:
         mode = "read_only" if self.read_only else "writer"
@@ -327,31 +295,10 @@ class CheckpointManager:
         if self._closed:
             return
         try:
-            try:
-                self.shutdown()
-            finally:
-                if self._async is not None:
-                    self._async.stop()
+            self._saver.close()
         finally:
             self._closed = True
-            if not self._reader:
-                self._release()
-
-    def _release(self) -> None:
-        with writers_mutex:
-            self._dir.users -= 1
-            if self._dir.users == 0:
-                lock, self._dir.lock = self._dir.lock, None
-                try:
-                    if lock is not None:
-                        with contextlib.suppress(LeaseLostError):  # not ours to write then
-                            lock.check()
-                            self._dir.index.save_catalog(force=True)
-                finally:
-                    if lock is not None:
-                        lock.release()
-                    if writers.get(self._key) is self._dir:
-                        del writers[self._key]
+            self._dir.release()
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -404,53 +351,9 @@ class CheckpointManager:
                 manager.
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
         """
-        state = self._writable()
-        tmp, step = self._tmp_step(checkpoint_path)
-        finalizer = self._finalizer
-        if finalizer is None:
-            finalizer = self._finalizer = Finalizer(f"ckpt {self.checkpoint_dir.name}")
-        finalizer.wait()
-        with state.mutex:
-            state.saving[step] += 1
-            state.finalizing[step] = finalizer
-
-        spmd = self._spmd
-        channel = spmd.group.channel("finalize") if spmd is not None else None
-
-        def commit_here(_: object = None) -> dict[str, Any]:
-            with state.mutex:
-                self._commit(state, tmp, step)
-                self._retention.forget_frontier()  # retention decides over all, below
-            return {}
-
-        def commit() -> None:
-            try:
-                if spmd is None or channel is None:
-                    if wait_fn is not None:
-                        wait_fn()
-                    commit_here()
-                    return
-                spmd.finalize(channel, tmp, step, wait_fn, commit_here)
-            except BaseException:
-                with state.mutex:
-                    state.live.pop(step, None)  # not ours to keep: a joining manager may clean it
-                raise
-            finally:
-                with state.mutex:
-                    state.saving[step] -= 1
-                    state.finalizing.pop(step, None)
-
-        def prune() -> None:
-            if self._reader:
-                return  # the coordinator prunes
-            with state.mutex:
-                failed = self._retention.prune_all(
-                    state.index, state.protected(), durable=self._durable
-                )
-            if failed:
-                raise CheckpointError(f"a delete in {self.checkpoint_dir} failed (logged above)")
-
-        finalizer.begin(str(tmp), commit, prune)
+        self._writable()
+        tmp, step = self._dir.parse(checkpoint_path)
+        self._saver.begin_finalization(tmp, step, wait_fn)
 
     def finalize_pending(self) -> None:
         """Block until the finalization in flight is committed (not until it is pruned).
@@ -461,8 +364,7 @@ class CheckpointManager:
             FinalizationError: The background finalization failed (a `RuntimeError`
                 chained to the cause); raised once.
         """
-        if self._finalizer is not None:
-            self._finalizer.wait()
+        self._saver.finalize_pending()
 
     def shutdown(self) -> None:
         """Block until the finalization in flight is committed and its pruning is done.
@@ -473,23 +375,19 @@ class CheckpointManager:
         Raises:
             FinalizationError: The background finalization failed; raised once.
         """
-        if self._finalizer is not None:
-            self._finalizer.shutdown()
+        self._saver.shutdown()
 
     @property
     def has_pending_finalization(self) -> bool:
         """Whether a `begin_finalization` is still waiting or committing."""
-        return self._finalizer is not None and self._finalizer.pending
+        return self._saver.finalizing
 
-    def _usable(self) -> Shared:
+    def _usable(self) -> Directory:
         if self._closed:
             raise CheckpointError(f"this manager of {self.checkpoint_dir} is closed")
-        if self._reader:
-            with self._dir.mutex:
-                self._dir.index.scan()
         return self._dir
 
-    def _writable(self) -> Shared:
+    def _writable(self) -> Directory:
         if self._closed:
             raise CheckpointError(f"this manager of {self.checkpoint_dir} is closed")
         if self.read_only:
@@ -537,44 +435,16 @@ class CheckpointManager:
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
             ValueError: If a name in ``writers`` cannot name a report file.
         """
-        state = self._writable()
+        self._writable()
         step = _check_step(step)
         if isinstance(writers, str):
             raise TypeError(f"`writers` must be a collection of names, got the string {writers!r}")
         names = tuple(sorted({check_writer_id(w) for w in writers or ()}))
-        if self._spmd is not None:
-            if self._spmd.coordinator and (committing := state.finalizing.get(step)):
-                committing.join()
-            return self._spmd.init_tmp(step, prepare(training_info, run_config), names)
-        info_bytes = encode_training_info(training_info)
-        config_bytes = encode_run_config(run_config) if run_config is not None else None
-        committing = state.finalizing.get(step)
-        if committing is not None:
-            # Its tmp_step_N is being committed: starting the step afresh would delete it.
-            committing.join()
-        return self._init_tmp(state, step, info_bytes, config_bytes, names)
+        return self._path(self._saver.start(step, prepare(training_info, run_config), names))
 
-    def _init_tmp(
-        self,
-        state: Shared,
-        step: int,
-        info_bytes: bytes,
-        config_bytes: bytes | None,
-        writers: tuple[str, ...] = (),
-    ) -> CheckpointPath:
-        attempt = attempts.start(
-            state,
-            self._protocol,
-            step,
-            info_bytes,
-            config_bytes,
-            durable=self._durable,
-            writers=writers,
-        )
-        return user_path(state.storage, attempt)
-
-    def _tmp_step(self, checkpoint_path: PathInput) -> tuple[str, int]:
-        return attempts.parse(self._dir, self._protocol, checkpoint_path, self.checkpoint_dir)
+    def _path(self, location: str) -> CheckpointPath:
+        storage = self._dir.storage
+        return user_path(storage, location_of(storage, location))
 
     def finalize_checkpoint(self, checkpoint_path: PathInput) -> None:
         """Publish a temporary checkpoint as ``step_N``, then apply retention.
@@ -597,36 +467,8 @@ class CheckpointManager:
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
         """
         self._writable()
-        tmp, step = self._tmp_step(checkpoint_path)
-        if self._spmd is not None:
-            self._spmd.end(tmp, step, commit=True)
-            return
-        self._finalize_here(tmp, step)
-
-    def _finalize_here(self, tmp: str, step: int) -> str:
-        """Commit ``tmp`` as ``step``, then apply retention; the checkpoint's location."""
-        state = self._dir
-        with state.mutex:
-            frontier_current = self._commit(state, tmp, step)
-            committed = state.index.committed[step].path
-            self._retention.after_commit(
-                state.index,
-                step,
-                state.protected(but=step),
-                frontier_current=frontier_current,
-                durable=self._durable,
-            )
-            return committed
-
-    def _commit(self, state: Shared, tmp: str, step: int) -> bool:
-        """Commit the attempt ``tmp`` as step ``step`` and index it (the caller holds the mutex).
-
-        Returns whether the retention applier can decide this commit incrementally.
-        """
-        new, version_before = attempts.commit(
-            state, self._protocol, tmp, step, self._ranking_record, durable=self._durable
-        )
-        return self._retention.committed(state.index, step, new=new, version_before=version_before)
+        tmp, step = self._dir.parse(checkpoint_path)
+        self._saver.end(tmp, step, commit=True)
 
     def abort_checkpoint(self, checkpoint_path: PathInput) -> None:
         """Throw away a temporary checkpoint; a path already gone is fine.
@@ -636,13 +478,9 @@ class CheckpointManager:
                 manager.
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
         """
-        state = self._writable()
-        tmp, step = self._tmp_step(checkpoint_path)
-        if self._spmd is not None:
-            self._spmd.end(tmp, step, commit=False)
-            return
-        with state.mutex:
-            attempts.abort(state, tmp, step, durable=self._durable)
+        self._writable()
+        tmp, step = self._dir.parse(checkpoint_path)
+        self._saver.end(tmp, step, commit=False)
 
     @contextmanager
     def checkpoint(
@@ -684,6 +522,7 @@ class CheckpointManager:
         state: Any,
         *,
         run_config: Mapping[str, Any] | BaseModel | None = None,
+        handler: StateHandler | None = None,
     ) -> CheckpointPath:
         """Save ``state`` as the checkpoint of ``step`` and wait until it is committed.
 
@@ -699,6 +538,9 @@ class CheckpointManager:
                 `ckpt.torch.load_state`.
             run_config: The run's configuration, a dict or a pydantic model (dumped with
                 ``mode="json"``), stored as ``config.yaml``.
+            handler: How the state is checked and written (a `ckpt.handler.StateHandler`);
+                default ``ckpt.torch.TorchHandler``, ckpt's own format (DCP's for
+                DTensors). Read it back with the same handler's ``load``.
 
         In a distributed job it is collective: every rank passes its own state and
         writes its own part (a state file per rank; DCP's files for state holding
@@ -710,7 +552,7 @@ class CheckpointManager:
             manifest protocol, its attempt ``step_N.<token>``).
 
         Raises:
-            ImportError: If torch is not installed.
+            ImportError: If torch is not installed and no ``handler`` is given.
             InvalidStepError: If ``step`` is not a non-negative integer.
             SerializationError: If the info or the state holds something that cannot be
                 stored; nothing is written then.
@@ -723,16 +565,10 @@ class CheckpointManager:
         """
         self._writable()
         step = _check_step(step)
-        save_state, _ = _state_io()
+        handler = handler if handler is not None else default_handler()
         self.wait_until_finished()
-        if self._spmd is not None:
-            prepared = prepare(training_info, run_config, state)
-            return self._spmd.save(self._spmd.calls, step, prepared, state)
-        with self._dir.save_lock, self.checkpoint(step, training_info, run_config) as path:
-            save_state(path, state, fsync=self._durable, storage=self._dir.storage)
-        if self._protocol.name == "manifest":
-            return path  # the attempt is the checkpoint
-        return self.checkpoint_dir / _layout.step_name(step)
+        prepared = prepare(training_info, run_config, state, handler)
+        return self._path(self._saver.save(self._coord, step, prepared, state, handler))
 
     def save_async(
         self,
@@ -741,6 +577,7 @@ class CheckpointManager:
         state: Any,
         *,
         run_config: Mapping[str, Any] | BaseModel | None = None,
+        handler: StateHandler | None = None,
     ) -> None:
         """Snapshot ``state`` to host memory and save it on a background thread.
 
@@ -760,9 +597,10 @@ class CheckpointManager:
             state: The model (and optimizer) state, as for `save`.
             run_config: The run's configuration, a dict or a pydantic model (dumped with
                 ``mode="json"``), stored as ``config.yaml``.
+            handler: As for `save`; its ``snapshot`` makes the host copy.
 
         Raises:
-            ImportError: If torch is not installed.
+            ImportError: If torch is not installed and no ``handler`` is given.
             InvalidStepError: If ``step`` is not a non-negative integer.
             SerializationError: If the info or the state holds something that cannot be
                 stored; nothing is queued then.
@@ -773,58 +611,11 @@ class CheckpointManager:
                 (raised on every rank, before anything is queued); a background save
                 that fails on any rank raises it later, on every rank.
         """
-        directory = self._writable()
+        self._writable()
         step = _check_step(step)
-        save_state, check_state = _state_io()
-        spmd = self._spmd
-        if spmd is not None:
-            prepared = prepare(training_info, run_config, state)
-            # Refuse a bad state on every rank now, not in the background; the snapshot
-            # is other tensors, planned when written.
-            spmd.round(spmd.calls, f"save_async(step={step})", {}, prepared.error, lambda _: {})
-            prepared = prepared.unplanned()
-            info_bytes, config_bytes = prepared.info, prepared.config
-        else:
-            info_bytes = encode_training_info(training_info)
-            config_bytes = encode_run_config(run_config) if run_config is not None else None
-            check_state(state)  # refuse a bad state here, not in the background
-        if self._async is None:
-            self._async = AsyncWriter(
-                f"ckpt-save {self.checkpoint_dir.name}", self.config.max_pending_saves
-            )
-        writer = self._async
-
-        channel = spmd.group.channel("async") if spmd is not None else None
-
-        def write(snapshot: Any) -> None:
-            if spmd is not None and channel is not None:
-                try:
-                    spmd.save(channel, step, prepared, snapshot)
-                finally:
-                    with directory.mutex:
-                        directory.saving[step] -= 1
-                return
-            try:
-                with directory.save_lock:
-                    tmp = self._init_tmp(directory, step, info_bytes, config_bytes)
-                    try:
-                        save_state(tmp, snapshot, fsync=self._durable, storage=directory.storage)
-                    except BaseException:
-                        self.abort_checkpoint(tmp)
-                        raise
-                    self.finalize_checkpoint(tmp)
-            finally:
-                with directory.mutex:
-                    directory.saving[step] -= 1
-
-        with directory.mutex:
-            directory.saving[step] += 1
-        try:
-            writer.submit(step, state, write)
-        except BaseException:
-            with directory.mutex:
-                directory.saving[step] -= 1
-            raise
+        handler = handler if handler is not None else default_handler()
+        prepared = prepare(training_info, run_config, state, handler)
+        self._saver.save_async(step, prepared, state, handler)
 
     def wait_until_finished(self) -> None:
         """Block until every `save_async` of this manager is committed (or failed).
@@ -832,8 +623,7 @@ class CheckpointManager:
         Raises:
             Exception: The first error of a background save not raised yet.
         """
-        if self._async is not None:
-            self._async.wait()
+        self._saver.wait()
 
     # --- retention ----------------------------------------------------------------
 
@@ -858,21 +648,9 @@ class CheckpointManager:
         Raises:
             ReadOnlyError: If the manager is read-only or checkpointing is disabled.
         """
-        state = self._writable()
-
-        def prune() -> None:
-            with state.mutex:
-                policy, protected = self._retention.manual_policy(
-                    state.index, state.protected(), exclude_latest
-                )
-                self._retention.prune(
-                    state.index, policy, protected, durable=self._durable, on_delete=on_delete
-                )
-
-        if self._spmd is not None:
-            self._spmd.change(f"remove_old_checkpoints({exclude_latest})", prune)
-        else:
-            prune()
+        directory = self._writable()
+        call = f"remove_old_checkpoints({exclude_latest})"
+        self._coord.change(call, lambda: directory.prune(exclude_latest, on_delete))
 
     def plan_retention(self, exclude_latest: bool | None = None) -> list[Decision]:
         """Say, for every checkpoint, whether retention keeps it and why; change nothing.
@@ -885,14 +663,7 @@ class CheckpointManager:
         Returns:
             One `policies.Decision` per checkpoint (pins included), sorted by step.
         """
-        state = self._usable()
-        with state.mutex:
-            policy, protected = self.retention, state.protected()
-            if exclude_latest is not None:
-                policy, protected = self._retention.manual_policy(
-                    state.index, protected, exclude_latest
-                )
-            return self._retention.plan(state.index, policy, protected)
+        return self._usable().plan(exclude_latest)
 
     def overview(self) -> Overview:
         """Every checkpoint, what retention decides for each, the best and the latest.
@@ -902,21 +673,10 @@ class CheckpointManager:
         the answers agree even while a live run changes it (``ckpt ls`` shows this).
         It warns of missing metrics as `get_best_checkpoint_path` does.
         """
-        state = self._usable()
-        with state.mutex:
-            index = state.index
-            records = tuple(index.records[step] for step in sorted(index.records))
-            decisions = self._retention.plan(index, self.retention, state.protected())
-            best = self._retention.best(index)
-            if best is not None:
-                self._warn_missing(self._retention.missing_metric(index))
-            latest = self._retention.latest(index)
-            return Overview(
-                records=records,
-                decisions=tuple(decisions),
-                best=None if best is None else index.records[best],
-                latest=None if latest is None else index.records[latest],
-            )
+        overview, missing = self._usable().overview()
+        if overview.best is not None:
+            self._warn_missing(missing)
+        return overview
 
     def recorded_ranking(self) -> dict[str, Any] | None:
         """The ranking the directory's writer recorded, for tools given no config.
@@ -959,8 +719,7 @@ class CheckpointManager:
 
     def _record(self) -> dict[str, Any] | None:
         """``.ckpt/ranking.json`` as the writer recorded it (both queries read it)."""
-        state = self._usable()
-        return _meta.read_ranking(state.storage, state.location)
+        return self._usable().record()
 
     def pin(self, step: int) -> None:
         """Protect the checkpoint at ``step`` from pruning; the pin survives restarts.
@@ -981,36 +740,16 @@ class CheckpointManager:
         self._set_pinned(step, False)
 
     def _set_pinned(self, step: int, pinned: bool) -> None:
-        self._writable()
+        directory = self._writable()
         step = _check_step(step)
-        if self._spmd is not None:
-            call = f"{'pin' if pinned else 'unpin'}({step})"
-            self._spmd.change(call, lambda: self._pin_here(step, pinned))
-        else:
-            self._pin_here(step, pinned)
-
-    def _pin_here(self, step: int, pinned: bool) -> None:
-        state = self._dir
-        index = state.index
-        with state.mutex:
-            if step not in index.records and not (not pinned and step in index.pins):
-                raise CheckpointNotFoundError(
-                    f"no finalized checkpoint at step {step} in {self.checkpoint_dir}; "
-                    f"steps present: {describe_steps(index.records) or 'none'}"
-                )
-            if (step in index.pins) == pinned:
-                return
-            index.set_pinned(step, pinned, durable=self._durable)
-            logger.info("%s step %d", "pinned" if pinned else "unpinned", step)
+        call = f"{'pin' if pinned else 'unpin'}({step})"
+        self._coord.change(call, lambda: directory.pin(step, pinned))
 
     # --- queries ------------------------------------------------------------------
 
     def list_checkpoints(self) -> list[CheckpointRecord]:
         """Return every finalized checkpoint, sorted by step."""
-        state = self._usable()
-        with state.mutex:
-            records = state.index.records
-            return [records[step] for step in sorted(records)]
+        return self._usable().records()
 
     def get_latest_checkpoint_path(self) -> PathStr | None:
         """Return the path of the checkpoint with the highest step, or ``None``.
@@ -1023,17 +762,9 @@ class CheckpointManager:
         In a distributed job every rank calls it, and every rank gets the answer of the
         coordinator, so that no two ranks resume from different steps.
         """
-        if self._spmd is not None:
-            answer = self._spmd.agree("get_latest_checkpoint_path()", self._latest_here)
-        else:
-            answer = self._latest_here()
+        directory = self._usable()
+        answer = self._coord.agree("get_latest_checkpoint_path()", directory.latest)
         return self._named(answer["name"])
-
-    def _latest_here(self) -> dict[str, Any]:
-        state = self._usable()
-        with state.mutex:
-            latest = self._retention.latest(state.index)
-            return {"name": None if latest is None else _name(state.index.records[latest])}
 
     def _named(self, name: str | None) -> PathStr | None:
         """The path of the checkpoint ``name`` (the coordinator's answer) in this directory."""
@@ -1054,28 +785,18 @@ class CheckpointManager:
         In a distributed job every rank calls it, and every rank gets the answer (and
         the warnings) of the coordinator.
         """
-        if self._spmd is not None:
-            answer = self._spmd.agree("get_best_checkpoint_path()", self._best_here)
-        else:
-            answer = self._best_here()
-        for text in answer["warnings"]:
+        directory = self._usable()
+        answer = self._coord.agree("get_best_checkpoint_path()", directory.best)
+        for text in self._missing_warnings(set(answer["missing"]), answer["all_missing"]):
             warnings.warn(text, MissingMetricWarning, stacklevel=2)
         return self._named(answer["name"])
 
-    def _best_here(self) -> dict[str, Any]:
-        state = self._usable()
-        with state.mutex:
-            best = self._retention.best(state.index)
-            if best is None:
-                return {"name": None, "warnings": []}
-            texts = self._missing_warnings(self._retention.missing_metric(state.index))
-            return {"name": _name(state.index.records[best]), "warnings": texts}
-
     def _warn_missing(self, missing: set[int]) -> None:
-        for text in self._missing_warnings(missing):
+        all_missing = bool(missing) and len(missing) == len(self._dir.shared.index.records)
+        for text in self._missing_warnings(missing, all_missing):
             warnings.warn(text, MissingMetricWarning, stacklevel=3)
 
-    def _missing_warnings(self, missing: set[int]) -> list[str]:
+    def _missing_warnings(self, missing: set[int], all_missing: bool) -> list[str]:
         if not missing:
             return []
         name = self.ranking.name  # type: ignore[attr-defined]
@@ -1088,7 +809,7 @@ class CheckpointManager:
             f"when choosing the best: they have no usable {name!r} (missing, NaN or not a "
             f"number) and rank below every other; {hint}"
         ]
-        if len(missing) == len(self._dir.index.records):
+        if all_missing:
             texts.append(
                 f"No checkpoints contain metric {name!r} with a usable value. Returning "
                 f"latest checkpoint, step {max(missing)}; {hint}"
@@ -1133,16 +854,4 @@ class CheckpointManager:
 
     def refresh(self) -> None:
         """Re-read the directory (read-only managers do this before every query)."""
-        state = self._usable()
-        if not self.read_only:
-            with state.mutex:
-                state.index.scan()
-
-
-def _state_io() -> tuple[Callable[..., CheckpointPath], Callable[[Any], object]]:
-    """``ckpt.torch``'s writer and its check of a state (imported on first use)."""
-    import_torch()  # for its message naming the extra
-    from ckpt.torch import save_state  # noqa: PLC0415 - torch is an optional extra
-    from ckpt.torch._plan import plan_state  # noqa: PLC0415
-
-    return save_state, plan_state
+        self._usable().refresh()

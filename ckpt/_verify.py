@@ -8,10 +8,17 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
-from ckpt import _layout, _meta, _writers
-from ckpt._config import CheckpointConfig, config_section, load_config
-from ckpt._records import CheckpointRecord, NotACheckpointError, VanishedError, load_record
-from ckpt._resolve import policies_from_config
+from ckpt import _layout
+from ckpt._config.resolve import policies_from_config
+from ckpt._config.schema import CheckpointConfig, config_section, load_config
+from ckpt._directory import meta as _meta
+from ckpt._directory import registry as _writers
+from ckpt._directory.records import (
+    CheckpointRecord,
+    NotACheckpointError,
+    VanishedError,
+    load_record,
+)
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed
 from ckpt.commit.manifest import read_manifest

@@ -5,6 +5,12 @@ the ``ckpt`` package touches the disk.
 """
 
 from policies._decide import Decision, decide
+from policies._incremental import (
+    Bounded,
+    PerCheckpoint,
+    fixed_key,
+    incremental_parts,
+)
 from policies._ranking import ByMetric, ByRecency, Ranking
 from policies._retention import (
     AnyOf,
@@ -20,6 +26,7 @@ from policies._view import CheckpointView, metric_value
 
 __all__ = [
     "AnyOf",
+    "Bounded",
     "ByMetric",
     "ByRecency",
     "CheckpointView",
@@ -29,9 +36,12 @@ __all__ = [
     "KeepAll",
     "KeepNone",
     "LatestN",
+    "PerCheckpoint",
     "Ranking",
     "RetentionPolicy",
     "TopK",
     "decide",
+    "fixed_key",
+    "incremental_parts",
     "metric_value",
 ]

@@ -6,7 +6,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from policies._ranking import Ranking
+from policies._incremental import (
+    Bounded,
+    IncrementalPart,
+    PerCheckpoint,
+    fixed_key,
+    incremental_parts,
+)
+from policies._ranking import ByRecency, Ranking
 from policies._view import CheckpointView
 
 
@@ -83,6 +90,11 @@ class TopK:
         """Keep the ``k`` best (see the class docstring)."""
         return _top(self.k, self.ranking, self.every_n_steps, checkpoints)
 
+    def incremental(self) -> tuple[IncrementalPart, ...] | None:
+        """One bounded part, where the ranking sorts by a fixed key."""
+        key = fixed_key(self.ranking)
+        return None if key is None else (Bounded(self.k, key, self.every_n_steps),)
+
 
 @dataclass(frozen=True)
 class Hybrid:
@@ -117,6 +129,13 @@ class Hybrid:
             kept.setdefault(latest, "latest step (exempt from top-k)")
         return kept
 
+    def incremental(self) -> tuple[IncrementalPart, ...] | None:
+        """One bounded part plus the latest, where the ranking sorts by a fixed key."""
+        key = fixed_key(self.ranking)
+        if key is None:
+            return None
+        return (Bounded(self.k, key, self.every_n_steps, plus_latest=True),)
+
     def without_latest(self) -> TopK | KeepNone:
         """Return this policy without its latest-step exemption."""
         if self.k == 0:
@@ -142,6 +161,10 @@ class LatestN:
         steps = sorted((view.step for view in checkpoints), reverse=True)[: self.n]
         return {step: f"latest-{self.n}: #{i}" for i, step in enumerate(steps, 1)}
 
+    def incremental(self) -> tuple[IncrementalPart, ...]:
+        """One bounded part: the ``n`` highest steps."""
+        return (Bounded(self.n, ByRecency().key),)
+
 
 @dataclass(frozen=True)
 class EveryNSteps:
@@ -164,6 +187,10 @@ class EveryNSteps:
             if view.step % self.n == 0
         }
 
+    def incremental(self) -> tuple[IncrementalPart, ...]:
+        """Each step is kept or not by itself."""
+        return (PerCheckpoint(self),)
+
 
 @dataclass(frozen=True)
 class KeepAll:
@@ -172,6 +199,10 @@ class KeepAll:
     def keep(self, checkpoints: Sequence[CheckpointView], /) -> dict[int, str]:
         """Keep every step."""
         return {view.step: "keep all" for view in checkpoints}
+
+    def incremental(self) -> tuple[IncrementalPart, ...]:
+        """Each step is kept by itself."""
+        return (PerCheckpoint(self),)
 
 
 @dataclass(frozen=True)
@@ -185,6 +216,10 @@ class KeepNone:
     def keep(self, checkpoints: Sequence[CheckpointView], /) -> dict[int, str]:
         """Keep no step."""
         return {}
+
+    def incremental(self) -> tuple[IncrementalPart, ...]:
+        """No part: nothing is kept."""
+        return ()
 
 
 @dataclass(frozen=True)
@@ -221,3 +256,13 @@ class AnyOf:
             for step, reason in policy.keep(checkpoints).items():
                 reasons.setdefault(step, []).append(reason)
         return {step: "; ".join(parts) for step, parts in reasons.items()}
+
+    def incremental(self) -> tuple[IncrementalPart, ...] | None:
+        """The parts of every policy, where each declares its own."""
+        found: list[IncrementalPart] = []
+        for policy in self.policies:
+            parts = incremental_parts(policy)
+            if parts is None:
+                return None
+            found += parts
+        return tuple(found)

@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ckpt._incremental import Tracker, split
-from ckpt._records import CheckpointRecord
+from ckpt._directory.incremental import Tracker, split
+from ckpt._directory.records import CheckpointRecord
 from policies import (
     AnyOf,
     ByMetric,
@@ -113,12 +113,22 @@ class _MyTopK(TopK):
     pass
 
 
-def test_only_policies_with_a_known_shape_take_the_shortcut() -> None:
+class _OtherTopK(TopK):
+    def keep(self, checkpoints: Any, /) -> dict[int, str]:
+        return {}
+
+
+def test_only_policies_with_a_declared_shape_take_the_shortcut() -> None:
     assert split(_Custom()) is None
-    assert split(_MyTopK(1, ByRecency())) is None  # a subclass may change keep()
-    assert split(TopK(1, _Ranking())) is None
+    assert split(_OtherTopK(1, ByRecency())) is None  # changed keep(), no shape of its own
+    assert split(_MyTopK(1, ByRecency())) is not None  # keep() and its shape inherited
+    assert split(TopK(1, _Ranking())) is None  # rank() is no sort by a fixed key
     assert split(AnyOf((KeepAll(), _Custom()))) is None
-    assert split(AnyOf((KeepAll(), LatestN(2)))) == ((KeepAll(),), (LatestN(2),))
+    parts = split(AnyOf((KeepAll(), LatestN(2))))
+    assert parts is not None
+    alone, (bounded,) = parts
+    assert alone == (KeepAll(),)
+    assert (bounded.k, bounded.every_n_steps, bounded.plus_latest) == (2, None, False)
 
 
 class _Ranking:

@@ -156,7 +156,7 @@ def background(directory: str, rank: int, world: int) -> dict[str, Any]:
     """
     import threading
 
-    from ckpt.torch import _io
+    from ckpt.torch import _handler
 
     seen: dict[str, Any] = {}
     with manager(directory) as m:
@@ -179,20 +179,20 @@ def background(directory: str, rank: int, world: int) -> dict[str, Any]:
         except ckpt.FinalizationError as exc:
             seen["finalize_error"] = [type(exc.__cause__).__name__, str(exc.__cause__)]
 
-        original = _io.save_file
+        original = _handler.save_file
 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise OSError(28, "No space left on device")
 
         if rank == 1:
-            _io.save_file = broken  # type: ignore[assignment]
+            _handler.save_file = broken  # type: ignore[assignment]
         try:
             m.save_async(3, {"reward": 0.7}, state(3, rank))
             m.wait_until_finished()
         except ckpt.CollectiveError as exc:
             seen["async_error"] = [list(exc.ranks), str(exc)]
         finally:
-            _io.save_file = original  # type: ignore[assignment]
+            _handler.save_file = original  # type: ignore[assignment]
         seen["steps"] = [r.step for r in m.list_checkpoints()]
     return seen
 
@@ -219,11 +219,8 @@ def disagree(directory: str, rank: int, world: int) -> dict[str, Any]:
         except ckpt.CollectiveError as exc:
             seen["mismatch"] = [list(exc.ranks), str(exc)]
         seen["pins"] = [r.step for r in m.list_checkpoints() if r.pinned]
-        spmd = m._spmd
-        assert spmd is not None
         blob = str(rank) * 50_000  # past the 16 KiB first message, both ways
-        answer = spmd.round(
-            spmd.calls,
+        answer = m._coord.round(
             "big",
             {"blob": blob},
             None,

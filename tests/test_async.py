@@ -93,8 +93,7 @@ def test_async_saves_commit_in_order_with_retention(make_manager: Make, ckpt_dir
 
 
 def test_snapshot_buffers_are_reused_and_ties_kept() -> None:
-    from ckpt._async import snapshot
-
+    snapshot = ckpt.torch.TorchHandler().snapshot
     buffers: dict[tuple[Any, ...], Any] = {}
     shared = torch.arange(4.0)
     first = snapshot({"a": shared, "b": shared, "c": [torch.ones(2)]}, buffers)
@@ -108,30 +107,28 @@ def test_snapshot_buffers_are_reused_and_ties_kept() -> None:
 
 
 class _Gate:
-    """Stands in for `ckpt.torch.save_state`: holds background writes until released.
+    """Stands in for `TorchHandler.write_part`: holds background writes until released.
 
     It waits outside the directory's mutex, where the real write of a large state
     happens, so the loop's own calls go on meanwhile.
     """
 
-    def __init__(self, real: Callable[..., Path]) -> None:
+    def __init__(self, real: Callable[..., Any]) -> None:
         self.real = real
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, directory: Path, state: Any, **kwargs: Any) -> Path:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if threading.current_thread().name.startswith("ckpt-save"):
             self.entered.set()
             assert self.release.wait(30)
-        return self.real(directory, state, **kwargs)
+        return self.real(ckpt.torch.TorchHandler(), *args, **kwargs)  # a class attribute: unbound
 
 
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> _Gate:
-    import ckpt.torch
-
-    held = _Gate(ckpt.torch.save_state)
-    monkeypatch.setattr(ckpt.torch, "save_state", held)
+    held = _Gate(ckpt.torch.TorchHandler.write_part)
+    monkeypatch.setattr(ckpt.torch.TorchHandler, "write_part", held)
     return held
 
 
@@ -269,7 +266,7 @@ def test_pending_saves_finish_when_the_interpreter_exits(ckpt_dir: Path) -> None
 def test_a_forked_child_does_not_wait_for_the_parents_saves(
     make_manager: Make, gate: _Gate
 ) -> None:
-    from ckpt import _async
+    from ckpt._saving import background as _async
 
     manager = make_manager()
     manager.save_async(1, {}, model(1))

@@ -14,7 +14,7 @@ import pytest
 
 import ckpt
 from ckpt import cli as _cli
-from ckpt._records import describe_steps
+from ckpt._directory.records import describe_steps
 from ckpt.cli._output import _Progress
 from tests.conftest import snapshot_tree
 

@@ -209,7 +209,9 @@ def test_every_public_name_has_an_api_entry(package: ModuleType) -> None:
     assert not missing, f"add `::: {package.__name__}.NAME` to docs/api/ for {missing}"
 
 
-@pytest.mark.parametrize("name", ["ckpt.storage", "ckpt.commit", "ckpt.lightning", "ckpt.hf"])
+@pytest.mark.parametrize(
+    "name", ["ckpt.storage", "ckpt.commit", "ckpt.handler", "ckpt.lightning", "ckpt.hf"]
+)
 def test_every_public_name_of_the_subpackages_has_an_api_entry(name: str) -> None:
     module = importlib.import_module(name)
     documented = set(_directives())

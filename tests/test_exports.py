@@ -83,6 +83,7 @@ COMMIT_EXPORTS = [
     "CommitProtocol",
     "Committed",
     "ManifestProtocol",
+    "Place",
     "ProtocolChoice",
     "RecoveryAction",
     "RenameProtocol",
@@ -91,6 +92,7 @@ COMMIT_EXPORTS = [
 
 POLICIES_EXPORTS = [
     "AnyOf",
+    "Bounded",
     "ByMetric",
     "ByRecency",
     "CheckpointView",
@@ -100,10 +102,13 @@ POLICIES_EXPORTS = [
     "KeepAll",
     "KeepNone",
     "LatestN",
+    "PerCheckpoint",
     "Ranking",
     "RetentionPolicy",
     "TopK",
     "decide",
+    "fixed_key",
+    "incremental_parts",
     "metric_value",
 ]
 
@@ -126,11 +131,13 @@ def test_ckpt_exports_are_what_we_mean() -> None:
 
 def test_subpackage_exports_are_what_we_mean() -> None:
     import ckpt.commit
+    import ckpt.handler
     import ckpt.storage
 
     assert ckpt.storage.__all__ == STORAGE_EXPORTS
     assert ckpt.commit.__all__ == COMMIT_EXPORTS
-    for package in (ckpt.storage, ckpt.commit):
+    assert ckpt.handler.__all__ == ["Part", "StateHandler", "WrittenFile"]
+    for package in (ckpt.storage, ckpt.commit, ckpt.handler):
         assert all(hasattr(package, name) for name in package.__all__)
     # The names ckpt re-exports are the subpackages' own objects, not copies.
     assert ckpt.Storage is ckpt.storage.Storage
@@ -214,11 +221,13 @@ with CheckpointManager({{"checkpoint_dir": {str(tmp_path)!r}, "keep_top_k": 1}})
             save(4, {{}}, {{}})
         except ImportError as exc:
             print(exc)
+    from ckpt.handler import StateHandler
+    print(isinstance(object(), StateHandler))  # the seam itself imports no torch
 """
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     hint = "saving model state needs torch: pip install -e '.[torch]' in ckpt's clone"
-    assert result.stdout.splitlines() == [str(tmp_path / "step_3"), hint, hint]
+    assert result.stdout.splitlines() == [str(tmp_path / "step_3"), hint, hint, "False"]
     assert not (tmp_path / "step_4").exists()

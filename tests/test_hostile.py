@@ -574,8 +574,8 @@ def test_max_pending_saves_is_bounded_and_slots_are_made_only_when_used(
     manager = make_manager(max_pending_saves=1024)
     manager.save_async(1, {}, {"w": torch.zeros(4)})
     manager.wait_until_finished()
-    assert manager._async is not None
-    assert len(manager._async._free) == 1  # one buffer set, made by the one save
+    assert manager._saver._async is not None
+    assert len(manager._saver._async._free) == 1  # one buffer set, made by the one save
 
 
 # --- errors that are ours -----------------------------------------------------------------

@@ -283,7 +283,8 @@ def test_a_manifest_replaced_since_it_was_indexed_is_not_deleted(s3_server: Any)
     with ckpt.CheckpointManager(config) as manager:
         job.save(manager, 1, 0.5)
         (record,) = manager.list_checkpoints()
-        indexed = manager._dir.index.committed[1]  # what this writer would delete
+        indexed = manager._dir.shared.index.committed[1]  # what this writer would delete
+    from ckpt.commit import Place
     from ckpt.commit.manifest import delete_manifest_checkpoint
     from ckpt.storage import open_storage
 
@@ -291,6 +292,6 @@ def test_a_manifest_replaced_since_it_was_indexed_is_not_deleted(s3_server: Any)
     manifest = f"{location}/step_1.manifest.json"
     storage.replace_file(manifest, storage.read_bytes(manifest) + b" ", durable=False)
     with pytest.raises(ckpt.CommitConflictError, match="changed since this writer indexed"):
-        delete_manifest_checkpoint(storage, location, indexed, durable=False)
+        delete_manifest_checkpoint(Place(storage, location, durable=False), indexed)
     assert storage.entry(manifest) is not None
     assert storage.list_dir(str(record.path))  # nor was its attempt touched

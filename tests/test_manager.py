@@ -1166,7 +1166,7 @@ class _CountingRetention:
 def test_a_save_decides_over_everything_only_when_it_must(
     make_manager: Make, save: Save, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ckpt._retention as manager_module
+    import ckpt._directory.retention as manager_module
 
     full: list[int] = []
     real_decide = manager_module.decide

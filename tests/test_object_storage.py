@@ -19,7 +19,7 @@ import pytest
 from upath import UPath
 
 import ckpt
-from ckpt.commit import ManifestProtocol
+from ckpt.commit import ManifestProtocol, Place
 from ckpt.storage import FsspecStorage, join, open_storage
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # botocore's utcnow
@@ -249,24 +249,25 @@ def test_a_writer_whose_lease_was_taken_over_commits_nothing(s3: dict[str, Any])
         with pytest.raises(ckpt.LeaseLostError):
             manager.finalize_checkpoint(path)
         assert manager.list_checkpoints() == []
-        manager._dir.lock = None  # not ours to release any more
+        manager._dir.shared.lock = None  # not ours to release any more
     assert storage.read_bytes(lease) == b'{"format": 1, "owner": "thief"}\n'
 
 
 _RACE = """
 import json, sys, time
-from ckpt.commit import ManifestProtocol
+from ckpt.commit import ManifestProtocol, Place
 from ckpt.storage import join, open_storage
 from ckpt import CommitConflictError
 config = json.loads(sys.argv[1])
 storage, location = open_storage(config["checkpoint_dir"], config["storage_options"])
+place = Place(storage, location, durable=True)
 protocol = ManifestProtocol()
-attempt = protocol.prepare(storage, location, 7)
+attempt = protocol.prepare(place, 7)
 storage.write_bytes(join(attempt, "training_info.json"), b'{"who": %(who)d}')
 while time.time() < float(sys.argv[2]):
     time.sleep(0.001)
 try:
-    protocol.commit(storage, location, attempt, 7, existing=None, durable=True)
+    protocol.commit(place, attempt, 7, existing=None)
 except CommitConflictError as exc:
     print("lost:", exc)
     sys.exit(4)
@@ -413,16 +414,17 @@ def test_a_store_without_conditional_writes_refuses_a_writer(tmp_path: Path) -> 
 
 def test_the_manifest_protocol_conflicts_rather_than_overwrite(s3: dict[str, Any]) -> None:
     storage, location = s3["storage"], s3["location"]
+    place = Place(storage, location, durable=True)
     protocol = ManifestProtocol()
-    attempts = [protocol.prepare(storage, location, 1) for _ in range(3)]
+    attempts = [protocol.prepare(place, 1) for _ in range(3)]
     for attempt in attempts:
         storage.write_bytes(join(attempt, "training_info.json"), b"{}")
-    done = protocol.commit(storage, location, attempts[0], 1, existing=None, durable=True)
+    done = protocol.commit(place, attempts[0], 1, existing=None)
     with pytest.raises(ckpt.CommitConflictError):
-        protocol.commit(storage, location, attempts[1], 1, existing=None, durable=True)
-    replaced = protocol.commit(storage, location, attempts[2], 1, existing=done, durable=True)
+        protocol.commit(place, attempts[1], 1, existing=None)
+    replaced = protocol.commit(place, attempts[2], 1, existing=done)
     with pytest.raises(ckpt.CommitConflictError):  # `done` is no longer what is there
-        protocol.commit(storage, location, attempts[1], 1, existing=done, durable=True)
+        protocol.commit(place, attempts[1], 1, existing=done)
     assert replaced.path == attempts[2]
 
 
@@ -445,14 +447,15 @@ def test_a_cold_start_reads_the_catalog_not_every_manifest(
     assert len(catalog["manifests"]) == 20
     # Another writer overwrites step 3 behind the catalog's back.
     storage, location = s3["storage"], s3["location"]
+    place = Place(storage, location, durable=True)
     protocol = ManifestProtocol()
-    attempt = protocol.prepare(storage, location, 3)
+    attempt = protocol.prepare(place, 3)
     storage.write_bytes(join(attempt, "training_info.json"), b'{"reward": 99.0}')
     from ckpt.commit import directory as commits
 
     entries = {e.name: e for e in storage.list_dir(location)}
     found, _ = commits.committed(storage, location, entries)
-    protocol.commit(storage, location, attempt, 3, existing=found[3], durable=True)
+    protocol.commit(place, attempt, 3, existing=found[3])
 
     reads: list[str] = []
     real = FsspecStorage.read_bytes

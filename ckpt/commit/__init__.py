@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ckpt.commit.base import CommitKind, CommitProtocol, Committed, RecoveryAction
+from ckpt.commit.base import CommitKind, CommitProtocol, Committed, Place, RecoveryAction
 from ckpt.commit.manifest import ManifestProtocol
 from ckpt.commit.rename import RenameProtocol
 from ckpt.storage.base import Capabilities
@@ -47,6 +47,7 @@ __all__ = [
     "CommitProtocol",
     "Committed",
     "ManifestProtocol",
+    "Place",
     "ProtocolChoice",
     "RecoveryAction",
     "RenameProtocol",

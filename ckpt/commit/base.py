@@ -19,6 +19,31 @@ RecoveryKind = Literal[
 
 
 @dataclass(frozen=True)
+class Place:
+    """A checkpoint directory, bound once to its storage and to how durably it is changed.
+
+    Every change a protocol, a delete or a recovery makes takes one `Place`: the
+    ``durable`` choice (fsync every file and directory, or not) is made where the
+    place is built, as DCP's ``FileSystemWriter(sync_files=...)`` makes it, and never
+    passed call by call.
+
+    Attributes:
+        storage: Where the directory is.
+        directory: The checkpoint directory, as a storage path.
+        durable: Whether each change is synced to the disk before it counts as done.
+    """
+
+    storage: Storage
+    directory: str
+    durable: bool
+
+    def sync(self, path: str | None = None) -> None:
+        """Sync the directory (or ``path``, a directory in it), where this place is durable."""
+        if self.durable:
+            self.storage.sync_dir(self.directory if path is None else path)
+
+
+@dataclass(frozen=True)
 class Committed:
     """Where a committed checkpoint is, and which protocol committed it.
 
@@ -74,8 +99,8 @@ class CommitProtocol(Protocol):
         """``"rename"`` or ``"manifest"``."""
         ...
 
-    def prepare(self, storage: Storage, directory: str, step: int) -> str:
-        """Make and return a fresh, empty attempt for ``step`` in ``directory``."""
+    def prepare(self, place: Place, step: int) -> str:
+        """Make and return a fresh, empty attempt for ``step`` in the place's directory."""
         ...
 
     def attempt_step(self, name: str) -> int | None:
@@ -84,13 +109,11 @@ class CommitProtocol(Protocol):
 
     def commit(
         self,
-        storage: Storage,
-        directory: str,
+        place: Place,
         attempt: str,
         step: int,
         *,
         existing: Committed | None,
-        durable: bool,
         training_info: bytes | None = None,
     ) -> Committed:
         """Make the finished ``attempt`` the checkpoint of ``step``, atomically.

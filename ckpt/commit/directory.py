@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ckpt import _layout
 from ckpt._errors import RecoveryWarning, warn
-from ckpt.commit.base import CommitProtocol, Committed, RecoveryAction, RecoveryKind
+from ckpt.commit.base import CommitProtocol, Committed, Place, RecoveryAction, RecoveryKind
 from ckpt.commit.manifest import (
     Manifest,
     delete_manifest_checkpoint,
@@ -144,44 +144,35 @@ def _read(
 
 def commit(
     protocol: CommitProtocol,
-    storage: Storage,
-    directory: str,
+    place: Place,
     attempt: str,
     step: int,
     *,
     existing: Committed | None,
-    durable: bool,
     training_info: bytes | None = None,
 ) -> Committed:
     """Commit ``attempt`` with ``protocol``; then remove an ``existing`` of the other kind."""
-    done = protocol.commit(
-        storage,
-        directory,
-        attempt,
-        step,
-        existing=existing,
-        durable=durable,
-        training_info=training_info,
-    )
+    done = protocol.commit(place, attempt, step, existing=existing, training_info=training_info)
     if existing is not None and existing.kind != done.kind:
-        delete(storage, directory, existing, durable=durable)
+        delete(place, existing)
     return done
 
 
-def delete(storage: Storage, directory: str, checkpoint: Committed, *, durable: bool) -> None:
+def delete(place: Place, checkpoint: Committed) -> None:
     """Delete a committed checkpoint so that no crash leaves half of it visible."""
     if checkpoint.kind == "manifest":
-        delete_manifest_checkpoint(storage, directory, checkpoint, durable=durable)
+        delete_manifest_checkpoint(place, checkpoint)
     else:
-        discard(storage, directory, checkpoint.path, durable=durable)
+        discard(place, checkpoint.path)
 
 
-def abandon(storage: Storage, directory: str, attempt: str, *, durable: bool) -> None:
+def abandon(place: Place, attempt: str) -> None:
     """Throw an uncommitted attempt away (renamed out first, where renames are atomic)."""
-    if storage.capabilities.atomic_rename and storage.capabilities.directories:
-        discard(storage, directory, attempt, durable=durable)
+    capabilities = place.storage.capabilities
+    if capabilities.atomic_rename and capabilities.directories:
+        discard(place, attempt)
     else:
-        storage.remove_tree(attempt)
+        place.storage.remove_tree(attempt)
 
 
 def made_by_ckpt(storage: Storage, attempt: str) -> bool:
@@ -216,10 +207,8 @@ def unnamed_attempts(entries: Mapping[str, Entry], named: Collection[str]) -> li
 
 
 def recover(
-    storage: Storage,
-    directory: str,
+    place: Place,
     *,
-    durable: bool,
     keep: Collection[str] = (),
     grace: float = 0.0,
     cache: ManifestCache | None = None,
@@ -233,18 +222,18 @@ def recover(
     ``cache`` is the manifests already read (see `committed`). ``listed`` receives
     the listing recovery worked from: still the directory's if it did nothing.
     """
-    recovery = _Recovery(storage, directory, durable=durable, keep=keep, grace=grace, cache=cache)
+    storage, directory = place.storage, place.directory
+    recovery = _Recovery(place, keep=keep, grace=grace, cache=cache)
     if storage.capabilities.atomic_rename:
         recovery.renames()  # where nothing renames, nothing is left half-renamed
     recovery.manifests()
     recovery.partials_and_trash()
     if listed is not None:
         listed.update(recovery.entries)
-    if durable:
-        # Even when nothing was left to undo: a crash between a commit's rename (or
-        # manifest) and its directory fsync leaves a checkpoint this writer now reports
-        # that a power cut could still take away. One fsync makes what it adopts durable.
-        storage.sync_dir(directory)
+    # Even when nothing was left to undo: a crash between a commit's rename (or
+    # manifest) and its directory fsync leaves a checkpoint this writer now reports
+    # that a power cut could still take away. One fsync makes what it adopts durable.
+    place.sync()
     for action in recovery.actions:
         warn(RecoveryWarning, f"recovery in {user_path(storage, directory)}: {action.detail}")
     return recovery.actions
@@ -255,17 +244,15 @@ class _Recovery:
 
     def __init__(
         self,
-        storage: Storage,
-        directory: str,
+        place: Place,
         *,
-        durable: bool,
         keep: Collection[str],
         grace: float,
         cache: ManifestCache | None,
     ) -> None:
-        self.storage = storage
-        self.directory = directory
-        self.durable = durable
+        self.place = place
+        self.storage = storage = place.storage
+        self.directory = directory = place.directory
         self.keep = keep
         self.grace = grace
         self.cache = cache
@@ -276,7 +263,7 @@ class _Recovery:
         self.actions.append(RecoveryAction(kind, user_path(self.storage, path), detail))
 
     def discard(self, path: str) -> None:
-        discard(self.storage, self.directory, path, durable=self.durable)
+        discard(self.place, path)
 
     def renames(self) -> None:
         """Temporaries go, interrupted overwrites are rolled back, displaced copies go."""
@@ -312,36 +299,42 @@ class _Recovery:
 
     def manifests(self) -> None:
         """Attempts no manifest names go, and so does a ``step_N`` a manifest replaced."""
-        storage, directory = self.storage, self.directory
         if not any("." in name and name.startswith("step_") for name in self.entries):
             return  # no manifest and no attempt: a directory of the rename protocol
-        found, broken = committed(storage, directory, self.entries, self.cache)
+        found, broken = committed(self.storage, self.directory, self.entries, self.cache)
         for manifest in broken:
             if manifest.attempt_missing and manifest.name not in self.keep:
                 self._remove_manifest(manifest)
-        named = {name_of(c.path) for c in found.values() if c.kind == "manifest"}
+        self._unnamed_attempts({name_of(c.path) for c in found.values() if c.kind == "manifest"})
+        if self.storage.capabilities.atomic_rename:
+            # Where nothing is renamed, a step_N/ beside a manifest is not ours.
+            self._displaced(found)
+
+    def _unnamed_attempts(self, named: Collection[str]) -> None:
+        """Remove the attempts ckpt made that no manifest names (and no live save writes)."""
         for name, _step in unnamed_attempts(self.entries, named):
-            path = join(directory, name)
+            path = join(self.directory, name)
             if name in self.keep or (self.grace and self._recent(path)):
                 continue
-            if not made_by_ckpt(storage, path):
+            if not made_by_ckpt(self.storage, path):
                 logger.warning("leaving %s alone: it %s", name, NOT_OURS)
                 continue
-            abandon(storage, directory, path, durable=self.durable)
+            abandon(self.place, path)
             self.act(
                 "removed_temporary",
                 path,
                 f"removed {name}: no manifest names it (a save that never committed, or "
                 f"the previous copy of a step that was overwritten or deleted)",
             )
-        if not storage.capabilities.atomic_rename:
-            return  # nothing was renamed here: a step_N/ beside a manifest is not ours
+
+    def _displaced(self, found: Mapping[int, Committed]) -> None:
+        """Remove each ``step_N`` checkpoint that a manifest of the same step replaced."""
         for step, checkpoint in sorted(found.items()):
             shadowed = self.entries.get(_layout.step_name(step))
             if checkpoint.kind != "manifest" or shadowed is None or shadowed.kind != "dir":
                 continue
-            path = join(directory, shadowed.name)
-            info = storage.entry(join(path, _layout.INFO_FILE))
+            path = join(self.directory, shadowed.name)
+            info = self.storage.entry(join(path, _layout.INFO_FILE))
             if info is None or info.kind != "file":
                 continue  # not a checkpoint: someone's files, never ours to delete
             self.discard(path)

@@ -31,7 +31,7 @@ from typing import Any
 
 from ckpt import _layout
 from ckpt._errors import CommitConflictError
-from ckpt.commit.base import CommitKind, Committed
+from ckpt.commit.base import CommitKind, Committed, Place
 from ckpt.storage.base import ConditionalStorage, Storage, join, walk_files
 
 _FORMAT = 1
@@ -186,9 +186,7 @@ def remove_manifest(storage: Storage, path: str, version: str) -> bool:
     return True
 
 
-def delete_manifest_checkpoint(
-    storage: Storage, directory: str, committed: Committed, *, durable: bool
-) -> None:
+def delete_manifest_checkpoint(place: Place, committed: Committed) -> None:
     """Remove the manifest first (the checkpoint is gone from then on), then its files.
 
     The manifest is removed only if it is still the version this writer indexed (see
@@ -199,13 +197,13 @@ def delete_manifest_checkpoint(
         CommitConflictError: If the manifest changed since it was indexed.
     """
     assert committed.manifest is not None
+    storage = place.storage
     if not remove_manifest(storage, committed.manifest, committed.version):
         raise CommitConflictError(
             f"did not delete step {committed.step}: {committed.manifest} changed "
             f"since this writer indexed it (another writer replaced it)"
         )
-    if durable:
-        storage.sync_dir(directory)
+    place.sync()
     storage.remove_tree(committed.path)
 
 
@@ -217,16 +215,9 @@ def _conflict(path: str, step: int) -> CommitConflictError:
     )
 
 
-def _publish(
-    storage: Storage,
-    path: str,
-    data: bytes,
-    step: int,
-    existing: Committed | None,
-    *,
-    durable: bool,
-) -> None:
+def _publish(place: Place, path: str, data: bytes, step: int, existing: Committed | None) -> None:
     """Write the manifest: created if the step is new, replaced if it is still ``existing``."""
+    storage = place.storage
     caps = storage.capabilities
     manifest = existing is not None and existing.kind == "manifest"
     if not manifest and caps.exclusive_create and not caps.locking:
@@ -241,7 +232,7 @@ def _publish(
         if not storage.replace_if(path, data, existing.version):
             raise _conflict(path, step)
         return
-    storage.replace_file(path, data, durable=durable)
+    storage.replace_file(path, data, durable=place.durable)
 
 
 @dataclass(frozen=True)
@@ -259,11 +250,11 @@ class ManifestProtocol:
         """``"manifest"``."""
         return "manifest"
 
-    def prepare(self, storage: Storage, directory: str, step: int) -> str:
+    def prepare(self, place: Place, step: int) -> str:
         """A fresh attempt prefix, ``step_N.<token>`` (made a directory where there are some)."""
-        attempt = join(directory, _layout.attempt_name(step, secrets.token_hex(6)))
-        if storage.capabilities.directories:
-            storage.make_dir(attempt)
+        attempt = join(place.directory, _layout.attempt_name(step, secrets.token_hex(6)))
+        if place.storage.capabilities.directories:
+            place.storage.make_dir(attempt)
         return attempt
 
     def attempt_step(self, name: str) -> int | None:
@@ -273,25 +264,24 @@ class ManifestProtocol:
 
     def commit(
         self,
-        storage: Storage,
-        directory: str,
+        place: Place,
         attempt: str,
         step: int,
         *,
         existing: Committed | None,
-        durable: bool,
         training_info: bytes | None = None,
     ) -> Committed:
         """Sync the attempt's files, then write the manifest; drop what it replaced."""
-        if durable:
+        storage = place.storage
+        if place.durable:
             storage.sync_tree(attempt)
         files = list_attempt(storage, attempt)
         info = training_info
         if info is None:
             info = storage.read_bytes(join(attempt, _layout.INFO_FILE))
         manifest = Manifest(step, attempt.rstrip("/").rsplit("/", 1)[-1], time.time(), files, info)
-        path = join(directory, _layout.manifest_name(step))
-        _publish(storage, path, encode_manifest(manifest), step, existing, durable=durable)
+        path = join(place.directory, _layout.manifest_name(step))
+        _publish(place, path, encode_manifest(manifest), step, existing)
         entry = storage.entry(path)
         if existing is not None and existing.kind == "manifest" and existing.path != attempt:
             storage.remove_tree(existing.path)  # no manifest names it any more

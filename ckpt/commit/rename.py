@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ckpt import _layout
-from ckpt.commit.base import CommitKind, Committed
-from ckpt.storage.base import Entry, Storage, join, name_of
+from ckpt.commit.base import CommitKind, Committed, Place
+from ckpt.storage.base import Entry, join, name_of
 
 logger = logging.getLogger("ckpt")
 
@@ -34,25 +34,23 @@ def trash_dir(directory: str) -> str:
     return join(directory, _layout.META_DIR, _layout.TRASH_DIR)
 
 
-def discard(storage: Storage, directory: str, path: str, *, durable: bool) -> None:
+def discard(place: Place, path: str) -> None:
     """Delete ``path`` in two phases: one rename out of its name, then the removal.
 
     If the removal fails, the entry stays in the trash for the next recovery, and
     the error is logged rather than raised: its name is already gone.
     """
-    trashed = join(trash_dir(directory), f"{name_of(path)}.{uuid.uuid4().hex[:12]}")
+    storage = place.storage
+    trashed = join(trash_dir(place.directory), f"{name_of(path)}.{uuid.uuid4().hex[:12]}")
     storage.rename(path, trashed)
-    if durable:
-        storage.sync_dir(directory)
+    place.sync()
     try:
         storage.remove_tree(trashed)
     except OSError as exc:
         logger.error("could not remove %s (left for the next recovery): %s", trashed, exc)
 
 
-def publish(
-    storage: Storage, directory: str, tmp: str, step: int, *, replacing: bool, durable: bool
-) -> None:
+def publish(place: Place, tmp: str, step: int, *, replacing: bool) -> None:
     """Move the finished temporary ``tmp`` to ``step_N``, replacing any previous one.
 
     The caller has synced ``tmp`` already and says whether a ``step_N`` directory
@@ -60,6 +58,7 @@ def publish(
     else by two renames that `recover` rolls back if interrupted; either way the
     displaced copy is then discarded.
     """
+    storage, directory = place.storage, place.directory
     final = join(directory, _layout.step_name(step))
     displaced: str | None = None
     if not replacing:
@@ -69,14 +68,13 @@ def publish(
     else:
         old = join(directory, _layout.old_name(step))
         if storage.entry(old) is not None:
-            discard(storage, directory, old, durable=durable)
+            discard(place, old)
         storage.rename(final, old)
         storage.rename(tmp, final)
         displaced = old
-    if durable:
-        storage.sync_dir(directory)
+    place.sync()
     if displaced is not None:
-        discard(storage, directory, displaced, durable=durable)
+        discard(place, displaced)
 
 
 @dataclass(frozen=True)
@@ -95,10 +93,10 @@ class RenameProtocol:
         """``"rename"``."""
         return "rename"
 
-    def prepare(self, storage: Storage, directory: str, step: int) -> str:
+    def prepare(self, place: Place, step: int) -> str:
         """Make an empty ``tmp_step_N``; a leftover one must be discarded first."""
-        tmp = join(directory, _layout.tmp_name(step))
-        storage.make_dir(tmp)
+        tmp = join(place.directory, _layout.tmp_name(step))
+        place.storage.make_dir(tmp)
         return tmp
 
     def attempt_step(self, name: str) -> int | None:
@@ -107,13 +105,11 @@ class RenameProtocol:
 
     def commit(
         self,
-        storage: Storage,
-        directory: str,
+        place: Place,
         attempt: str,
         step: int,
         *,
         existing: Committed | None,
-        durable: bool,
         training_info: bytes | None = None,
     ) -> Committed:
         """Sync ``tmp_step_N``, rename it to ``step_N``, then drop the ``step_N`` it replaced.
@@ -122,11 +118,12 @@ class RenameProtocol:
 
         An ``existing`` checkpoint of the other protocol is the caller's to delete.
         """
-        if durable:
+        storage = place.storage
+        if place.durable:
             storage.sync_tree(attempt)
         replacing = existing is not None and existing.kind == "rename"
-        publish(storage, directory, attempt, step, replacing=replacing, durable=durable)
-        final = join(directory, _layout.step_name(step))
+        publish(place, attempt, step, replacing=replacing)
+        final = join(place.directory, _layout.step_name(step))
         entry = storage.entry(final)
         return Committed(
             step,

@@ -45,6 +45,7 @@ foreign file is refused by its size and header.
 from ckpt._errors import DeviceUnavailableError as DeviceUnavailableError
 from ckpt._errors import StateNotFoundError as StateNotFoundError
 from ckpt.torch._format import STATE_FILE, MapLocation
+from ckpt.torch._handler import TorchHandler
 from ckpt.torch._io import load_state, save_state
 
-__all__ = ["STATE_FILE", "MapLocation", "load_state", "save_state"]
+__all__ = ["STATE_FILE", "MapLocation", "TorchHandler", "load_state", "save_state"]

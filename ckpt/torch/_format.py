@@ -193,13 +193,17 @@ def decode_state(node: Any, tensors: list[torch.Tensor]) -> Any:
         if tag == "float" and value in ("nan", "inf", "-inf"):
             return float(value)
         if tag == "dict" and isinstance(value, list):
-            out = {}
-            for pair in value:
-                if not isinstance(pair, list) or len(pair) != 2:
-                    raise Invalid(f"a dict item is {pair!r}, not a [key, value] pair")
-                key = decode_state(pair[0], tensors)
-                if key is not None and not isinstance(key, (bool, int, float, str)):
-                    raise Invalid(f"a dict key is {pair[0]!r}")
-                out[key] = decode_state(pair[1], tensors)
-            return out
+            return _decode_dict(value, tensors)
     raise Invalid(f"unexpected value {str(node)[:100]!r}")
+
+
+def _decode_dict(pairs: list[Any], tensors: list[torch.Tensor]) -> dict[Any, Any]:
+    out = {}
+    for pair in pairs:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise Invalid(f"a dict item is {pair!r}, not a [key, value] pair")
+        key = decode_state(pair[0], tensors)
+        if key is not None and not isinstance(key, (bool, int, float, str)):
+            raise Invalid(f"a dict key is {pair[0]!r}")
+        out[key] = decode_state(pair[1], tensors)
+    return out

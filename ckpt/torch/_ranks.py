@@ -18,6 +18,7 @@ from typing import Any
 from ckpt._errors import SerializationError
 from ckpt._unpickle import load_dcp_metadata, load_weights_only
 from ckpt.storage import LocalStorage, Storage, join
+from ckpt.torch._snapshot import sharded_tensor_type
 
 DCP_METADATA = ".metadata"
 RANK_FILE = re.compile(r"state\.rank(\d{5})-of-(\d{5})\.ckpt")
@@ -30,8 +31,6 @@ def rank_file(rank: int, world_size: int) -> str:
 
 def is_sharded(state: Any) -> bool:
     """Whether ``state`` holds a DTensor anywhere (then DCP saves it)."""
-    from ckpt._async import sharded_tensor_type  # noqa: PLC0415
-
     DTensor = sharded_tensor_type()
     if DTensor is None:  # torch.distributed.tensor not imported: no DTensor exists
         return False

@@ -1,6 +1,6 @@
 """The retention applier: decides what a directory keeps, protects, deletes, ranks first.
 
-It owns the incremental tracker (`ckpt._incremental`): the manager tells it what was
+It owns the incremental tracker (`ckpt._directory.incremental`): the manager tells it what was
 committed and asks it what to delete, which checkpoint is latest and which is best,
 and never touches the tracker itself.
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from ckpt._incremental import Tracker
-from ckpt._index import Index
-from ckpt._records import CheckpointRecord
+from ckpt._directory.incremental import Tracker
+from ckpt._directory.index import Index
+from ckpt._directory.records import CheckpointRecord
 from ckpt.commit import directory as commits
+from ckpt.commit.base import Place
 from policies import ByMetric, Decision, Hybrid, Ranking, RetentionPolicy, decide
 
 logger = logging.getLogger("ckpt")
@@ -51,7 +52,7 @@ class RetentionApplier:
         protected: Mapping[int, str],
         *,
         frontier_current: bool,
-        durable: bool,
+        place: Place,
     ) -> bool:
         """Apply retention after the commit of ``step``; ``True`` if a delete failed."""
         tracker = self._tracker
@@ -59,17 +60,17 @@ class RetentionApplier:
             reason = f"not kept by {self.retention!r}"
             doomed = dict.fromkeys(tracker.doomed(index.records, step), reason)
             held = [s for s in doomed if s in protected]
-            failed = self._delete(index, {s: doomed[s] for s in doomed if s not in held}, durable)
+            failed = self._delete(index, {s: doomed[s] for s in doomed if s not in held}, place)
             failed = failed or bool(held)  # kept for now: decide over everything next time
         else:
-            failed = self.prune(index, self.retention, protected, durable=durable)
+            failed = self.prune(index, self.retention, protected, place=place)
             tracker.resync_frontiers(index.records)
         tracker.frontier_version = -1 if failed else index.version
         return failed
 
-    def prune_all(self, index: Index, protected: Mapping[int, str], *, durable: bool) -> bool:
+    def prune_all(self, index: Index, protected: Mapping[int, str], *, place: Place) -> bool:
         """Decide over every checkpoint and delete what is not kept; ``True`` if one failed."""
-        failed = self.prune(index, self.retention, protected, durable=durable)
+        failed = self.prune(index, self.retention, protected, place=place)
         self._tracker.resync_frontiers(index.records)
         self._tracker.frontier_version = -1 if failed else index.version
         return failed
@@ -80,19 +81,19 @@ class RetentionApplier:
         policy: RetentionPolicy,
         protected: Mapping[int, str],
         *,
-        durable: bool,
+        place: Place,
         on_delete: Callable[[CheckpointRecord], object] | None = None,
     ) -> bool:
         """Apply ``policy`` to every checkpoint; ``True`` if a delete failed."""
         decisions = decide(policy, list(index.records.values()), protected=protected)
         doomed = {d.step: d.reason for d in decisions if not d.keep}
-        return self._delete(index, doomed, durable, on_delete)
+        return self._delete(index, doomed, place, on_delete)
 
     def _delete(
         self,
         index: Index,
         doomed: Mapping[int, str],
-        durable: bool,
+        place: Place,
         on_delete: Callable[[CheckpointRecord], object] | None = None,
     ) -> bool:
         """Delete the checkpoints at ``doomed`` (step -> reason); ``True`` if one failed."""
@@ -102,9 +103,7 @@ class RetentionApplier:
         for step, reason in sorted(doomed.items()):
             record = index.records[step]
             try:
-                commits.delete(
-                    index.storage, index.location, index.committed[step], durable=durable
-                )
+                commits.delete(place, index.committed[step])
             except OSError as exc:
                 logger.error("could not prune %s (kept): %s", record.path, exc)
                 failed = True

@@ -1,22 +1,14 @@
 """Retention, best and latest kept up to date per save, at a cost that does not grow with history.
 
-Deciding retention over every checkpoint on each save costs O(N). For the built-in
-policies it need not: a policy splits into parts of two shapes.
-
-* Per-checkpoint parts (`KeepAll`, `EveryNSteps`) keep a checkpoint or not by itself
-  alone, so their answer never changes once given.
-* Bounded parts (`TopK`, `Hybrid`, `LatestN`, `KeepNone`, under a ranking that orders
-  by a fixed per-checkpoint key: `ByMetric`, `ByRecency`) keep a set that a new
-  checkpoint can only enter, pushing out at most one other (and, for `Hybrid`, the
-  previous latest).
-
-Each bounded part's answer is kept in a heap with its worst member on top, so a save
-costs O(log N) per part however large ``k`` is: a new checkpoint goes in, and what no
-longer fits comes out and is deleted unless another part, a pin or a per-checkpoint
-part keeps it. Anything the tracker did not see happen (an overwrite, a pin, a prune
-with other settings, another manager's change, a failed delete) and any custom policy
-or ranking send the manager back to deciding over everything, which also rebuilds
-the heaps.
+Deciding retention over every checkpoint on each save costs O(N). A policy that
+declares its shape (`policies.incremental_parts`: per-checkpoint parts and bounded
+parts; every built-in does, and a user's policy can) need not: each bounded part's
+answer is kept in a heap with its worst member on top, so a save costs O(log N) per
+part however large ``k`` is: a new checkpoint goes in, and what no longer fits comes
+out and is deleted unless another part, a pin or a per-checkpoint part keeps it.
+Anything the tracker did not see happen (an overwrite, a pin, a prune with other
+settings, another manager's change, a failed delete) and any policy without a shape
+send the manager back to deciding over everything, which also rebuilds the heaps.
 """
 
 from __future__ import annotations
@@ -25,53 +17,29 @@ import heapq
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ckpt._records import CheckpointRecord
+from ckpt._directory.records import CheckpointRecord
 from policies import (
-    AnyOf,
+    Bounded,
     ByMetric,
-    ByRecency,
     CheckpointView,
-    EveryNSteps,
-    Hybrid,
-    KeepAll,
-    KeepNone,
-    LatestN,
+    PerCheckpoint,
     Ranking,
     RetentionPolicy,
-    TopK,
+    fixed_key,
+    incremental_parts,
     metric_value,
 )
 
-_Parts = tuple[tuple[RetentionPolicy, ...], tuple[RetentionPolicy, ...]]
-
-
-def _keyed(ranking: Ranking) -> bool:
-    # Exact types: a subclass may override rank() with an order that is not a fixed key.
-    return type(ranking) in (ByMetric, ByRecency)
+_Parts = tuple[tuple[RetentionPolicy, ...], tuple[Bounded, ...]]
 
 
 def split(policy: RetentionPolicy) -> _Parts | None:
-    """(per-checkpoint parts, bounded parts) of a built-in policy; ``None`` otherwise."""
-    kind = type(policy)
-    if kind in (KeepAll, EveryNSteps):
-        return (policy,), ()
-    if kind is KeepNone:
-        return (), ()
-    if kind is LatestN:
-        return (), (policy,)
-    if isinstance(policy, (TopK, Hybrid)) and kind in (TopK, Hybrid):
-        return ((), (policy,)) if _keyed(policy.ranking) else None
-    if isinstance(policy, AnyOf) and kind is AnyOf:
-        alone: list[RetentionPolicy] = []
-        bounded: list[RetentionPolicy] = []
-        for part in policy.policies:
-            parts = split(part)
-            if parts is None:
-                return None
-            alone += parts[0]
-            bounded += parts[1]
-        return tuple(alone), tuple(bounded)
-    return None
+    """(per-checkpoint policies, bounded parts) of a policy that declares them, else ``None``."""
+    parts = incremental_parts(policy)
+    if parts is None:
+        return None
+    alone = tuple(part.policy for part in parts if isinstance(part, PerCheckpoint))
+    return alone, tuple(part for part in parts if isinstance(part, Bounded))
 
 
 def _worst_first(key: Any) -> Any:
@@ -140,15 +108,9 @@ class _BestAndLatest(_Best):
         return step in self.members or step == self.latest
 
 
-def _frontier(part: RetentionPolicy, views: Iterable[CheckpointView]) -> _Best:
-    frontier: _Best
-    if isinstance(part, LatestN):
-        frontier = _Best(part.n, ByRecency().key, None)
-    elif isinstance(part, Hybrid):
-        frontier = _BestAndLatest(part.k, part.ranking.key, part.every_n_steps)  # type: ignore[attr-defined]
-    else:
-        assert isinstance(part, TopK)
-        frontier = _Best(part.k, part.ranking.key, part.every_n_steps)  # type: ignore[attr-defined]
+def _frontier(part: Bounded, views: Iterable[CheckpointView]) -> _Best:
+    kind = _BestAndLatest if part.plus_latest else _Best
+    frontier = kind(part.k, part.key, part.every_n_steps)
     for view in sorted(views, key=lambda v: v.step):
         frontier.add(view, {})
     return frontier
@@ -167,7 +129,7 @@ class Tracker:
     def __init__(self, policy: RetentionPolicy, ranking: Ranking) -> None:
         self.parts = split(policy)
         self.ranking = ranking
-        self.keyed = _keyed(ranking)
+        self.keyed = fixed_key(ranking) is not None
         self.version = -1
         self.best: int | None = None
         self.latest: int | None = None

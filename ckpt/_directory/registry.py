@@ -12,16 +12,25 @@ import os
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
-from ckpt import _layout, _meta
-from ckpt._finalize import Finalizer
-from ckpt._index import Index
+from ckpt import _layout
+from ckpt._directory import meta as _meta
+from ckpt._directory.index import Index
 from ckpt.commit import directory as commits
-from ckpt.commit.base import RecoveryAction
+from ckpt.commit.base import Place, RecoveryAction
 from ckpt.commit.rename import trash_dir
-from ckpt.storage.base import Entry, Lock, Storage, join, name_of, parent_of
+from ckpt.storage.base import Entry, Lock, join, name_of, parent_of
 
 logger = logging.getLogger("ckpt")
+
+
+class Joinable(Protocol):
+    """A background commit of a step (a finalizer): a new save of the step waits for it."""
+
+    def join(self) -> None:
+        """Return once the commit is done."""
+        ...
 
 
 @dataclass
@@ -36,12 +45,11 @@ class Attempt:
 class Shared:
     """The state of one checkpoint directory that this process's managers share."""
 
-    def __init__(
-        self, storage: Storage, location: str, *, durable: bool, grace: float = 600.0
-    ) -> None:
-        self.storage = storage
-        self.location = location
-        self.durable = durable
+    def __init__(self, place: Place, *, grace: float = 600.0) -> None:
+        # Recovery and the directories it makes are as durable as the first opener asked.
+        self.place = place
+        self.storage = storage = place.storage
+        self.location = location = place.directory
         # Where no lock keeps other writers out, an attempt this young may be theirs.
         self.grace = 0.0 if storage.capabilities.locking else grace
         self.index = Index(storage, location)
@@ -59,7 +67,7 @@ class Shared:
         # aborted yet.
         self.live: dict[int, Attempt] = {}
         # Step -> the finalizer committing its attempt in the background.
-        self.finalizing: dict[int, Finalizer] = {}
+        self.finalizing: dict[int, Joinable] = {}
 
     def open_writer(self) -> None:
         """Take the directory's lock, then recover and index it."""
@@ -75,7 +83,7 @@ class Shared:
             created.append(path)
             path = parent_of(path)
         storage.make_dirs(trash_dir(self.location))
-        if self.durable:
+        if self.place.durable:
             # A new directory's name is durable only once its parent is synced: without
             # this, a power cut could take the whole checkpoint directory with it.
             for new in reversed(created):
@@ -103,9 +111,7 @@ class Shared:
             self.index.load_catalog()  # recovery reads the manifests too
             listed: dict[str, Entry] = {}
             actions = commits.recover(
-                self.storage,
-                self.location,
-                durable=self.durable,
+                self.place,
                 keep=ours,
                 grace=self.grace,
                 cache=self.index.manifests,  # the scan below reuses what recovery read
@@ -115,7 +121,7 @@ class Shared:
             stale = self.index.pins - self.index.records.keys()
             if stale:
                 logger.warning("dropping pins of steps that no longer exist: %s", sorted(stale))
-                self.index.write_pins(self.index.pins - stale, durable=self.durable)
+                self.index.write_pins(self.index.pins - stale, self.place)
             return tuple(actions)
 
     def check_writer(self) -> None:

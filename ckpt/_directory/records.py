@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ckpt import _layout
-from ckpt._serialize import decode_training_info
+from ckpt._config.serialize import decode_training_info
 from ckpt.commit.base import Committed
 from ckpt.storage import CheckpointPath, user_path
 from ckpt.storage.base import EntryKind, Storage, describe_kind, join

@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-from ckpt._config import (
-    AnyOfSpec,
-    CheckpointConfig,
-    EveryNStepsSpec,
-    HybridSpec,
-    KeepAllSpec,
-    LatestNSpec,
-    RetentionSpec,
-    TopKSpec,
-)
+from ckpt._config.schema import CheckpointConfig
 from policies import (
     AnyOf,
     ByMetric,
@@ -24,22 +15,6 @@ from policies import (
     RetentionPolicy,
     TopK,
 )
-
-
-def _from_spec(spec: RetentionSpec, ranking: Ranking) -> RetentionPolicy:
-    if isinstance(spec, TopKSpec):
-        return TopK(spec.k, ranking)
-    if isinstance(spec, HybridSpec):
-        return Hybrid(spec.k, ranking)
-    if isinstance(spec, LatestNSpec):
-        return LatestN(spec.n)
-    if isinstance(spec, EveryNStepsSpec):
-        return EveryNSteps(spec.n)
-    if isinstance(spec, KeepAllSpec):
-        return KeepAll()
-    if isinstance(spec, AnyOfSpec):
-        return AnyOf(tuple(_from_spec(part, ranking) for part in spec.policies))
-    raise TypeError(f"unknown retention spec {spec!r}")  # pragma: no cover - union is closed
 
 
 def policies_from_config(
@@ -63,7 +38,7 @@ def policies_from_config(
             else ByRecency()
         )
     if config.retention is not None:
-        return ranking, _from_spec(config.retention, ranking)
+        return ranking, config.retention.build(ranking)
     if config.keep_top_k is None and config.ft_keep_latest_k is None:
         return ranking, KeepAll()
     periodic = config.save_period if config.save_period and config.save_period > 1 else None

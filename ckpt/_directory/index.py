@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from ckpt import _layout, _meta
-from ckpt._records import CheckpointRecord, NotACheckpointError, VanishedError, load_record
-from ckpt._serialize import encode_pins
+from ckpt import _layout
+from ckpt._config.serialize import encode_pins
+from ckpt._directory import meta as _meta
+from ckpt._directory.records import (
+    CheckpointRecord,
+    NotACheckpointError,
+    VanishedError,
+    load_record,
+)
 from ckpt.commit import directory as commits
-from ckpt.commit.base import Committed
+from ckpt.commit.base import Committed, Place
 from ckpt.commit.catalog import load_catalog, save_catalog
 from ckpt.commit.manifest import Manifest
 from ckpt.storage import user_path
@@ -167,20 +173,25 @@ class Index:
             logger.warning("ignoring unreadable pins file: %s", exc)
             return set()
 
-    def write_pins(self, pins: set[int], *, durable: bool) -> None:
-        """Make ``pins`` the pins on disk, then in memory: a failed write changes neither."""
+    def write_pins(self, pins: set[int], place: Place) -> None:
+        """Make ``pins`` the pins on disk, then in memory: a failed write changes neither.
+
+        ``place`` says how durably: each manager sharing the index writes as its own
+        ``fsync`` asks.
+        """
         data = encode_pins(pins)
-        self.storage.replace_file(join(self.meta, _layout.PINS_FILE), data, durable=durable)
+        path = join(self.meta, _layout.PINS_FILE)
+        self.storage.replace_file(path, data, durable=place.durable)
         self.pins = pins
 
-    def set_pinned(self, step: int, pinned: bool, *, durable: bool) -> None:
+    def set_pinned(self, step: int, pinned: bool, place: Place) -> None:
         """Pin or unpin ``step`` on disk and in the index."""
-        self.write_pins(self.pins | {step} if pinned else self.pins - {step}, durable=durable)
+        self.write_pins(self.pins | {step} if pinned else self.pins - {step}, place)
         if step in self.records:
             self.records[step] = replace(self.records[step], pinned=pinned)
         self.version += 1
 
-    def record_ranking(self, data: bytes, *, durable: bool) -> None:
+    def record_ranking(self, data: bytes, place: Place) -> None:
         """Record the ranking commits are made with, for readers given no config."""
         path = join(self.meta, _layout.RANKING_FILE)
         if self._ranking is None:
@@ -189,5 +200,5 @@ class Index:
             except OSError:  # absent, or unreadable: rewritten below
                 self._ranking = b""
         if data != self._ranking:
-            self.storage.replace_file(path, data, durable=durable)
+            self.storage.replace_file(path, data, durable=place.durable)
             self._ranking = data

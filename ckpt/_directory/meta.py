@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpt import _layout
+from ckpt._config.serialize import decode_pins, decode_ranking
 from ckpt._errors import UnsafeFileError
-from ckpt._serialize import decode_pins, decode_ranking
 from ckpt.storage.base import EntryKind, Storage, describe_kind, join
 
 # ckpt's own entries under the checkpoint directory, and the kind each must be.

@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,6 +29,7 @@ from ckpt._errors import ConfigFileError
 from ckpt._text import short_repr
 from ckpt.storage import redact_url, refuse_credentials, url_protocol
 from ckpt.storage.local import read_named_file
+from policies import AnyOf, EveryNSteps, Hybrid, KeepAll, LatestN, Ranking, RetentionPolicy, TopK
 
 
 def _count(minimum: int, *, nullable: bool, maximum: int | None = None) -> BeforeValidator:
@@ -169,7 +171,12 @@ class _Strict(BaseModel):
         return data
 
 
-RETENTION_KINDS = ("top_k", "hybrid", "latest_n", "every_n_steps", "keep_all", "any_of")
+def _kinds() -> tuple[str, ...]:
+    """The ``kind`` of each spec of `RetentionSpec`, in its order."""
+    union = typing.get_args(RetentionSpec)[0]
+    return tuple(
+        typing.get_args(spec.model_fields["kind"].annotation)[0] for spec in typing.get_args(union)
+    )
 
 
 def _check_kind(value: Any) -> Any:
@@ -216,12 +223,20 @@ class TopKSpec(_Strict):
     kind: Literal["top_k"]
     k: Annotated[int, Field(ge=1), _count(1, nullable=False)]
 
+    def build(self, ranking: Ranking) -> RetentionPolicy:
+        """`policies.TopK`."""
+        return TopK(self.k, ranking)
+
 
 class HybridSpec(_Strict):
     """``kind: hybrid``: keep the ``k`` best by ``metric_name`` plus the latest step."""
 
     kind: Literal["hybrid"]
     k: Annotated[int, Field(ge=0), _count(0, nullable=False)]
+
+    def build(self, ranking: Ranking) -> RetentionPolicy:
+        """`policies.Hybrid`."""
+        return Hybrid(self.k, ranking)
 
 
 class LatestNSpec(_Strict):
@@ -230,6 +245,10 @@ class LatestNSpec(_Strict):
     kind: Literal["latest_n"]
     n: Annotated[int, Field(ge=1), _count(1, nullable=False)]
 
+    def build(self, ranking: Ranking) -> RetentionPolicy:
+        """`policies.LatestN`."""
+        return LatestN(self.n)
+
 
 class EveryNStepsSpec(_Strict):
     """``kind: every_n_steps``: keep the steps that are multiples of ``n``."""
@@ -237,11 +256,19 @@ class EveryNStepsSpec(_Strict):
     kind: Literal["every_n_steps"]
     n: Annotated[int, Field(ge=1), _count(1, nullable=False)]
 
+    def build(self, ranking: Ranking) -> RetentionPolicy:
+        """`policies.EveryNSteps`."""
+        return EveryNSteps(self.n)
+
 
 class KeepAllSpec(_Strict):
     """``kind: keep_all``: never prune."""
 
     kind: Literal["keep_all"]
+
+    def build(self, ranking: Ranking) -> RetentionPolicy:
+        """`policies.KeepAll`."""
+        return KeepAll()
 
 
 class AnyOfSpec(_Strict):
@@ -250,13 +277,20 @@ class AnyOfSpec(_Strict):
     kind: Literal["any_of"]
     policies: Annotated[list[RetentionSpec], Field(min_length=1), BeforeValidator(_non_empty)]
 
+    def build(self, ranking: Ranking) -> RetentionPolicy:
+        """`policies.AnyOf` of each block's policy."""
+        return AnyOf(tuple(part.build(ranking) for part in self.policies))
 
+
+# Each kind is its spec class above (its fields and the policy it builds) and its place
+# in this union; the accepted kinds are read from it.
 RetentionSpec = Annotated[
     TopKSpec | HybridSpec | LatestNSpec | EveryNStepsSpec | KeepAllSpec | AnyOfSpec,
     Field(discriminator="kind"),
     BeforeValidator(_check_kind),
 ]
 AnyOfSpec.model_rebuild()
+RETENTION_KINDS = _kinds()
 
 _DEADLINE = re.compile(r"^\d{2}:\d{2}:\d{2}:\d{2}$")
 
