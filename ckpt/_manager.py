@@ -153,6 +153,7 @@ class CheckpointManager:
         self.checkpoint_dir: CheckpointPath = user_path(storage, location)
         self.read_only = read_only or not self.config.enabled
         self._closed = False
+        self._last_named: PathStr | None = None
         coordinator = self._coord = coordinator_for(process_group, self.config.collective_timeout_s)
         # Read-only managers and the ranks other than a distributed job's coordinator
         # never change the directory: they re-list it for every query.
@@ -768,7 +769,14 @@ class CheckpointManager:
 
     def _named(self, name: str | None) -> PathStr | None:
         """The path of the checkpoint ``name`` (the coordinator's answer) in this directory."""
-        return None if name is None else PathStr(self.checkpoint_dir / name)
+        if name is None:
+            return None
+        # A loop asks for the same latest or best on every step: joining a path costs
+        # more than the whole indexed lookup, so the last answer's path is reused.
+        last = self._last_named
+        if last is None or last.path.name != name:
+            last = self._last_named = PathStr(self.checkpoint_dir / name)
+        return last
 
     def get_best_checkpoint_path(self) -> PathStr | None:
         """Return the path of the best checkpoint by the ranking, or ``None``.
