@@ -39,6 +39,7 @@ import argparse
 import datetime
 import os
 import platform
+import queue
 import shutil
 import socket
 import statistics
@@ -111,12 +112,22 @@ def _bandwidth(
 
 
 def _rounds(manager: ckpt.CheckpointManager, rank: int) -> list[float]:
-    coordinator = manager._coord  # the rounds alone, through the manager's own channel
+    # The rounds alone, through the manager's own channel. compare.py runs this script
+    # against trees from before the redesign too, whose manager held an `_spmd` instead.
+    coordinator = getattr(manager, "_coord", None)
+    if coordinator is not None:
+        rounds = coordinator.round
+    else:
+        spmd = manager._spmd  # type: ignore[attr-defined]
+
+        def rounds(*args: Any) -> Any:
+            return spmd.round(spmd.calls, *args)
+
     times = []
     for i in range(201):
         started = time.perf_counter()
-        coordinator.round("bench", {}, None, lambda _: {})
-        coordinator.round("bench", {"parts": [["x", 1, True]]}, None, lambda _: {"path": "x"})
+        rounds("bench", {}, None, lambda _: {})
+        rounds("bench", {"parts": [["x", 1, True]]}, None, lambda _: {"path": "x"})
         if i:
             times.append(time.perf_counter() - started)
     return times
@@ -161,6 +172,23 @@ def _filesystem(path: Path) -> str:
     return kind
 
 
+def _results(out: Any, procs: list[Any], timeout_s: float = 1800) -> dict[str, Any]:
+    """Rank 0's timings; an error, not a hang, when a rank dies before reporting."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return out.get(timeout=2)  # type: ignore[no-any-return]
+        except queue.Empty:
+            dead = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                for p in procs:
+                    p.kill()
+                raise SystemExit(f"rank(s) exited before reporting (rank, code): {dead}") from None
+    for p in procs:
+        p.kill()
+    raise SystemExit(f"no timings from rank 0 within {timeout_s:.0f} s")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--ranks", type=int, default=4)
@@ -172,14 +200,14 @@ def main(argv: list[str]) -> int:
     args.dir = str(base)
     try:
         context = mp.get_context("spawn")
-        out = context.SimpleQueue()
+        out = context.Queue()
         port = _port()
         procs = [
             context.Process(target=_rank, args=(r, args, port, out)) for r in range(args.ranks)
         ]
         for proc in procs:
             proc.start()
-        times = out.get()
+        times = _results(out, procs)
         for proc in procs:
             proc.join()
         total = args.ranks * args.shard_mib * MiB
