@@ -389,8 +389,7 @@ class CheckpointManager:
         return self._dir
 
     def _writable(self) -> Directory:
-        if self._closed:
-            raise CheckpointError(f"this manager of {self.checkpoint_dir} is closed")
+        self._usable()
         if self.read_only:
             why = "read_only=True" if self.config.enabled else "`enabled: false` in its config"
             raise ReadOnlyError(
@@ -676,7 +675,9 @@ class CheckpointManager:
         """
         overview, missing = self._usable().overview()
         if overview.best is not None:
-            self._warn_missing(missing)
+            all_missing = bool(missing) and len(missing) == len(overview.records)
+            for text in self._missing_warnings(missing, all_missing):
+                warnings.warn(text, MissingMetricWarning, stacklevel=2)
         return overview
 
     def recorded_ranking(self) -> dict[str, Any] | None:
@@ -798,11 +799,6 @@ class CheckpointManager:
         for text in self._missing_warnings(set(answer["missing"]), answer["all_missing"]):
             warnings.warn(text, MissingMetricWarning, stacklevel=2)
         return self._named(answer["name"])
-
-    def _warn_missing(self, missing: set[int]) -> None:
-        all_missing = bool(missing) and len(missing) == len(self._dir.shared.index.records)
-        for text in self._missing_warnings(missing, all_missing):
-            warnings.warn(text, MissingMetricWarning, stacklevel=3)
 
     def _missing_warnings(self, missing: set[int], all_missing: bool) -> list[str]:
         if not missing:

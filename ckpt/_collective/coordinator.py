@@ -87,6 +87,15 @@ class Coordinator(Protocol):
         ...
 
 
+def _undo(call: str, undo: Callable[[], object] | None) -> None:
+    """Run ``undo`` after ``call`` failed; its own error is logged, never raised over that."""
+    if undo is not None:
+        try:
+            undo()
+        except Exception:
+            logger.exception("could not undo %s after it failed", call)
+
+
 class Local:
     """The coordinator of a process alone: every call just runs here."""
 
@@ -113,11 +122,7 @@ class Local:
     ) -> dict[str, Any]:
         """Raise ``error`` (after ``undo``), else ``act`` on this process's report."""
         if error is not None:
-            if undo is not None:
-                try:
-                    undo()
-                except Exception:  # the caller's error is the one to raise
-                    logger.exception("could not undo %s after it failed", call)
+            _undo(call, undo)
             raise error
         return act([dict(local)])
 
@@ -205,11 +210,7 @@ class Collective:
             ]
             if failures:
                 answer = error_message(failures_error(call, failures))
-                if undo is not None:
-                    try:
-                        undo()
-                    except Exception:  # the answer must go out all the same
-                        logger.exception("could not undo %s after a rank failed", call)
+                _undo(call, undo)  # the answer must go out all the same
             else:
                 try:
                     answer = act(messages)

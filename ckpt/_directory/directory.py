@@ -552,10 +552,9 @@ class Directory:
 
     def refresh(self) -> None:
         """Re-list the directory."""
-        shared = self.current()
-        if not self.reader:
-            with shared.mutex:
-                shared.index.scan()
+        shared = self.shared
+        with shared.mutex:
+            shared.index.scan()
 
     def protected(self) -> Mapping[int, str]:
         """The steps retention must not delete now (saves in progress replace them)."""

@@ -62,11 +62,9 @@ class RetentionApplier:
             held = [s for s in doomed if s in protected]
             failed = self._delete(index, {s: doomed[s] for s in doomed if s not in held}, place)
             failed = failed or bool(held)  # kept for now: decide over everything next time
-        else:
-            failed = self.prune(index, self.retention, protected, place=place)
-            tracker.resync_frontiers(index.records)
-        tracker.frontier_version = -1 if failed else index.version
-        return failed
+            tracker.frontier_version = -1 if failed else index.version
+            return failed
+        return self.prune_all(index, protected, place=place)
 
     def prune_all(self, index: Index, protected: Mapping[int, str], *, place: Place) -> bool:
         """Decide over every checkpoint and delete what is not kept; ``True`` if one failed."""
