@@ -72,3 +72,10 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # A gloo thread that is still freeing work when the interpreter shuts down aborts
+    # the process ("terminate called without an active exception"), which ckpt-chaos
+    # counts as a failed resume (1 of 17 points once): the result is written, so leave
+    # without the interpreter's shutdown, as tests/hf_job.py does.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
