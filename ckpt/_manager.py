@@ -675,8 +675,7 @@ class CheckpointManager:
         """
         overview, missing = self._usable().overview()
         if overview.best is not None:
-            all_missing = bool(missing) and len(missing) == len(overview.records)
-            for text in self._missing_warnings(missing, all_missing):
+            for text in self._missing_warnings(missing, len(overview.records)):
                 warnings.warn(text, MissingMetricWarning, stacklevel=2)
         return overview
 
@@ -796,11 +795,12 @@ class CheckpointManager:
         """
         directory = self._usable()
         answer = self._coord.agree("get_best_checkpoint_path()", directory.best)
-        for text in self._missing_warnings(set(answer["missing"]), answer["all_missing"]):
+        for text in self._missing_warnings(set(answer["missing"]), answer["of"]):
             warnings.warn(text, MissingMetricWarning, stacklevel=2)
         return self._named(answer["name"])
 
-    def _missing_warnings(self, missing: set[int], all_missing: bool) -> list[str]:
+    def _missing_warnings(self, missing: set[int], of: int) -> list[str]:
+        """The warnings for ``missing`` steps lacking the metric, out of ``of`` checkpoints."""
         if not missing:
             return []
         name = self.ranking.name  # type: ignore[attr-defined]
@@ -813,7 +813,7 @@ class CheckpointManager:
             f"when choosing the best: they have no usable {name!r} (missing, NaN or not a "
             f"number) and rank below every other; {hint}"
         ]
-        if all_missing:
+        if len(missing) == of:
             texts.append(
                 f"No checkpoints contain metric {name!r} with a usable value. Returning "
                 f"latest checkpoint, step {max(missing)}; {hint}"

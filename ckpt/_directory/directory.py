@@ -500,18 +500,18 @@ class Directory:
             return {"name": None if latest is None else _name(shared.index.records[latest])}
 
     def best(self) -> dict[str, Any]:
-        """``{"name", "missing", "all_missing"}``: the best, and the steps the metric lacks."""
+        """``{"name", "missing", "of"}``: the best, the steps the metric lacks, out of how many."""
         shared = self.current()
         with shared.mutex:
             index = shared.index
             best = self.retention.best(index)
             if best is None:
-                return {"name": None, "missing": [], "all_missing": False}
+                return {"name": None, "missing": [], "of": 0}
             missing = self.retention.missing_metric(index)
             return {
                 "name": _name(index.records[best]),
                 "missing": sorted(missing),
-                "all_missing": bool(missing) and len(missing) == len(index.records),
+                "of": len(index.records),
             }
 
     def plan(self, exclude_latest: bool | None) -> list[Decision]:
