@@ -6,7 +6,8 @@ specific one also derives from the built-in exception a caller would naturally c
     CheckpointError                      (Exception)
     ├── ConfigFileError                  (ValueError)       config file unreadable as YAML
     ├── SerializationError               (ValueError)       info, config or state unstorable,
-    │                                                           or a state file unreadable
+    │   │                                                       or a state file unreadable
+    │   └── ChecksumMismatchError                               a file's bytes fail its hash
     ├── InvalidStepError                 (ValueError)       step is not a non-negative integer
     ├── InvalidCheckpointPathError       (ValueError)       not a temporary dir of this manager
     ├── CheckpointNotFoundError          (LookupError)      no finalized checkpoint at that step
@@ -60,6 +61,18 @@ class SerializationError(CheckpointError, ValueError):
     Raised before anything is written, so no temporary directory or file is left
     behind. `ckpt.torch.load_state` also raises it for a file it did not write.
     """
+
+
+class ChecksumMismatchError(SerializationError):
+    """A file's bytes do not hash to the digest recorded for it: it was damaged.
+
+    ``load_state`` raises it when a state file does not match the digest it ends
+    with; nothing is returned then. ``path`` names the file.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class InvalidStepError(CheckpointError, ValueError):

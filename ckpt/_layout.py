@@ -16,6 +16,10 @@ PINS_FILE = "pins.json"
 RANKING_FILE = "ranking.json"  # the run's ranking, for readers given no config
 CATALOG_FILE = "catalog.json"  # on object stores: the manifests read, for cold starts
 TRASH_DIR = "trash"
+DAMAGE_FILE = "damaged.json"  # checkpoints a deep check found damaged: never best or latest
+# Under the rename protocol, the checkpoint's record of its files' sizes and digests,
+# written into the attempt last, before the rename publishes it (manifests hold theirs).
+FILES_RECORD = ".ckpt-files.json"
 
 
 def step_name(step: int) -> str:

@@ -755,6 +755,9 @@ class CheckpointManager:
     def get_latest_checkpoint_path(self) -> PathStr | None:
         """Return the path of the checkpoint with the highest step, or ``None``.
 
+        A checkpoint a deep check found damaged (``ckpt check --deep``) is skipped: the
+        highest step not found damaged is returned.
+
         It is a `ckpt.storage.PathStr`: the ``str`` NeMo RL's manager returns, which
         also joins with ``/`` into the type `init_tmp_checkpoint` returns (a
         `pathlib.Path` on local disk, a ``UPath`` on a store), so
@@ -782,7 +785,8 @@ class CheckpointManager:
         """Return the path of the best checkpoint by the ranking, or ``None``.
 
         It is the checkpoint top-k retention protects first; the path is of the type
-        `get_latest_checkpoint_path` returns. With a metric ranking,
+        `get_latest_checkpoint_path` returns; a checkpoint a deep check found damaged is
+        skipped, as there. With a metric ranking,
         checkpoints whose metric is missing, NaN or not a number rank last, and ties go
         to the higher step; if none has the metric, that is the latest checkpoint.
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -21,7 +24,7 @@ from ckpt._directory.records import (
 )
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed
-from ckpt.commit.manifest import read_manifest
+from ckpt.commit.manifest import ManifestFile, read_files_record, read_manifest
 from ckpt.commit.rename import Leftover, find_leftovers, trash_dir
 from ckpt.storage import (
     CheckpointPath,
@@ -35,7 +38,10 @@ from ckpt.storage import (
     user_path,
     walk_files,
 )
+from ckpt.storage._digest import hash_file
 from policies import ByMetric, decide, metric_value
+
+logger = logging.getLogger("ckpt")
 
 Severity = Literal["error", "warning"]
 
@@ -122,6 +128,8 @@ PROBLEM_CODES: Mapping[str, Severity] = MappingProxyType(
         "unsafe_metadata": "error",
         "broken_manifest": "error",
         "interrupted_overwrite": "error",
+        "checksum_mismatch": "error",
+        "no_checksums": "warning",
         "leftover_temporary": "warning",
         "leftover_displaced": "warning",
         "interrupted_delete": "warning",
@@ -168,8 +176,9 @@ def verify(
     *,
     storage: Storage | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    deep: bool = False,
 ) -> VerifyReport:
-    """Check a checkpoint directory and list every problem found; change nothing.
+    """Check a checkpoint directory and list every problem found.
 
     It reports leftover temporaries, interrupted overwrites and deletes, ``step_N``
     entries that are not a directory with a readable ``training_info.json``, entries
@@ -177,6 +186,15 @@ def verify(
     a config, it also reports checkpoints its retention would prune and checkpoints
     missing the metric its ranking needs. While a writer holds the directory, its
     temporaries are saves in progress and are not reported.
+
+    With ``deep``, it also reads every file of every checkpoint and compares its
+    XXH3-128 digest with the one recorded when the checkpoint was committed (in its
+    manifest, or in ``step_N/.ckpt-files.json``): each file that differs, is cut
+    short or is missing is a ``checksum_mismatch`` naming it. That is the one change
+    a check makes: the damaged checkpoints are remembered in ``.ckpt/damaged.json``,
+    and from then on no manager returns one as the best or latest (a checkpoint saved
+    again at that step is a new one; a later deep check that finds it whole again
+    forgets it). Without ``deep`` nothing is changed and no file's bytes are read.
 
     Run it in CI after a training job, or on a directory before resuming from it.
 
@@ -187,6 +205,7 @@ def verify(
         storage: Where the directory is (default: the storage its path or URL names).
         storage_options: For a URL, options for its fsspec file system (default: the
             config's ``storage_options``).
+        deep: Read every checkpoint's files and check their digests (see above).
 
     Returns:
         The report; ``report.ok`` is ``False`` when any problem is an error.
@@ -225,6 +244,7 @@ def verify(
     entries = {entry.name: entry for entry in storage.list_dir(location)}
     found, broken = commits.committed(storage, location, entries)
     records: dict[int, CheckpointRecord] = {}
+    damaged: dict[int, _meta.Damage] = {}
     for step, checkpoint in sorted(found.items()):
         kind = entries[_layout.step_name(step)].kind if checkpoint.kind == "rename" else "dir"
         record = _check_step(storage, checkpoint, kind, problems)
@@ -232,6 +252,12 @@ def verify(
             records[step] = record
             if checkpoint.kind == "manifest":
                 problems += _check_manifest(storage, location, checkpoint)
+            if deep:
+                bad = _check_contents(storage, location, checkpoint, problems)
+                if bad:
+                    damaged[step] = _meta.Damage(step, checkpoint.version, bad, time.time())
+    if deep and meta_ok:
+        _remember_damage(storage, location, damaged)
     problems += _name_problems(directory, entries, broken)
     if live:
         # While a writer works, its temporaries are saves and overwrites in progress.
@@ -350,6 +376,121 @@ def _check_manifest(storage: Storage, location: str, checkpoint: Committed) -> l
             "restore the files from a copy, or delete the step",
         )
     ]
+
+
+def _remember_damage(storage: Storage, location: str, damaged: dict[int, _meta.Damage]) -> None:
+    """Make ``.ckpt/damaged.json`` this check's verdict (written only if it changes)."""
+    before = _meta.read_damage(storage, location)
+    same = {s: (d.version, d.files) for s, d in before.items()} == {
+        s: (d.version, d.files) for s, d in damaged.items()
+    }
+    if same:
+        return
+    try:
+        _meta.write_damage(storage, location, damaged)
+    except OSError as exc:
+        logger.warning("could not remember the damage found in %s: %s", location, exc)
+
+
+def _recorded_files(
+    storage: Storage, location: str, checkpoint: Committed, problems: list[Problem]
+) -> tuple[tuple[ManifestFile, ...], str] | None:
+    """What the checkpoint's record lists, and the record's name; ``None``: nothing to check."""
+    if checkpoint.kind == "manifest":
+        try:
+            manifest = read_manifest(storage, location, checkpoint.step)
+        except (OSError, ValueError):
+            return None  # replaced or removed since the listing; a damaged one is reported
+        return manifest.files, _layout.manifest_name(checkpoint.step)
+    path = user_path(storage, checkpoint.path)
+    try:
+        files = read_files_record(storage, checkpoint.path)
+    except ValueError as exc:
+        problems.append(
+            _problem(
+                "checksum_mismatch",
+                path / _layout.FILES_RECORD,
+                f"{path.name}/{_layout.FILES_RECORD}, the record of its files' digests, is "
+                f"damaged ({exc}): step {checkpoint.step} cannot be checked",
+                "restore the step from a copy, or delete it",
+            )
+        )
+        return (), _layout.FILES_RECORD
+    except OSError:
+        return None
+    if files is None:
+        problems.append(
+            _problem(
+                "no_checksums",
+                path,
+                f"{path.name} has no record of its files' digests (committed by an older "
+                f"ckpt, or by NeMo RL's manager): its bytes cannot be checked",
+                "save the step again to have it recorded, or ignore this code",
+            )
+        )
+        return None
+    return files, _layout.FILES_RECORD
+
+
+def _differs(storage: Storage, path: str, recorded: ManifestFile) -> str | None:
+    """How the file at ``path`` differs from its record; ``None`` if it matches."""
+    entry = storage.entry(path)
+    if entry is None or entry.kind != "file":
+        return "is missing" if entry is None else f"is a {entry.kind}, not a file"
+    if entry.size != recorded.size:
+        return f"is {entry.size} bytes, and {recorded.size} were recorded (cut short?)"
+    try:
+        if recorded.xxh3_128 is not None:
+            same = hash_file(storage, path)[1] == recorded.xxh3_128
+        elif recorded.sha256 is not None:  # a manifest of an older ckpt
+            digest = hashlib.sha256()
+            with storage.open_read(path) as f:
+                while chunk := f.read(4 << 20):
+                    digest.update(chunk)
+            same = digest.hexdigest() == recorded.sha256
+        else:  # an older manifest on an object store: the ETag the store computed
+            same = entry.version == recorded.etag
+    except OSError as exc:
+        return f"cannot be read ({exc})"
+    return None if same else "does not hash to the digest recorded at its commit"
+
+
+def _check_contents(
+    storage: Storage, location: str, checkpoint: Committed, problems: list[Problem]
+) -> tuple[str, ...]:
+    """Hash every file the checkpoint's record lists; the files that do not match."""
+    found: list[Problem] = []
+    recorded = _recorded_files(storage, location, checkpoint, found)
+    if recorded is None:
+        problems += found
+        return ()
+    files, record = recorded
+    bad = [record] if found else []
+    root = user_path(storage, checkpoint.path)
+    for item in files:
+        why = _differs(storage, join(checkpoint.path, item.path), item)
+        if why is None:
+            continue
+        bad.append(item.path)
+        found.append(
+            _problem(
+                "checksum_mismatch",
+                root / item.path,
+                f"{root.name}/{item.path} {why}: step {checkpoint.step} is damaged",
+                "restore the file from a copy, or delete the step; best and latest skip "
+                "it from now on",
+            )
+        )
+    if bad and _changed(storage, checkpoint):
+        return ()  # a live writer replaced or pruned it while it was read: not damage
+    problems += found
+    return tuple(bad)
+
+
+def _changed(storage: Storage, checkpoint: Committed) -> bool:
+    """Whether the checkpoint is no longer the version that was listed."""
+    entry = storage.entry(checkpoint.manifest or checkpoint.path)
+    return entry is None or entry.version != checkpoint.version
 
 
 def _known(name: str) -> bool:

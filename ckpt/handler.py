@@ -47,11 +47,15 @@ class WrittenFile:
         size: Its size in bytes; with ``exact=False`` the least size it must have.
         exact: Whether ``size`` is exact (a format that knows only where its data ends,
             as DCP's metadata does, reports a least size).
+        digest: The file's XXH3-128 hex digest, where the handler hashed the bytes as
+            it wrote them (``xxhash.xxh3_128``); the commit records it instead of
+            reading the file back. ``None``: the commit reads the file once to hash it.
     """
 
     name: str
     size: int
     exact: bool = True
+    digest: str | None = None
 
 
 @runtime_checkable

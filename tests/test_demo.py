@@ -29,6 +29,7 @@ def test_training_keeps_the_best_three_the_latest_and_the_pin(tmp_path: Path) ->
     assert [r.step for r in records if r.pinned] == [_demo.PINNED_STEP]
     assert best == str(tmp_path / "run" / "step_34")
     assert sorted(p.name for p in (tmp_path / "run" / "step_40").iterdir()) == [
+        ".ckpt-files.json",
         "config.yaml",
         "model.bin",
         "optimizer.bin",

@@ -99,12 +99,12 @@ def test_every_rank_saves_its_part_and_they_agree(tmp_path: Path, world: int) ->
     for step in (2, 5):
         names = sorted(os.listdir(directory / f"step_{step}"))
         files = [f"state.rank{r:05d}-of-{world:05d}.ckpt" for r in range(world)]
-        assert names == sorted([*files, "training_info.json"])
+        assert names == sorted([*files, ".ckpt-files.json", "training_info.json"])
         for rank in range(world):
             got = load_state(directory / f"step_{step}", rank=rank)
             assert float(got["w"][0]) == 100 * rank + step
     assert sorted(os.listdir(directory / "step_6")) == sorted(
-        [*(f"part-{r}.txt" for r in range(world)), "training_info.json"]
+        [*(f"part-{r}.txt" for r in range(world)), ".ckpt-files.json", "training_info.json"]
     )
     # Each rank loaded its own part of the best checkpoint.
     assert [s["best_value"] for s in seen] == [100.0 * r + 5 for r in range(world)]
@@ -160,7 +160,13 @@ def test_dtensor_state_goes_through_dcp_and_reshards_on_another_world_size(
     saved = run_job("dcp_save", directory, tmp_path / "out", 2)
     assert saved[0]["ok"]["steps"] == [1, 2, 3]
     names = sorted(os.listdir(directory / "step_1"))
-    assert names == [".metadata", "__0_0.distcp", "__1_0.distcp", "training_info.json"]
+    assert names == [
+        ".ckpt-files.json",
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+        "training_info.json",
+    ]
     loaded = [r["ok"] for r in run_job("dcp_load", directory, tmp_path / "out2", 4)]
     for seen in loaded:
         assert seen["step_1"] == {"equal": True, "local_rows": 3}
@@ -213,6 +219,7 @@ def test_background_commits_are_collective_and_fail_on_every_rank(tmp_path: Path
         assert "No space left on device" in message
         assert s["steps"] == [1], rank
     assert sorted(os.listdir(directory / "step_1")) == [
+        ".ckpt-files.json",
         "part-0.bin",
         "part-1.bin",
         "training_info.json",
@@ -253,6 +260,7 @@ def test_a_process_group_makes_one_manager_per_group(tmp_path: Path) -> None:
         assert s["path"] == str(half / "step_1")
         # ranks and sizes are the group's: two parts per checkpoint, named 0 and 1
         assert s["files"] == [
+            ".ckpt-files.json",
             "state.rank00000-of-00002.ckpt",
             "state.rank00001-of-00002.ckpt",
             "training_info.json",

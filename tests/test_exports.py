@@ -16,6 +16,7 @@ CKPT_EXPORTS = [
     "CheckpointNotFoundError",
     "CheckpointRecord",
     "CheckpointWarning",
+    "ChecksumMismatchError",
     "CollectiveError",
     "CollectiveTimeoutError",
     "CommitConflictError",
@@ -163,6 +164,7 @@ def test_every_error_derives_from_checkpoint_error_and_a_builtin() -> None:
     builtins = {
         "ConfigFileError": ValueError,
         "SerializationError": ValueError,
+        "ChecksumMismatchError": ValueError,
         "InvalidStepError": ValueError,
         "InvalidCheckpointPathError": ValueError,
         "CheckpointNotFoundError": LookupError,

@@ -68,7 +68,11 @@ def test_save_and_save_async_write_through_the_handler(make_manager: Make, ckpt_
     handler = JsonHandler()
     manager = make_manager(keep_top_k=2, metric_name="reward")
     path = manager.save(1, {"reward": 0.1}, {"weights": [1, 2, 3]}, handler=handler)
-    assert sorted(p.name for p in Path(path).iterdir()) == ["state.json", "training_info.json"]
+    assert sorted(p.name for p in Path(path).iterdir()) == [
+        ".ckpt-files.json",
+        "state.json",
+        "training_info.json",
+    ]
     state = {"weights": [4, 5, 6], "step": 2}
     manager.save_async(2, {"reward": 0.9}, state, handler=handler)
     state["weights"].append(7)  # after save_async returned: not in the checkpoint

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+import xxhash
 from pydantic import ValidationError
 
 import ckpt
@@ -620,7 +621,8 @@ def _state_file(tmp_path: Path, **entry: Any) -> Path:
     header["tensors"][0].update(entry)
     body = json.dumps(header).encode()
     head = raw[:8] + len(body).to_bytes(8, "little") + body
-    path.write_bytes(head + bytes(-len(head) % 4096) + bytes(header["data_size"]))
+    data = head + bytes(-len(head) % 4096) + bytes(header["data_size"])
+    path.write_bytes(data + xxhash.xxh3_128_digest(data))  # its trailer: the digest holds
     return directory
 
 

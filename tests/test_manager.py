@@ -58,7 +58,7 @@ def test_init_and_finalize(make_manager: Make, ckpt_dir: Path) -> None:
 
 def test_without_run_config_there_is_no_config_file(make_manager: Make, save: Save) -> None:
     final = save(make_manager(), 1, {"loss": 1.0})
-    assert names(final) == ["training_info.json"]
+    assert names(final) == [".ckpt-files.json", "training_info.json"]
 
 
 def test_init_accepts_a_relative_checkpoint_dir(
@@ -303,7 +303,7 @@ def test_overwrite_replaces_content_and_leaves_nothing_behind(
     else:
         assert storage.exchanges == 1
     files = tree(ckpt_dir / "step_2")
-    assert sorted(files) == ["dir/new.bin", "model.bin", "training_info.json"]
+    assert sorted(files) == [".ckpt-files.json", "dir/new.bin", "model.bin", "training_info.json"]
     assert files["model.bin"] == b"new"
     assert manager.load_training_info(ckpt_dir / "step_2") == {"score": 0.9}
     assert names(ckpt_dir) == [".ckpt", "step_1", "step_2"]

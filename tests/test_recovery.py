@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -436,7 +437,9 @@ def _check_consistent(
             assert tree(directory / "step_1") == old[1]
         else:
             outcome = "new"
+            record = step3.pop(".ckpt-files.json")  # written into it as it was committed
             assert step3 == new3
+            assert sorted(f["path"] for f in json.loads(record)["files"]) == sorted(new3)
             if 1 in on_disk:
                 assert tree(directory / "step_1") == old[1]
         score = 0.95 if outcome == "new" else _BEFORE[3]

@@ -396,7 +396,7 @@ def test_6_finalizing_a_step_twice_keeps_the_new_content(
     save(manager, 1, {"score": 0.1}, files={"model.bin": b"old", "only_old": b"x"})
     save(manager, 1, {"score": 0.7}, files={"model.bin": b"new"})
     files = tree(ckpt_dir / "step_1")
-    assert sorted(files) == ["model.bin", "training_info.json"]
+    assert sorted(files) == [".ckpt-files.json", "model.bin", "training_info.json"]
     assert files["model.bin"] == b"new"
     assert manager.load_training_info(ckpt_dir / "step_1") == {"score": 0.7}
     assert [dict(r.info) for r in manager.list_checkpoints()] == [{"score": 0.7}]
@@ -722,7 +722,13 @@ def test_11_fsync_false_syncs_nothing(
     assert "sync_tree" not in kinds
     assert "sync_dir" not in kinds
     replaced = [(call[1].name, call[2]) for call in storage.calls if call[0] == "replace_file"]
-    assert replaced == [("ranking.json", False), ("pins.json", False), ("pins.json", False)]
+    records = [(".ckpt-files.json", False)]
+    assert replaced == [
+        ("ranking.json", False),
+        *records * 4,  # each save's record of its files, into its tmp_step_N
+        ("pins.json", False),
+        ("pins.json", False),
+    ]
     assert fsynced == []
 
 

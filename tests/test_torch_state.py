@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import xxhash
 
 import ckpt
 
@@ -185,8 +186,55 @@ def test_the_file_is_documented_json_and_raw_bytes(tmp_path: Path) -> None:
     header = json.loads(data[16 : 16 + length])
     assert header["tensors"] == [{"dtype": "int32", "shape": [4], "offset": 0, "device": "cpu"}]
     assert header["state"] == {"dict": [["w", {"tensor": 0}], ["n", 3]]}
-    assert len(data) == 4096 + 16
-    assert data[4096:] == torch.arange(4, dtype=torch.int32).numpy().tobytes()
+    assert header["format"] == 2
+    assert len(data) == 4096 + 16 + 16
+    assert data[4096:4112] == torch.arange(4, dtype=torch.int32).numpy().tobytes()
+    assert data[4112:] == xxhash.xxh3_128_digest(data[:4112])  # the trailer
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+def test_every_flipped_byte_of_a_state_file_is_refused_and_nothing_loads(tmp_path: Path) -> None:
+    state = {"a": torch.arange(3.0), "b": torch.ones(2, 2, dtype=torch.float64), "n": 7}
+    path = save_state(tmp_path, state)
+    data = path.read_bytes()
+    length = int.from_bytes(data[8:16], "little")
+    # every byte of the data and trailer, the padding's ends, a sample of the header
+    places = [*range(16, 16 + length, 7), 16 + length, 4095, *range(4096, len(data))]
+    for at in places:
+        path.write_bytes(_flipped(data, at))
+        with pytest.raises(ckpt.SerializationError) as caught:
+            load_state(tmp_path)
+        if at >= 16 + length:  # past the header: only the digest can tell
+            assert isinstance(caught.value, ckpt.ChecksumMismatchError), at
+            assert caught.value.path == str(path)
+            assert "damaged" in str(caught.value)
+    path.write_bytes(data)
+    assert_same(state, load_state(tmp_path))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # botocore's utcnow
+def test_a_damaged_state_file_on_an_object_store_is_refused(s3_server: Any) -> None:
+    from upath import UPath
+
+    directory = UPath(f"s3://{s3_server.new_bucket()}/run", **s3_server.options())
+    (directory / "note.txt").write_text("a prefix is there once it holds an object")
+    state = {"w": torch.arange(1000.0)}
+    save_state(directory, state)
+    assert_same(state, load_state(directory))
+    data = (directory / STATE_FILE).read_bytes()
+    (directory / STATE_FILE).write_bytes(_flipped(data, len(data) - 100))
+    with pytest.raises(ckpt.ChecksumMismatchError, match="damaged"):
+        load_state(directory)
+
+
+def test_a_format_1_file_without_a_trailer_still_loads(tmp_path: Path) -> None:
+    state = {"a": torch.arange(5.0), "b": [torch.ones(3, dtype=torch.int16)]}
+    path = save_state(tmp_path, state)
+    _rewrite_header(path, _set("format", value=1))  # what ckpt wrote before it hashed files
+    assert_same(state, load_state(tmp_path))
 
 
 def test_map_location(tmp_path: Path) -> None:
@@ -346,7 +394,10 @@ def _rewrite_header(path: Path, change: Callable[[dict[str, Any]], None]) -> Non
     body = json.dumps(header).encode()
     assert len(body) < 4096 - 16
     head = data[:8] + len(body).to_bytes(8, "little") + body
-    path.write_bytes(head + bytes(4096 - len(head)) + data[4096:])
+    # A new trailer for the new bytes: these tests are of the header's checks alone.
+    rewritten = head + bytes(4096 - len(head)) + data[4096:-16]
+    trailer = xxhash.xxh3_128_digest(rewritten) if header.get("format") == 2 else b""
+    path.write_bytes(rewritten + trailer)
 
 
 def _set(*keys: Any, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -360,7 +411,7 @@ def _set(*keys: Any, value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 TAMPERED = [
-    pytest.param(_set("format", value=2), "format", id="format"),
+    pytest.param(_set("format", value=3), "format", id="format"),
     pytest.param(_set("byteorder", value="big"), "big", id="byteorder"),
     pytest.param(_set("tensors", 0, "dtype", value="object"), "dtype", id="dtype"),
     pytest.param(_set("tensors", 0, "dtype", value="qint8"), "dtype", id="quantized"),

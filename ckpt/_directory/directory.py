@@ -310,10 +310,12 @@ class Directory:
         if failures:
             raise failures_error("the check of the ranks' files", failures)
 
-    def commit(self, tmp: str, step: int) -> bool:
+    def commit(self, tmp: str, step: int, digests: Mapping[str, str] | None = None) -> bool:
         """Commit the attempt ``tmp`` as step ``step`` and index it (the caller holds the mutex).
 
-        Returns whether the retention applier can decide this commit incrementally.
+        ``digests`` are the files' digests that other processes computed as they wrote
+        them (by path under the attempt). Returns whether the retention applier can
+        decide this commit incrementally.
 
         Raises:
             InvalidCheckpointPathError: If the attempt is gone, committed already, or lost
@@ -348,6 +350,7 @@ class Directory:
             step,
             existing=existing,
             training_info=info_bytes,  # the manifest carries it: not read a second time
+            digests=digests,
         )
         shared.live.pop(step, None)
         version_before = index.version
@@ -359,9 +362,7 @@ class Directory:
                 path=path,
                 info=MappingProxyType(info),
                 # A rename keeps a directory's mtime: this is what a rescan will read.
-                committed_at=(
-                    found.mtime if found is not None and done.kind == "rename" else done.mtime
-                ),
+                committed_at=done.mtime,  # a rename keeps it: what a rescan reads
                 pinned=step in index.pins,
             ),
             done,
@@ -406,11 +407,11 @@ class Directory:
                 f"finalize again"
             )
 
-    def finalize(self, tmp: str, step: int) -> str:
+    def finalize(self, tmp: str, step: int, digests: Mapping[str, str] | None = None) -> str:
         """Commit ``tmp`` as ``step``, then apply retention; the checkpoint's location."""
         shared = self.shared
         with shared.mutex:
-            frontier_current = self.commit(tmp, step)
+            frontier_current = self.commit(tmp, step, digests)
             committed = shared.index.committed[step].path
             self.retention.after_commit(
                 shared.index,

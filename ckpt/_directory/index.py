@@ -42,6 +42,7 @@ class Index:
         self.records: dict[int, CheckpointRecord] = {}
         self.committed: dict[int, Committed] = {}
         self.pins: set[int] = set()
+        self.damaged: dict[int, _meta.Damage] = {}  # what deep checks found, as last read
         self.version = 0
         self._root = user_path(storage, location)
         self._ranking: bytes | None = None  # what .ckpt/ranking.json holds; None: not read
@@ -65,6 +66,7 @@ class Index:
         ``entries`` is a listing of the directory just taken, if the caller has one.
         """
         pins = self.read_pins()
+        self.damaged = _meta.read_damage(self.storage, self.location)
         if entries is None:
             entries = {entry.name: entry for entry in self.storage.list_dir(self.location)}
         self.load_catalog()
@@ -92,12 +94,21 @@ class Index:
         for checkpoint, record in seen.values():
             if record is not None:
                 pinned = checkpoint.step in pins
-                records[checkpoint.step] = replace(record, pinned=True) if pinned else record
+                damage = self.damaged.get(checkpoint.step)
+                damaged = damage is not None and damage.version == checkpoint.version
+                if pinned or damaged:
+                    record = replace(record, pinned=pinned, damaged=damaged)
+                records[checkpoint.step] = record
                 committed[checkpoint.step] = checkpoint
         if records != self.records or pins != self.pins:
             self.version += 1
         self._seen, self.records, self.committed, self.pins = seen, records, committed, pins
         self.save_catalog()
+
+    def is_damaged(self, step: int) -> bool:
+        """Whether a deep check found this very checkpoint of ``step`` damaged."""
+        record = self.records.get(step)
+        return record is not None and record.damaged
 
     def _load(self, checkpoint: Committed, kind: EntryKind, name: str) -> CheckpointRecord | None:
         try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +12,8 @@ from ckpt import _layout
 from ckpt._config.serialize import decode_pins, decode_ranking
 from ckpt._errors import UnsafeFileError
 from ckpt.storage.base import EntryKind, Storage, describe_kind, join
+
+logger = logging.getLogger("ckpt")
 
 # ckpt's own entries under the checkpoint directory, and the kind each must be.
 _META_KINDS: tuple[tuple[tuple[str, ...], EntryKind], ...] = (
@@ -18,6 +23,7 @@ _META_KINDS: tuple[tuple[tuple[str, ...], EntryKind], ...] = (
     ((_layout.META_DIR, _layout.PINS_FILE), "file"),
     ((_layout.META_DIR, _layout.RANKING_FILE), "file"),
     ((_layout.META_DIR, _layout.CATALOG_FILE), "file"),
+    ((_layout.META_DIR, _layout.DAMAGE_FILE), "file"),
 )
 
 
@@ -110,3 +116,79 @@ def read_pins(storage: Storage, directory: str) -> set[int]:
     """
     data = _meta_file(storage, directory, _layout.PINS_FILE)
     return set() if data is None else decode_pins(data)
+
+
+_DAMAGE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A checkpoint a deep check found damaged, as ``.ckpt/damaged.json`` remembers it.
+
+    Attributes:
+        step: The step.
+        version: The checkpoint's version then (its directory's or manifest's): a
+            checkpoint saved again at the step is another version, and not damaged.
+        files: The files whose bytes did not match the record (paths under it).
+        found_at: When the check found it (seconds since the epoch).
+    """
+
+    step: int
+    version: str
+    files: tuple[str, ...]
+    found_at: float
+
+
+def damage_path(directory: str) -> str:
+    """Where the remembered damage of ``directory`` is."""
+    return join(directory, _layout.META_DIR, _layout.DAMAGE_FILE)
+
+
+def read_damage(storage: Storage, directory: str) -> dict[int, Damage]:
+    """The checkpoints deep checks found damaged, by step; none if nothing is remembered.
+
+    One read, no more, on every scan (a file that is absent costs a failed open), and
+    an unreadable file is logged and taken as empty: the record is advice for best
+    and latest, and losing it loses no checkpoint.
+    """
+    try:
+        raw: Any = json.loads(storage.read_bytes(damage_path(directory)))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, RecursionError) as exc:
+        logger.warning("ignoring %s: %s", damage_path(directory), exc)
+        return {}
+    found: dict[int, Damage] = {}
+    items = raw.get("damaged") if isinstance(raw, dict) else None
+    if (
+        not isinstance(raw, dict)
+        or raw.get("format") != _DAMAGE_FORMAT
+        or not isinstance(items, dict)
+    ):
+        logger.warning("ignoring %s: not a ckpt damage record", damage_path(directory))
+        return {}
+    for key, item in items.items():
+        try:
+            step = int(key)
+            files = tuple(str(name) for name in item["files"])
+            found[step] = Damage(step, str(item["version"]), files, float(item["found_at"]))
+        except (TypeError, ValueError, KeyError):
+            continue
+    return found
+
+
+def write_damage(storage: Storage, directory: str, damage: Mapping[int, Damage]) -> None:
+    """Replace the remembered damage of ``directory`` (atomically, durably)."""
+    data = {
+        "format": _DAMAGE_FORMAT,
+        "damaged": {
+            str(step): {
+                "version": d.version,
+                "files": list(d.files),
+                "found_at": d.found_at,
+            }
+            for step, d in sorted(damage.items())
+        },
+    }
+    storage.make_dirs(join(directory, _layout.META_DIR))
+    storage.replace_file(damage_path(directory), json.dumps(data, indent=1).encode(), durable=True)

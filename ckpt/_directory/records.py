@@ -26,9 +26,13 @@ class CheckpointRecord(CheckpointView):
         info: Its training info; treat it as read-only.
         committed_at: When it was published (the directory's modification time).
         pinned: Whether it is pinned against pruning.
+        damaged: Whether a deep check (``verify(deep=True)``, ``ckpt check --deep``)
+            found a file of it that does not match its recorded digest; best and
+            latest skip it.
     """
 
     path: CheckpointPath
+    damaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,8 @@ class Overview:
             by step.
         best: The best checkpoint by the ranking (as `get_best_checkpoint_path`), or
             ``None`` without checkpoints.
-        latest: The checkpoint with the highest step, or ``None``.
+        latest: The checkpoint with the highest step (of those a deep check did not
+            find damaged), or ``None``.
     """
 
     records: tuple[CheckpointRecord, ...]

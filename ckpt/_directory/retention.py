@@ -134,20 +134,26 @@ class RetentionApplier:
         return decide(policy, list(index.records.values()), protected=protected)
 
     def latest(self, index: Index) -> int | None:
-        """The highest step, kept current per commit."""
+        """The highest step not found damaged, kept current per commit."""
         tracker = self._tracker
         tracker.sync(index.version)
         if tracker.latest is None and index.records:
             tracker.latest = max(index.records)
+        if index.damaged and tracker.latest is not None and index.is_damaged(tracker.latest):
+            return max((s for s in index.records if not index.is_damaged(s)), default=None)
         return tracker.latest
 
     def best(self, index: Index) -> int | None:
-        """The first checkpoint by the ranking, kept current per commit."""
+        """The first checkpoint by the ranking not found damaged, kept current per commit."""
         tracker = self._tracker
         tracker.sync(index.version)
         if tracker.best is None and index.records:
             ranked = self.ranking.rank(list(index.records.values()))
             tracker.best = ranked[0].step if ranked else None
+        if index.damaged and tracker.best is not None and index.is_damaged(tracker.best):
+            healthy = [r for s, r in index.records.items() if not index.is_damaged(s)]
+            ranked = self.ranking.rank(healthy)
+            return ranked[0].step if ranked else None
         return tracker.best
 
     def missing_metric(self, index: Index) -> set[int]:

@@ -88,7 +88,7 @@ def default_handler() -> StateHandler:
 
 
 def _files(message: Mapping[str, Any]) -> list[WrittenFile]:
-    return [WrittenFile(name, size, exact) for name, size, exact in message.get("parts", ())]
+    return [WrittenFile(*part) for part in message.get("parts", ())]
 
 
 class Saver:
@@ -307,7 +307,7 @@ class Saver:
                     coordinator.part,
                     fsync=directory.place.durable,
                 )
-                written = [[file.name, file.size, file.exact] for file in files]
+                written = [[file.name, file.size, file.exact, file.digest] for file in files]
             except Exception as exc:
                 error = exc
             except BaseException:  # interrupted: nothing may stay half-saved
@@ -321,7 +321,8 @@ class Saver:
                         (coordinator.rank_of(src), _files(m)) for src, m in enumerate(messages)
                     ]
                     directory.check_parts(tmp, parts)
-                    return {"path": directory.finalize(tmp, step)}
+                    digests = {f.name: f.digest for _, fs in parts for f in fs if f.digest}
+                    return {"path": directory.finalize(tmp, step, digests)}
                 except BaseException:
                     directory.abort(tmp, step)
                     raise

@@ -196,8 +196,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     directory = location(args.directory)
     config = _config_for(directory, args.config) if args.config else None
     # `verify` has no progress hook: a status line says what is going on meanwhile.
-    with _Progress(f"checking {directory}"):
-        report = verify(directory, config)
+    with _Progress(f"checking {directory}" + (" (every file's digest)" if args.deep else "")):
+        report = verify(directory, config, deep=args.deep)
     ignore = set(args.ignore)
     ignored = [p for p in report.problems if p.code in ignore]
     report = replace(report, problems=tuple(p for p in report.problems if p.code not in ignore))

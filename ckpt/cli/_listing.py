@@ -27,6 +27,7 @@ class _Listing:
     decisions: dict[int, Decision] | None
     sizes: dict[int, int | None]
     best: CheckpointRecord | None
+    latest: CheckpointRecord | None
 
     def metrics(self) -> dict[str, int]:
         return _metric_counts(self.records, first=self.metric_name)
@@ -48,6 +49,7 @@ class _Listing:
                     "size_bytes": self.sizes.get(r.step),
                     "committed_at": _iso(r.committed_at),
                     "pinned": r.pinned,
+                    "damaged": r.damaged,
                     "keep": None if decisions is None else decisions[r.step].keep,
                     "reason": None if decisions is None else decisions[r.step].reason,
                     "info": dict(r.info),
@@ -55,7 +57,7 @@ class _Listing:
                 for r in self.records
             ],
             "best": str(self.best.path) if self.best else None,
-            "latest": str(self.records[-1].path) if self.records else None,
+            "latest": str(self.latest.path) if self.latest else None,
             "metrics": self.metrics(),
             "total_size_bytes": sum(s or 0 for s in self.sizes.values()),
         }
@@ -75,6 +77,9 @@ class _Listing:
         out = [f"{self.directory}: {count}, {total} on disk; {policy}"]
         shown = list(self.metrics())[:3]
         header = ["step", *shown, "size", "committed", "pinned"]
+        damaged = [r.step for r in self.records if r.damaged]
+        if damaged:
+            header.append("damaged")
         if self.decisions is not None:
             header += ["retention", "why"]
         rows = []
@@ -82,6 +87,8 @@ class _Listing:
             row = [str(r.step), *(_value(r.info.get(m)) for m in shown)]
             row += [_size(self.sizes.get(r.step)), _local(r.committed_at)]
             row.append("pinned" if r.pinned else "")
+            if damaged:
+                row.append("damaged" if r.damaged else "")
             if self.decisions is not None:
                 decision = self.decisions[r.step]
                 row += ["keep" if decision.keep else "prune", self._why(decision.reason)]
@@ -90,7 +97,13 @@ class _Listing:
         if self.best is not None and self.metric_name is not None:
             value = _value(self.best.info.get(self.metric_name))
             out.append(f"best:    {self.best.path} ({self.metric_name} {value})")
-        out.append(f"latest:  {self.records[-1].path}")
+        out.append(f"latest:  {self.latest.path if self.latest else 'none'}")
+        if damaged:
+            steps = ", ".join(map(str, damaged))
+            out.append(
+                f"damaged: step {steps}, found by `ckpt check --deep`: best and latest skip "
+                f"{'them' if len(damaged) > 1 else 'it'}"
+            )
         counts = [f"{name} ({n} of {len(self.records)})" for name, n in self.metrics().items()]
         out.append(f"metrics: {', '.join(counts) or 'none'}")
         if self.decisions is None:
@@ -142,6 +155,7 @@ def _list(directory: str, config_file: str | None) -> _Listing:
         decisions={d.step: d for d in overview.decisions} if known else None,
         sizes=_sizes(records),
         best=overview.best if config.metric_name else None,
+        latest=overview.latest,
     )
 
 

@@ -27,7 +27,9 @@ exit status: 0 when no problem is found; 1 when any problem is found, an error
 (a damaged checkpoint, an interrupted overwrite) or a warning (a crash leftover that
 the next writer cleans up, a checkpoint the config's retention would prune, one
 without the ranking metric); 2 on a usage error. Accept known warnings with
---ignore CODE, for example --ignore missing_metric."""
+--ignore CODE, for example --ignore missing_metric. --deep reads every file and
+checks it against the digest recorded at its commit (checksum_mismatch), and
+remembers the damaged checkpoints so that best and latest skip them."""
 
 
 def _step(text: str) -> int:
@@ -148,6 +150,11 @@ def _add_queries(commands: _Commands) -> None:
         default=[],
         choices=sorted(PROBLEM_CODES),
         help="do not count problems with this code (repeatable): %(choices)s",
+    )
+    sub.add_argument(
+        "--deep",
+        action="store_true",
+        help="read every file of every checkpoint and check its digest (reads all bytes)",
     )
     _with_json(sub)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -115,11 +116,14 @@ class CommitProtocol(Protocol):
         *,
         existing: Committed | None,
         training_info: bytes | None = None,
+        digests: Mapping[str, str] | None = None,
     ) -> Committed:
         """Make the finished ``attempt`` the checkpoint of ``step``, atomically.
 
         ``existing`` is the checkpoint of ``step`` it replaces, if any; it is removed
         once the new one is committed. ``training_info`` is the attempt's
-        ``training_info.json`` when the caller has read it already.
+        ``training_info.json`` when the caller has read it already. The commit records
+        every file's size and digest; ``digests`` are those other processes computed
+        as they wrote their files (by path under the attempt), so they are not read.
         """
         ...

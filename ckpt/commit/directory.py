@@ -150,9 +150,12 @@ def commit(
     *,
     existing: Committed | None,
     training_info: bytes | None = None,
+    digests: Mapping[str, str] | None = None,
 ) -> Committed:
     """Commit ``attempt`` with ``protocol``; then remove an ``existing`` of the other kind."""
-    done = protocol.commit(place, attempt, step, existing=existing, training_info=training_info)
+    done = protocol.commit(
+        place, attempt, step, existing=existing, training_info=training_info, digests=digests
+    )
     if existing is not None and existing.kind != done.kind:
         delete(place, existing)
     return done

@@ -3,9 +3,10 @@
 Nothing is ever renamed, so it works where a rename is a copy (object stores). A save
 writes its files under a fresh attempt prefix, ``step_N.<token>/``; committing writes
 ``step_N.manifest.json`` beside it, last, listing every file of the attempt with its
-size and SHA-256 (or, on a store whose versions name contents, its ETag), and the
-training info. The manifest is the commit point: a reader trusts a checkpoint only
-through its manifest, and an attempt no manifest names is never a checkpoint.
+size and XXH3-128 digest (and, on a store whose versions name contents, its ETag), and
+the training info, and ending with the digest of its own contents. The manifest is the
+commit point: a reader trusts a checkpoint only through its manifest, and an attempt
+no manifest names is never a checkpoint.
 
 * The first commit of a step creates the manifest exclusively (``If-None-Match: *``
   on S3): of two writers racing for one step, one wins and the other gets
@@ -22,16 +23,17 @@ through its manifest, and an attempt no manifest names is never a checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ckpt import _layout
 from ckpt._errors import CommitConflictError
 from ckpt.commit.base import CommitKind, Committed, Place
+from ckpt.storage import _digest
 from ckpt.storage.base import ConditionalStorage, Storage, join, walk_files
 
 _FORMAT = 1
@@ -40,16 +42,18 @@ MAX_MANIFEST_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class ManifestFile:
-    """One file a manifest lists: its path under the attempt, size, and SHA-256 or ETag.
+    """One file a checkpoint's record lists: its path under the attempt, size and hashes.
 
-    Exactly one of ``sha256`` and ``etag`` is set: the ETag where the storage's file
-    versions name contents (``capabilities.content_versions``), else the digest.
+    ckpt records ``xxh3_128`` for every file, and the ETag too where the storage's
+    file versions name contents (``capabilities.content_versions``). Manifests written
+    before ckpt hashed with XXH3 hold ``sha256`` or only an ETag; at least one is set.
     """
 
     path: str
     size: int
     sha256: str | None = None
     etag: str | None = None
+    xxh3_128: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,27 @@ class Manifest:
     training_info: bytes | None = None  # the attempt's training_info.json, as written
 
 
+def self_digest(data: Mapping[str, Any]) -> str:
+    """The digest a record's JSON ``data`` ends with: of its other fields, canonically."""
+    fields = {key: value for key, value in data.items() if key != "digest"}
+    return _digest.digest_of(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
+
+
+def check_self_digest(raw: Any) -> None:
+    """Raise `ValueError` if the record ``raw`` holds a ``digest`` its fields do not hash to.
+
+    One flipped byte anywhere in a manifest (a size, a digest, a metric in its training
+    info) is caught here, where JSON still parses.
+    """
+    if isinstance(raw, dict) and "digest" in raw and raw["digest"] != self_digest(raw):
+        raise ValueError("its contents do not hash to the digest it ends with (damaged)")
+
+
 def encode_manifest(manifest: Manifest) -> bytes:
     """``manifest`` as the JSON file readers decode with `decode_manifest`."""
-    return (json.dumps(manifest_data(manifest), indent=1) + "\n").encode()
+    data = manifest_data(manifest)
+    data["digest"] = self_digest(data)
+    return json.dumps(data, indent=1).encode()  # no final newline: a cut one would pass
 
 
 def manifest_data(manifest: Manifest) -> dict[str, Any]:
@@ -75,20 +97,38 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         "step": manifest.step,
         "attempt": manifest.attempt,
         "committed_at": manifest.committed_at,
-        "files": [_encode_file(f) for f in manifest.files],
+        "files": [encode_file(f) for f in manifest.files],
     }
     if manifest.training_info is not None:
         data["training_info"] = manifest.training_info.decode()
     return data
 
 
-def _encode_file(f: ManifestFile) -> dict[str, Any]:
+_HASHES = ("xxh3_128", "sha256", "etag")
+
+
+def encode_file(f: ManifestFile) -> dict[str, Any]:
+    """One file's entry in a record, with the hashes it has."""
     found: dict[str, Any] = {"path": f.path, "size": f.size}
-    if f.etag is not None:
-        found["etag"] = f.etag
-    else:
-        found["sha256"] = f.sha256
+    for key in _HASHES:
+        if getattr(f, key) is not None:
+            found[key] = getattr(f, key)
     return found
+
+
+def decode_file(item: Any) -> ManifestFile:
+    """One file's entry of a record; `ValueError` if it is not one `encode_file` gives."""
+    if (
+        not isinstance(item, dict)
+        or not isinstance(item.get("path"), str)
+        or type(item.get("size")) is not int
+        or not any(isinstance(item.get(key), str) for key in _HASHES)
+        or any(not isinstance(item.get(key, ""), str) for key in _HASHES)
+    ):
+        raise ValueError(f"a file entry is {str(item)[:100]!r}")
+    return ManifestFile(
+        item["path"], item["size"], item.get("sha256"), item.get("etag"), item.get("xxh3_128")
+    )
 
 
 def decode_manifest(data: bytes, step: int) -> Manifest:
@@ -97,6 +137,7 @@ def decode_manifest(data: bytes, step: int) -> Manifest:
         raw: Any = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"not JSON ({exc})") from None
+    check_self_digest(raw)
     return manifest_from_data(raw, step)
 
 
@@ -119,18 +160,7 @@ def manifest_from_data(raw: Any, step: int) -> Manifest:
     info = raw.get("training_info")
     if info is not None and not isinstance(info, str):
         raise ValueError("its training_info is not a string")
-    listed = []
-    for item in files:
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("path"), str)
-            or type(item.get("size")) is not int
-            or not (isinstance(item.get("sha256"), str) or isinstance(item.get("etag"), str))
-        ):
-            raise ValueError(f"a file entry is {str(item)[:100]!r}")
-        listed.append(
-            ManifestFile(item["path"], item["size"], item.get("sha256"), item.get("etag"))
-        )
+    listed = [decode_file(item) for item in files]
     return Manifest(
         step,
         attempt,
@@ -151,25 +181,73 @@ def read_manifest(storage: Storage, directory: str, step: int) -> Manifest:
     return decode_manifest(storage.read_bytes(path, limit=MAX_MANIFEST_BYTES), step)
 
 
-def _digest(storage: Storage, path: str) -> str:
-    digest = hashlib.sha256()
-    with storage.open_read(path) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def list_attempt(
+    storage: Storage, attempt: str, known: Mapping[str, str] | None = None
+) -> tuple[ManifestFile, ...]:
+    """Every file under ``attempt``, with its size and digest (and ETag), sorted by path.
 
-
-def list_attempt(storage: Storage, attempt: str) -> tuple[ManifestFile, ...]:
-    """Every file under ``attempt``, with its size and SHA-256 or ETag, sorted by path."""
+    A digest this process remembers from writing the file, or one in ``known`` (by path
+    under the attempt, as the process that wrote it reported), is taken as it is;
+    every other file is read once to hash it. The record of the rename protocol
+    (`_layout.FILES_RECORD`) is not listed: it is what the list goes into.
+    """
     prefix = attempt.rstrip("/") + "/"
-    by_version = storage.capabilities.content_versions
-    files = [
-        ManifestFile(path.removeprefix(prefix), entry.size, etag=entry.version)
-        if by_version
-        else ManifestFile(path.removeprefix(prefix), entry.size, _digest(storage, path))
+    listed = sorted(
+        (path.removeprefix(prefix), entry)
         for path, entry in walk_files(storage, attempt)
-    ]
-    return tuple(sorted(files, key=lambda f: f.path))
+        if path.removeprefix(prefix) != _layout.FILES_RECORD
+    )
+    digests = _digest.file_digests(storage, attempt, listed, dict(known or {}))
+    by_version = storage.capabilities.content_versions
+    return tuple(
+        ManifestFile(
+            path,
+            entry.size,
+            etag=entry.version if by_version else None,
+            xxh3_128=digests[path],
+        )
+        for path, entry in listed
+    )
+
+
+_RECORD_FORMAT = 1
+
+
+def encode_files_record(files: tuple[ManifestFile, ...]) -> bytes:
+    """The rename protocol's record of a checkpoint's files (`_layout.FILES_RECORD`)."""
+    data: dict[str, Any] = {
+        "format": _RECORD_FORMAT,
+        "files": [encode_file(f) for f in files],
+    }
+    data["digest"] = self_digest(data)
+    return json.dumps(data, indent=1).encode()  # no final newline: a cut one would pass
+
+
+def read_files_record(storage: Storage, checkpoint: str) -> tuple[ManifestFile, ...] | None:
+    """The files a ``step_N`` directory's record lists; ``None`` if it has no record.
+
+    A checkpoint committed before ckpt recorded digests (or by NeMo RL's manager) has
+    none.
+
+    Raises:
+        ValueError: If the record is damaged or not one ckpt wrote.
+        OSError: If it cannot be read.
+    """
+    try:
+        data = storage.read_bytes(join(checkpoint, _layout.FILES_RECORD), limit=MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        return None
+    try:
+        raw: Any = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != _RECORD_FORMAT or "digest" not in raw:
+        raise ValueError(f"not a ckpt record of files (format {_RECORD_FORMAT})")
+    check_self_digest(raw)
+    files = raw.get("files")
+    if not isinstance(files, list):
+        raise ValueError("its files are not a list")
+    return tuple(decode_file(item) for item in files)
 
 
 def remove_manifest(storage: Storage, path: str, version: str) -> bool:
@@ -242,7 +320,8 @@ class ManifestProtocol:
     The attempt is ``step_N.<token>`` (a fresh token each time). Committing syncs its
     files, lists them with their sizes and SHA-256 (reading each back once), and
     writes ``step_N.manifest.json`` durably and atomically; an existing checkpoint of
-    the step is removed after.
+    the step is removed after. Files ckpt wrote itself are not read back: their
+    digests were computed as they were written.
     """
 
     @property
@@ -270,12 +349,13 @@ class ManifestProtocol:
         *,
         existing: Committed | None,
         training_info: bytes | None = None,
+        digests: Mapping[str, str] | None = None,
     ) -> Committed:
         """Sync the attempt's files, then write the manifest; drop what it replaced."""
         storage = place.storage
         if place.durable:
             storage.sync_tree(attempt)
-        files = list_attempt(storage, attempt)
+        files = list_attempt(storage, attempt, digests)
         info = training_info
         if info is None:
             info = storage.read_bytes(join(attempt, _layout.INFO_FILE))

@@ -24,6 +24,7 @@ from typing import Literal
 
 from ckpt import _layout
 from ckpt.commit.base import CommitKind, Committed, Place
+from ckpt.commit.manifest import encode_files_record, list_attempt
 from ckpt.storage.base import Entry, join, name_of
 
 logger = logging.getLogger("ckpt")
@@ -81,7 +82,8 @@ def publish(place: Place, tmp: str, step: int, *, replacing: bool) -> None:
 class RenameProtocol:
     """Commit by renaming ``tmp_step_N`` to ``step_N``: the layout NeMo RL's manager uses.
 
-    The attempt is ``tmp_step_N``. Committing fsyncs every file and directory in it,
+    The attempt is ``tmp_step_N``. Committing records its files' sizes and digests in
+    ``.ckpt-files.json`` inside it, fsyncs every file and directory in it,
     renames it to ``step_N`` (an existing ``step_N`` is swapped out atomically with
     ``renameat2(RENAME_EXCHANGE)``, or moved aside to ``old_step_N`` first where the
     file system lacks it), and fsyncs the parent. It needs a storage with atomic
@@ -111,14 +113,19 @@ class RenameProtocol:
         *,
         existing: Committed | None,
         training_info: bytes | None = None,
+        digests: Mapping[str, str] | None = None,
     ) -> Committed:
-        """Sync ``tmp_step_N``, rename it to ``step_N``, then drop the ``step_N`` it replaced.
+        """Record, sync and rename ``tmp_step_N`` to ``step_N``; drop the one it replaced.
 
+        The record of every file's size and digest (`_layout.FILES_RECORD`) is written
+        into ``tmp_step_N`` first, so it is published with the files it describes.
         ``training_info`` is not needed: the file is published with the directory.
 
         An ``existing`` checkpoint of the other protocol is the caller's to delete.
         """
         storage = place.storage
+        record = encode_files_record(list_attempt(storage, attempt, digests))
+        storage.replace_file(join(attempt, _layout.FILES_RECORD), record, durable=False)
         if place.durable:
             storage.sync_tree(attempt)
         replacing = existing is not None and existing.kind == "rename"

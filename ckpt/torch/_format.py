@@ -24,7 +24,10 @@ MapLocation: TypeAlias = str | torch.device | Mapping[str, str | torch.device] |
 """Where `load_state` puts tensors: ``None``, one device, or saved device -> device."""
 
 _MAGIC = b"\x89CKPTST\n"
-_FORMAT = 1
+_FORMAT = 2
+_FORMATS = (1, 2)  # 1: no trailer (written before ckpt hashed its files); still read
+TRAILER = 16
+"""Format 2 ends with the XXH3-128 digest (16 bytes) of every byte before it."""
 _DATA_ALIGN = 4096  # where the data section starts: page-aligned, for mmap or O_DIRECT
 _TENSOR_ALIGN = 64  # each tensor's start, from the data section's start
 _MAX_HEADER = 1 << 30
@@ -89,6 +92,11 @@ def encode_header(data_size: int, entries: list[dict[str, Any]], state: Any) -> 
     return head + bytes(-len(head) % _DATA_ALIGN)
 
 
+def has_trailer(header: dict[str, Any]) -> bool:
+    """Whether a file with this (checked) header ends with its digest (format 2 on)."""
+    return bool(header["format"] >= 2)
+
+
 def data_start(header_length: int) -> int:
     """Where the data section of a file whose header is ``header_length`` bytes starts."""
     return -(-(16 + header_length) // _DATA_ALIGN) * _DATA_ALIGN
@@ -120,10 +128,10 @@ class TensorEntry:
 def entries_of(header: Any) -> tuple[list[TensorEntry], int]:
     if not isinstance(header, dict):
         raise Invalid("the header is not a JSON object")
-    if header.get("format") != _FORMAT:
+    if header.get("format") not in _FORMATS:
         raise Invalid(
-            f"format {header.get('format')!r} is not {_FORMAT} (written by another version "
-            f"of ckpt?)"
+            f"format {header.get('format')!r} is not one of {', '.join(map(str, _FORMATS))} "
+            f"(written by another version of ckpt?)"
         )
     if header.get("byteorder") != sys.byteorder:
         raise Invalid(

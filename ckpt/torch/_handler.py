@@ -50,8 +50,8 @@ class TorchHandler:
             ]
         name = STATE_FILE if part.group is None else _ranks.rank_file(part.rank, part.size)
         planned = plan if plan is not None else plan_state(state)
-        _, size = save_file(attempt, planned, name, fsync=fsync, storage=storage)
-        return [WrittenFile(name, size)]
+        _, size, digest = save_file(attempt, planned, name, fsync=fsync, storage=storage)
+        return [WrittenFile(name, size, digest=digest)]
 
     def snapshot(self, state: Any, buffers: Buffers, /) -> Any:
         """Copy ``state`` into host buffers reused from save to save (ties kept)."""
