@@ -274,3 +274,27 @@ def test_the_cli_check_deep_names_the_damaged_file_and_ls_shows_it(
     assert "damaged: step 4, found by `ckpt check --deep`: best and latest skip it" in text
     assert main(["latest", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "step_3")
+
+
+def test_a_digest_another_process_reported_is_taken_without_a_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckpt.commit.manifest import list_attempt
+
+    storage = ckpt.LocalStorage()
+    (tmp_path / "rank1.bin").write_bytes(b"written by another rank")  # no memo here
+    (tmp_path / "loop.bin").write_bytes(b"written by the loop")
+    reported = _digest.digest_of(b"written by another rank")
+    read: list[str] = []
+    real = _digest.hash_file
+
+    def counting(storage: Any, path: str) -> tuple[int, str]:
+        read.append(path.rsplit("/", 1)[-1])
+        return real(storage, path)
+
+    monkeypatch.setattr(_digest, "hash_file", counting)
+    listed = {
+        f.path: f.xxh3_128 for f in list_attempt(storage, str(tmp_path), {"rank1.bin": reported})
+    }
+    assert read == ["loop.bin"]
+    assert listed == {"rank1.bin": reported, "loop.bin": _digest.digest_of(b"written by the loop")}

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 
 import ckpt
 
@@ -178,7 +179,21 @@ def job_args(directory: Path, mode: str, *extra: str | Path) -> list[str]:
 
 
 def tree(path: Path) -> dict[str, str]:
+    """A committed checkpoint's files by path (as the job recorded them when it wrote them).
+
+    The record the commit wrote (``.ckpt-files.json``) is not among them: it must list
+    exactly the other files, with their digests, or ``"!record"`` says what is wrong.
+    """
     digest: dict[str, str] = job.tree_digest(path)
+    if not (path / ".ckpt-files.json").is_file():
+        digest["!record"] = "missing"
+        return digest
+    listed = json.loads((path / ".ckpt-files.json").read_text())["files"]
+    files = sorted(rel for rel, kind in digest.items() if kind not in ("dir", "link"))
+    if sorted(f["path"] for f in listed) != files or any(
+        xxhash.xxh3_128_hexdigest((path / f["path"]).read_bytes()) != f["xxh3_128"] for f in listed
+    ):
+        digest["!record"] = f"does not list these files as they are: {listed}"
     return digest
 
 

@@ -99,7 +99,10 @@ def visible(directory: Path) -> dict[int, int]:
             assert EVENTS[event][0] == record.step
             names = sorted(os.listdir(record.path))
             parts = [f"state.rank{r:05d}-of-{WORLD:05d}.ckpt" for r in range(WORLD)]
-            assert names == sorted([*parts, "training_info.json"]), (record.step, names)
+            assert names == sorted([*parts, ".ckpt-files.json", "training_info.json"]), (
+                record.step,
+                names,
+            )
             for rank in range(WORLD):
                 got = load_state(record.path, rank=rank)
                 want = state(event, rank)

@@ -96,9 +96,9 @@ class Index:
                 pinned = checkpoint.step in pins
                 damage = self.damaged.get(checkpoint.step)
                 damaged = damage is not None and damage.version == checkpoint.version
-                if pinned or damaged:
-                    record = replace(record, pinned=pinned, damaged=damaged)
-                records[checkpoint.step] = record
+                records[checkpoint.step] = (
+                    replace(record, pinned=pinned, damaged=damaged) if pinned or damaged else record
+                )
                 committed[checkpoint.step] = checkpoint
         if records != self.records or pins != self.pins:
             self.version += 1
