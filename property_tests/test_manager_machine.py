@@ -31,7 +31,6 @@ before each single request).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -46,6 +45,7 @@ from typing import Any, BinaryIO
 
 import fsspec
 import pytest
+import xxhash
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -376,6 +376,7 @@ def _describe(storage: Storage, path: str) -> object:
 def _read_checkpoint(storage: Storage, path: str) -> Saved:
     """What a checkpoint holds (info ``{"<unreadable>": ...}`` if it has none)."""
     files = _read_tree(storage, path)
+    files.pop(".ckpt-files.json", None)  # the commit's record: checked on its own
     try:
         info = json.loads(files.pop("training_info.json"))
     except (KeyError, ValueError) as exc:
@@ -946,29 +947,30 @@ class ManagerMachine(RuleBasedStateMachine):
     def _checkpoints_are_byte_identical(self) -> None:
         for step, saved in self.committed.items():
             assert _read_checkpoint(self.inner, self.paths[step]) == saved, step
-            if self.protocol == "manifest":
-                self._manifest_lists_every_file(step)
+            self._record_lists_every_file(step)
         for step, attempt in self.open.items():
             assert _read_checkpoint(self.inner, attempt.path) == attempt.saved, step
 
-    def _manifest_lists_every_file(self, step: int) -> None:
-        data = json.loads(self.inner.read_bytes(join(self.directory, f"step_{step}.manifest.json")))
-        assert data["attempt"] == name_of(self.paths[step])
+    def _record_lists_every_file(self, step: int) -> None:
+        """The commit recorded every file's size and digest (and ETag on S3), as they are."""
         tree = _read_tree(self.inner, self.paths[step])
-        if self.inner.capabilities.content_versions:  # S3: ETags, as the listing gives them
+        if self.protocol == "manifest":
+            manifest = join(self.directory, f"step_{step}.manifest.json")
+            data = json.loads(self.inner.read_bytes(manifest))
+            assert data["attempt"] == name_of(self.paths[step])
+        else:
+            data = json.loads(tree.pop(".ckpt-files.json"))
+        listed = {f["path"]: (f["size"], f["xxh3_128"]) for f in data["files"]}
+        assert listed == {
+            rel: (len(content), xxhash.xxh3_128_hexdigest(content)) for rel, content in tree.items()
+        }
+        if self.inner.capabilities.content_versions:  # S3: the ETags the listing gives too
             prefix = self.paths[step] + "/"
             etags = {
-                path.removeprefix(prefix): (entry.size, entry.version)
+                path.removeprefix(prefix): entry.version
                 for path, entry in walk_files(self.inner, self.paths[step])
             }
-            assert {f["path"]: (f["size"], f["etag"]) for f in data["files"]} == etags
-            assert etags.keys() == tree.keys()
-            return
-        listed = {f["path"]: (f["size"], f["sha256"]) for f in data["files"]}
-        assert listed == {
-            rel: (len(content), hashlib.sha256(content).hexdigest())
-            for rel, content in tree.items()
-        }
+            assert {f["path"]: f["etag"] for f in data["files"]} == etags
 
     def _strays_are_untouched(self) -> None:
         for name, (description, _) in self.strays.items():
