@@ -196,6 +196,25 @@ def _flipped(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
 
 
+def test_large_and_strided_tensors_are_hashed_on_the_helper_thread_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small host buffer, reused block after block: a hash that lagged behind the writes
+    # would read a block that the next copy had overwritten, and the trailer would lie.
+    monkeypatch.setattr(torch_io, "_MAX_STAGING", 1 << 20)
+    monkeypatch.setattr(torch_io, "_OVERLAP_MIN", 64 << 10)
+    gen = torch.Generator().manual_seed(1)
+    state = {
+        "big": torch.rand(3 << 20, generator=gen),  # 12 MiB, written from its own memory
+        "strided": torch.rand(2048, 1024, generator=gen).t(),  # 8 MiB through the buffer
+        "small": torch.arange(10),
+    }
+    path = save_state(tmp_path, state)
+    data = path.read_bytes()
+    assert data[-16:] == xxhash.xxh3_128_digest(data[:-16])
+    assert_same(state, load_state(tmp_path))
+
+
 def test_every_flipped_byte_of_a_state_file_is_refused_and_nothing_loads(tmp_path: Path) -> None:
     state = {"a": torch.arange(3.0), "b": torch.ones(2, 2, dtype=torch.float64), "n": 7}
     path = save_state(tmp_path, state)

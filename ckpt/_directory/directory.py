@@ -53,6 +53,7 @@ from ckpt.storage import (
     user_path,
     walk_files,
 )
+from ckpt.storage._digest import digest_of
 from policies import Decision
 
 logger = logging.getLogger("ckpt")
@@ -350,7 +351,8 @@ class Directory:
             step,
             existing=existing,
             training_info=info_bytes,  # the manifest carries it: not read a second time
-            digests=digests,
+            # ...nor read again to hash it: these are its bytes as they are now.
+            digests={**(digests or {}), _layout.INFO_FILE: digest_of(info_bytes)},
         )
         shared.live.pop(step, None)
         version_before = index.version

@@ -220,7 +220,8 @@ def encode_files_record(files: tuple[ManifestFile, ...]) -> bytes:
         "files": [encode_file(f) for f in files],
     }
     data["digest"] = self_digest(data)
-    return json.dumps(data, indent=1).encode()  # no final newline: a cut one would pass
+    # Compact, and no final newline: a cut one would pass unseen.
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def read_files_record(storage: Storage, checkpoint: str) -> tuple[ManifestFile, ...] | None:

@@ -125,7 +125,11 @@ class RenameProtocol:
         """
         storage = place.storage
         record = encode_files_record(list_attempt(storage, attempt, digests))
-        storage.replace_file(join(attempt, _layout.FILES_RECORD), record, durable=False)
+        # Not atomic, and need not be: nothing reads tmp_step_N, and the rename below
+        # publishes the record whole (synced with the files, where durable).
+        path = join(attempt, _layout.FILES_RECORD)
+        storage.remove_file(path)  # a failed commit's, before a retry
+        storage.write_bytes(path, record)
         if place.durable:
             storage.sync_tree(attempt)
         replacing = existing is not None and existing.kind == "rename"

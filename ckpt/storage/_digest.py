@@ -7,10 +7,12 @@ truncated copy, a file rewritten by hand), not against an attacker, who could re
 the record too.
 
 A file ckpt writes itself (``ckpt.torch.save_state``) is hashed as its bytes stream
-out, and the digest is remembered here, for this process, under the file's location
-and the version its storage gave it once written. The commit that records the
-checkpoint's hashes takes a remembered digest whose version still matches instead of
-reading the file back; any other file (one the loop or a trainer wrote) is read once.
+out, and the digest is remembered here, for this process, under the file's path (as
+the writer spelled it: the commit spells it the same way, and a path spelled another
+way costs a read, never a wrong digest) and the version its storage gave it once
+written. The commit that records the checkpoint's hashes takes a remembered digest
+whose version still matches instead of reading the file back; any other file (one the
+loop or a trainer wrote) is read once.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class _Memo:
         entry = storage.entry(join(directory, name))
         if entry is None or entry.kind != "file":
             return
-        key = join(storage.canonical(directory), name)
+        key = join(directory, name)
         with self._lock:
             self._known[key] = (entry.version, entry.size, digest)
             self._known.move_to_end(key)
@@ -82,6 +84,8 @@ class _Memo:
                 self._known.popitem(last=False)
 
     def recall(self, key: str, entry: Entry) -> str | None:
+        if not self._known:
+            return None  # the common case of a loop's own files: no lock taken
         with self._lock:
             found = self._known.pop(key, None)
         if found is None or found[:2] != (entry.version, entry.size):
@@ -105,10 +109,9 @@ def file_digests(
     A digest given in ``known`` (reported by the process that wrote the file) or
     remembered by this process is taken as it is; every other file is read once.
     """
-    root = storage.canonical(directory)
     found = {}
     for relative, entry in files:
-        digest = _memo.recall(join(root, relative), entry)
+        digest = _memo.recall(join(directory, relative), entry)
         if digest is None:
             digest = known.get(relative)
         if digest is None:

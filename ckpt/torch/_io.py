@@ -52,6 +52,7 @@ _MAX_STAGING = 64 << 20  # the host buffer that bounces tensors not in CPU memor
 _MIN_STAGING = 1 << 20
 _OVERLAP_MIN = 1 << 20  # blocks hashed on the helper thread: from 1 MiB
 _OVERLAP_PIECE = 4 << 20  # ...a piece at a time, each written while it is hashed
+_HASH_TIMEOUT_S = 120.0  # a 4 MiB piece hashes in about 0.2 ms: only a hung thread waits this
 
 
 class _Staging:
@@ -210,15 +211,24 @@ class _Overlapped:
             try:
                 f.write(piece)
             finally:
-                error = self._done.get()  # the piece is free again only once hashed
+                error = self._answer()  # the piece is free again only once hashed
             if error is not None:
                 raise error
+
+    def _answer(self) -> BaseException | None:
+        try:
+            return self._done.get(timeout=_HASH_TIMEOUT_S)
+        except queue.Empty:
+            return CheckpointError(
+                f"the thread hashing the state file did not answer in {_HASH_TIMEOUT_S:g} s; "
+                f"no file was written"
+            )
 
     def close(self) -> None:
         """Stop the helper thread (if one was started)."""
         if self._thread is not None:
             self._todo.put(None)
-            self._thread.join()
+            self._thread.join(timeout=_HASH_TIMEOUT_S)  # a daemon: never keeps a process
             self._thread = None
 
 
