@@ -19,6 +19,7 @@ import pytest
 
 import ckpt
 from ckpt.storage import _digest
+from ckpt.storage._digest import hash_file
 
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).parent))
@@ -162,17 +163,23 @@ def test_every_damaged_file_of_a_hf_checkpoint_is_reported(tmp_path: Path) -> No
 # --- what is recorded, and what is read to record it ---------------------------------
 
 
-def test_files_ckpt_wrote_are_not_read_back_and_the_loops_are_read_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    read: list[str] = []
+@pytest.fixture
+def read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files read to hash them, in order."""
+    names: list[str] = []
     real = _digest.hash_file
 
     def counting(storage: Any, path: str) -> tuple[int, str]:
-        read.append(path.rsplit("/", 1)[-1])
+        names.append(path.rsplit("/", 1)[-1])
         return real(storage, path)
 
     monkeypatch.setattr(_digest, "hash_file", counting)
+    return names
+
+
+def test_files_ckpt_wrote_are_not_read_back_and_the_loops_are_read_once(
+    tmp_path: Path, read: list[str]
+) -> None:
     with ckpt.CheckpointManager({"checkpoint_dir": str(tmp_path)}) as manager:
         manager.save(1, {"loss": 1.0}, {"w": torch.ones(1000)})
         with manager.checkpoint(2, {"loss": 1.0}) as path:
@@ -183,7 +190,7 @@ def test_files_ckpt_wrote_are_not_read_back_and_the_loops_are_read_once(
     listed = {f["path"]: f for f in record["files"]}
     assert sorted(listed) == ["loop.bin", "state.ckpt", "training_info.json"]
     for name, entry in listed.items():
-        size, digest = real(ckpt.LocalStorage(), str(tmp_path / "step_2" / name))
+        size, digest = hash_file(ckpt.LocalStorage(), str(tmp_path / "step_2" / name))
         assert (entry["size"], entry["xxh3_128"]) == (size, digest)
 
 
@@ -277,7 +284,7 @@ def test_the_cli_check_deep_names_the_damaged_file_and_ls_shows_it(
 
 
 def test_a_digest_another_process_reported_is_taken_without_a_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, read: list[str]
 ) -> None:
     from ckpt.commit.manifest import list_attempt
 
@@ -285,14 +292,6 @@ def test_a_digest_another_process_reported_is_taken_without_a_read(
     (tmp_path / "rank1.bin").write_bytes(b"written by another rank")  # no memo here
     (tmp_path / "loop.bin").write_bytes(b"written by the loop")
     reported = _digest.digest_of(b"written by another rank")
-    read: list[str] = []
-    real = _digest.hash_file
-
-    def counting(storage: Any, path: str) -> tuple[int, str]:
-        read.append(path.rsplit("/", 1)[-1])
-        return real(storage, path)
-
-    monkeypatch.setattr(_digest, "hash_file", counting)
     listed = {
         f.path: f.xxh3_128 for f in list_attempt(storage, str(tmp_path), {"rank1.bin": reported})
     }
