@@ -148,6 +148,16 @@ def test_every_damaged_file_of_a_lightning_checkpoint_is_reported(tmp_path: Path
     assert any(rel.endswith(".ckpt") and "/.ckpt" not in rel for rel in files)
     assert len(files) >= 6  # two kept checkpoints: Lightning's file, info, record
     assert_every_damage_is_reported(tmp_path, files)
+    # Found damaged, the latest is neither `last` nor `best` for a new callback.
+    from ckpt.lightning import ModelCheckpoint
+
+    before = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2)
+    last = Path(before.last_model_path)
+    _flip(last)
+    assert not ckpt.verify(tmp_path, deep=True).ok
+    after = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2)
+    assert after.last_model_path not in ("", str(last))
+    assert after.best_model_path not in ("", str(last))
 
 
 def test_every_damaged_file_of_a_hf_checkpoint_is_reported(tmp_path: Path) -> None:
@@ -158,6 +168,15 @@ def test_every_damaged_file_of_a_hf_checkpoint_is_reported(tmp_path: Path) -> No
     assert any(rel.endswith("model.safetensors") for rel in files)
     assert len(files) >= 16  # two kept checkpoints of the trainer's six files each, and ckpt's
     assert_every_damage_is_reported(tmp_path, files)
+    # Found damaged, the latest is no longer what a resume starts from.
+    from ckpt.hf import best_checkpoint, latest_checkpoint
+
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None
+    _flip(Path(latest) / "model.safetensors")
+    assert not ckpt.verify(tmp_path, deep=True).ok
+    assert latest_checkpoint(tmp_path) not in (None, latest)
+    assert best_checkpoint(tmp_path) != latest
 
 
 # --- what is recorded, and what is read to record it ---------------------------------

@@ -435,8 +435,16 @@ def _reader(output_dir: str | os.PathLike[str]) -> CheckpointManager:
 
 
 def _committed_by_callback(reader: CheckpointManager) -> list[CheckpointRecord]:
-    """The checkpoints holding a ``checkpoint-N`` of the Trainer's, by step."""
-    return [r for r in reader.list_checkpoints() if _trainer_dir(r.info) is not None]
+    """The checkpoints holding a ``checkpoint-N`` of the Trainer's, by step.
+
+    A checkpoint a deep check found damaged (``ckpt check --deep``) is left out: it is
+    never the latest or the best to resume from.
+    """
+    return [
+        r
+        for r in reader.list_checkpoints()
+        if _trainer_dir(r.info) is not None and not r.damaged
+    ]
 
 
 def _trainer_path(record: CheckpointRecord | None) -> str | None:

@@ -371,8 +371,11 @@ def _file_of(record: CheckpointRecord) -> str:
 
 
 def _view(callback: ModelCheckpoint, manager: CheckpointManager) -> dict[str, Any]:
-    """best, last and the top k of the directory, as plain values to broadcast."""
-    records = manager.list_checkpoints()
+    """best, last and the top k of the directory, as plain values to broadcast.
+
+    A checkpoint a deep check found damaged is never best or last (nor resumed from).
+    """
+    records = [r for r in manager.list_checkpoints() if not r.damaged]
     ranked = manager.ranking.rank(records)
     monitor = callback.monitor
     scored = [
