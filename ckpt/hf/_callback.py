@@ -441,9 +441,7 @@ def _committed_by_callback(reader: CheckpointManager) -> list[CheckpointRecord]:
     never the latest or the best to resume from.
     """
     return [
-        r
-        for r in reader.list_checkpoints()
-        if _trainer_dir(r.info) is not None and not r.damaged
+        r for r in reader.list_checkpoints() if _trainer_dir(r.info) is not None and not r.damaged
     ]
 
 
