@@ -24,7 +24,7 @@ from ckpt._directory.records import (
 )
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed
-from ckpt.commit.manifest import ManifestFile, read_files_record, read_manifest
+from ckpt.commit.manifest import Manifest, ManifestFile, read_files_record, read_manifest
 from ckpt.commit.rename import Leftover, find_leftovers, trash_dir
 from ckpt.storage import (
     CheckpointPath,
@@ -250,10 +250,13 @@ def verify(
         record = _check_step(storage, checkpoint, kind, problems)
         if record is not None:
             records[step] = record
-            if checkpoint.kind == "manifest":
-                problems += _check_manifest(storage, location, checkpoint)
+            # One read of the manifest and one listing of the files, for both checks.
+            manifest = _manifest_of(storage, location, checkpoint)
+            listed = _files_of(storage, checkpoint) if manifest is not None or deep else {}
+            if manifest is not None:
+                problems += _check_manifest(storage, location, checkpoint, manifest, listed)
             if deep:
-                bad = _check_contents(storage, location, checkpoint, problems)
+                bad = _check_contents(storage, checkpoint, manifest, listed, problems)
                 if bad:
                     damaged[step] = _meta.Damage(step, checkpoint.version, bad, time.time())
     if deep and meta_ok:
@@ -339,16 +342,36 @@ def _leftover_problems(
     return problems
 
 
-def _check_manifest(storage: Storage, location: str, checkpoint: Committed) -> list[Problem]:
-    """The attempt's files against the sizes its manifest lists (a listing: no reads)."""
+def _manifest_of(storage: Storage, location: str, checkpoint: Committed) -> Manifest | None:
+    """The manifest of a manifest checkpoint, read once for every check of it.
+
+    ``None`` for a ``step_N`` directory, or if the manifest was replaced or removed
+    since the listing (a live writer's doing).
+    """
+    if checkpoint.kind != "manifest":
+        return None
     try:
-        manifest = read_manifest(storage, location, checkpoint.step)
+        return read_manifest(storage, location, checkpoint.step)
     except (OSError, ValueError):
-        return []  # replaced or removed since the listing: a live writer's doing
+        return None
+
+
+def _files_of(storage: Storage, checkpoint: Committed) -> dict[str, Entry]:
+    """The checkpoint's files by path under it, from one listing."""
     prefix = checkpoint.path.rstrip("/") + "/"
-    found = {
+    return {
         path.removeprefix(prefix): entry for path, entry in walk_files(storage, checkpoint.path)
     }
+
+
+def _check_manifest(
+    storage: Storage,
+    location: str,
+    checkpoint: Committed,
+    manifest: Manifest,
+    found: Mapping[str, Entry],
+) -> list[Problem]:
+    """The attempt's files against the sizes its manifest lists (a listing: no reads)."""
     listed = {f.path: f for f in manifest.files}
     missing = sorted(listed.keys() - found.keys())
     both = listed.keys() & found.keys()
@@ -393,15 +416,12 @@ def _remember_damage(storage: Storage, location: str, damaged: dict[int, _meta.D
 
 
 def _recorded_files(
-    storage: Storage, location: str, checkpoint: Committed, problems: list[Problem]
+    storage: Storage, checkpoint: Committed, manifest: Manifest | None, problems: list[Problem]
 ) -> tuple[tuple[ManifestFile, ...], str] | None:
     """What the checkpoint's record lists, and the record's name; ``None``: nothing to check."""
     if checkpoint.kind == "manifest":
-        try:
-            manifest = read_manifest(storage, location, checkpoint.step)
-        except (OSError, ValueError):
-            return None  # replaced or removed since the listing; a damaged one is reported
-        return manifest.files, _layout.manifest_name(checkpoint.step)
+        # Gone since the listing (a live writer's doing) if None; a damaged one is reported.
+        return None if manifest is None else (manifest.files, _layout.manifest_name(manifest.step))
     path = user_path(storage, checkpoint.path)
     try:
         files = read_files_record(storage, checkpoint.path)
@@ -432,22 +452,19 @@ def _recorded_files(
     return files, _layout.FILES_RECORD
 
 
-def _differs(storage: Storage, path: str, recorded: ManifestFile) -> str | None:
-    """How the file at ``path`` differs from its record; ``None`` if it matches."""
-    entry = storage.entry(path)
-    if entry is None or entry.kind != "file":
-        return "is missing" if entry is None else f"is a {entry.kind}, not a file"
+def _differs(
+    storage: Storage, path: str, entry: Entry | None, recorded: ManifestFile
+) -> str | None:
+    """How the file at ``path`` (listed as ``entry``) differs from its record; ``None``: not."""
+    if entry is None:
+        return "is missing"  # the listing shows files only: a directory there is missing too
     if entry.size != recorded.size:
         return f"is {entry.size} bytes, and {recorded.size} were recorded (cut short?)"
     try:
         if recorded.xxh3_128 is not None:
             same = hash_file(storage, path)[1] == recorded.xxh3_128
         elif recorded.sha256 is not None:  # a manifest of an older ckpt
-            digest = hashlib.sha256()
-            with storage.open_read(path) as f:
-                while chunk := f.read(4 << 20):
-                    digest.update(chunk)
-            same = digest.hexdigest() == recorded.sha256
+            same = hash_file(storage, path, hashlib.sha256)[1] == recorded.sha256
         else:  # an older manifest on an object store: the ETag the store computed
             same = entry.version == recorded.etag
     except OSError as exc:
@@ -456,11 +473,18 @@ def _differs(storage: Storage, path: str, recorded: ManifestFile) -> str | None:
 
 
 def _check_contents(
-    storage: Storage, location: str, checkpoint: Committed, problems: list[Problem]
+    storage: Storage,
+    checkpoint: Committed,
+    manifest: Manifest | None,
+    listed: Mapping[str, Entry],
+    problems: list[Problem],
 ) -> tuple[str, ...]:
-    """Hash every file the checkpoint's record lists; the files that do not match."""
+    """Hash every file the checkpoint's record lists; the files that do not match.
+
+    ``listed`` is one listing of the checkpoint's files (no request per file).
+    """
     found: list[Problem] = []
-    recorded = _recorded_files(storage, location, checkpoint, found)
+    recorded = _recorded_files(storage, checkpoint, manifest, found)
     if recorded is None:
         problems += found
         return ()
@@ -468,7 +492,7 @@ def _check_contents(
     bad = [record] if found else []
     root = user_path(storage, checkpoint.path)
     for item in files:
-        why = _differs(storage, join(checkpoint.path, item.path), item)
+        why = _differs(storage, join(checkpoint.path, item.path), listed.get(item.path), item)
         if why is None:
             continue
         bad.append(item.path)

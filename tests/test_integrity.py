@@ -316,3 +316,15 @@ def test_a_digest_another_process_reported_is_taken_without_a_read(
     }
     assert read == ["loop.bin"]
     assert listed == {"rank1.bin": reported, "loop.bin": _digest.digest_of(b"written by the loop")}
+
+
+def test_the_digest_a_save_reports_reaches_the_commit_without_the_memo(
+    tmp_path: Path, read: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a rank of a collective save does: its file's digest goes to the committing
+    # process in the save's round (`WrittenFile.digest`), which remembers nothing of it.
+    monkeypatch.setattr(_digest, "remember", lambda *args: None)
+    with ckpt.CheckpointManager({"checkpoint_dir": str(tmp_path)}) as manager:
+        manager.save(1, {"loss": 1.0}, {"w": torch.ones(1000)})
+    assert read == []
+    assert ckpt.verify(tmp_path, deep=True).ok

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Protocol
 
 import xxhash
 
 from ckpt.storage.base import Entry, Storage, join
-
-ALGORITHM = "xxh3_128"
-"""The name records give the hash: the key of each file's digest in a manifest."""
 
 _CHUNK = 4 << 20
 _REMEMBERED = 4096  # digests kept per process: far more than the files of saves in flight
@@ -48,15 +45,23 @@ def _chunks(f: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def hash_file(storage: Storage, path: str) -> tuple[int, str]:
-    """Read the file ``path`` once: its size in bytes and its hex digest.
+class Hasher(Protocol):
+    """What `hash_file` needs of a hash: XXH3-128's, or hashlib's (SHA-256 of old records)."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def hash_file(storage: Storage, path: str, new: Callable[[], Hasher] = hasher) -> tuple[int, str]:
+    """Read the file ``path`` once: its size in bytes and its hex digest (by ``new``).
 
     Raises:
         FileNotFoundError: If there is nothing at ``path``.
         UnsafeFileError: If it is not a regular file.
         OSError: If reading fails.
     """
-    digest = hasher()
+    digest = new()
     size = 0
     with storage.open_read(path) as f:
         for chunk in _chunks(f):
