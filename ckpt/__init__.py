@@ -15,7 +15,7 @@ from ckpt._config.schema import (
     load_config,
     read_config_section,
 )
-from ckpt._directory.records import CheckpointRecord, Overview
+from ckpt._directory.records import CheckpointRecord, Overview, PreemptionRecord
 from ckpt._errors import (
     CheckpointDirLockedError,
     CheckpointError,
@@ -78,6 +78,7 @@ __all__ = [
     "MissingMetricWarning",
     "NonFiniteMetricWarning",
     "Overview",
+    "PreemptionRecord",
     "PretrainedCheckpoint",
     "Problem",
     "ReadOnlyError",

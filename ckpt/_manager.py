@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import time
 import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,9 +29,11 @@ from ckpt._config.resolve import policies_from_config
 from ckpt._config.schema import CheckpointConfig, PretrainedCheckpoint, as_config
 from ckpt._config.serialize import RETENTION_FIELDS, decode_training_info, encode_ranking
 from ckpt._directory.directory import Directory
-from ckpt._directory.records import CheckpointRecord, Overview, describe_steps
+from ckpt._directory.meta import read_preemption, write_preemption
+from ckpt._directory.records import CheckpointRecord, Overview, PreemptionRecord, describe_steps
 from ckpt._directory.retention import RetentionApplier
 from ckpt._errors import CheckpointError, InvalidStepError, MissingMetricWarning, ReadOnlyError
+from ckpt._preemption import Notice, Preemption, check_main_thread
 from ckpt._resume import resume_paths
 from ckpt._saving.saver import Saver, default_handler, prepare
 from ckpt._text import short_repr
@@ -152,6 +155,9 @@ class CheckpointManager:
         )
         self.checkpoint_dir: CheckpointPath = user_path(storage, location)
         self.read_only = read_only or not self.config.enabled
+        signals = () if self.read_only else tuple(self.config.preemption_signals)
+        if signals:
+            check_main_thread()  # before anything is opened, so a refusal leaves nothing
         self._closed = False
         self._last_named: PathStr | None = None
         coordinator = self._coord = coordinator_for(process_group, self.config.collective_timeout_s)
@@ -186,6 +192,11 @@ class CheckpointManager:
             return {}
 
         coordinator.round("CheckpointManager()", {"dir": key}, None, open_directory)
+        self._preemption = (
+            Preemption(signals, self.config.preemption_grace_s, self._emergency, name)
+            if signals
+            else None
+        )
 
     # Seed attributes, kept for code that reads them.
     @property
@@ -299,6 +310,8 @@ class CheckpointManager:
             self._saver.close()
         finally:
             self._closed = True
+            if self._preemption is not None:
+                self._preemption.close()
             self._dir.release()
 
     def __enter__(self) -> CheckpointManager:
@@ -355,6 +368,7 @@ class CheckpointManager:
         self._writable()
         tmp, step = self._dir.parse(checkpoint_path)
         self._saver.begin_finalization(tmp, step, wait_fn)
+        self._after_save(step)
 
     def finalize_pending(self) -> None:
         """Block until the finalization in flight is committed (not until it is pruned).
@@ -469,6 +483,7 @@ class CheckpointManager:
         self._writable()
         tmp, step = self._dir.parse(checkpoint_path)
         self._saver.end(tmp, step, commit=True)
+        self._after_save(step)
 
     def abort_checkpoint(self, checkpoint_path: PathInput) -> None:
         """Throw away a temporary checkpoint; a path already gone is fine.
@@ -568,7 +583,9 @@ class CheckpointManager:
         handler = handler if handler is not None else default_handler()
         self.wait_until_finished()
         prepared = prepare(training_info, run_config, state, handler)
-        return self._path(self._saver.save(self._coord, step, prepared, state, handler))
+        path = self._path(self._saver.save(self._coord, step, prepared, state, handler))
+        self._after_save(step)
+        return path
 
     def save_async(
         self,
@@ -616,6 +633,7 @@ class CheckpointManager:
         handler = handler if handler is not None else default_handler()
         prepared = prepare(training_info, run_config, state, handler)
         self._saver.save_async(step, prepared, state, handler)
+        self._after_save(step)
 
     def wait_until_finished(self) -> None:
         """Block until every `save_async` of this manager is committed (or failed).
@@ -857,9 +875,135 @@ class CheckpointManager:
         config = self.config
         if not config.enabled:
             return False
+        if self._preemption_boundary(step):
+            return True
         periods = [p for p in (config.save_period, config.ft_save_period) if p is not None]
         return last or not periods or any(step % period == 0 for period in periods)
 
     def refresh(self) -> None:
         """Re-read the directory (read-only managers do this before every query)."""
         self._usable().refresh()
+
+    # --- preemption ---------------------------------------------------------------
+
+    @property
+    def preempted(self) -> bool:
+        """Whether a preemption signal was seen at a step boundary: time to save and stop.
+
+        It turns true in the `should_save` call that follows one of the config's
+        ``preemption_signals`` (that call returns true), on every rank of a job at the
+        same step, and stays true. A loop saves there as it always does, then leaves::
+
+            if manager.should_save(step):
+                manager.save_async(step, info, state)
+            if manager.preempted:
+                break
+
+        The save made there commits before it returns (within ``preemption_grace_s``).
+        Always false when ``preemption_signals`` is empty.
+        """
+        return self._preemption is not None and self._preemption.observed
+
+    def last_preemption(self) -> PreemptionRecord | None:
+        """The run's last preemption and what was committed for it, or ``None``.
+
+        It is read from ``.ckpt/preemption.json``, which the writer replaces once the
+        save made for a preemption signal is committed (or once the emergency save is).
+        """
+        directory = self._usable()
+        return read_preemption(directory.storage, directory.location)
+
+    def _preemption_boundary(self, step: int) -> bool:
+        """Whether ``should_save(step)`` must say yes for a preemption (and see one first)."""
+        watch = self._preemption
+        if watch is None:
+            return False
+        if not watch.observed:
+            notice = watch.notice
+            local = {} if notice is None else {"signal": notice.signal, "at": notice.received_at}
+
+            def first(messages: list[Any]) -> dict[str, Any]:
+                seen = [(float(m["at"]), str(m["signal"])) for m in messages if m.get("signal")]
+                return {"at": min(seen)[0], "signal": min(seen)[1]} if seen else {}
+
+            # Every rank must see the signal at the same boundary, or they would save and
+            # stop at different steps: the ranks agree, in one round, whether any got it.
+            agreed = self._coord.round(f"should_save(step={step})", local, None, first)
+            if not agreed:
+                return False
+            watch.observe(str(agreed["signal"]), float(agreed["at"]))
+            logger.warning(
+                "%s received: saving at step %d, then the loop should stop (%.1f s of "
+                "preemption_grace_s left)",
+                agreed["signal"],
+                step,
+                watch.left(),
+            )
+        return not watch.saving
+
+    def _after_save(self, step: int) -> None:
+        """After a save the loop made: if it is the preemption's, see it committed in time."""
+        watch = self._preemption
+        if watch is None or not watch.observed or watch.saving:
+            return
+        watch.start_saving()
+        notice = watch.notice
+        assert notice is not None  # observed
+        if self._saver.flush(notice.left()):
+            self._record_preemption(notice, step, emergency=False)
+            return
+        logger.error(
+            "preemption_grace_s (%g s) ran out before the save of step %d was committed: "
+            "it goes on in the background until the process is killed",
+            self.config.preemption_grace_s,
+            step,
+        )
+
+    def _emergency(self, notice: Notice) -> None:
+        """No save started by the middle of the grace: commit the newest snapshot now."""
+        saver = self._saver
+        newest = saver.newest_async
+        skipped = saver.keep_newest()
+        if newest is None:
+            logger.error(
+                "%s: no save was started within half of preemption_grace_s and no "
+                "save_async snapshot is waiting; the newest checkpoint is the one before",
+                notice.signal,
+            )
+            self._record_preemption(notice, None, emergency=True)
+            return
+        logger.warning(
+            "%s: no save was started within half of preemption_grace_s; committing the "
+            "newest save_async snapshot, step %d, now%s",
+            notice.signal,
+            newest,
+            f" (dropping the older queued step(s) {list(skipped)})" if skipped else "",
+        )
+        done = saver.flush(notice.left(), raise_errors=False)
+        committed = newest if done and saver.committed_async == newest else None
+        self._record_preemption(notice, committed, emergency=True, skipped=skipped)
+
+    def _record_preemption(
+        self,
+        notice: Notice,
+        step: int | None,
+        *,
+        emergency: bool,
+        skipped: tuple[int, ...] = (),
+    ) -> None:
+        if not self._coord.coordinator:
+            return  # the writer records, for the job
+        record = PreemptionRecord(
+            notice.signal,
+            notice.received_at,
+            self.config.preemption_grace_s,
+            step,
+            emergency,
+            skipped,
+            None if step is None else round(time.time() - notice.received_at, 3),
+        )
+        try:
+            write_preemption(self._dir.storage, self._dir.location, record)
+        except Exception as exc:  # a report: losing it loses no checkpoint
+            logger.warning("could not record the preemption in %s: %s", self.checkpoint_dir, exc)
+        logger.warning("%s", record.describe())

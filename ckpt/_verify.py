@@ -138,6 +138,7 @@ PROBLEM_CODES: Mapping[str, Severity] = MappingProxyType(
         "stale_pin": "warning",
         "should_be_pruned": "warning",
         "missing_metric": "warning",
+        "preempted_unsaved": "warning",
     }
 )
 """Every code `verify` reports, with its severity (``ckpt check --ignore CODE``)."""
@@ -272,6 +273,7 @@ def verify(
     else:
         problems += _leftover_problems(storage, location, entries, found, meta_ok=meta_ok)
     pins = _check_pins(storage, location, records, problems) if meta_ok else set()
+    problems += _preemption_problems(storage, location, records) if meta_ok else []
     for step in pins & records.keys():
         records[step] = replace(records[step], pinned=True)
     if settings is not None:
@@ -606,6 +608,27 @@ def _check_pins(
             )
         )
     return pins
+
+
+def _preemption_problems(
+    storage: Storage, directory: str, records: Mapping[int, CheckpointRecord]
+) -> list[Problem]:
+    """A warning when the run's last preemption got no checkpoint, nor any since."""
+    record = _meta.read_preemption(storage, directory)
+    if record is None or record.step is not None:
+        return []
+    if any((r.committed_at or 0.0) > record.received_at for r in records.values()):
+        return []  # the run was restarted and saved since
+    path = user_path(storage, _meta.preemption_path(directory))
+    return [
+        _problem(
+            "preempted_unsaved",
+            path,
+            record.describe(),
+            "the run lost the steps since its newest checkpoint: `save_async` more often, "
+            "or raise `preemption_grace_s` to the grace the scheduler gives",
+        )
+    ]
 
 
 def _check_retention(

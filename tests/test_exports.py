@@ -34,6 +34,7 @@ CKPT_EXPORTS = [
     "MissingMetricWarning",
     "NonFiniteMetricWarning",
     "Overview",
+    "PreemptionRecord",
     "PretrainedCheckpoint",
     "Problem",
     "ReadOnlyError",

@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import os
 import re
+import signal
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -307,6 +308,36 @@ def _deadline(value: Any) -> Any:
     return value
 
 
+# Signals a handler can never catch, or that mean something else to the interpreter.
+_UNCATCHABLE = {"SIGKILL", "SIGSTOP"}
+
+
+def _signal_names(value: Any) -> Any:
+    """Signal names (``SIGTERM``, ``TERM``, ``sigusr1``) as ``SIGTERM``, each once."""
+    if not isinstance(value, (list, tuple)):
+        return value  # pydantic says what a list is
+    known = sorted(s.name for s in signal.Signals if not s.name.startswith("SIG_"))
+    names: list[str] = []
+    for item in value:
+        text = item.upper() if isinstance(item, str) else ""
+        name = text if text.startswith("SIG") else "SIG" + text
+        if name not in known or name in _UNCATCHABLE:
+            why = (
+                f"{name} cannot be caught by any process"
+                if name in _UNCATCHABLE
+                else "not a signal of this platform"
+            )
+            raise PydanticCustomError(
+                "ckpt_signal",
+                "`preemption_signals` must list signal names such as SIGTERM or SIGUSR1, "
+                "got {value} ({why})",
+                {"value": short_repr(item), "why": why},
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def _checkpoint_url(value: Any, protocol: str, rest: str) -> str:
     """A URL ``checkpoint_dir`` on a store: kept as a string, refused at a bucket's root."""
     key = rest.strip("/")
@@ -519,6 +550,19 @@ class CheckpointConfig(_Strict):
         "to step_N, the layout NeMo RL uses), `manifest` (files written under "
         "step_N.<token>, then step_N.manifest.json written last), or `auto`: rename "
         "where the storage can rename atomically, else manifest.",
+    )
+    preemption_signals: Annotated[list[str], BeforeValidator(_signal_names)] = Field(
+        default_factory=list,
+        description="Signals that announce a preemption (SIGTERM from Slurm, Kubernetes or "
+        "a spot reclaim): on one, the manager sets `preempted` at the next should_save, "
+        "which then returns true, and finishes pending saves within preemption_grace_s. "
+        "Empty (the default): ckpt installs no signal handler.",
+    )
+    preemption_grace_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        30.0,
+        description="How long the job has between a preemption signal and its kill (30 s "
+        "for Kubernetes and Slurm's default; 120 s for a spot reclaim). If no save was "
+        "started halfway through it, the newest save_async snapshot is committed at once.",
     )
     # NeMo RL keys carried for the training loop; the manager does not use them.
     checkpoint_must_save_by: Annotated[str | None, BeforeValidator(_deadline)] = Field(

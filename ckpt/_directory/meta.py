@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ckpt import _layout
 from ckpt._config.serialize import decode_pins, decode_ranking
+from ckpt._directory.records import PreemptionRecord
 from ckpt._errors import UnsafeFileError
 from ckpt.storage.base import EntryKind, Storage, describe_kind, join
 
@@ -24,6 +25,7 @@ _META_KINDS: tuple[tuple[tuple[str, ...], EntryKind], ...] = (
     ((_layout.META_DIR, _layout.RANKING_FILE), "file"),
     ((_layout.META_DIR, _layout.CATALOG_FILE), "file"),
     ((_layout.META_DIR, _layout.DAMAGE_FILE), "file"),
+    ((_layout.META_DIR, _layout.PREEMPTION_FILE), "file"),
 )
 
 
@@ -192,3 +194,48 @@ def write_damage(storage: Storage, directory: str, damage: Mapping[int, Damage])
     }
     storage.make_dirs(join(directory, _layout.META_DIR))
     storage.replace_file(damage_path(directory), json.dumps(data, indent=1).encode(), durable=True)
+
+
+_PREEMPTION_FORMAT = 1
+
+
+def preemption_path(directory: str) -> str:
+    """Where the record of the last preemption of ``directory`` is."""
+    return join(directory, _layout.META_DIR, _layout.PREEMPTION_FILE)
+
+
+def read_preemption(storage: Storage, directory: str) -> PreemptionRecord | None:
+    """The last preemption recorded in ``directory``, or ``None``.
+
+    An unreadable record is logged and taken as none: it is a report, and losing it
+    loses no checkpoint.
+    """
+    try:
+        raw: Any = json.loads(storage.read_bytes(preemption_path(directory)))
+        if not isinstance(raw, dict) or raw.get("format") != _PREEMPTION_FORMAT:
+            raise ValueError("not a ckpt preemption record")
+        step = raw["step"]
+        after = raw.get("saved_after_s")
+        return PreemptionRecord(
+            str(raw["signal"]),
+            float(raw["received_at"]),
+            float(raw["grace_s"]),
+            None if step is None else int(step),
+            bool(raw["emergency"]),
+            tuple(int(s) for s in raw.get("skipped", ())),
+            None if after is None else float(after),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        logger.warning("ignoring %s: %s", preemption_path(directory), exc)
+        return None
+
+
+def write_preemption(storage: Storage, directory: str, record: PreemptionRecord) -> None:
+    """Replace the record of the last preemption of ``directory`` (atomically, durably)."""
+    data = {"format": _PREEMPTION_FORMAT, **asdict(record)}
+    data["skipped"] = list(record.skipped)
+    storage.make_dirs(join(directory, _layout.META_DIR))
+    path = preemption_path(directory)
+    storage.replace_file(path, json.dumps(data, indent=1).encode(), durable=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -142,3 +143,47 @@ def describe_steps(steps: Iterable[int]) -> str:
             runs.append([step])
     parts = [f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs]
     return ", ".join(parts[:10]) + (f", ... ({len(ordered)} in all)" if len(parts) > 10 else "")
+
+
+@dataclass(frozen=True)
+class PreemptionRecord:
+    """The last preemption of a run, as ``.ckpt/preemption.json`` records it.
+
+    `CheckpointManager.last_preemption` returns it and ``ckpt ls`` shows it.
+
+    Attributes:
+        signal: The signal's name (``"SIGTERM"``).
+        received_at: When it came (seconds since the epoch).
+        grace_s: The grace the config gave.
+        step: The step committed for it, or ``None`` if nothing was.
+        emergency: Whether that was the watchdog's emergency save (the newest
+            ``save_async`` snapshot, committed because no save was started by the
+            middle of the grace) rather than the loop's save at a step boundary.
+        skipped: Snapshots still queued that the emergency save dropped for a newer one.
+        saved_after_s: Seconds from the signal to that commit.
+    """
+
+    signal: str
+    received_at: float
+    grace_s: float
+    step: int | None
+    emergency: bool
+    skipped: tuple[int, ...] = ()
+    saved_after_s: float | None = None
+
+    def describe(self) -> str:
+        """One line for `ckpt ls` and the log."""
+        if self.step is None:
+            saved = "nothing was committed for it"
+        else:
+            how = (
+                "the emergency save of the newest save_async snapshot"
+                if self.emergency
+                else ("saved at the next step boundary")
+            )
+            after = "" if self.saved_after_s is None else f" {self.saved_after_s:.1f} s after it"
+            saved = f"step {self.step} was committed{after} ({how})"
+        if self.skipped:
+            saved += f"; queued snapshots of step(s) {', '.join(map(str, self.skipped))} dropped"
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.received_at))
+        return f"preempted by {self.signal} at {when} (grace {self.grace_s:g} s): {saved}"

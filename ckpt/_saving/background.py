@@ -10,8 +10,8 @@ caller blocks once that many snapshots are waiting to be written, so memory is b
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +30,7 @@ class Job:
     step: int
     write: Callable[[], None]
     buffers: Buffers
+    skip: Callable[[], None]
 
 
 class AsyncWriter:
@@ -41,10 +42,12 @@ class AsyncWriter:
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._free: list[Buffers] = []
         self._free_mutex = threading.Lock()
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._done = threading.Condition()
+        self._jobs: deque[Job | None] = deque()  # guarded by _done
         self._pending = 0  # submitted and not finished
         self._error: BaseException | None = None
+        self.committed: int | None = None  # the step of the newest save written
+        self._writing: int | None = None  # the step being written
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         _live.add(self)
@@ -55,10 +58,12 @@ class AsyncWriter:
         state: Any,
         snapshot: Callable[[Any, Buffers], Any],
         write: Callable[[Any], None],
+        skip: Callable[[], None],
     ) -> None:
         """Snapshot ``state`` (blocking while every buffer set is in use), then queue it.
 
         ``snapshot`` is the state handler's: it copies ``state`` into a buffer set.
+        ``skip`` is called instead of ``write`` if `keep_newest` drops the save.
 
         Raises:
             Exception: The first background error not raised yet; nothing is queued.
@@ -76,15 +81,22 @@ class AsyncWriter:
             raise
         with self._done:
             self._pending += 1
-        self._jobs.put(Job(step, lambda: write(copied), buffers))
+            self._jobs.append(Job(step, lambda: write(copied), buffers, skip))
+            self._done.notify_all()
 
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
+            with self._done:
+                while not self._jobs:
+                    self._done.wait(3600.0)  # idle between saves, for as long as it takes
+                job = self._jobs.popleft()
+                self._writing = None if job is None else job.step
             if job is None:
                 return
             try:
                 job.write()
+                with self._done:
+                    self.committed = job.step
             except BaseException as exc:
                 logger.error("background save of step %d failed: %s", job.step, exc)
                 with self._done:
@@ -93,6 +105,7 @@ class AsyncWriter:
             finally:
                 self._release(job.buffers)
                 with self._done:
+                    self._writing = None
                     self._pending -= 1
                     self._done.notify_all()
 
@@ -108,21 +121,55 @@ class AsyncWriter:
         if error is not None:
             raise error
 
-    def _drain(self) -> None:
+    def drain(self, timeout: float | None = None) -> bool:
+        """Block until every submitted save is finished (errors stay); whether they are."""
         with self._done:
-            self._done.wait_for(lambda: not self._pending)
+            return self._done.wait_for(lambda: not self._pending, timeout)
 
-    def wait(self) -> None:
-        """Block until every submitted save is finished, then raise any error."""
-        self._drain()
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every submitted save is finished, then raise any error.
+
+        Returns whether they finished (``False``: ``timeout`` seconds passed first).
+        """
+        done = self.drain(timeout)
         self.raise_error()
+        return done
+
+    def keep_newest(self) -> tuple[int, ...]:
+        """Drop the saves still queued except the newest (a preemption's emergency).
+
+        The save being written is not interrupted. Returns the dropped steps.
+        """
+        with self._done:
+            queued = [job for job in self._jobs if job is not None]
+            dropped = queued[:-1]
+            for job in dropped:
+                self._jobs.remove(job)
+        for job in dropped:
+            try:
+                job.skip()
+            finally:
+                self._release(job.buffers)
+                with self._done:
+                    self._pending -= 1
+                    self._done.notify_all()
+        return tuple(job.step for job in dropped)
+
+    @property
+    def newest(self) -> int | None:
+        """The step of the newest save submitted and not written yet, or ``None``."""
+        with self._done:
+            queued = [job.step for job in self._jobs if job is not None]
+            return queued[-1] if queued else self._writing
 
     def stop(self) -> None:
         """Finish every submitted save, stop the thread, then raise any error."""
         try:
-            self._drain()
+            self.drain()
         finally:
-            self._jobs.put(None)
+            with self._done:
+                self._jobs.append(None)
+                self._done.notify_all()
             self._thread.join()
             _live.discard(self)
         self.raise_error()

@@ -73,11 +73,11 @@ class Finalizer:
         except RuntimeError:  # the interpreter is exiting and takes no new threads
             _pruned(prune)
 
-    def join(self) -> None:
-        """Block until the commit in flight is done, leaving its failure to `wait`."""
+    def join(self, timeout: float | None = None) -> None:
+        """Block until the commit in flight is done (or ``timeout``); failures stay for `wait`."""
         thread = self._thread
         if thread is not None:
-            thread.join()
+            thread.join(timeout)
 
     def wait(self) -> None:
         """Block until the commit in flight is done; raise its failure, once.

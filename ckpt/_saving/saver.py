@@ -10,11 +10,12 @@ and a rank of a torch.distributed job run the same lines: alone, a round just ca
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ckpt._collective.coordinator import Coordinator
+from ckpt._collective.coordinator import Coordinator, Local
 from ckpt._config.serialize import encode_run_config, encode_training_info
 from ckpt._directory.directory import Directory
 from ckpt._errors import CheckpointError, CollectiveError
@@ -128,10 +129,52 @@ class Saver:
         if self._finalizer is not None:
             self._finalizer.shutdown()
 
-    def wait(self) -> None:
-        """Block until every `save_async` is committed; raise the first error once."""
-        if self._async is not None:
-            self._async.wait()
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every `save_async` is committed; raise the first error once.
+
+        Returns whether they were (``False``: ``timeout`` seconds passed first).
+        """
+        return self._async is None or self._async.wait(timeout)
+
+    def flush(self, timeout: float, *, raise_errors: bool = True) -> bool:
+        """Wait up to ``timeout`` seconds for every background save and finalization.
+
+        Returns whether all were done in time. With ``raise_errors``, a background
+        error not raised yet is raised (as `wait` and `finalize_pending` do); without,
+        it is left for the loop's next call.
+        """
+        deadline = time.monotonic() + timeout
+        finalizer = self._finalizer
+        if finalizer is not None:
+            finalizer.join(timeout)
+            if finalizer.pending:
+                return False
+            if raise_errors:
+                finalizer.wait()
+        if self._async is None:
+            return True
+        left = max(0.0, deadline - time.monotonic())
+        return self._async.wait(left) if raise_errors else self._async.drain(left)
+
+    def keep_newest(self) -> tuple[int, ...]:
+        """Drop the `save_async` snapshots still queued but the newest; the dropped steps.
+
+        A process alone only: the ranks of a job write each save together, so none may
+        drop one the others write.
+        """
+        if self._async is None or not isinstance(self.coordinator, Local):
+            return ()
+        return self._async.keep_newest()
+
+    @property
+    def newest_async(self) -> int | None:
+        """The step of the newest `save_async` not written yet, or ``None``."""
+        return None if self._async is None else self._async.newest
+
+    @property
+    def committed_async(self) -> int | None:
+        """The step of the newest `save_async` committed, or ``None``."""
+        return None if self._async is None else self._async.committed
 
     def close(self) -> None:
         """`shutdown`, then finish every `save_async` and stop its thread."""
@@ -208,13 +251,16 @@ class Saver:
             try:
                 self.save(coordinator, step, prepared, snapshot, handler)
             finally:
-                with shared.mutex:
-                    shared.saving[step] -= 1
+                skip()
+
+        def skip() -> None:
+            with shared.mutex:
+                shared.saving[step] -= 1
 
         with shared.mutex:
             shared.saving[step] += 1
         try:
-            self._async.submit(step, state, handler.snapshot, write)
+            self._async.submit(step, state, handler.snapshot, write, skip)
         except BaseException:
             with shared.mutex:
                 shared.saving[step] -= 1

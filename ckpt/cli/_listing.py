@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from ckpt import CheckpointManager, CheckpointRecord
+from ckpt import CheckpointManager, CheckpointRecord, PreemptionRecord
 from ckpt.cli._configs import _config_for
 from ckpt.cli._output import _iso, _local, _plural, _Progress, _size, _table, _value
 from ckpt.storage import CheckpointPath, open_storage, walk_files
@@ -28,6 +28,7 @@ class _Listing:
     sizes: dict[int, int | None]
     best: CheckpointRecord | None
     latest: CheckpointRecord | None
+    preemption: PreemptionRecord | None = None
 
     def metrics(self) -> dict[str, int]:
         return _metric_counts(self.records, first=self.metric_name)
@@ -60,6 +61,7 @@ class _Listing:
             "latest": str(self.latest.path) if self.latest else None,
             "metrics": self.metrics(),
             "total_size_bytes": sum(s or 0 for s in self.sizes.values()),
+            "preemption": None if self.preemption is None else asdict(self.preemption),
         }
 
     def lines(self) -> list[str]:
@@ -98,16 +100,24 @@ class _Listing:
             value = _value(self.best.info.get(self.metric_name))
             out.append(f"best:    {self.best.path} ({self.metric_name} {value})")
         out.append(f"latest:  {self.latest.path if self.latest else 'none'}")
+        out += self._notes(damaged)
+        counts = [f"{name} ({n} of {len(self.records)})" for name, n in self.metrics().items()]
+        out.append(f"metrics: {', '.join(counts) or 'none'}")
+        if self.decisions is None:
+            out.append("(pass --config CFG to see what its retention keeps and why)")
+        return out
+
+    def _notes(self, damaged: list[int]) -> list[str]:
+        """The lines on damage and on the last preemption, where there is any."""
+        out = []
         if damaged:
             steps = ", ".join(map(str, damaged))
             out.append(
                 f"damaged: step {steps}, found by `ckpt check --deep`: best and latest skip "
                 f"{'them' if len(damaged) > 1 else 'it'}"
             )
-        counts = [f"{name} ({n} of {len(self.records)})" for name, n in self.metrics().items()]
-        out.append(f"metrics: {', '.join(counts) or 'none'}")
-        if self.decisions is None:
-            out.append("(pass --config CFG to see what its retention keeps and why)")
+        if self.preemption is not None:
+            out.append(f"last:    {self.preemption.describe()}")
         return out
 
     def _why(self, reason: str) -> str:
@@ -141,6 +151,7 @@ def _list(directory: str, config_file: str | None) -> _Listing:
     with CheckpointManager(config, read_only=True) as manager:
         overview = manager.overview()  # one look: a live run may change the directory
         retention, ranking = repr(manager.retention), repr(manager.ranking)
+        preemption = manager.last_preemption()
     records = list(overview.records)
     return _Listing(
         directory=directory,
@@ -156,6 +167,7 @@ def _list(directory: str, config_file: str | None) -> _Listing:
         sizes=_sizes(records),
         best=overview.best if config.metric_name else None,
         latest=overview.latest,
+        preemption=preemption,
     )
 
 
