@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from upath import UPath
 
 import ckpt
 from ckpt.torch import TorchHandler, load_state
@@ -41,9 +42,10 @@ from ckpt.torch import TorchHandler, load_state
 WEIGHTS = 1 << 21  # 8 MiB of float32: a save takes a while, so signals land in saves too
 
 
-def _config(directory: str, grace_s: float) -> dict[str, Any]:
+def _config(directory: str, grace_s: float, options: Any = None) -> dict[str, Any]:
     return {
         "checkpoint_dir": directory,
+        "storage_options": options or None,
         "save_period": 2,
         "retention": {"kind": "latest_n", "n": 2},
         "preemption_signals": ["SIGTERM"],
@@ -74,7 +76,9 @@ def train(request: dict[str, Any]) -> None:
         seen.update(where, at=time.time())
 
     signal.signal(signal.SIGTERM, note)
-    manager = ckpt.CheckpointManager(_config(request["dir"], request["grace_s"]))
+    manager = ckpt.CheckpointManager(
+        _config(request["dir"], request["grace_s"], request["options"])
+    )
     handler = _Marked(where)
     state = {"w": torch.zeros(WEIGHTS)}
     print(json.dumps({"ready": os.getpid()}), flush=True)
@@ -97,13 +101,14 @@ def train(request: dict[str, Any]) -> None:
 
 
 def resume(request: dict[str, Any]) -> None:
-    manager = ckpt.CheckpointManager(_config(request["dir"], request["grace_s"]))
+    options = request["options"]
+    manager = ckpt.CheckpointManager(_config(request["dir"], request["grace_s"], options))
     latest = manager.get_latest_checkpoint_path()
     assert latest is not None, "nothing to resume from"
     info = manager.load_training_info(latest)
     assert info is not None
     start = int(info["step"])
-    state = load_state(latest)
+    state = load_state(UPath(latest, **options) if options else latest)
     assert bool((state["w"] == float(start)).all()), f"step {start} holds other weights"
     for step in (start + 1, start + 2):
         state["w"].fill_(float(step))

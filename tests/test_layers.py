@@ -21,7 +21,17 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 # Bottom to top: a module may import its own layer and the layers below it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("policies", ("policies",)),
-    ("base", ("ckpt._errors", "ckpt._text", "ckpt._exit", "ckpt._layout", "ckpt._unpickle")),
+    (
+        "base",
+        (
+            "ckpt._errors",
+            "ckpt._text",
+            "ckpt._exit",
+            "ckpt._layout",
+            "ckpt._unpickle",
+            "ckpt._preemption",
+        ),
+    ),
     ("storage", ("ckpt.storage",)),
     ("handler", ("ckpt.handler",)),
     ("commit", ("ckpt.commit",)),

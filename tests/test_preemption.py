@@ -303,6 +303,7 @@ class Zygote:
     """``preempt_job.py serve``: forks a job per request, from torch already imported."""
 
     def __init__(self, log: IO[str]) -> None:
+        self.scratch = Path(log.name).parent
         self.proc = subprocess.Popen(
             [sys.executable, str(JOB), "serve"],
             stdin=subprocess.PIPE,
@@ -353,79 +354,98 @@ class Zygote:
 
 
 GRACE_S = 10.0
-TRIALS = 20
 
 
 @pytest.mark.subprocess
 def test_a_job_signalled_at_random_moments_stops_saved(tmp_path: Path) -> None:
-    with open(tmp_path / "server.log", "w") as log:
-        _run_trials(Zygote(log), tmp_path)
-
-
-def _run_trials(zygote: Zygote, tmp_path: Path) -> None:
     rng = random.Random(2412)
-    phases: list[str] = []
-    try:
-        for trial in range(TRIALS):
-            directory, result = tmp_path / f"run{trial}", tmp_path / f"result{trial}.json"
-            step_s = rng.choice((0.01, 0.03, 0.08))
-            zygote.send(
-                {
-                    "mode": "train",
-                    "dir": str(directory),
-                    "result": str(result),
-                    "step_s": step_s,
-                    "grace_s": GRACE_S,
-                }
-            )
-            child = zygote.read(60, "child")["child"]
-            assert zygote.read(60, "ready") == {"ready": child}
-            if trial % 2:  # a moment in a save: just after the loop begins one
-                zygote.read(30, "saving")
-                time.sleep(rng.uniform(0.0, 0.03))
-            else:  # any moment
-                time.sleep(rng.uniform(0.05, 1.2))
-            os.kill(child, signal.SIGTERM)
-            signalled = time.time()
-            ended = zygote.read(GRACE_S + 5, "exit")
-            if ended.get("status") is None:  # still running past the grace: kill, as a
-                os.kill(child, signal.SIGKILL)  # scheduler would, and fail
-            assert ended == {"exit": child, "status": 0}
-            report = json.loads(result.read_text())
-            seen = report["signal"]
-            assert seen, "the job's own SIGTERM handler did not run"
-            assert report["closed_at"] - signalled < GRACE_S
-            step, phase = seen["step"], seen["phase"]
-            phases.append(phase + (" while writing" if seen["writing"] else ""))
-            # Where the signal found the loop decides the step saved for it: during a
-            # step's training, that step; once its boundary was looked at (or a save of
-            # it begun), the next step's boundary is the first to see the signal.
-            expected = {
-                "setup": {1},
-                "train": {step},
-                "decide": {step, step + 1},
-                "save": {step + 1},
-                "decided": {step + 1},
-            }[phase]
-            assert report["stopped"] in expected, (trial, seen, report)
-            config = {"checkpoint_dir": str(directory)}
-            with ckpt.CheckpointManager(config, read_only=True) as manager:
-                latest = manager.get_latest_checkpoint_path()
-            assert latest == str(directory / f"step_{report['stopped']}"), (trial, seen, report)
-            record = _record(directory)
-            assert record["step"] == report["stopped"]
-            assert record["emergency"] is False
-            # A restart resumes from it.
-            zygote.send(
-                {"mode": "resume", "dir": str(directory), "result": str(result), "grace_s": GRACE_S}
-            )
-            child = zygote.read(60, "child")["child"]
-            assert zygote.read(60, "exit") == {"exit": child, "status": 0}
-            assert json.loads(result.read_text()) == {"resumed_from": report["stopped"]}
-    finally:
-        zygote.close()
+    with open(tmp_path / "server.log", "w") as log:
+        zygote = Zygote(log)
+        try:
+            phases = [
+                _trial(zygote, rng, str(tmp_path / f"run{n}"), {}, in_save=n % 2 == 1)
+                for n in range(20)
+            ]
+        finally:
+            zygote.close()
     # The moments fell in training alone, and in saves: in save_async's snapshot, or
     # in training while the background thread wrote the step before.
     assert "train" in phases, phases
     assert any("save" in phase or "writing" in phase for phase in phases), phases
-    print(sorted(phases))
+
+
+@pytest.mark.subprocess
+def test_a_job_saving_to_s3_signalled_mid_upload_stops_saved(
+    tmp_path: Path, s3_server: Any
+) -> None:
+    rng = random.Random(711)
+    options = s3_server.options()
+    with open(tmp_path / "server.log", "w") as log:
+        zygote = Zygote(log)
+        try:
+            phases = [
+                _trial(zygote, rng, f"s3://{s3_server.new_bucket()}/runs/r", options, True)
+                for _ in range(4)
+            ]
+        finally:
+            zygote.close()
+    assert any("writing" in phase for phase in phases), phases  # mid-upload
+
+
+def _trial(
+    zygote: Zygote, rng: random.Random, directory: str, options: dict[str, Any], in_save: bool
+) -> str:
+    """One job, signalled once; returns where the signal found it."""
+    result = Path(zygote.scratch, f"result-{rng.random()}.json")
+    request = {"dir": directory, "options": options, "result": str(result), "grace_s": GRACE_S}
+    zygote.send({**request, "mode": "train", "step_s": rng.choice((0.01, 0.03, 0.08))})
+    child = zygote.read(60, "child")["child"]
+    assert zygote.read(60, "ready") == {"ready": child}
+    if in_save:  # a moment in a save: just after the loop begins one
+        zygote.read(30, "saving")
+        time.sleep(rng.uniform(0.0, 0.03))
+    else:  # any moment
+        time.sleep(rng.uniform(0.05, 1.2))
+    os.kill(child, signal.SIGTERM)
+    signalled = time.time()
+    try:
+        ended = zygote.read(GRACE_S + 5, "exit")
+    except AssertionError:
+        os.kill(child, signal.SIGKILL)  # still running past the grace: killed, as a
+        raise  # scheduler would
+    assert ended == {"exit": child, "status": 0}
+    report = json.loads(result.read_text())
+    seen = report["signal"]
+    assert seen, "the job's own SIGTERM handler did not run"
+    assert report["closed_at"] - signalled < GRACE_S
+    step, phase = seen["step"], seen["phase"]
+    # Where the signal found the loop decides the step saved for it: during a step's
+    # training, that step; once its boundary was looked at (or a save of it begun), the
+    # next step's boundary is the first to see the signal.
+    expected = (
+        {1}
+        if step is None
+        else {
+            "train": {step},
+            "decide": {step, step + 1},
+            "save": {step + 1},
+            "decided": {step + 1},
+        }[phase]
+    )
+    assert report["stopped"] in expected, (seen, report)
+    config = {"checkpoint_dir": directory, "storage_options": options or None}
+    with ckpt.CheckpointManager(config, read_only=True) as manager:
+        latest = manager.get_latest_checkpoint_path()
+        assert latest is not None
+        info = manager.load_training_info(latest)
+        record = manager.last_preemption()
+    assert info == {"step": report["stopped"]}, (seen, report)
+    assert record is not None
+    assert record.step == report["stopped"]
+    assert not record.emergency
+    # A restart resumes from it.
+    zygote.send({**request, "mode": "resume"})
+    child = zygote.read(60, "child")["child"]
+    assert zygote.read(60, "exit") == {"exit": child, "status": 0}
+    assert json.loads(result.read_text()) == {"resumed_from": report["stopped"]}
+    return str(phase) + (" while writing" if seen["writing"] else "")
