@@ -22,6 +22,7 @@ specific one also derives from the built-in exception a caller would naturally c
     ├── CollectiveError                  (RuntimeError)     a collective call failed on some rank
     ├── CollectiveTimeoutError           (TimeoutError)     a rank died or did not answer in time
     ├── IncompleteCheckpointError        (RuntimeError)     an expected writer did not report
+    ├── ReplicationError                 (RuntimeError)     an upload to the replica kept failing
     └── UnsafeFileError                  (OSError)          a link, FIFO, device or oversized file
                                                                 where ckpt reads or writes its own
 
@@ -240,6 +241,14 @@ class IncompleteCheckpointError(CheckpointError, RuntimeError):
     def __init__(self, message: str, *, missing: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.missing = missing
+
+
+class ReplicationError(CheckpointError, RuntimeError):
+    """A checkpoint's upload to the replica (``replicate.to``) failed every time it was tried.
+
+    The checkpoint stays in the local tier, committed and held from local retention; its
+    upload is tried again at the next save and when the directory is next opened.
+    """
 
 
 class FinalizationError(CheckpointError, RuntimeError):

@@ -18,6 +18,7 @@ CATALOG_FILE = "catalog.json"  # on object stores: the manifests read, for cold 
 TRASH_DIR = "trash"
 DAMAGE_FILE = "damaged.json"  # checkpoints a deep check found damaged: never best or latest
 PREEMPTION_FILE = "preemption.json"  # the last preemption signal and what was saved for it
+REPLICATION_FILE = "replication.json"  # which local checkpoints have a committed replica
 # Under the rename protocol, the checkpoint's record of its files' sizes and digests,
 # written into the attempt last, before the rename publishes it (manifests hold theirs).
 FILES_RECORD = ".ckpt-files.json"

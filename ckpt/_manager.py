@@ -23,9 +23,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from ckpt import _layout, commit
-from ckpt._collective.coordinator import coordinator_for
+from ckpt._collective.coordinator import Local, coordinator_for
 from ckpt._collective.reports import check_writer_id
-from ckpt._config.resolve import policies_from_config
+from ckpt._config.resolve import local_tier, policies_from_config
 from ckpt._config.schema import CheckpointConfig, PretrainedCheckpoint, as_config
 from ckpt._config.serialize import RETENTION_FIELDS, decode_training_info, encode_ranking
 from ckpt._directory.directory import Directory
@@ -34,6 +34,8 @@ from ckpt._directory.records import CheckpointRecord, Overview, PreemptionRecord
 from ckpt._directory.retention import RetentionApplier
 from ckpt._errors import CheckpointError, InvalidStepError, MissingMetricWarning, ReadOnlyError
 from ckpt._preemption import Notice, Preemption, check_main_thread
+from ckpt._replication.replicator import Status
+from ckpt._replication.tiers import OneTier, TwoTiers
 from ckpt._resume import resume_paths
 from ckpt._saving.saver import Saver, default_handler, prepare
 from ckpt._text import short_repr
@@ -63,6 +65,10 @@ def _ranking_record(
         if own
         else {"config": config.model_dump(mode="json", include=set(RETENTION_FIELDS))}
     )
+    if config.replicate is not None and not own:  # where the replica is, never credentials
+        kept["config"]["replicate"] = config.replicate.model_dump(
+            mode="json", exclude={"storage_options"}
+        )
     if type(ranking) is ByMetric:
         return encode_ranking(ranking.name, ranking.higher_is_better, None, kept)
     if type(ranking) is ByRecency:
@@ -161,6 +167,21 @@ class CheckpointManager:
         self._closed = False
         self._last_named: PathStr | None = None
         coordinator = self._coord = coordinator_for(process_group, self.config.collective_timeout_s)
+        replicate = self.config.replicate
+        if replicate is not None and not isinstance(coordinator, Local):
+            raise ValueError(
+                "`replicate` is for a process alone for now, got a manager collective over "
+                f"{process_group or 'the default group'}: replicate the directory from one "
+                "process (process_group=False on rank 0), or leave `replicate` unset"
+            )
+        ranking_record = _ranking_record(
+            self.ranking, self.retention, self.config, retention is not None
+        )
+        local_retention, local_record = self.retention, ranking_record
+        local_config = local_tier(self.config)
+        if local_config is not None:  # replicated: the local tier keeps keep_local
+            local_retention = policies_from_config(local_config, ranking=self.ranking)[1]
+            local_record = _ranking_record(self.ranking, local_retention, local_config, False)
         # Read-only managers and the ranks other than a distributed job's coordinator
         # never change the directory: they re-list it for every query.
         self._dir = Directory(
@@ -169,10 +190,8 @@ class CheckpointManager:
             commit.choose(self.config.commit_protocol, storage.capabilities),
             # Each manager honours its own `fsync`, even when it shares a directory's state.
             durable=self.config.fsync,
-            retention=RetentionApplier(self.retention, self.ranking),
-            ranking_record=_ranking_record(
-                self.ranking, self.retention, self.config, retention is not None
-            ),
+            retention=RetentionApplier(local_retention, self.ranking),
+            ranking_record=local_record,
             reader=self.read_only or not coordinator.coordinator,
             grace=self.config.attempt_grace_seconds,
         )
@@ -192,6 +211,22 @@ class CheckpointManager:
             return {}
 
         coordinator.round("CheckpointManager()", {"dir": key}, None, open_directory)
+        self._tiers: OneTier | TwoTiers = OneTier(self._dir)
+        if replicate is not None:
+            try:
+                self._tiers = TwoTiers(
+                    self._dir,
+                    replicate,
+                    RetentionApplier(self.retention, self.ranking),
+                    ranking_record,
+                    durable=self.config.fsync,
+                    lease_seconds=self.config.lease_seconds,
+                    grace=self.config.attempt_grace_seconds,
+                    name=name,
+                )
+            except BaseException:
+                self._dir.release()
+                raise
         self._preemption = (
             Preemption(signals, self.config.preemption_grace_s, self._emergency, name)
             if signals
@@ -307,7 +342,10 @@ class CheckpointManager:
         if self._closed:
             return
         try:
-            self._saver.close()
+            try:
+                self._saver.close()
+            finally:
+                self._tiers.close()  # after the saves: their commits are queued for upload
         finally:
             self._closed = True
             if self._preemption is not None:
@@ -784,8 +822,10 @@ class CheckpointManager:
         In a distributed job every rank calls it, and every rank gets the answer of the
         coordinator, so that no two ranks resume from different steps.
         """
-        directory = self._usable()
-        answer = self._coord.agree("get_latest_checkpoint_path()", directory.latest)
+        self._usable()
+        answer = self._coord.agree("get_latest_checkpoint_path()", self._tiers.latest)
+        if answer.get("path") is not None:
+            return PathStr(answer["path"])  # a reader's answer: in the replica alone
         return self._named(answer["name"])
 
     def _named(self, name: str | None) -> PathStr | None:
@@ -883,6 +923,35 @@ class CheckpointManager:
     def refresh(self) -> None:
         """Re-read the directory (read-only managers do this before every query)."""
         self._usable().refresh()
+
+    # --- replication ----------------------------------------------------------------
+
+    def wait_for_replication(self, timeout: float | None = None) -> bool:
+        """Block until every committed checkpoint has its replica committed (``replicate:``).
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits as long as uploads go on.
+
+        Returns:
+            Whether every checkpoint was replicated (``False``: ``timeout`` passed
+            first). ``True`` at once without ``replicate`` in the config.
+
+        Raises:
+            ReplicationError: If a checkpoint's upload failed every time it was tried
+                (it stays local, held from retention, and is tried again later).
+        """
+        self._usable()
+        return self._tiers.wait(timeout)
+
+    def replication_status(self) -> dict[int, Status]:
+        """Where each step's checkpoint is: ``"local"``, ``"uploading"`` or ``"replicated"``.
+
+        ``"local"``: committed in ``checkpoint_dir``, its replica not yet; ``"uploading"``:
+        being copied now; ``"replicated"``: committed in ``replicate.to`` (and perhaps
+        still local too). Steps of both tiers are listed; ``{}`` without ``replicate``.
+        """
+        self._usable()
+        return self._tiers.status()
 
     # --- preemption ---------------------------------------------------------------
 

@@ -40,6 +40,7 @@ CKPT_EXPORTS = [
     "ReadOnlyError",
     "RecoveryAction",
     "RecoveryWarning",
+    "ReplicationError",
     "SaveInProgressError",
     "SerializationError",
     "StateNotFoundError",

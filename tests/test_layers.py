@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("collective", ("ckpt._collective",)),
     ("directory", ("ckpt._directory",)),
     ("saving", ("ckpt._saving",)),
+    ("replication", ("ckpt._replication",)),
     ("verify", ("ckpt._verify", "ckpt._resume")),
     ("manager", ("ckpt._manager",)),
     ("api", ("ckpt",)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ckpt._config.schema import CheckpointConfig
+from ckpt._config.schema import CheckpointConfig, LatestNSpec
 from policies import (
     AnyOf,
     ByMetric,
@@ -15,6 +15,23 @@ from policies import (
     RetentionPolicy,
     TopK,
 )
+
+
+def local_tier(config: CheckpointConfig) -> CheckpointConfig | None:
+    """The config of the local tier when ``replicate:`` is set; ``None`` without it.
+
+    The local tier keeps its ``keep_local`` newest checkpoints (``kind: latest_n``), and
+    a checkpoint whose replica is not committed yet besides, whatever that says; the
+    config's own retention governs the replica. `policies_from_config` of the result
+    is the local tier's retention, and it is what the local tier's
+    ``.ckpt/ranking.json`` records, so that ``ckpt ls`` shows what is kept there.
+    """
+    if config.replicate is None:
+        return None
+    keep = LatestNSpec(kind="latest_n", n=config.replicate.keep_local)
+    return config.model_copy(
+        update={"retention": keep, "keep_top_k": None, "ft_keep_latest_k": None}
+    )
 
 
 def policies_from_config(

@@ -428,6 +428,43 @@ def _ranks_by_metric(spec: RetentionSpec) -> bool:
     return isinstance(spec, (TopKSpec, HybridSpec))
 
 
+def _same_place(a: Path | str, b: Path | str) -> bool:
+    """Whether two checkpoint_dir values name one place (or one is inside the other)."""
+    if isinstance(a, Path) and isinstance(b, Path):
+        x, y = os.path.abspath(a), os.path.abspath(b)
+        return x == y or x.startswith(y + os.sep) or y.startswith(x + os.sep)
+    x, y = str(a).rstrip("/"), str(b).rstrip("/")
+    return x == y or x.startswith(y + "/") or y.startswith(x + "/")
+
+
+class ReplicateSpec(_Strict):
+    """``replicate:``: a second tier that every committed checkpoint is copied to.
+
+    Saves commit to ``checkpoint_dir`` (a fast local disk) and return; a background
+    thread uploads each committed checkpoint to ``to`` and commits it there. Retention
+    governs the replica; the local tier keeps the ``keep_local`` newest checkpoints,
+    and never drops one before its replica is committed.
+    """
+
+    to: Annotated[
+        Path | str,
+        BeforeValidator(_checkpoint_dir),
+        WithJsonSchema({"type": "string", "format": "path-or-url"}),
+    ] = Field(
+        description="Where the replica goes: anything checkpoint_dir takes (a path, or "
+        "a URL such as s3://bucket/runs/run1), but not checkpoint_dir itself."
+    )
+    keep_local: Annotated[int, Field(ge=1), _count(1, nullable=False)] = Field(
+        2, description="How many of the newest checkpoints stay in checkpoint_dir."
+    )
+    storage_options: dict[str, Any] | None = Field(
+        None,
+        repr=False,  # it may hold credentials: never in a repr or a log line
+        description="For a URL `to`: options for its fsspec file system, as "
+        "checkpoint_dir's storage_options are.",
+    )
+
+
 class PretrainedCheckpoint(BaseModel):
     """NeMo RL's ``pretrained_checkpoint``: a Megatron checkpoint to take initial weights from.
 
@@ -564,6 +601,12 @@ class CheckpointConfig(_Strict):
         "for Kubernetes and Slurm's default; 120 s for a spot reclaim). If no save was "
         "started halfway through it, the newest save_async snapshot is committed at once.",
     )
+    replicate: ReplicateSpec | None = Field(
+        None,
+        description="A second tier: each committed checkpoint is uploaded in the "
+        "background to replicate.to and committed there (see the Replication page). "
+        "Unset: checkpoint_dir is the only copy.",
+    )
     # NeMo RL keys carried for the training loop; the manager does not use them.
     checkpoint_must_save_by: Annotated[str | None, BeforeValidator(_deadline)] = Field(
         None, description="NeMo RL: wall-clock deadline DD:HH:MM:SS (not used by ckpt)."
@@ -639,6 +682,18 @@ class CheckpointConfig(_Strict):
                     "training_info, or use kind latest_n to keep the most recent",
                     {},
                 )
+        replicate = self.replicate
+        if replicate is not None and _same_place(replicate.to, self.checkpoint_dir):
+            raise PydanticCustomError(
+                "ckpt_replicate",
+                "`replicate.to` must be a place apart from `checkpoint_dir` ({dir}), got "
+                "{value}, the same place or one inside the other: the replica is a second "
+                "copy, somewhere else (an s3:// prefix, another disk)",
+                {
+                    "value": short_repr(str(replicate.to)),
+                    "dir": short_repr(str(self.checkpoint_dir)),
+                },
+            )
         deadline = self.checkpoint_must_save_by
         if deadline is not None and not _DEADLINE.match(deadline):
             raise PydanticCustomError(

@@ -212,7 +212,8 @@ def decode_ranking(data: bytes) -> dict[str, Any]:
             isinstance(retention, dict)
             and retention.keys() == {"config"}
             and isinstance(retention["config"], dict)
-            and retention["config"].keys() == set(RETENTION_FIELDS)
+            # A replicated local tier records where its replica is too.
+            and retention["config"].keys() - {"replicate"} == set(RETENTION_FIELDS)
         )
         if not (fields or (custom and isinstance(retention["custom"], str))):
             raise ValueError(f"expected a retention record, found {short_repr(retention)}")

@@ -370,6 +370,8 @@ class Directory:
             done,
         )
         logger.info("committed %s", done.path)
+        if shared.on_commit is not None:
+            shared.on_commit(step)
         return self.retention.committed(
             index, step, new=existing is None, version_before=version_before
         )

@@ -26,6 +26,7 @@ _META_KINDS: tuple[tuple[tuple[str, ...], EntryKind], ...] = (
     ((_layout.META_DIR, _layout.CATALOG_FILE), "file"),
     ((_layout.META_DIR, _layout.DAMAGE_FILE), "file"),
     ((_layout.META_DIR, _layout.PREEMPTION_FILE), "file"),
+    ((_layout.META_DIR, _layout.REPLICATION_FILE), "file"),
 )
 
 
@@ -238,4 +239,47 @@ def write_preemption(storage: Storage, directory: str, record: PreemptionRecord)
     data["skipped"] = list(record.skipped)
     storage.make_dirs(join(directory, _layout.META_DIR))
     path = preemption_path(directory)
+    storage.replace_file(path, json.dumps(data, indent=1).encode(), durable=True)
+
+
+_REPLICATION_FORMAT = 1
+
+
+def replication_path(directory: str) -> str:
+    """Where the local tier of ``directory`` records what is replicated."""
+    return join(directory, _layout.META_DIR, _layout.REPLICATION_FILE)
+
+
+def read_replication(storage: Storage, directory: str) -> tuple[str | None, dict[int, str]]:
+    """Where the replica is, and the local checkpoints replicated there (step: version).
+
+    A checkpoint of a step whose version differs from the one recorded was saved again
+    since, and is not replicated. An unreadable record is logged and taken as empty:
+    then every local checkpoint is uploaded again, which loses nothing.
+    """
+    try:
+        raw: Any = json.loads(storage.read_bytes(replication_path(directory)))
+        if not isinstance(raw, dict) or raw.get("format") != _REPLICATION_FORMAT:
+            raise ValueError("not a ckpt replication record")
+        to = raw.get("to")
+        done = {int(step): str(version) for step, version in raw["replicated"].items()}
+        return (None if to is None else str(to)), done
+    except FileNotFoundError:
+        return None, {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        logger.warning("ignoring %s: %s", replication_path(directory), exc)
+        return None, {}
+
+
+def write_replication(
+    storage: Storage, directory: str, to: str, replicated: Mapping[int, str]
+) -> None:
+    """Replace the record of what is replicated (atomically, durably)."""
+    data = {
+        "format": _REPLICATION_FORMAT,
+        "to": to,
+        "replicated": {str(step): replicated[step] for step in sorted(replicated)},
+    }
+    storage.make_dirs(join(directory, _layout.META_DIR))
+    path = replication_path(directory)
     storage.replace_file(path, json.dumps(data, indent=1).encode(), durable=True)

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,6 +69,11 @@ class Shared:
         self.live: dict[int, Attempt] = {}
         # Step -> the finalizer committing its attempt in the background.
         self.finalizing: dict[int, Joinable] = {}
+        # Step -> why retention must keep it for now, for another reason than a save
+        # (a local checkpoint whose replica is not committed yet).
+        self.held: dict[int, str] = {}
+        # Called (under `mutex`) with each step committed here: a replicator's queue.
+        self.on_commit: Callable[[int], None] | None = None
 
     def open_writer(self) -> None:
         """Take the directory's lock, then recover and index it."""
@@ -130,12 +136,14 @@ class Shared:
             self.lock.check()
 
     def protected(self, but: int | None = None) -> dict[int, str]:
-        """The steps retention must not delete now: saves in progress are replacing them."""
-        return {
-            step: "a save in progress is replacing it"
+        """The steps retention must not delete now: saves in progress replace them, or held."""
+        protected = dict(self.held)
+        protected.update(
+            (step, "a save in progress is replacing it")
             for step, count in self.saving.items()
             if count and step != but
-        }
+        )
+        return protected
 
 
 # Keyed by the storage's canonical name of the directory. `verify` looks here too: it

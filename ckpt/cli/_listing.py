@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ckpt import CheckpointManager, CheckpointRecord, PreemptionRecord
 from ckpt.cli._configs import _config_for
 from ckpt.cli._output import _iso, _local, _plural, _Progress, _size, _table, _value
-from ckpt.storage import CheckpointPath, open_storage, walk_files
+from ckpt.storage import CheckpointPath, open_storage, redact_url, walk_files
 from policies import Decision, metric_value
 
 
@@ -29,6 +29,10 @@ class _Listing:
     best: CheckpointRecord | None
     latest: CheckpointRecord | None
     preemption: PreemptionRecord | None = None
+    #: With ``replicate:``: where the replica is, each step's tier, or why it is unknown.
+    replica: str | None = None
+    replication: dict[int, str] | None = None
+    replica_error: str | None = None
 
     def metrics(self) -> dict[str, int]:
         return _metric_counts(self.records, first=self.metric_name)
@@ -62,6 +66,15 @@ class _Listing:
             "metrics": self.metrics(),
             "total_size_bytes": sum(s or 0 for s in self.sizes.values()),
             "preemption": None if self.preemption is None else asdict(self.preemption),
+            "replication": None
+            if self.replica is None
+            else {
+                "to": self.replica,
+                "steps": None
+                if self.replication is None
+                else {str(step): status for step, status in self.replication.items()},
+                "error": self.replica_error,
+            },
         }
 
     def lines(self) -> list[str]:
@@ -80,8 +93,8 @@ class _Listing:
         shown = list(self.metrics())[:3]
         header = ["step", *shown, "size", "committed", "pinned"]
         damaged = [r.step for r in self.records if r.damaged]
-        if damaged:
-            header.append("damaged")
+        extra = self._extra_columns(bool(damaged))
+        header += [name for name, _ in extra]
         if self.decisions is not None:
             header += ["retention", "why"]
         rows = []
@@ -89,8 +102,7 @@ class _Listing:
             row = [str(r.step), *(_value(r.info.get(m)) for m in shown)]
             row += [_size(self.sizes.get(r.step)), _local(r.committed_at)]
             row.append("pinned" if r.pinned else "")
-            if damaged:
-                row.append("damaged" if r.damaged else "")
+            row += [column(r) for _, column in extra]
             if self.decisions is not None:
                 decision = self.decisions[r.step]
                 row += ["keep" if decision.keep else "prune", self._why(decision.reason)]
@@ -107,6 +119,17 @@ class _Listing:
             out.append("(pass --config CFG to see what its retention keeps and why)")
         return out
 
+    def _extra_columns(self, damaged: bool) -> list[tuple[str, Callable[[CheckpointRecord], str]]]:
+        """The columns shown only where they say something: damage, the replica's state."""
+        columns: list[tuple[str, Callable[[CheckpointRecord], str]]] = []
+        if damaged:
+            columns.append(("damaged", lambda r: "damaged" if r.damaged else ""))
+        tiers = self.replication or {}
+        if tiers:
+            shown = {"replicated": "yes", "local": "pending", "uploading": "uploading"}
+            columns.append(("replica", lambda r: shown.get(tiers.get(r.step, ""), "")))
+        return columns
+
     def _notes(self, damaged: list[int]) -> list[str]:
         """The lines on damage and on the last preemption, where there is any."""
         out = []
@@ -118,7 +141,23 @@ class _Listing:
             )
         if self.preemption is not None:
             out.append(f"last:    {self.preemption.describe()}")
+        if self.replica is not None:
+            out.append(f"replica: {self.replica}: {self._replica_line()}")
         return out
+
+    def _replica_line(self) -> str:
+        if self.replication is None:
+            return f"not reachable ({self.replica_error})"
+        local = {r.step for r in self.records}
+        there = [s for s, status in self.replication.items() if status == "replicated"]
+        only = [s for s in there if s not in local]
+        pending = [s for s, status in self.replication.items() if status != "replicated"]
+        line = f"{_plural(len(there), 'checkpoint')} replicated"
+        if only:
+            line += f" (only there: step {', '.join(map(str, only))})"
+        if pending:
+            line += f"; not yet: step {', '.join(map(str, pending))}"
+        return line
 
     def _why(self, reason: str) -> str:
         """A decision's reason without the policies the header names: ``top-3 #1``."""
@@ -152,6 +191,15 @@ def _list(directory: str, config_file: str | None) -> _Listing:
         overview = manager.overview()  # one look: a live run may change the directory
         retention, ranking = repr(manager.retention), repr(manager.ranking)
         preemption = manager.last_preemption()
+        replicate = manager.config.replicate
+        replica = None if replicate is None else redact_url(str(replicate.to))
+        replication: dict[int, str] | None = None
+        replica_error = None
+        if replicate is not None:
+            try:
+                replication = manager.replication_status()
+            except (OSError, ValueError) as exc:
+                replica_error = str(exc)
     records = list(overview.records)
     return _Listing(
         directory=directory,
@@ -168,6 +216,9 @@ def _list(directory: str, config_file: str | None) -> _Listing:
         best=overview.best if config.metric_name else None,
         latest=overview.latest,
         preemption=preemption,
+        replica=replica,
+        replication=replication,
+        replica_error=replica_error,
     )
 
 

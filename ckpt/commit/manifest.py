@@ -251,6 +251,25 @@ def read_files_record(storage: Storage, checkpoint: str) -> tuple[ManifestFile, 
     return tuple(decode_file(item) for item in files)
 
 
+def recorded_files(storage: Storage, committed: Committed) -> dict[str, ManifestFile] | None:
+    """The files a committed checkpoint's record lists, by path; ``None`` without a record.
+
+    The manifest's list for the manifest protocol, ``.ckpt-files.json`` for a
+    ``step_N`` directory (absent in checkpoints older ckpt or NeMo RL committed).
+
+    Raises:
+        ValueError: If the record is damaged or not one ckpt wrote.
+        OSError: If it cannot be read.
+    """
+    if committed.kind == "manifest":
+        assert committed.manifest is not None
+        data = storage.read_bytes(committed.manifest, limit=MAX_MANIFEST_BYTES)
+        files: tuple[ManifestFile, ...] | None = decode_manifest(data, committed.step).files
+    else:
+        files = read_files_record(storage, committed.path)
+    return None if files is None else {f.path: f for f in files}
+
+
 def remove_manifest(storage: Storage, path: str, version: str) -> bool:
     """Remove the manifest ``path`` if it is still ``version``; whether it is gone.
 

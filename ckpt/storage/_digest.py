@@ -70,6 +70,29 @@ def hash_file(storage: Storage, path: str, new: Callable[[], Hasher] = hasher) -
     return size, digest.hexdigest()
 
 
+def copy_file(
+    source: Storage, path: str, target: Storage, to: str, *, durable: bool
+) -> tuple[int, str]:
+    """Stream the file ``path`` of ``source`` to ``to`` on ``target``, hashing it on the way.
+
+    One read of the source, one write of the target (a multipart upload on a store,
+    complete only once the copy is), and no second pass: its size and hex digest.
+
+    Raises:
+        FileNotFoundError: If there is nothing at ``path``.
+        UnsafeFileError: If it is not a regular file.
+        OSError: If reading or writing fails; the target file is then not left whole.
+    """
+    digest = hasher()
+    size = 0
+    with source.open_read(path) as f, target.open_write(to, durable=durable) as out:
+        for chunk in _chunks(f):
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
 class _Memo:
     """Digests of files this process wrote, by location, with the version each had."""
 

@@ -1,0 +1,1 @@
+"""Replication: a local tier copied to a second directory in the background."""

@@ -1,0 +1,309 @@
+"""A local tier replicated to a second directory by a background thread.
+
+Saves commit to the local directory as they always do; each local commit puts its step
+on the replicator's queue and holds it there (local retention keeps it) until its
+replica is committed. The replicator copies the checkpoint's files into an attempt of
+the replica directory, hashing each byte as it goes through and comparing with the
+digests of the local record, then commits the attempt there with those digests
+(under the replica's own protocol: the manifest protocol on an object store), applies
+the replica's retention, records the step as replicated in ``.ckpt/replication.json``
+of the local tier, releases the hold and prunes the local tier.
+
+The queue is the difference between the two: what is committed locally and not
+recorded as replicated in that version. So a crash after a local commit loses nothing:
+the next writer of the directory finds the step unreplicated and uploads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+
+from ckpt import _layout
+from ckpt._directory import meta
+from ckpt._directory.directory import Directory
+from ckpt._errors import CheckpointError, ChecksumMismatchError, ReplicationError
+from ckpt.commit.base import Committed
+from ckpt.commit.manifest import ManifestFile, recorded_files
+from ckpt.storage import user_path
+from ckpt.storage._digest import copy_file, digest_of
+from ckpt.storage.base import join, walk_files
+
+logger = logging.getLogger("ckpt")
+
+# How often an upload is tried before the step waits for the next commit or restart.
+ATTEMPTS = 3
+_BACKOFF_S = (0.5, 2.0)
+_HELD = "its replica is not committed yet"
+
+Status = str  # "local" | "uploading" | "replicated"
+
+
+def _files_of(directory: Directory, committed: Committed) -> dict[str, int]:
+    prefix = committed.path.rstrip("/") + "/"
+    return {
+        path.removeprefix(prefix): entry.size
+        for path, entry in walk_files(directory.storage, committed.path)
+        if path.removeprefix(prefix) != _layout.FILES_RECORD
+    }
+
+
+def copy_checkpoint(
+    source: Directory, committed: Committed, target: Directory, *, what: str
+) -> str:
+    """Copy one committed checkpoint of ``source`` into ``target`` and commit it there.
+
+    Every file is hashed as it streams and must match ``source``'s record (where it has
+    one); the commit in ``target`` carries those digests, so nothing is read twice.
+    Returns the committed location in ``target``.
+
+    Raises:
+        ChecksumMismatchError: If a file does not match its record; nothing commits.
+        OSError: If a read or a write fails; nothing commits.
+    """
+    step = committed.step
+    record: Mapping[str, ManifestFile] | None = recorded_files(source.storage, committed)
+    files = _files_of(source, committed)
+    read = source.storage.read_bytes
+    info = committed.training_info or read(join(committed.path, _layout.INFO_FILE))
+    config = (
+        read(join(committed.path, _layout.CONFIG_FILE)) if _layout.CONFIG_FILE in files else None
+    )
+    for name, data in ((_layout.INFO_FILE, info), (_layout.CONFIG_FILE, config)):
+        listed = None if record is None else record.get(name)
+        if data is None or listed is None or listed.xxh3_128 is None:
+            continue
+        if listed.xxh3_128 != digest_of(data):
+            raise ChecksumMismatchError(
+                f"{what} step {step}: {name} does not match the digest of its record; it "
+                f"is damaged where it is, and was not copied",
+                path=str(user_path(source.storage, join(committed.path, name))),
+            )
+    attempt = target.start(step, info, config)
+    digests: dict[str, str] = {}
+    try:
+        for name in sorted(files):
+            if name in (_layout.INFO_FILE, _layout.CONFIG_FILE):
+                continue  # written by start, from the bytes read above
+            size, digest = copy_file(
+                source.storage,
+                join(committed.path, name),
+                target.storage,
+                join(attempt, name),
+                durable=target.place.durable,
+            )
+            listed = None if record is None else record.get(name)
+            if listed is not None and listed.xxh3_128 is not None and listed.xxh3_128 != digest:
+                raise ChecksumMismatchError(
+                    f"{what} step {step}: {name} does not match the digest of its record "
+                    f"(read {size} bytes); it is damaged where it is, and was not copied",
+                    path=str(user_path(source.storage, join(committed.path, name))),
+                )
+            digests[name] = digest
+        return target.finalize(attempt, step, digests)
+    except BaseException:
+        target.abort(attempt, step)
+        raise
+
+
+class Replicator:
+    """The local tier's queue of steps to upload, and the thread that uploads them.
+
+    Args:
+        local: The local tier (the manager's directory, a writer).
+        replica: The replica directory (a writer: its lock or lease is held).
+        to: The replica's location as the config names it, for the record.
+        name: For the thread's name.
+    """
+
+    def __init__(self, local: Directory, replica: Directory, to: str, name: str) -> None:
+        self.local, self.replica, self._to = local, replica, to
+        self._cv = threading.Condition()
+        self._queue: list[int] = []  # oldest first
+        self._uploading: int | None = None
+        self._failed: dict[int, str] = {}  # steps whose every attempt failed, and why
+        self._fetching: int | None = None
+        self._closed = False
+        shared = local.shared
+        with shared.mutex:
+            if shared.on_commit is not None:
+                raise CheckpointError(
+                    f"{local.shown} is already replicated by another manager of this "
+                    f"process; close it first"
+                )
+            _, self._replicated = meta.read_replication(local.storage, local.location)
+            for step, committed in sorted(shared.index.committed.items()):
+                if self._replicated.get(step) != committed.version:
+                    self._hold(step)
+            shared.on_commit = self.committed
+        if self._queue:
+            logger.info("resuming the upload of step(s) %s to %s", self._queue, to)
+        self._thread = threading.Thread(
+            target=self._run, name=f"ckpt-replicate {name}", daemon=True
+        )
+        self._thread.start()
+
+    # --- the queue ----------------------------------------------------------------------
+
+    def _hold(self, step: int) -> None:
+        """Queue ``step`` and keep it from local retention (the caller holds the mutex)."""
+        self.local.shared.held[step] = _HELD
+        with self._cv:
+            self._failed.clear()  # a new commit: every step that failed is tried again
+            if step not in self._queue:
+                self._queue.append(step)
+                self._queue.sort()
+            self._cv.notify_all()
+
+    def committed(self, step: int) -> None:
+        """The local commit hook: a new version of ``step`` is to be uploaded."""
+        if step == self._fetching:
+            return  # fetched back from the replica: replicated already (see `fetch`)
+        self._hold(step)
+
+    def status(self) -> dict[int, Status]:
+        """Each step of either tier: ``local``, ``uploading`` or ``replicated``."""
+        with self.local.shared.mutex:
+            local = set(self.local.shared.index.committed)
+        with self.replica.shared.mutex:
+            remote = set(self.replica.shared.index.committed)
+        with self._cv:
+            queued, uploading = set(self._queue) | set(self._failed), self._uploading
+        out: dict[int, Status] = {}
+        for step in sorted(local | remote):
+            if step == uploading:
+                out[step] = "uploading"
+            elif step in queued:
+                out[step] = "local"
+            else:
+                out[step] = "replicated"
+        return out
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until every queued step is replicated; whether it was, within ``timeout``.
+
+        Raises:
+            ReplicationError: If a step's upload failed every time it was tried.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._queue or self._uploading is not None:
+                idle = self._uploading is None
+                if idle and self._failed and not (set(self._queue) - set(self._failed)):
+                    break  # what is left failed every time: it waits for a new commit
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(60.0 if left is None else min(left, 60.0))
+            failed = dict(self._failed)
+        if failed:
+            step = min(failed)
+            raise ReplicationError(
+                f"the upload of step {step} to {self._to} failed {ATTEMPTS} times "
+                f"({failed[step]}); it stays in the local tier, and is tried again at the "
+                f"next save or when the directory is next opened"
+            )
+        return True
+
+    # --- the thread -----------------------------------------------------------------------
+
+    def _next(self) -> int | None:
+        with self._cv:
+            while not self._closed and not (set(self._queue) - set(self._failed)):
+                self._cv.wait(3600.0)  # idle between saves, for as long as it takes
+            ready = [s for s in self._queue if s not in self._failed]
+            if not ready:
+                return None  # closed, and nothing left to try
+            step = ready[0]
+            self._queue.remove(step)
+            self._uploading = step
+            return step
+
+    def _run(self) -> None:
+        while (step := self._next()) is not None:
+            error = None
+            for attempt in range(ATTEMPTS):
+                try:
+                    self._upload(step)
+                    error = None
+                    break
+                except Exception as exc:
+                    error = exc
+                    logger.warning("upload of step %d to %s failed: %s", step, self._to, exc)
+                    if attempt + 1 < ATTEMPTS:
+                        with self._cv:
+                            self._cv.wait_for(lambda: self._closed, _BACKOFF_S[attempt])
+            with self._cv:
+                self._uploading = None
+                if error is not None:
+                    self._failed[step] = repr(error)
+                    self._queue.append(step)
+                    self._queue.sort()
+                    logger.error("step %d stays local: %s", step, error)
+                self._cv.notify_all()
+
+    def _upload(self, step: int) -> None:
+        local = self.local
+        # Let a save that is still finishing (its commit called us) return first: an
+        # upload starting beside it takes the GIL and the CPU from the loop's last steps.
+        with local.shared.save_lock:
+            pass
+        with local.shared.mutex:
+            committed = local.shared.index.committed.get(step)
+        if committed is None:  # deleted meanwhile (a user's prune): nothing to upload
+            with local.shared.mutex:
+                local.shared.held.pop(step, None)
+            return
+        copy_checkpoint(local, committed, self.replica, what="local")
+        with local.shared.mutex:
+            current = local.shared.index.committed.get(step)
+            if current is not None and current.version == committed.version:
+                self._replicated[step] = committed.version
+                local.shared.held.pop(step, None)
+            self._write_record()
+        logger.info("replicated step %d to %s", step, self._to)
+        local.prune_all()  # the hold is gone: the local tier keeps keep_local again
+
+    def _write_record(self) -> None:
+        """The caller holds the local mutex."""
+        index = self.local.shared.index
+        self._replicated = {s: v for s, v in self._replicated.items() if s in index.committed}
+        meta.write_replication(self.local.storage, self.local.location, self._to, self._replicated)
+
+    # --- the way back -----------------------------------------------------------------------
+
+    def fetch(self, step: int) -> str:
+        """Copy the replica's checkpoint of ``step`` into the local tier, verified by hash.
+
+        Returns its local location.
+
+        Raises:
+            ChecksumMismatchError: If a file does not match the replica's record.
+            OSError: If a read or write fails; nothing is committed locally.
+        """
+        with self.replica.shared.mutex:
+            committed = self.replica.shared.index.committed[step]
+        self._fetching = step
+        try:
+            where = copy_checkpoint(self.replica, committed, self.local, what="replica")
+        finally:
+            self._fetching = None
+        local = self.local
+        with local.shared.mutex:
+            fetched = local.shared.index.committed[step]
+            self._replicated[step] = fetched.version
+            self._write_record()
+        logger.info("fetched step %d back from %s", step, self._to)
+        return where
+
+    def close(self) -> None:
+        """Finish the uploads queued (each tried as usual), then stop the thread."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join()
+        with self.local.shared.mutex:
+            if self.local.shared.on_commit == self.committed:
+                self.local.shared.on_commit = None

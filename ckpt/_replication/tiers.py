@@ -1,0 +1,155 @@
+"""The tiers a manager's checkpoints live in: its directory alone, or it and a replica.
+
+The manager asks its tiers for the latest checkpoint, for the state of replication, to
+wait for it and to close; `OneTier` (no ``replicate:`` in the config) answers from the
+directory alone, `TwoTiers` from both.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ckpt import _layout, commit
+from ckpt._config.schema import ReplicateSpec
+from ckpt._directory import meta
+from ckpt._directory.directory import Directory
+from ckpt._directory.retention import RetentionApplier
+from ckpt._replication.replicator import Replicator, Status
+from ckpt.storage import join, open_storage, redact_url, user_path
+
+logger = logging.getLogger("ckpt")
+
+
+def _step(name: str | None) -> int | None:
+    """The step of a checkpoint's entry name (``step_N`` or ``step_N.<token>``)."""
+    if name is None:
+        return None
+    return _layout.parse(_layout.STEP, name.split(".", 1)[0])
+
+
+class OneTier:
+    """A manager's directory alone: every question is the directory's."""
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+
+    def latest(self) -> dict[str, Any]:
+        """``{"name": ...}`` of the latest checkpoint (`Directory.latest`)."""
+        return self.directory.latest()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Nothing is replicated: nothing to wait for."""
+        return True
+
+    def status(self) -> dict[int, Status]:
+        """Nothing is replicated."""
+        return {}
+
+    def close(self) -> None:
+        """Nothing of its own to close."""
+
+
+class TwoTiers:
+    """A local directory and its replica, with the replicator between them (on the writer).
+
+    Args:
+        local: The manager's directory.
+        spec: The config's ``replicate:`` block.
+        retention: The retention applier the config describes: it governs the replica.
+        ranking_record: What the replica's ``.ckpt/ranking.json`` says.
+        durable: The config's ``fsync``.
+        lease_seconds: The config's ``lease_seconds``, for a replica on a store.
+        grace: The config's ``attempt_grace_seconds``.
+        name: For the replicator thread's name.
+
+    Raises:
+        CheckpointDirLockedError: If another process writes the replica.
+        OSError: If the replica cannot be opened.
+    """
+
+    def __init__(
+        self,
+        local: Directory,
+        spec: ReplicateSpec,
+        retention: RetentionApplier,
+        ranking_record: bytes,
+        *,
+        durable: bool,
+        lease_seconds: float,
+        grace: float,
+        name: str,
+    ) -> None:
+        self.local = local
+        storage, location = open_storage(spec.to, spec.storage_options, lease_seconds=lease_seconds)
+        self.shown = redact_url(str(user_path(storage, location)))
+        self.replica = Directory(
+            storage,
+            location,
+            commit.choose("auto", storage.capabilities),
+            durable=durable,
+            retention=retention,
+            ranking_record=ranking_record,
+            reader=local.reader,
+            grace=grace,
+        )
+        self.replicator: Replicator | None = None
+        if local.reader:
+            return  # a reader only looks at both
+        self.replica.open_writer(None)
+        try:
+            self.replicator = Replicator(local, self.replica, self.shown, name)
+        except BaseException:
+            self.replica.release()
+            raise
+
+    def latest(self) -> dict[str, Any]:
+        """The newest checkpoint of either tier, fetched back if only the replica has it.
+
+        ``{"name": step_N}`` in the local tier; for a reader, whose tiers are never
+        changed, ``{"name": None, "path": ...}`` where the replica alone has it.
+        """
+        local = self.local.latest()
+        replica = self.replica.latest()
+        here, there = _step(local["name"]), _step(replica["name"])
+        if there is None or (here is not None and here >= there):
+            return local
+        if self.replicator is None:
+            path = user_path(self.replica.storage, join(self.replica.location, replica["name"]))
+            return {"name": None, "path": str(path)}
+        logger.warning(
+            "step %d is in the replica %s and not in %s: fetching it back",
+            there,
+            self.shown,
+            self.local.shown,
+        )
+        where = self.replicator.fetch(there)
+        return {"name": where.rstrip("/").rsplit("/", 1)[-1]}
+
+    def wait(self, timeout: float | None) -> bool:
+        """`Replicator.wait` (a reader has nothing to wait for)."""
+        return True if self.replicator is None else self.replicator.wait(timeout)
+
+    def status(self) -> dict[int, Status]:
+        """`Replicator.status`; for a reader, what the local tier's record says."""
+        if self.replicator is not None:
+            return self.replicator.status()
+        return _recorded_status(self.local, self.replica)
+
+    def close(self) -> None:
+        """Finish the queued uploads, then release the replica."""
+        try:
+            if self.replicator is not None:
+                self.replicator.close()
+        finally:
+            self.replica.release()
+
+
+def _recorded_status(local: Directory, replica: Directory) -> dict[int, Status]:
+    _, replicated = meta.read_replication(local.storage, local.location)
+    here = {r.step: r for r in local.records()}
+    there = {r.step for r in replica.records()}
+    out: dict[int, Status] = {}
+    for step in sorted(here.keys() | there):
+        out[step] = "replicated" if step in there or step in replicated else "local"
+    return out

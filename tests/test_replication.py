@@ -1,0 +1,323 @@
+"""A local tier replicated to S3 (moto's server through s3fs) or to another directory.
+
+Saves commit locally; the replicator uploads each committed checkpoint and commits it
+in the replica with the manifest protocol, carrying the local record's digests; the
+local tier keeps ``keep_local`` and never drops what has no committed replica; a
+restart resumes the uploads, and finds the newest checkpoint in either tier.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+import ckpt
+from ckpt.cli import main as cli_main
+from ckpt.commit.manifest import read_files_record, read_manifest
+from ckpt.storage import open_storage, walk_files
+from ckpt.torch import load_state
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.torch,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # botocore's utcnow
+]
+
+
+def _state(step: int) -> dict[str, Any]:
+    return {"w": torch.full((1000,), float(step)), "b": torch.arange(step + 3)}
+
+
+@pytest.fixture
+def replicated(tmp_path: Path, s3_server: Any) -> dict[str, Any]:
+    """A config with a local tier under tmp_path replicated to a fresh bucket."""
+    to = f"s3://{s3_server.new_bucket()}/runs/run1"
+    config = {
+        "checkpoint_dir": str(tmp_path / "local"),
+        "fsync": False,
+        "lease_seconds": 5,
+        "retention": {"kind": "latest_n", "n": 3},
+        "replicate": {"to": to, "keep_local": 2, "storage_options": s3_server.options()},
+    }
+    storage, location = open_storage(to, s3_server.options())
+    return {"config": config, "to": to, "storage": storage, "location": location}
+
+
+def _replica_steps(replicated: dict[str, Any]) -> list[int]:
+    with ckpt.CheckpointManager(
+        {
+            "checkpoint_dir": replicated["to"],
+            "storage_options": replicated["config"]["replicate"]["storage_options"],
+        },
+        read_only=True,
+    ) as reader:
+        return [r.step for r in reader.list_checkpoints()]
+
+
+# --- the config -------------------------------------------------------------------------------
+
+
+def test_the_replicate_block_is_checked(tmp_path: Path) -> None:
+    config = ckpt.CheckpointConfig(
+        checkpoint_dir=tmp_path / "a",
+        replicate={"to": "s3://bucket/runs/r", "storage_options": {"secret": "hunter2"}},
+    )
+    assert config.replicate is not None
+    assert config.replicate.keep_local == 2
+    assert "hunter2" not in repr(config)
+    for bad, message in (
+        ({"to": str(tmp_path / "a")}, "`replicate.to` must be a place apart"),
+        ({"to": str(tmp_path / "a" / "inner")}, "one inside the other"),
+        ({"to": "s3://bucket/r", "keep_local": 0}, "`keep_local` must be an integer >= 1"),
+        ({"keep_local": 1}, "`to` is required"),
+        ({"to": "s3://bucket"}, "root of a bucket"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            ckpt.CheckpointConfig(checkpoint_dir=tmp_path / "a", replicate=bad)
+
+
+# --- saving and uploading --------------------------------------------------------------------
+
+
+def test_checkpoints_are_uploaded_with_their_digests_and_pruned_per_tier(
+    replicated: dict[str, Any],
+) -> None:
+    local = Path(replicated["config"]["checkpoint_dir"])
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, {"step": step}, _state(step))
+        for step in (4, 5):
+            manager.save_async(step, {"step": step}, _state(step))
+        assert manager.wait_for_replication(timeout=60)
+        assert manager.replication_status() == dict.fromkeys((3, 4, 5), "replicated")
+        # Local: keep_local (2) newest; replica: the config's retention (latest 3).
+        assert [r.step for r in manager.list_checkpoints()] == [4, 5]
+        assert manager.get_latest_checkpoint_path() == str(local / "step_5")
+    assert _replica_steps(replicated) == [3, 4, 5]
+    storage, location = replicated["storage"], replicated["location"]
+    local_storage, local_location = open_storage(str(local))
+    for step in (4, 5):
+        manifest = read_manifest(storage, location, step)
+        carried = {f.path: f.xxh3_128 for f in manifest.files}
+        record = read_files_record(local_storage, f"{local_location}/step_{step}")
+        assert record is not None
+        assert carried == {f.path: f.xxh3_128 for f in record}  # the same digests
+        assert set(carried) == {"training_info.json", "state.ckpt"}
+    # The replica is an ordinary checkpoint directory: deep-checked clean, loadable.
+    assert ckpt.verify(
+        replicated["to"],
+        storage_options=replicated["config"]["replicate"]["storage_options"],
+        deep=True,
+    ).ok
+    record = json.loads((local / ".ckpt" / "replication.json").read_text())
+    assert record["to"] == replicated["to"]
+    assert sorted(record["replicated"]) == ["4", "5"]
+
+
+def test_a_local_checkpoint_stays_until_its_replica_is_committed(tmp_path: Path) -> None:
+    slow, away = tmp_path / "slow", tmp_path / "slow-away"
+    config = {
+        "checkpoint_dir": str(tmp_path / "fast"),
+        "fsync": False,
+        "replicate": {"to": str(slow), "keep_local": 1},
+    }
+    with ckpt.CheckpointManager(config) as manager:
+        manager.save(1, {"step": 1}, _state(1))
+        assert manager.wait_for_replication(60)
+        slow.rename(away)  # the replica's disk is gone: a file where its directory was
+        slow.write_text("not a directory")
+        manager.save(2, {"step": 2}, _state(2))
+        manager.save(3, {"step": 3}, _state(3))
+        with pytest.raises(ckpt.ReplicationError, match="failed 3 times"):
+            manager.wait_for_replication(60)
+        assert manager.replication_status() == {1: "replicated", 2: "local", 3: "local"}
+        # keep_local is 1, but neither is replicated: both stay (step 1 went, replicated).
+        assert [r.step for r in manager.list_checkpoints()] == [2, 3]
+        slow.unlink()
+        away.rename(slow)
+        manager.save(4, {"step": 4}, _state(4))  # a new commit: the failed are tried again
+        assert manager.wait_for_replication(60)
+        assert [r.step for r in manager.list_checkpoints()] == [4]
+    assert sorted(p.name for p in slow.glob("step_*")) == [f"step_{n}" for n in (1, 2, 3, 4)]
+    assert ckpt.verify(slow, deep=True).ok
+
+
+_DIE_WITH_UPLOADS_QUEUED = textwrap.dedent(
+    """
+    import json, os, sys, torch
+    import ckpt
+    manager = ckpt.CheckpointManager(json.loads(sys.argv[1]))
+    for step in (1, 2, 3):
+        manager.save(step, {"step": step}, {"w": torch.full((100_000,), float(step))})
+    os._exit(0)  # the process dies with its uploads queued: no close, no atexit
+    """
+)
+
+
+def _die_with_uploads_queued(config: dict[str, Any]) -> set[int]:
+    """Run a job that saves steps 1-3 and dies at once; the steps its record replicated."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DIE_WITH_UPLOADS_QUEUED, json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    record = Path(config["checkpoint_dir"], ".ckpt", "replication.json")
+    replicated = json.loads(record.read_text())["replicated"] if record.exists() else {}
+    return {int(step) for step in replicated}
+
+
+@pytest.mark.subprocess
+def test_a_process_killed_after_a_local_commit_uploads_on_restart(
+    replicated: dict[str, Any],
+) -> None:
+    local = Path(replicated["config"]["checkpoint_dir"])
+    assert 3 not in _die_with_uploads_queued(replicated["config"])  # it never got there
+    # Every local checkpoint not replicated is still there, whatever keep_local says.
+    assert (local / "step_3").is_dir()
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        assert manager.replication_status()[3] in ("local", "uploading")
+        assert manager.wait_for_replication(60)
+        assert [r.step for r in manager.list_checkpoints()] == [2, 3]
+    assert _replica_steps(replicated) == [1, 2, 3]
+
+
+@pytest.mark.subprocess
+def test_a_local_checkpoint_damaged_before_its_upload_is_not_uploaded(
+    replicated: dict[str, Any],
+) -> None:
+    local = Path(replicated["config"]["checkpoint_dir"])
+    assert 3 not in _die_with_uploads_queued(replicated["config"])
+    state = local / "step_3" / "state.ckpt"
+    data = bytearray(state.read_bytes())
+    data[100] ^= 1  # bit rot in the local tier before the upload
+    state.write_bytes(bytes(data))
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        with pytest.raises(ckpt.ReplicationError, match="step 3") as raised:
+            manager.wait_for_replication(60)
+        assert "does not match the digest of its record" in str(raised.value)
+        assert manager.replication_status()[3] == "local"
+        assert 3 in [r.step for r in manager.list_checkpoints()]  # held, not pruned
+    assert 3 not in _replica_steps(replicated)
+    leftovers = [p for p, _ in walk_files(replicated["storage"], replicated["location"])]
+    assert not [p for p in leftovers if "/step_3." in p]  # no attempt, no manifest
+
+
+# --- restarting from the replica -------------------------------------------------------------
+
+
+def test_a_deleted_local_tier_resumes_from_the_replica(replicated: dict[str, Any]) -> None:
+    local = Path(replicated["config"]["checkpoint_dir"])
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, {"step": step}, _state(step))
+        assert manager.wait_for_replication(60)
+    for path in sorted(local.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    local.rmdir()
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        latest = manager.get_latest_checkpoint_path()
+        assert latest == str(local / "step_3")  # fetched back into the local tier
+        state = load_state(latest)
+        assert torch.equal(state["w"], _state(3)["w"])
+        assert torch.equal(state["b"], _state(3)["b"])
+        assert manager.load_training_info(latest) == {"step": 3}
+        assert manager.replication_status() == {1: "replicated", 2: "replicated", 3: "replicated"}
+        # A fetched-back checkpoint is not uploaded again, and a new save goes on from it.
+        manager.save(4, {"step": 4}, _state(4))
+        assert manager.wait_for_replication(60)
+    assert ckpt.verify(local, deep=True).ok
+    assert _replica_steps(replicated) == [2, 3, 4]
+
+
+def test_a_damaged_replica_is_not_fetched_back(replicated: dict[str, Any], s3_server: Any) -> None:
+    local = Path(replicated["config"]["checkpoint_dir"])
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        manager.save(1, {"step": 1}, _state(1))
+        assert manager.wait_for_replication(60)
+    storage, location = replicated["storage"], replicated["location"]
+    manifest = read_manifest(storage, location, 1)
+    state = f"{location}/{manifest.attempt}/state.ckpt"
+    data = bytearray(storage.read_bytes(state))
+    data[200] ^= 1  # rot in the bucket, written past ckpt
+    bucket, key = replicated["to"].removeprefix("s3://").split("/", 1)
+    s3_server.client().put_object(
+        Bucket=bucket, Key=f"{key}/{manifest.attempt}/state.ckpt", Body=bytes(data)
+    )
+    for path in sorted(local.glob("step_*/*")):
+        path.unlink()
+    for path in local.glob("step_*"):
+        path.rmdir()
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        with pytest.raises(ckpt.ChecksumMismatchError, match=r"replica step 1: state\.ckpt"):
+            manager.get_latest_checkpoint_path()
+        assert manager.list_checkpoints() == []  # nothing half-fetched was committed
+    assert not list(local.glob("tmp_step_*"))
+
+
+def test_a_reader_finds_the_newest_in_either_tier(replicated: dict[str, Any]) -> None:
+    local = Path(replicated["config"]["checkpoint_dir"])
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        for step in (1, 2):
+            manager.save(step, {"step": step}, _state(step))
+        assert manager.wait_for_replication(60)
+    for path in sorted((local / "step_2").iterdir()):
+        path.unlink()
+    (local / "step_2").rmdir()
+    with ckpt.CheckpointManager(replicated["config"], read_only=True) as reader:
+        latest = reader.get_latest_checkpoint_path()
+        assert latest is not None
+        assert latest.startswith(replicated["to"] + "/step_2.")  # read where it is
+        assert not (local / "step_2").exists()  # a reader changes nothing
+
+
+# --- ckpt ls ------------------------------------------------------------------------------
+
+
+def test_ckpt_ls_shows_both_tiers(
+    replicated: dict[str, Any], capsys: Any, monkeypatch: pytest.MonkeyPatch, s3_server: Any
+) -> None:
+    local = Path(replicated["config"]["checkpoint_dir"])
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, {"step": step}, _state(step))
+        assert manager.wait_for_replication(60)
+    for name, value in s3_server.env().items():  # the CLI reads credentials from there
+        monkeypatch.setenv(name, value)
+    assert cli_main(["ls", str(local)]) == 0
+    out = capsys.readouterr().out
+    assert "replica" in out.splitlines()[1]
+    assert f"replica: {replicated['to']}: 3 checkpoints replicated (only there: step 1)" in out
+    assert cli_main(["ls", str(local), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["replication"]["to"] == replicated["to"]
+    assert listed["replication"]["steps"] == {
+        "1": "replicated",
+        "2": "replicated",
+        "3": "replicated",
+    }
+    assert "secret" not in (local / ".ckpt" / "ranking.json").read_text()
+
+
+def test_a_replica_on_another_disk(tmp_path: Path) -> None:
+    config = {
+        "checkpoint_dir": str(tmp_path / "fast"),
+        "replicate": {"to": str(tmp_path / "slow"), "keep_local": 1},
+    }
+    with ckpt.CheckpointManager(config) as manager:
+        for step in (1, 2):
+            manager.save_async(step, {"step": step}, _state(step))
+        assert manager.wait_for_replication(60)
+    assert sorted(p.name for p in (tmp_path / "fast").glob("step_*")) == ["step_2"]
+    assert sorted(p.name for p in (tmp_path / "slow").glob("step_*")) == ["step_1", "step_2"]
+    assert ckpt.verify(tmp_path / "slow", deep=True).ok
