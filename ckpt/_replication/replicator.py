@@ -256,7 +256,17 @@ class Replicator:
             with local.shared.mutex:
                 local.shared.held.pop(step, None)
             return
-        copy_checkpoint(local, committed, self.replica, what="local")
+        try:
+            copy_checkpoint(local, committed, self.replica, what="local")
+        except (ChecksumMismatchError, FileNotFoundError):
+            with local.shared.mutex:
+                now = local.shared.index.committed.get(step)
+            if now is None or now.version != committed.version:
+                # Saved again (or deleted) while it was copied: not damage. The new
+                # version's commit queued it again; nothing of this copy committed.
+                logger.info("step %d changed while it was uploaded: uploading it again", step)
+                return
+            raise
         with local.shared.mutex:
             current = local.shared.index.committed.get(step)
             if current is not None and current.version == committed.version:
