@@ -137,9 +137,11 @@ def serve() -> None:
 
 
 def rank(directory: str, report: str) -> None:
+    import datetime
+
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     me = dist.get_rank()
     manager = ckpt.CheckpointManager(_config(directory, 20.0))
     state = {"w": torch.zeros(1000)}

@@ -78,7 +78,8 @@ def test_the_replicate_block_is_checked(tmp_path: Path) -> None:
         ({"to": str(tmp_path / "a" / "inner")}, "one inside the other"),
         ({"to": "s3://bucket/r", "keep_local": 0}, "`keep_local` must be an integer >= 1"),
         ({"keep_local": 1}, "`to` is required"),
-        ({"to": "s3://bucket"}, "root of a bucket"),
+        ({"to": "s3://bucket"}, "`replicate.to` must name the run's own prefix"),
+        ({"to": ""}, "`replicate.to` must name the run's own directory"),
     ):
         with pytest.raises(ValidationError, match=message):
             ckpt.CheckpointConfig(checkpoint_dir=tmp_path / "a", replicate=bad)

@@ -338,22 +338,28 @@ def _signal_names(value: Any) -> Any:
     return names
 
 
-def _checkpoint_url(value: Any, protocol: str, rest: str) -> str:
+def _checkpoint_url(value: Any, protocol: str, rest: str, field: str) -> str:
     """A URL ``checkpoint_dir`` on a store: kept as a string, refused at a bucket's root."""
     key = rest.strip("/")
     if ("/" not in key and protocol != "memory") or not key:
         raise PydanticCustomError(
             "ckpt_checkpoint_dir",
-            "`checkpoint_dir` must name the run's own prefix, got {value}, which is the "
+            "`{field}` must name the run's own prefix, got {value}, which is the "
             "root of a bucket: a writer there would take every step_N in it for its own "
             "and prune it; use a prefix of the run, such as {example}",
-            {"value": short_repr(value), "example": f"{protocol}://{key or 'bucket'}/runs/run1"},
+            {
+                "field": field,
+                "value": short_repr(value),
+                "example": f"{protocol}://{key or 'bucket'}/runs/run1",
+            },
         )
     return f"{protocol}://{rest.rstrip('/')}"
 
 
-def _checkpoint_dir(value: Any) -> Any:
+def _checkpoint_dir(value: Any, info: ValidationInfo) -> Any:
     """Refuse the paths where a writer would prune directories that are not the run's."""
+    # The same rules hold for `checkpoint_dir` and for the replica, `replicate.to`.
+    field = "checkpoint_dir" if info.field_name == "checkpoint_dir" else "replicate.to"
     if not isinstance(value, (str, os.PathLike)):
         return value  # pydantic says what a path is
     text = os.fspath(value)
@@ -364,16 +370,16 @@ def _checkpoint_dir(value: Any) -> Any:
         except ValueError as exc:
             raise PydanticCustomError("ckpt_checkpoint_dir", str(exc)) from None
         if protocol is not None:
-            return _checkpoint_url(value, protocol, value.split("://", 1)[1])
+            return _checkpoint_url(value, protocol, value.split("://", 1)[1], field)
         if value.lower().startswith(("file://", "local://")):
             text = value.split("://", 1)[1]  # local disk, spelt as a URL: its guarantees
     if isinstance(text, bytes) or not text.strip():
         raise PydanticCustomError(
             "ckpt_checkpoint_dir",
-            "`checkpoint_dir` must name the run's own directory, got {value}: an empty path "
+            "`{field}` must name the run's own directory, got {value}: an empty path "
             "would mean the current directory, and a writer prunes every step_N "
             "directory it finds there; give a path such as results/run1",
-            {"value": short_repr(value)},
+            {"field": field, "value": short_repr(value)},
         )
     absolute = os.path.abspath(text)
     roots = {os.path.abspath(os.sep): "the file system's root"}
@@ -382,16 +388,25 @@ def _checkpoint_dir(value: Any) -> Any:
     if absolute in roots:
         raise PydanticCustomError(
             "ckpt_checkpoint_dir",
-            "`checkpoint_dir` must name the run's own directory, got {value}, which is "
+            "`{field}` must name the run's own directory, got {value}, which is "
             "{what}: a writer there would take every step_N directory in it for its own "
             "and prune it; use a directory of the run, such as {example}",
             {
+                "field": field,
                 "value": short_repr(value),
                 "what": roots[absolute],
                 "example": os.path.join(absolute, "runs", "run1"),
             },
         )
     return Path(text)
+
+
+CheckpointPlace = Annotated[
+    Path | str,
+    BeforeValidator(_checkpoint_dir),
+    WithJsonSchema({"type": "string", "format": "path-or-url"}),
+]
+"""A directory of checkpoints: a `Path`, or a URL of an fsspec store kept as a string."""
 
 
 _MAX_DEPTH = 32
@@ -446,11 +461,7 @@ class ReplicateSpec(_Strict):
     and never drops one before its replica is committed.
     """
 
-    to: Annotated[
-        Path | str,
-        BeforeValidator(_checkpoint_dir),
-        WithJsonSchema({"type": "string", "format": "path-or-url"}),
-    ] = Field(
+    to: CheckpointPlace = Field(
         description="Where the replica goes: anything checkpoint_dir takes (a path, or "
         "a URL such as s3://bucket/runs/run1), but not checkpoint_dir itself."
     )
@@ -503,11 +514,7 @@ class CheckpointConfig(_Strict):
         description="Whether checkpointing is on. When off the manager only reads: "
         "it takes no lock, creates nothing, and refuses to write.",
     )
-    checkpoint_dir: Annotated[
-        Path | str,
-        BeforeValidator(_checkpoint_dir),
-        WithJsonSchema({"type": "string", "format": "path-or-url"}),
-    ] = Field(
+    checkpoint_dir: CheckpointPlace = Field(
         description="Directory holding the step_N checkpoints: the run's own directory "
         "(not empty, not / and not the home directory, where a writer would take every "
         "step_N for its own). A URL (s3://bucket/run, gs://..., memory://...) puts them "
