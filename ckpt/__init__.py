@@ -41,6 +41,7 @@ from ckpt._errors import (
     SaveInProgressError,
     SerializationError,
     StateNotFoundError,
+    StoreUnavailableError,
     UnsafeFileError,
 )
 from ckpt._manager import CheckpointManager
@@ -89,6 +90,7 @@ __all__ = [
     "SaveInProgressError",
     "SerializationError",
     "StateNotFoundError",
+    "StoreUnavailableError",
     "Storage",
     "UnsafeFileError",
     "VerifyReport",

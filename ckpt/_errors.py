@@ -23,6 +23,7 @@ specific one also derives from the built-in exception a caller would naturally c
     ├── CollectiveTimeoutError           (TimeoutError)     a rank died or did not answer in time
     ├── IncompleteCheckpointError        (RuntimeError)     an expected writer did not report
     ├── ReplicationError                 (RuntimeError)     an upload to the replica kept failing
+    ├── StoreUnavailableError            (ConnectionError)  a store did not answer (retries spent)
     └── UnsafeFileError                  (OSError)          a link, FIFO, device or oversized file
                                                                 where ckpt reads or writes its own
 
@@ -114,7 +115,15 @@ class LeaseLostError(CheckpointError, RuntimeError):
     background; when a renewal fails for longer than the lease lasts (a partition, a
     paused process), another writer may have taken the directory over, so this one
     refuses to commit or delete anything more.
+
+    ``lapsed`` is true when the lease only went unrenewed (the store did not answer):
+    it is re-taken by the next call that reaches the store, unless another writer took
+    it over meanwhile. False when it was taken over or released: that is for good.
     """
+
+    def __init__(self, message: str, *, lapsed: bool = False) -> None:
+        super().__init__(message)
+        self.lapsed = lapsed
 
 
 class CommitConflictError(CheckpointError, FileExistsError):
@@ -249,6 +258,21 @@ class ReplicationError(CheckpointError, RuntimeError):
     The checkpoint stays in the local tier, committed and held from local retention; its
     upload is tried again at the next save and when the directory is next opened.
     """
+
+
+class StoreUnavailableError(CheckpointError, ConnectionError):
+    """An object store could not be reached, or stopped answering, after every retry.
+
+    s3fs and botocore raise their own exceptions for a refused, stalled or cut
+    connection (``EndpointConnectionError``, ``ReadTimeoutError``, aiohttp's errors),
+    which are not ``OSError``; ckpt raises this one in their place, naming the store's
+    URL (credentials hidden) and chained to the original. It is a ``ConnectionError``,
+    so an ``except OSError`` that handles a failing disk handles a failing store too.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class FinalizationError(CheckpointError, RuntimeError):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Any
+
+# The userinfo of a URL (``KEY:SECRET@`` in ``s3://KEY:SECRET@bucket/run``).
+USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s]*@")
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel = 3
@@ -23,3 +27,8 @@ def short_repr(value: Any, limit: int = 80) -> str:
     except Exception:  # a broken __repr__ must not hide the message it is quoted in
         text = f"<{type(value).__name__} object>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the userinfo of every URL in it hidden: ``s3://***@bucket/run``."""
+    return USERINFO.sub(r"\g<scheme>***@", text)

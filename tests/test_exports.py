@@ -44,6 +44,7 @@ CKPT_EXPORTS = [
     "SaveInProgressError",
     "SerializationError",
     "StateNotFoundError",
+    "StoreUnavailableError",
     "Storage",
     "UnsafeFileError",
     "VerifyReport",

@@ -24,7 +24,13 @@ from collections.abc import Mapping
 from ckpt import _layout
 from ckpt._directory import meta
 from ckpt._directory.directory import Directory
-from ckpt._errors import CheckpointError, ChecksumMismatchError, ReplicationError
+from ckpt._errors import (
+    CheckpointError,
+    ChecksumMismatchError,
+    LeaseLostError,
+    ReplicationError,
+    StoreUnavailableError,
+)
 from ckpt.commit.base import Committed
 from ckpt.commit.manifest import ManifestFile, recorded_files
 from ckpt.storage import user_path
@@ -36,6 +42,8 @@ logger = logging.getLogger("ckpt")
 # How often an upload is tried before the step waits for the next commit or restart.
 ATTEMPTS = 3
 _BACKOFF_S = (0.5, 2.0)
+# While the replica's store does not answer, uploads wait and try again, this often at most.
+_STALL_PAUSE_S = (1.0, 30.0)
 _HELD = "its replica is not committed yet"
 
 Status = str  # "local" | "uploading" | "replicated"
@@ -126,6 +134,7 @@ class Replicator:
         self._failed: dict[int, str] = {}  # steps whose every attempt failed, and why
         self._fetching: int | None = None
         self._closed = False
+        self._stalled: str | None = None  # why the replica does not answer, while it does not
         shared = local.shared
         with shared.mutex:
             if shared.on_commit is not None:
@@ -162,6 +171,17 @@ class Replicator:
         if step == self._fetching:
             return  # fetched back from the replica: replicated already (see `fetch`)
         self._hold(step)
+        stalled = self._stalled
+        if stalled is not None:
+            with self._cv:
+                waiting = sorted(set(self._queue) | {self._uploading} - {None})
+            logger.warning(
+                "the replica %s does not answer (%s): step(s) %s wait in the local tier, "
+                "which keeps them until they are uploaded",
+                self._to,
+                stalled,
+                waiting,
+            )
 
     def status(self) -> dict[int, Status]:
         """Each step of either tier: ``local``, ``uploading`` or ``replicated``."""
@@ -224,17 +244,37 @@ class Replicator:
     def _run(self) -> None:
         while (step := self._next()) is not None:
             error = None
-            for attempt in range(ATTEMPTS):
+            attempt = 0
+            pause = _STALL_PAUSE_S[0]
+            while attempt < ATTEMPTS:
                 try:
                     self._upload(step)
                     error = None
+                    self._stalled = None
                     break
+                except (StoreUnavailableError, LeaseLostError) as exc:
+                    # The store is away (or the replica's lease lapsed while it was): not
+                    # the step's fault, and no attempt spent. Wait and try again.
+                    if isinstance(exc, LeaseLostError) and not exc.lapsed:
+                        error = exc
+                        break  # taken over by another writer: that is for good
+                    if self._stalled is None:
+                        logger.warning(
+                            "the replica %s does not answer; uploads wait: %s", self._to, exc
+                        )
+                    self._stalled = type(exc).__name__
+                    with self._cv:
+                        if self._cv.wait_for(lambda: self._closed, pause):
+                            error = exc
+                            break  # closing: the step stays queued for the next open
+                    pause = min(pause * 2, _STALL_PAUSE_S[1])
                 except Exception as exc:
+                    attempt += 1
                     error = exc
                     logger.warning("upload of step %d to %s failed: %s", step, self._to, exc)
-                    if attempt + 1 < ATTEMPTS:
+                    if attempt < ATTEMPTS:
                         with self._cv:
-                            self._cv.wait_for(lambda: self._closed, _BACKOFF_S[attempt])
+                            self._cv.wait_for(lambda: self._closed, _BACKOFF_S[attempt - 1])
             with self._cv:
                 self._uploading = None
                 if error is not None:

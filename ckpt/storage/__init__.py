@@ -7,13 +7,13 @@ layer above it (commit protocols, the manager, ``ckpt.torch``, the CLI) asks a
 (any fsspec URL: S3, GCS, ``memory://``). `open_storage` picks one for a path or URL.
 """
 
+from ckpt._text import redact_url
 from ckpt.storage._open import (
     CheckpointPath,
     PathInput,
     PathStr,
     location_of,
     open_storage,
-    redact_url,
     refuse_credentials,
     url_protocol,
     user_path,

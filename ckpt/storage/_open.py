@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from ckpt._text import USERINFO, redact_url
 from ckpt.storage.base import Storage
 from ckpt.storage.fsspec import FsspecStorage
 from ckpt.storage.local import LocalStorage
@@ -53,8 +54,6 @@ PathInput = Union[str, "os.PathLike[str]", "UPath"]
 """What users may name a location with: a path, a URL, or a path object of either."""
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
-# The userinfo of a URL (``KEY:SECRET@`` in ``s3://KEY:SECRET@bucket/run``).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s]*@")
 _LOCAL = ("file", "local")  # fsspec's names for the local file system
 
 # The package each fsspec protocol needs, and the extra of ckpt that installs it.
@@ -97,11 +96,6 @@ def _local(value: PathInput) -> str:
     return os.path.abspath(os.fspath(text))
 
 
-def redact_url(text: str) -> str:
-    """``text`` with the userinfo of every URL in it hidden: ``s3://***@bucket/run``."""
-    return _USERINFO.sub(r"\g<scheme>***@", text)
-
-
 def refuse_credentials(value: PathInput, field: str = "checkpoint_dir") -> None:
     """Refuse a URL that carries credentials (``s3://KEY:SECRET@bucket/run``).
 
@@ -114,7 +108,7 @@ def refuse_credentials(value: PathInput, field: str = "checkpoint_dir") -> None:
         ValueError: Naming the URL with its credentials hidden.
     """
     text = str(value)
-    if url_protocol(value) is not None and _USERINFO.match(text) is not None:
+    if url_protocol(value) is not None and USERINFO.match(text) is not None:
         raise ValueError(
             f"`{field}` {redact_url(text)!r} carries credentials in the URL (hidden here): "
             f"pass them in `storage_options` (key=..., secret=... for s3://) or the "

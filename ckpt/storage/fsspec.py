@@ -16,16 +16,20 @@ What a store offers beyond plain puts and gets decides the rest:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import io
+import logging
 import posixpath
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar, cast
 
-from ckpt._errors import UnsafeFileError
+from ckpt._errors import StoreUnavailableError, UnsafeFileError
+from ckpt._text import redact_url
 from ckpt.storage.base import MAX_READ_BYTES, Capabilities, Entry, EntryKind
 from ckpt.storage.lease import Lease, lease_live
 
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 Dialect = Literal["s3", "memory", "generic"]
+_T = TypeVar("_T")
+logger = logging.getLogger("ckpt")
 
 WRITE_PART_BYTES = 16 << 20
 """The part size of streamed writes: a multipart upload holds one part in memory."""
@@ -77,6 +83,55 @@ def _version(info: Mapping[str, Any]) -> str:
 def _precondition_failed(exc: OSError) -> bool:
     """Whether s3fs's error is S3 refusing a conditional request (412)."""
     return "PreconditionFailed" in str(exc) or "pre-condition" in str(exc)
+
+
+# The packages between s3fs and the network: what they raise for a refused, stalled or cut
+# connection is no OSError (botocore's EndpointConnectionError, ReadTimeoutError...).
+_TRANSPORT = frozenset({"botocore", "aiobotocore", "aiohttp", "urllib3"})
+# What a file system answers about the object itself: never a transport failure.
+_ANSWERS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, UnsafeFileError)
+
+
+def transport_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store was not reached (or stopped answering), not what it holds."""
+    if isinstance(exc, _ANSWERS) or not isinstance(exc, Exception):
+        return False
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
+        return True
+    return type(exc).__module__.split(".", 1)[0] in _TRANSPORT
+
+
+class _Translated:
+    """A file of the store whose transport failures surface as `StoreUnavailableError`."""
+
+    def __init__(self, f: Any, fail: Callable[[Exception], Exception]) -> None:
+        object.__setattr__(self, "_f", f)
+        object.__setattr__(self, "_fail", fail)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._f, name)
+        if not callable(value):
+            return value
+        fail = self._fail
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return value(*args, **kwargs)
+            except Exception as exc:
+                if not transport_failure(exc):
+                    raise
+                raise fail(exc) from exc
+
+        return call
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._f, name, value)
+
+    def __enter__(self) -> _Translated:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _kind(info: Mapping[str, Any]) -> EntryKind:
@@ -181,6 +236,51 @@ class FsspecStorage:
             return "memory://" + key.lstrip("/")  # not fsspec's memory:///key
         return cast(str, self.fs.unstrip_protocol(key))
 
+    def unavailable(self, path: str, exc: BaseException) -> StoreUnavailableError:
+        """The error for a request about ``path`` that never got the store's answer."""
+        url = redact_url(self.canonical(path))
+        detail = redact_url(str(exc))[:300]
+        return StoreUnavailableError(
+            f"the store did not answer a request for {url} for {self.lease_seconds:g} s "
+            f"({type(exc).__name__}: {detail}); what it was part of did not complete: "
+            f"try again once the store is reachable",
+            url=url,
+        )
+
+    def _request(self, path: str, call: Callable[[], _T], *, changes: bool = False) -> _T:
+        """``call()`` (requests about ``path``), tried again while the store does not answer.
+
+        A refused, stalled or cut connection is tried again, with a growing pause, for
+        up to `lease_seconds`: an outage shorter than the lease costs a save time and a
+        warning, not an error. A request that changes the store checks the lease again
+        before each try, so a retry never lands after the lease could have been taken
+        over. Past that, `StoreUnavailableError`.
+        """
+        deadline = None
+        pause = 0.2
+        while True:
+            if changes:
+                self._fence(path)
+            try:
+                return call()
+            except Exception as exc:
+                if not transport_failure(exc):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.lease_seconds
+                    logger.warning(
+                        "the store does not answer a request for %s (%s): trying again for "
+                        "up to %g s",
+                        redact_url(self.canonical(path)),
+                        type(exc).__name__,
+                        self.lease_seconds,
+                    )
+                if now + pause > deadline:
+                    raise self.unavailable(path, exc) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
     # --- reading --------------------------------------------------------------------
 
     def _entry(self, info: Mapping[str, Any]) -> Entry:
@@ -194,7 +294,7 @@ class FsspecStorage:
         """The objects and prefixes directly under ``path``; empty if there are none."""
         key = self._path(path)
         try:
-            listing = self.fs.ls(key, detail=True, refresh=True)
+            listing = self._request(path, lambda: self.fs.ls(key, detail=True, refresh=True))
         except FileNotFoundError:
             return []
         # A listing of an object's own key names that object: it is no directory.
@@ -209,7 +309,7 @@ class FsspecStorage:
         key = self._path(path)
         self.fs.invalidate_cache(key)
         try:
-            info = self.fs.info(key)
+            info = self._request(path, lambda: self.fs.info(key))
         except FileNotFoundError:
             return None
         return self._entry(info)
@@ -222,20 +322,27 @@ class FsspecStorage:
             raise UnsafeFileError(errno.EISDIR, "a prefix, not an object", path)
 
     def open_read(self, path: str, *, follow_links: bool = False) -> BinaryIO:
-        """A stream over the object, read in ranged requests of `READ_BLOCK_BYTES`."""
+        """A stream over the object, read in ranged requests of `READ_BLOCK_BYTES`.
+
+        s3fs retries each ranged read; a read that still fails raises
+        `StoreUnavailableError`.
+        """
         self._check_file(path)
-        return cast(
-            BinaryIO,
-            self.fs.open(
+        f = self._request(
+            path,
+            lambda: self.fs.open(
                 self._path(path), "rb", block_size=READ_BLOCK_BYTES, cache_type="readahead"
             ),
         )
+        return cast(BinaryIO, _Translated(f, lambda exc: self.unavailable(path, exc)))
 
     def read_bytes(self, path: str, *, limit: int = MAX_READ_BYTES) -> bytes:
         """The object's bytes (one GET of at most ``limit + 1`` bytes)."""
         key = self._path(path)
         try:
-            data = cast(bytes, self.fs.cat_file(key, start=0, end=limit + 1))
+            data = self._request(
+                path, lambda: cast(bytes, self.fs.cat_file(key, start=0, end=limit + 1))
+            )
         except IsADirectoryError:
             raise UnsafeFileError(errno.EISDIR, "a prefix, not an object", path) from None
         except OSError as exc:
@@ -262,6 +369,13 @@ class FsspecStorage:
         except FileNotFoundError:
             return None
 
+    def _holds(self, path: str, data: bytes) -> bool:
+        """Whether the object ``path`` holds exactly ``data`` (a retried write's first try)."""
+        try:
+            return self.read_bytes(path, limit=len(data)) == data
+        except (FileNotFoundError, UnsafeFileError):
+            return False
+
     # --- writing --------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -269,7 +383,8 @@ class FsspecStorage:
         """A multipart upload that completes when the block exits, and aborts on error.
 
         It holds one part (`WRITE_PART_BYTES`) in memory at a time; memory:// buffers the
-        whole object and stores it at the end.
+        whole object and stores it at the end. s3fs retries each part; a part that still
+        fails aborts the upload with `StoreUnavailableError`.
         """
         key = self._fence(path)
         if self.dialect == "memory":
@@ -279,34 +394,46 @@ class FsspecStorage:
             with _memory_mutex:
                 self.fs.pipe_file(key, buffer.getvalue())
             return
-        f = self.fs.open(key, "wb", block_size=WRITE_PART_BYTES)
-        try:
-            yield cast(BinaryIO, _PartWriter(f))
-        except BaseException:
+        f = self._request(path, lambda: self.fs.open(key, "wb", block_size=WRITE_PART_BYTES))
+
+        def abort() -> None:
             # Closing would complete the upload: abort it, and leave nothing.
             with contextlib.suppress(Exception):
                 f.discard()
             f.closed = True
-            raise
+
         try:
+            yield cast(BinaryIO, _PartWriter(_Translated(f, lambda e: self.unavailable(path, e))))
             self._fence(path)  # completing the upload is what makes the object appear
+            self._request(path, f.close)
         except BaseException:
-            with contextlib.suppress(Exception):
-                f.discard()
-            f.closed = True
+            abort()
             raise
-        f.close()
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Create the object ``path``; `FileExistsError` if it exists.
 
         The check is atomic where the store has exclusive creates (S3's
-        ``If-None-Match: *``), a check then a put elsewhere.
+        ``If-None-Match: *``), a check then a put elsewhere. A create tried again after
+        a lost answer finds its own first try: an object holding exactly ``data`` then
+        counts as created by this call.
         """
-        key = self._fence(path)
+        key = self._path(path)
         if self.dialect == "s3":
-            self.fs.pipe_file(key, data, mode="create")
+            tries = [0]
+
+            def create() -> None:
+                tries[0] += 1
+                self.fs.pipe_file(key, data, mode="create")
+
+            try:
+                self._request(path, create, changes=True)
+            except FileExistsError:
+                if tries[0] > 1 and self._holds(path, data):
+                    return
+                raise
             return
+        self._fence(path)
         with _memory_mutex if self.dialect == "memory" else contextlib.nullcontext():
             if self.fs.exists(key):
                 raise FileExistsError(errno.EEXIST, "the object exists", path)
@@ -314,12 +441,15 @@ class FsspecStorage:
 
     def replace_file(self, path: str, data: bytes, *, durable: bool) -> None:
         """Put ``data`` at ``path``: readers see the old object or the new one."""
-        key = self._fence(path)
+        key = self._path(path)
         with _memory_mutex if self.dialect == "memory" else contextlib.nullcontext():
-            self.fs.pipe_file(key, data)
+            self._request(path, lambda: self.fs.pipe_file(key, data), changes=True)
 
     def replace_if(self, path: str, data: bytes, version: str) -> bool:
         """Put ``data`` at ``path`` only if its version is still ``version``.
+
+        A replace tried again after a lost answer that then finds the object changed
+        counts as done if the object holds exactly ``data`` (its own first try).
 
         Returns:
             Whether it was replaced (``False``: it changed or vanished meanwhile).
@@ -328,17 +458,24 @@ class FsspecStorage:
             NotImplementedError: On a store without conditional replaces (see
                 ``capabilities.conditional_replace``).
         """
-        key = self._fence(path)
+        key = self._path(path)
         if self.dialect == "s3":
-            try:
+            tries = [0]
+
+            def replace() -> None:
+                tries[0] += 1
                 self.fs.pipe_file(key, data, IfMatch=version)
+
+            try:
+                self._request(path, replace, changes=True)
             except (FileExistsError, FileNotFoundError):
-                return False
+                return tries[0] > 1 and self._holds(path, data)
             except OSError as exc:
                 if _precondition_failed(exc):
-                    return False
+                    return tries[0] > 1 and self._holds(path, data)
                 raise
             return True
+        self._fence(path)
         if self.dialect == "memory":
             with _memory_mutex:
                 found = self.entry(path)
@@ -368,9 +505,9 @@ class FsspecStorage:
 
     def remove_file(self, path: str) -> None:
         """Delete the object ``path``; nothing if it is absent."""
-        key = self._fence(path)
+        key = self._path(path)
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(key)
+            self._request(path, lambda: self.fs.rm_file(key), changes=True)
 
     def remove_if(self, path: str, version: str) -> bool:
         """Delete the object ``path`` only if its version is still ``version``.
@@ -384,12 +521,18 @@ class FsspecStorage:
         Raises:
             NotImplementedError: On a store without conditional writes.
         """
-        key = self._fence(path)
+        key = self._path(path)
         if self.dialect == "s3":
             bucket, name, _ = self.fs.split_path(key)
             self.fs.invalidate_cache(key)
             try:
-                self.fs.call_s3("delete_object", Bucket=bucket, Key=name, IfMatch=version)
+                self._request(
+                    path,
+                    lambda: self.fs.call_s3(
+                        "delete_object", Bucket=bucket, Key=name, IfMatch=version
+                    ),
+                    changes=True,
+                )
             except FileNotFoundError:
                 return False
             except OSError as exc:
@@ -399,6 +542,7 @@ class FsspecStorage:
             finally:
                 self.fs.invalidate_cache(key)
             return True
+        self._fence(path)
         if self.dialect == "memory":
             with _memory_mutex:
                 found = self.entry(path)
@@ -410,10 +554,10 @@ class FsspecStorage:
 
     def remove_tree(self, path: str) -> None:
         """Delete every object under the prefix ``path`` (and an object at ``path``)."""
-        key = self._fence(path)
+        key = self._path(path)
         self.fs.invalidate_cache(key)
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(key, recursive=True)
+            self._request(path, lambda: self.fs.rm(key, recursive=True), changes=True)
         self.fs.invalidate_cache(key)
 
     def sync_tree(self, path: str) -> None:

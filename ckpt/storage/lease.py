@@ -8,8 +8,16 @@ an exclusive create and renewed with a conditional replace (S3's ``If-None-Match
   lease's duration, take it over with a conditional replace of the version seen. A
   lease renewed meanwhile belongs to a live writer: refused.
 * **renew**: a background thread replaces it, conditionally on the version it last
-  wrote, every third of the duration. A failed condition means it was taken over; a
-  failed request is retried until the duration runs out. Either way the lease is lost.
+  wrote, every third of the duration. A failed condition means it was taken over (unless
+  the object holds this writer's own body: a renewal whose answer was lost and that
+  s3fs sent again), and the lease is lost for good. A failed request (the store
+  unreachable) is retried at the next tick; while it fails for longer than the
+  duration, the lease has lapsed and nothing is changed, but it is not lost: the next
+  renewal that reaches the store re-takes it with the same conditional replace. That
+  succeeds only if the object is still the version this writer wrote, which a taker
+  cannot leave it at (taking over replaces it, and a taker still watching refuses once
+  it changes), so an outage of any length ends with this writer going on where nobody
+  took over, and with `LeaseLostError` where somebody did.
 * **fence**: the storage that took the lease calls `Lease.guard` before every request
   that changes the directory (see ``FsspecStorage.lock``): a writer whose lease is not
   current then makes no such request, and gets `LeaseLostError` from the call that tried.
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -54,6 +63,7 @@ from ckpt._errors import (
 from ckpt.storage.base import Capabilities, Entry
 
 _FORMAT = 1
+logger = logging.getLogger("ckpt")
 
 
 class LeaseStore(Protocol):
@@ -164,7 +174,8 @@ class Lease:
         self._owner = owner
         self._version = version
         self._renewed = time.monotonic()
-        self._lost: str | None = None
+        self._lost: str | None = None  # taken over or released: for good
+        self._failing: str | None = None  # why the last renewal did not reach the store
         self._mutex = threading.Lock()
         # One renewal at a time: two with the same version would have one fail, and
         # that failure would read as a takeover.
@@ -247,29 +258,61 @@ class Lease:
         while not self._stop.wait(self._seconds / 3):
             self._renew()
 
-    def _renew(self) -> None:
-        with self._renewing:
-            # The request is made outside the mutex: `check` never waits on it.
-            with self._mutex:
-                if self._lost is not None or self._stop.is_set():
-                    return
-                version = self._version
-            sent = time.monotonic()  # the taker watches from no earlier than this
-            try:
-                body = _body(self._owner, self._seconds)
-                replaced = self._store.replace_if(self._path, body, version)
-                entry = self._store.entry(self._path) if replaced else None
-            except OSError as exc:
-                with self._mutex:
-                    if time.monotonic() - self._renewed > self._seconds:
-                        self._lost = f"it could not be renewed for {self._seconds:g} s ({exc})"
+    def _renew(self, wait: float | None = None) -> None:
+        """One renewal; a caller other than the thread waits ``wait`` s at most for its turn.
+
+        A renewal in flight against a stalled store can take as long as s3fs's own
+        timeouts and retries: a save asking whether the lease holds does not wait for it.
+        """
+        if not self._renewing.acquire(timeout=-1 if wait is None else wait):
+            return
+        try:
+            self._renew_once()
+        finally:
+            self._renewing.release()
+
+    def _renew_once(self) -> None:
+        # The request is made outside the mutex: `check` never waits on it.
+        with self._mutex:
+            if self._lost is not None or self._stop.is_set():
                 return
+            version = self._version
+        sent = time.monotonic()  # the taker watches from no earlier than this
+        try:
+            body = _body(self._owner, self._seconds)
+            if self._store.replace_if(self._path, body, version):
+                entry = self._store.entry(self._path)
+                found = None if entry is None else entry.version
+            else:
+                found = self._still_mine()
+        except Exception as exc:  # the store unreachable: the thread must live on
             with self._mutex:
-                if entry is None:
-                    self._lost = "another writer took it over"
-                    return
-                self._version = entry.version
-                self._renewed = max(self._renewed, sent)
+                self._failing = f"{type(exc).__name__}: {str(exc)[:200]}"
+                lapsed = time.monotonic() - self._renewed > self._seconds
+            if lapsed:
+                logger.warning("the lease %s could not be renewed: %s", self._path, exc)
+            return
+        with self._mutex:
+            if found is None:
+                self._lost = "another writer took it over"
+                return
+            if self._failing is not None or sent - self._renewed > self._seconds:
+                logger.warning("renewed the lease %s: the store answers again", self._path)
+            self._failing = None
+            self._version = found
+            self._renewed = max(self._renewed, sent)
+
+    def _still_mine(self) -> str | None:
+        """The lease's version if the object still holds this writer's live body.
+
+        A renewal the store applied, whose answer was lost and which was then sent
+        again, fails its condition against its own first copy: that is not a takeover.
+        """
+        found = self._store.read_versioned(self._path)
+        raw = None if found is None else _decode(found[0])
+        if found is None or raw is None or raw.get("owner") != self._owner or raw.get("released"):
+            return None
+        return found[1]
 
     def _left(self) -> float:
         with self._mutex:
@@ -283,34 +326,53 @@ class Lease:
         before a taker could; with less left it renews the lease first (one request).
 
         Raises:
-            LeaseLostError: If the lease was taken over or went unrenewed for its
-                duration.
+            LeaseLostError: If the lease was taken over, or went unrenewed for its
+                duration and cannot be re-taken now.
         """
         self.check()
         if self._left() < self._seconds / 3:
-            self._renew()
+            self._renew(wait=self._seconds / 3)
             self.check()
             if self._left() < self._seconds / 3:
-                raise self._error(f"it could not be renewed in time to change {path} safely")
+                raise self._error(
+                    f"it could not be renewed in time to change {path} safely", final=False
+                )
 
     def check(self) -> None:
         """Raise `LeaseLostError` unless this writer still holds the lease.
 
+        A lease that lapsed because the store did not answer is re-taken here first
+        (one conditional request), unless another writer took it over meanwhile.
+
         Raises:
-            LeaseLostError: If it was taken over, or went unrenewed for its duration.
+            LeaseLostError: If it was taken over, or went unrenewed for its duration
+                and the store still does not answer.
         """
+        if self._left() < 0:
+            # Re-take it if the store answers and nobody took it over.
+            self._renew(wait=self._seconds / 3)
         with self._mutex:
             lost = self._lost
-            if lost is None and time.monotonic() - self._renewed > self._seconds:
-                lost = f"it was not renewed for {self._seconds:g} s"
-        if lost is not None:
-            raise self._error(lost)
+            if lost is not None:
+                raise self._error(lost, final=True)
+            if time.monotonic() - self._renewed > self._seconds:
+                why = f" ({self._failing})" if self._failing else ""
+                raise self._error(
+                    f"it could not be renewed for {self._seconds:g} s{why}", final=False
+                )
 
-    def _error(self, lost: str) -> LeaseLostError:
+    def _error(self, lost: str, *, final: bool) -> LeaseLostError:
+        if final:
+            return LeaseLostError(
+                f"this writer's lease {self._path} is lost: {lost}. Another writer may "
+                f"own the checkpoint directory now, so nothing more is committed or "
+                f"deleted; restart the run to take the lease again"
+            )
         return LeaseLostError(
-            f"this writer's lease {self._path} is lost: {lost}. Another writer may "
-            f"own the checkpoint directory now, so nothing more is committed or "
-            f"deleted; restart the run to take the lease again"
+            f"this writer's lease {self._path} has lapsed: {lost}. Nothing is committed "
+            f"or deleted until it is renewed; it is re-taken at the next call that "
+            f"reaches the store, unless another writer took it over meanwhile",
+            lapsed=True,
         )
 
     @property
@@ -326,7 +388,7 @@ class Lease:
         self._thread.join(timeout=self._seconds)
         with self._mutex:
             if self._lost is None:
-                with contextlib.suppress(OSError):  # it expires on its own
+                with contextlib.suppress(Exception):  # unreachable: it expires on its own
                     self._store.replace_if(
                         self._path, _body(self._owner, self._seconds, released=True), self._version
                     )
