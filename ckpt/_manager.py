@@ -57,15 +57,25 @@ logger = logging.getLogger("ckpt")
 
 
 def _ranking_record(
-    ranking: Ranking, retention: RetentionPolicy, config: CheckpointConfig, own: bool
+    ranking: Ranking,
+    retention: RetentionPolicy,
+    config: CheckpointConfig,
+    own: bool,
+    *,
+    tier: bool = False,
 ) -> bytes:
-    """What ``.ckpt/ranking.json`` says; ``own``: the retention object is the caller's."""
+    """What ``.ckpt/ranking.json`` says; ``own``: the retention object is the caller's.
+
+    ``tier``: the record of a replicated run's local tier, which names its replica too
+    (information for ``ckpt ls``; nothing acts on it). The replica's own record holds its
+    retention only: it is an ordinary directory.
+    """
     kept: dict[str, Any] = (
         {"custom": short_repr(retention, 200)}
         if own
         else {"config": config.model_dump(mode="json", include=set(RETENTION_FIELDS))}
     )
-    if config.replicate is not None and not own:  # where the replica is, never credentials
+    if tier and config.replicate is not None and not own:  # where, never credentials
         kept["config"]["replicate"] = config.replicate.model_dump(
             mode="json", exclude={"storage_options"}
         )
@@ -181,7 +191,9 @@ class CheckpointManager:
         local_config = local_tier(self.config)
         if local_config is not None:  # replicated: the local tier keeps keep_local
             local_retention = policies_from_config(local_config, ranking=self.ranking)[1]
-            local_record = _ranking_record(self.ranking, local_retention, local_config, False)
+            local_record = _ranking_record(
+                self.ranking, local_retention, local_config, False, tier=True
+            )
         # Read-only managers and the ranks other than a distributed job's coordinator
         # never change the directory: they re-list it for every query.
         self._dir = Directory(
@@ -211,7 +223,7 @@ class CheckpointManager:
             return {}
 
         coordinator.round("CheckpointManager()", {"dir": key}, None, open_directory)
-        self._tiers: OneTier | TwoTiers = OneTier(self._dir)
+        self._tiers: OneTier | TwoTiers = OneTier(self._dir, hold=replicate is None)
         if replicate is not None:
             try:
                 self._tiers = TwoTiers(
@@ -943,12 +955,25 @@ class CheckpointManager:
         self._usable()
         return self._tiers.wait(timeout)
 
+    def recorded_replica(self) -> str | None:
+        """Where this directory's records say its replica is; ``None`` if it has none.
+
+        With ``replicate:`` the config's replica; without it, the replica a replicated
+        run recorded in its local tier, which this manager never contacts (see
+        `replication_status`).
+        """
+        self._usable()
+        return self._tiers.replica_shown
+
     def replication_status(self) -> dict[int, Status]:
         """Where each step's checkpoint is: ``"local"``, ``"uploading"`` or ``"replicated"``.
 
         ``"local"``: committed in ``checkpoint_dir``, its replica not yet; ``"uploading"``:
         being copied now; ``"replicated"``: committed in ``replicate.to`` (and perhaps
-        still local too). Steps of both tiers are listed; ``{}`` without ``replicate``.
+        still local too). Steps of both tiers are listed. Without ``replicate``, a
+        directory that was a replicated run's local tier answers from its own record
+        (its steps, ``"local"`` or ``"replicated"``; the replica is not asked, and a
+        writer keeps the ``"local"`` ones from retention); any other directory ``{}``.
         """
         self._usable()
         return self._tiers.status()

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ckpt.cli import main as cli_main
 from ckpt.commit.manifest import read_files_record, read_manifest
 from ckpt.storage import open_storage, walk_files
 from ckpt.torch import load_state
+from conftest import read_tree
 
 torch = pytest.importorskip("torch")
 
@@ -295,13 +297,23 @@ def test_ckpt_ls_shows_both_tiers(
         assert manager.wait_for_replication(60)
     for name, value in s3_server.env().items():  # the CLI reads credentials from there
         monkeypatch.setenv(name, value)
+    # Without --config the record says what was uploaded; the replica is not asked.
     assert cli_main(["ls", str(local)]) == 0
     out = capsys.readouterr().out
     assert "replica" in out.splitlines()[1]
+    assert (
+        f"replica: {replicated['to']} (as recorded): 2 checkpoints replicated by this "
+        "directory's record (not contacted: pass --config CFG to look)"
+    ) in out
+    config = local.parent / "run.yaml"
+    config.write_text(json.dumps(replicated["config"]))
+    assert cli_main(["ls", str(local), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
     assert f"replica: {replicated['to']}: 3 checkpoints replicated (only there: step 1)" in out
-    assert cli_main(["ls", str(local), "--json"]) == 0
+    assert cli_main(["ls", str(local), "--config", str(config), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["replication"]["to"] == replicated["to"]
+    assert listed["replication"]["contacted"] is True
     assert listed["replication"]["steps"] == {
         "1": "replicated",
         "2": "replicated",
@@ -322,3 +334,108 @@ def test_a_replica_on_another_disk(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "fast").glob("step_*")) == ["step_2"]
     assert sorted(p.name for p in (tmp_path / "slow").glob("step_*")) == ["step_1", "step_2"]
     assert ckpt.verify(tmp_path / "slow", deep=True).ok
+
+
+# --- a record names places; the command line never acts on them (issue 36 #1, #2, #17, #18) ---
+
+
+def _disk_replicated(tmp_path: Path, n: int = 5, keep_local: int = 1) -> dict[str, Any]:
+    return {
+        "checkpoint_dir": str(tmp_path / "local"),
+        "fsync": False,
+        "retention": {"kind": "latest_n", "n": n},
+        "replicate": {"to": str(tmp_path / "replica"), "keep_local": keep_local},
+    }
+
+
+def _steps(directory: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in directory.glob("step_*"))
+
+
+def test_ckpt_prune_of_a_local_tier_never_touches_its_replica(tmp_path: Path, capsys: Any) -> None:
+    config = _disk_replicated(tmp_path)
+    replica, away = tmp_path / "replica", tmp_path / "replica-away"
+    with ckpt.CheckpointManager(config) as manager:
+        for step in range(1, 6):
+            manager.save(step, {"step": step}, _state(step))
+        assert manager.wait_for_replication(60)
+        # Step 6 is committed locally and its upload fails: the run stops there.
+        replica.rename(away)
+        replica.write_text("not a directory")
+        manager.save(6, {"step": 6}, _state(6))
+        with pytest.raises(ckpt.ReplicationError):
+            manager.wait_for_replication(60)
+    replica.unlink()
+    away.rename(replica)
+    plain = {"checkpoint_dir": config["checkpoint_dir"], "fsync": False}
+    before = read_tree(tmp_path / "replica")
+    assert cli_main(["prune", str(tmp_path / "local")]) == 0
+    capsys.readouterr()
+    assert read_tree(tmp_path / "replica") == before  # nothing read there was changed
+    assert _steps(tmp_path / "replica") == [1, 2, 3, 4, 5]
+    # Step 6 exists nowhere else: held. Step 5 is replicated: keep_local (1) lets it go.
+    assert _steps(tmp_path / "local") == [6]
+    with ckpt.CheckpointManager(plain, read_only=True) as reader:
+        assert reader.replication_status() == {6: "local"}
+        assert reader.recorded_replica() == str(tmp_path / "replica")
+    with ckpt.CheckpointManager(config) as manager:  # the run again: step 6 goes up
+        assert manager.wait_for_replication(60)
+    assert _steps(tmp_path / "replica") == [2, 3, 4, 5, 6]
+
+
+def test_a_crafted_record_naming_another_run_is_never_acted_on(tmp_path: Path, capsys: Any) -> None:
+    other = tmp_path / "other"
+    with ckpt.CheckpointManager({"checkpoint_dir": str(other), "fsync": False}) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, {"step": step}, _state(step))
+    target = tmp_path / "mine"
+    with ckpt.CheckpointManager(
+        {"checkpoint_dir": str(target), "fsync": False, "retention": {"kind": "latest_n", "n": 1}}
+    ) as manager:
+        for step in (7, 8):
+            manager.save(step, {"step": step}, _state(step))
+    record = target / ".ckpt" / "ranking.json"
+    data = json.loads(record.read_text())
+    data["retention"]["config"]["replicate"] = {"to": str(other), "keep_local": 1}
+    record.write_text(json.dumps(data))
+    before = read_tree(other)
+    assert cli_main(["prune", str(target)]) == 0
+    assert cli_main(["ls", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert f"replica: {other} (as recorded)" in out
+    assert read_tree(other) == before
+    assert _steps(other) == [1, 2, 3]
+
+
+def test_ckpt_ls_of_a_tier_naming_an_unreachable_replica_answers_at_once(
+    tmp_path: Path, capsys: Any
+) -> None:
+    local = tmp_path / "local"
+    with ckpt.CheckpointManager({"checkpoint_dir": str(local), "fsync": False}) as manager:
+        manager.save(1, {"step": 1}, _state(1))
+    record = local / ".ckpt" / "ranking.json"
+    data = json.loads(record.read_text())
+    data["retention"]["config"]["replicate"] = {"to": "gs://nowhere-bucket/run", "keep_local": 1}
+    record.write_text(json.dumps(data))
+    started = time.monotonic()
+    assert cli_main(["ls", str(local)]) == 0
+    assert time.monotonic() - started < 10  # the store named is never contacted
+    out = capsys.readouterr().out
+    assert "replica: gs://nowhere-bucket/run (as recorded)" in out
+    assert "not contacted" in out
+
+
+def test_the_replica_is_an_ordinary_directory_for_ls_and_prune(tmp_path: Path, capsys: Any) -> None:
+    config = _disk_replicated(tmp_path, n=2)
+    with ckpt.CheckpointManager(config) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, {"step": step}, _state(step))
+        assert manager.wait_for_replication(60)
+    replica = tmp_path / "replica"
+    recorded = json.loads((replica / ".ckpt" / "ranking.json").read_text())
+    assert "replicate" not in recorded["retention"]["config"]
+    assert cli_main(["ls", str(replica)]) == 0
+    out = capsys.readouterr().out
+    assert "LatestN(n=2)" in out and "retention unknown" not in out
+    assert cli_main(["prune", str(replica), "--dry-run"]) == 0
+    assert "an older ckpt" not in capsys.readouterr().out

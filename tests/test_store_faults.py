@@ -201,12 +201,18 @@ def test_a_lease_taken_over_during_an_outage_is_lost_for_good(
     s3_server: Any, proxy: FaultProxy
 ) -> None:
     url = f"s3://{s3_server.new_bucket()}/run"
-    job = Job({"checkpoint_dir": url, "storage_options": _options(proxy.endpoint), "lease_seconds": LEASE})
+    job = Job(
+        {"checkpoint_dir": url, "storage_options": _options(proxy.endpoint), "lease_seconds": LEASE}
+    )
     job.ok("save", step=1)
     proxy.fault("refuse")  # the job's store is away; another writer reaches it directly
     with pytest.warns(ckpt.LeaseWaitWarning):
         other = ckpt.CheckpointManager(
-            {"checkpoint_dir": url, "storage_options": _options(s3_server.endpoint), "lease_seconds": LEASE}
+            {
+                "checkpoint_dir": url,
+                "storage_options": _options(s3_server.endpoint),
+                "lease_seconds": LEASE,
+            }
         )
     other.save(2, {"step": 2}, {"w": torch.zeros(3)})
     proxy.fault("pass")

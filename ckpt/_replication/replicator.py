@@ -174,7 +174,8 @@ class Replicator:
         stalled = self._stalled
         if stalled is not None:
             with self._cv:
-                waiting = sorted(set(self._queue) | {self._uploading} - {None})
+                uploading = set() if self._uploading is None else {self._uploading}
+                waiting = sorted(set(self._queue) | uploading)
             logger.warning(
                 "the replica %s does not answer (%s): step(s) %s wait in the local tier, "
                 "which keeps them until they are uploaded",
@@ -243,7 +244,7 @@ class Replicator:
 
     def _run(self) -> None:
         while (step := self._next()) is not None:
-            error = None
+            error: Exception | None = None
             attempt = 0
             pause = _STALL_PAUSE_S[0]
             while attempt < ATTEMPTS:

@@ -28,11 +28,54 @@ def _step(name: str | None) -> int | None:
     return _layout.parse(_layout.STEP, name.split(".", 1)[0])
 
 
-class OneTier:
-    """A manager's directory alone: every question is the directory's."""
+_UNREPLICATED = "it was never uploaded to the replica this directory records"
 
-    def __init__(self, directory: Directory) -> None:
+
+def recorded_replica(directory: Directory) -> str | None:
+    """Where the directory's own records say its replica is; ``None``: not a local tier.
+
+    ``.ckpt/replication.json`` names it once an upload was recorded; before that, the
+    ranking record of a replicated run's local tier does. Information only: nothing is
+    ever read from, written to or deleted at a place a record names.
+    """
+    to, _ = meta.read_replication(directory.storage, directory.location)
+    if to is not None:
+        return to
+    try:
+        record = directory.record()
+    except (OSError, ValueError):
+        return None
+    retention = (record or {}).get("retention") or {}
+    replicate = retention.get("config", {}).get("replicate") if "config" in retention else None
+    found = replicate.get("to") if isinstance(replicate, dict) else None
+    return found if isinstance(found, str) else None
+
+
+class OneTier:
+    """A manager's directory alone: every question is the directory's.
+
+    A directory that was a replicated run's local tier, opened without ``replicate:``
+    (``ckpt prune`` without ``--config``, a script), keeps the checkpoints it never
+    uploaded: they exist nowhere else, so a writer holds them from retention (``hold``),
+    and `status` tells, from the directory's own record, which were replicated.
+
+    Args:
+        directory: The manager's directory.
+        hold: Whether to hold a local tier's unreplicated checkpoints (a manager
+            without ``replicate:``); a writer only.
+    """
+
+    def __init__(self, directory: Directory, *, hold: bool = False) -> None:
         self.directory = directory
+        self.recorded = recorded_replica(directory)
+        self.replica_shown = None if self.recorded is None else redact_url(self.recorded)
+        if hold and self.recorded is not None and not directory.reader:
+            _, replicated = meta.read_replication(directory.storage, directory.location)
+            shared = directory.shared
+            with shared.mutex:
+                for step, committed in shared.index.committed.items():
+                    if replicated.get(step) != committed.version:
+                        shared.held.setdefault(step, _UNREPLICATED)
 
     def latest(self) -> dict[str, Any]:
         """``{"name": ...}`` of the latest checkpoint (`Directory.latest`)."""
@@ -43,8 +86,14 @@ class OneTier:
         return True
 
     def status(self) -> dict[int, Status]:
-        """Nothing is replicated."""
-        return {}
+        """A local tier's steps as its record has them (the replica is not asked); else ``{}``."""
+        if self.recorded is None:
+            return {}
+        _, replicated = meta.read_replication(self.directory.storage, self.directory.location)
+        return {
+            r.step: "replicated" if r.step in replicated else "local"
+            for r in self.directory.records()
+        }
 
     def close(self) -> None:
         """Nothing of its own to close."""
@@ -82,7 +131,7 @@ class TwoTiers:
     ) -> None:
         self.local = local
         storage, location = open_storage(spec.to, spec.storage_options, lease_seconds=lease_seconds)
-        self.shown = redact_url(str(user_path(storage, location)))
+        self.shown = self.replica_shown = redact_url(str(user_path(storage, location)))
         self.replica = Directory(
             storage,
             location,

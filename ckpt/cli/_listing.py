@@ -33,6 +33,8 @@ class _Listing:
     replica: str | None = None
     replication: dict[int, str] | None = None
     replica_error: str | None = None
+    #: Whether the replica was asked (``--config`` names it), or only the record read.
+    replica_contacted: bool = True
 
     def metrics(self) -> dict[str, int]:
         return _metric_counts(self.records, first=self.metric_name)
@@ -70,6 +72,7 @@ class _Listing:
             if self.replica is None
             else {
                 "to": self.replica,
+                "contacted": self.replica_contacted,
                 "steps": None
                 if self.replication is None
                 else {str(step): status for step, status in self.replication.items()},
@@ -142,7 +145,8 @@ class _Listing:
         if self.preemption is not None:
             out.append(f"last:    {self.preemption.describe()}")
         if self.replica is not None:
-            out.append(f"replica: {self.replica}: {self._replica_line()}")
+            where = self.replica if self.replica_contacted else f"{self.replica} (as recorded)"
+            out.append(f"replica: {where}: {self._replica_line()}")
         return out
 
     def _replica_line(self) -> str:
@@ -153,6 +157,8 @@ class _Listing:
         only = [s for s in there if s not in local]
         pending = [s for s, status in self.replication.items() if status != "replicated"]
         line = f"{_plural(len(there), 'checkpoint')} replicated"
+        if not self.replica_contacted:
+            line += " by this directory's record (not contacted: pass --config CFG to look)"
         if only:
             line += f" (only there: step {', '.join(map(str, only))})"
         if pending:
@@ -195,11 +201,14 @@ def _list(directory: str, config_file: str | None) -> _Listing:
         replica = None if replicate is None else redact_url(str(replicate.to))
         replication: dict[int, str] | None = None
         replica_error = None
-        if replicate is not None:
-            try:
-                replication = manager.replication_status()
-            except (OSError, ValueError) as exc:
-                replica_error = str(exc)
+        try:
+            # Without --config, a local tier's own record says what was uploaded; the
+            # place it names is shown and never contacted.
+            replication = manager.replication_status() or None
+        except (OSError, ValueError) as exc:
+            replica_error = str(exc)
+        if replicate is None and replication is not None:
+            replica = manager.recorded_replica()
     records = list(overview.records)
     return _Listing(
         directory=directory,
@@ -217,6 +226,7 @@ def _list(directory: str, config_file: str | None) -> _Listing:
         latest=overview.latest,
         preemption=preemption,
         replica=replica,
+        replica_contacted=replicate is not None,
         replication=replication,
         replica_error=replica_error,
     )
@@ -231,11 +241,16 @@ def recorded_ranking(directory: str) -> dict[str, Any] | None:
 
 
 def recorded_config(directory: str) -> dict[str, Any] | None:
-    """The config fields that give the writer's ranking and retention; ``None``: unknown."""
+    """The config fields that give the writer's ranking and retention; ``None``: unknown.
+
+    A replicated run's local tier records where its replica is too: that is shown, never
+    used. The command acts only on the directory it is given, and on a replica only
+    when ``--config`` names it.
+    """
     ranking, retention = _recorded(directory)
     if ranking is None or retention is None:
         return None  # an older writer's, or a policy object only the run's code has
-    recorded = {**ranking, **retention}
+    recorded = {**ranking, **{k: v for k, v in retention.items() if k != "replicate"}}
     try:
         _config_for(directory, None, recorded)
     except ValueError as exc:  # a record no writer of ours wrote: say so, trust nothing
