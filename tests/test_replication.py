@@ -436,6 +436,7 @@ def test_the_replica_is_an_ordinary_directory_for_ls_and_prune(tmp_path: Path, c
     assert "replicate" not in recorded["retention"]["config"]
     assert cli_main(["ls", str(replica)]) == 0
     out = capsys.readouterr().out
-    assert "LatestN(n=2)" in out and "retention unknown" not in out
+    assert "LatestN(n=2)" in out
+    assert "retention unknown" not in out
     assert cli_main(["prune", str(replica), "--dry-run"]) == 0
     assert "an older ckpt" not in capsys.readouterr().out

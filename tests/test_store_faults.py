@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faultproxy import FaultProxy, Mode
 
 import ckpt
-from faultproxy import FaultProxy, Mode
 
 torch = pytest.importorskip("torch")
 
@@ -66,7 +66,8 @@ class Job:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
-        assert self.process.stdout is not None and self.process.stderr is not None
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
         self.pumps = [
             threading.Thread(target=self._pump, args=(stream, answers), daemon=True)
             for stream, answers in ((self.process.stdout, True), (self.process.stderr, False))
@@ -148,7 +149,6 @@ def _no_thread_died(log: str) -> None:
 
 def _whole(url: str, options: dict[str, Any]) -> list[int]:
     """The steps of ``url``, each deep-checked whole (a reader, straight to the server)."""
-    report = ckpt.verify(url, ckpt.CheckpointConfig(checkpoint_dir=url, storage_options=options))
     report = ckpt.verify(
         url, ckpt.CheckpointConfig(checkpoint_dir=url, storage_options=options), deep=True
     )
@@ -217,7 +217,8 @@ def test_a_lease_taken_over_during_an_outage_is_lost_for_good(
     other.save(2, {"step": 2}, {"w": torch.zeros(3)})
     proxy.fault("pass")
     answer = job.do("save", step=3)
-    assert not answer["ok"] and answer["type"] == "LeaseLostError", answer
+    assert not answer["ok"], answer
+    assert answer["type"] == "LeaseLostError", answer
     assert "is lost: another writer took it over" in answer["message"]
     other.close()
     job.close()
@@ -254,6 +255,7 @@ def test_a_replicated_run_saves_locally_through_outages_and_catches_up(
     _check_failure(answer, short, f"{mode} for {seconds:g} s during a fetch-back")
     proxy.wait_passing()
     latest = job.ok("latest")
-    assert latest is not None and latest.endswith("step_3")
+    assert latest is not None
+    assert latest.endswith("step_3")
     job.close()
     assert _whole(str(tmp_path / "local"), {}) == [3]
