@@ -22,6 +22,23 @@ REPLICATION_FILE = "replication.json"  # which local checkpoints have a committe
 # Under the rename protocol, the checkpoint's record of its files' sizes and digests,
 # written into the attempt last, before the rename publishes it (manifests hold theirs).
 FILES_RECORD = ".ckpt-files.json"
+# ckpt.torch's state files start with this, and (format 2 on) end with the XXH3-128
+# digest of every byte before it: a check needs no torch to read it.
+STATE_MAGIC = b"\x89CKPTST\n"
+STATE_TRAILER = 16
+
+
+def plain_relative(path: object) -> bool:
+    """Whether a record's ``path`` is a plain relative path (``a/b.bin``) inside its checkpoint.
+
+    Refused: absolute paths, ``.``/``..`` or empty components, backslashes and NULs: a
+    name a record holds is data to check, never a place to write to.
+    """
+    if not isinstance(path, str) or not path or path.startswith("/"):
+        return False
+    if "\\" in path or "\x00" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 def step_name(step: int) -> str:

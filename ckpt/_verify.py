@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -24,7 +25,13 @@ from ckpt._directory.records import (
 )
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed
-from ckpt.commit.manifest import Manifest, ManifestFile, read_files_record, read_manifest
+from ckpt.commit.manifest import (
+    Manifest,
+    ManifestFile,
+    read_files_record,
+    read_manifest,
+    record_digest,
+)
 from ckpt.commit.rename import Leftover, find_leftovers, trash_dir
 from ckpt.storage import (
     CheckpointPath,
@@ -38,7 +45,7 @@ from ckpt.storage import (
     user_path,
     walk_files,
 )
-from ckpt.storage._digest import hash_file
+from ckpt.storage._digest import hash_file, hasher
 from policies import ByMetric, decide, metric_value
 
 logger = logging.getLogger("ckpt")
@@ -129,7 +136,10 @@ PROBLEM_CODES: Mapping[str, Severity] = MappingProxyType(
         "broken_manifest": "error",
         "interrupted_overwrite": "error",
         "checksum_mismatch": "error",
+        "size_mismatch": "error",
+        "unreadable_record": "error",
         "no_checksums": "warning",
+        "unrecorded_file": "warning",
         "leftover_temporary": "warning",
         "leftover_displaced": "warning",
         "interrupted_delete": "warning",
@@ -251,15 +261,9 @@ def verify(
         record = _check_step(storage, checkpoint, kind, problems)
         if record is not None:
             records[step] = record
-            # One read of the manifest and one listing of the files, for both checks.
-            manifest = _manifest_of(storage, location, checkpoint)
-            listed = _files_of(storage, checkpoint) if manifest is not None or deep else {}
-            if manifest is not None:
-                problems += _check_manifest(storage, location, checkpoint, manifest, listed)
-            if deep:
-                bad = _check_contents(storage, checkpoint, manifest, listed, problems)
-                if bad:
-                    damaged[step] = _meta.Damage(step, checkpoint.version, bad, time.time())
+            bad = _check_files(storage, location, checkpoint, problems, deep=deep)
+            if bad:
+                damaged[step] = _damage(storage, checkpoint, bad)
     if deep and meta_ok:
         _remember_damage(storage, location, damaged)
     problems += _name_problems(directory, entries, broken)
@@ -344,6 +348,27 @@ def _leftover_problems(
     return problems
 
 
+def _check_files(
+    storage: Storage, location: str, checkpoint: Committed, problems: list[Problem], *, deep: bool
+) -> tuple[str, ...]:
+    """A checkpoint's files against its record; with ``deep``, the ones found damaged.
+
+    One read of the record and one listing of the files serve every check: sizes and
+    files missing or added since the commit (no file is read), and with ``deep`` every
+    byte.
+    """
+    manifest = _manifest_of(storage, location, checkpoint)
+    listed = _files_of(storage, checkpoint)
+    if manifest is not None:
+        problems += _check_manifest(storage, location, checkpoint, manifest, listed)
+    recorded = _recorded_files(storage, checkpoint, manifest, problems, deep=deep)
+    if recorded is not None and recorded[0]:
+        if checkpoint.kind == "rename":  # a manifest's sizes are checked above
+            problems += _check_sizes(storage, checkpoint, recorded[0], listed)
+        problems += _unrecorded(storage, checkpoint, recorded[0], listed)
+    return _check_contents(storage, checkpoint, recorded, listed, problems) if deep else ()
+
+
 def _manifest_of(storage: Storage, location: str, checkpoint: Committed) -> Manifest | None:
     """The manifest of a manifest checkpoint, read once for every check of it.
 
@@ -406,8 +431,8 @@ def _check_manifest(
 def _remember_damage(storage: Storage, location: str, damaged: dict[int, _meta.Damage]) -> None:
     """Make ``.ckpt/damaged.json`` this check's verdict (written only if it changes)."""
     before = _meta.read_damage(storage, location)
-    same = {s: (d.version, d.files) for s, d in before.items()} == {
-        s: (d.version, d.files) for s, d in damaged.items()
+    same = {s: (d.version, d.files, d.record) for s, d in before.items()} == {
+        s: (d.version, d.files, d.record) for s, d in damaged.items()
     }
     if same:
         return
@@ -418,15 +443,39 @@ def _remember_damage(storage: Storage, location: str, damaged: dict[int, _meta.D
 
 
 def _recorded_files(
-    storage: Storage, checkpoint: Committed, manifest: Manifest | None, problems: list[Problem]
+    storage: Storage,
+    checkpoint: Committed,
+    manifest: Manifest | None,
+    problems: list[Problem],
+    *,
+    deep: bool,
 ) -> tuple[tuple[ManifestFile, ...], str] | None:
-    """What the checkpoint's record lists, and the record's name; ``None``: nothing to check."""
+    """What the checkpoint's record lists, and the record's name; ``None``: nothing to check.
+
+    A record that is damaged or cannot be read (too large, a link, a directory, a FIFO)
+    is itself a problem, and lists nothing: ``((), name)``.
+    """
     if checkpoint.kind == "manifest":
         # Gone since the listing (a live writer's doing) if None; a damaged one is reported.
         return None if manifest is None else (manifest.files, _layout.manifest_name(manifest.step))
     path = user_path(storage, checkpoint.path)
     try:
         files = read_files_record(storage, checkpoint.path)
+    except OSError as exc:
+        if storage.entry(checkpoint.path) is None:
+            return None  # pruned by a live writer since the listing
+        problems.append(
+            _problem(
+                "unreadable_record",
+                path / _layout.FILES_RECORD,
+                f"{path.name}/{_layout.FILES_RECORD}, the record of its files' sizes and "
+                f"digests, cannot be read ({exc}): step {checkpoint.step}'s files cannot "
+                f"be checked against it (a state file is still checked against its own "
+                f"trailer by --deep)",
+                "restore the step from a copy, or delete it",
+            )
+        )
+        return (), _layout.FILES_RECORD
     except ValueError as exc:
         problems.append(
             _problem(
@@ -438,9 +487,9 @@ def _recorded_files(
             )
         )
         return (), _layout.FILES_RECORD
-    except OSError:
-        return None
     if files is None:
+        if not deep:
+            return None
         problems.append(
             _problem(
                 "no_checksums",
@@ -477,22 +526,36 @@ def _differs(
 def _check_contents(
     storage: Storage,
     checkpoint: Committed,
-    manifest: Manifest | None,
+    recorded: tuple[tuple[ManifestFile, ...], str] | None,
     listed: Mapping[str, Entry],
     problems: list[Problem],
 ) -> tuple[str, ...]:
     """Hash every file the checkpoint's record lists; the files that do not match.
 
-    ``listed`` is one listing of the checkpoint's files (no request per file).
+    ``listed`` is one listing of the checkpoint's files (no request per file). A record
+    that lists nothing (damaged or unreadable, reported already) counts as damage, and
+    every state file is still checked against the digest it ends with.
     """
     found: list[Problem] = []
-    recorded = _recorded_files(storage, checkpoint, manifest, found)
     if recorded is None:
-        problems += found
         return ()
     files, record = recorded
-    bad = [record] if found else []
     root = user_path(storage, checkpoint.path)
+    bad = []
+    if not files and any(p.code in _RECORD_CODES and p.path == root / record for p in problems):
+        bad.append(record)
+        for name in sorted(listed):
+            if _trailer_ok(storage, join(checkpoint.path, name)) is False:
+                bad.append(name)
+                found.append(
+                    _problem(
+                        "checksum_mismatch",
+                        root / name,
+                        f"{root.name}/{name} does not hash to the digest it ends with: "
+                        f"step {checkpoint.step} is damaged",
+                        "restore the file from a copy, or delete the step",
+                    )
+                )
     for item in files:
         why = _differs(storage, join(checkpoint.path, item.path), listed.get(item.path), item)
         if why is None:
@@ -511,6 +574,102 @@ def _check_contents(
         return ()  # a live writer replaced or pruned it while it was read: not damage
     problems += found
     return tuple(bad)
+
+
+_RECORD_CODES = ("unreadable_record", "checksum_mismatch")
+
+
+def _trailer_ok(storage: Storage, path: str) -> bool | None:
+    """Whether a ckpt state file matches the digest it ends with; ``None``: not one of those."""
+    try:
+        with storage.open_read(path) as f:
+            head = f.read(16)
+            if len(head) < 16 or head[:8] != _layout.STATE_MAGIC:
+                return None
+            length = int.from_bytes(head[8:], "little")
+            if length > 1 << 30:
+                return False
+            header = f.read(length)
+            try:
+                fmt = json.loads(header).get("format")
+            except (ValueError, AttributeError, RecursionError):
+                return False
+            if not isinstance(fmt, int) or fmt < 2:
+                return None  # format 1: no trailer
+            digest = hasher()
+            digest.update(head)
+            digest.update(header)
+            tail = b""
+            while chunk := f.read(4 << 20):
+                data = tail + chunk
+                digest.update(data[: -_layout.STATE_TRAILER])
+                tail = data[-_layout.STATE_TRAILER :]
+            return len(tail) == _layout.STATE_TRAILER and digest.digest() == tail
+    except OSError:
+        return False
+
+
+def _check_sizes(
+    storage: Storage,
+    checkpoint: Committed,
+    files: tuple[ManifestFile, ...],
+    listed: Mapping[str, Entry],
+) -> list[Problem]:
+    """The files of a ``step_N`` directory against the sizes its record lists (no reads)."""
+    root = user_path(storage, checkpoint.path)
+    out = []
+    for item in files:
+        entry = listed.get(item.path)
+        if entry is not None and entry.size == item.size:
+            continue
+        why = "is missing" if entry is None else f"is {entry.size} bytes, not {item.size}"
+        out.append(
+            _problem(
+                "size_mismatch",
+                root / item.path,
+                f"{root.name}/{item.path} {why} as recorded at its commit: step "
+                f"{checkpoint.step} is damaged (cut short, or changed since)",
+                "restore the file from a copy, or delete the step; `ckpt check --deep` "
+                "compares every byte",
+            )
+        )
+    return out
+
+
+def _unrecorded(
+    storage: Storage,
+    checkpoint: Committed,
+    files: tuple[ManifestFile, ...],
+    listed: Mapping[str, Entry],
+) -> list[Problem]:
+    """Files in a checkpoint that its record does not list: added after its commit."""
+    known = {f.path for f in files} | {_layout.FILES_RECORD}
+    root = user_path(storage, checkpoint.path)
+    return [
+        _problem(
+            "unrecorded_file",
+            root / name,
+            f"{root.name}/{name} is not in the record made at step {checkpoint.step}'s "
+            f"commit (added since): nothing vouches for its bytes, and replication does "
+            f"not copy it",
+            "move it out of the checkpoint, or save the step again to record it",
+        )
+        for name in sorted(listed.keys() - known)
+    ]
+
+
+def _damage(storage: Storage, checkpoint: Committed, bad: tuple[str, ...]) -> _meta.Damage:
+    """What a deep check remembers of a damaged checkpoint, keyed on its record.
+
+    The record's own digest names this checkpoint as committed: a copy (``cp -a``), or
+    a file created and removed beside it, changes the directory's identity but not its
+    record, so the damage stays; a save of the step again writes a new record.
+    """
+    try:
+        record = record_digest(storage, checkpoint)
+    except (OSError, ValueError):
+        record = None
+    return _meta.Damage(checkpoint.step, checkpoint.version, bad, time.time(), record)
 
 
 def _changed(storage: Storage, checkpoint: Committed) -> bool:

@@ -9,6 +9,7 @@ restart resumes the uploads, and finds the newest checkpoint in either tier.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 
 import ckpt
 from ckpt.cli import main as cli_main
-from ckpt.commit.manifest import read_files_record, read_manifest
+from ckpt.commit.manifest import read_files_record, read_manifest, self_digest
 from ckpt.storage import open_storage, walk_files
 from ckpt.torch import load_state
 from conftest import read_tree
@@ -440,3 +441,76 @@ def test_the_replica_is_an_ordinary_directory_for_ls_and_prune(tmp_path: Path, c
     assert "retention unknown" not in out
     assert cli_main(["prune", str(replica), "--dry-run"]) == 0
     assert "an older ckpt" not in capsys.readouterr().out
+
+
+# --- fetch-back writes only what the record lists, inside the run (issue 36 #3, #13) ---------
+
+
+def _lose_local(local: Path) -> None:
+    shutil.rmtree(local)
+
+
+def test_an_extra_object_in_a_replica_attempt_is_never_fetched(
+    replicated: dict[str, Any], s3_server: Any, tmp_path: Path
+) -> None:
+    local = Path(replicated["config"]["checkpoint_dir"])
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        manager.save(1, {"step": 1}, _state(1))
+        assert manager.wait_for_replication(60)
+    manifest = read_manifest(replicated["storage"], replicated["location"], 1)
+    bucket, key = replicated["to"].removeprefix("s3://").split("/", 1)
+    for extra in ("../../../OUTSIDE.txt", "../OUTSIDE.txt", "extra.bin"):
+        s3_server.client().put_object(
+            Bucket=bucket, Key=f"{key}/{manifest.attempt}/{extra}", Body=b"planted"
+        )
+    _lose_local(local)
+    with ckpt.CheckpointManager(replicated["config"]) as manager:
+        latest = manager.get_latest_checkpoint_path()
+        assert latest == str(local / "step_1")
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert not [p for p in written if "OUTSIDE" in p or p.endswith("extra.bin")]
+    assert ckpt.verify(local, deep=True).ok
+
+
+def test_a_record_naming_a_path_outside_its_checkpoint_is_refused(tmp_path: Path) -> None:
+    config = _disk_replicated(tmp_path, keep_local=1)
+    with ckpt.CheckpointManager(config) as manager:
+        manager.save(1, {"step": 1}, _state(1))
+        assert manager.wait_for_replication(60)
+    record = tmp_path / "replica" / "step_1" / ".ckpt-files.json"
+    raw = json.loads(record.read_text())
+    raw["files"].append({"path": "../../OUTSIDE.txt", "size": 7, "xxh3_128": "0" * 32})
+    raw.pop("digest")
+    raw["digest"] = self_digest(raw)  # a well-formed record, crafted
+    record.write_text(json.dumps(raw))
+    _lose_local(tmp_path / "local")
+    with ckpt.CheckpointManager(config) as manager:
+        with pytest.raises(ckpt.ChecksumMismatchError, match=r"naming '\.\./\.\./OUTSIDE\.txt'"):
+            manager.get_latest_checkpoint_path()
+        assert manager.list_checkpoints() == []
+    assert not list(tmp_path.rglob("OUTSIDE.txt"))
+    assert not list((tmp_path / "local").glob("tmp_step_*"))
+
+
+def test_a_step_without_a_record_is_never_copied_as_verified(tmp_path: Path) -> None:
+    config = _disk_replicated(tmp_path, keep_local=1)
+    with ckpt.CheckpointManager(config) as manager:
+        manager.save(1, {"step": 1}, _state(1))
+        assert manager.wait_for_replication(60)
+    (tmp_path / "replica" / "step_1" / ".ckpt-files.json").unlink()
+    _lose_local(tmp_path / "local")
+    with ckpt.CheckpointManager(config) as manager:
+        with pytest.raises(ckpt.ChecksumMismatchError, match="has no record of its files"):
+            manager.get_latest_checkpoint_path()
+        assert manager.list_checkpoints() == []
+    # The upload side: a local step without a record is not uploaded either.
+    plain = tmp_path / "plain"
+    with ckpt.CheckpointManager({"checkpoint_dir": str(plain), "fsync": False}) as manager:
+        manager.save(5, {"step": 5}, _state(5))
+    (plain / "step_5" / ".ckpt-files.json").unlink()
+    config = {**config, "checkpoint_dir": str(plain)}
+    with ckpt.CheckpointManager(config) as manager:
+        with pytest.raises(ckpt.ReplicationError, match="has no record of its files"):
+            manager.wait_for_replication(60)
+        assert [r.step for r in manager.list_checkpoints()] == [5]  # held, not lost
+    assert not (tmp_path / "replica" / "step_5").exists()

@@ -17,7 +17,7 @@ from ckpt._directory.records import (
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed, Place
 from ckpt.commit.catalog import load_catalog, save_catalog
-from ckpt.commit.manifest import Manifest
+from ckpt.commit.manifest import Manifest, record_digest
 from ckpt.storage import user_path
 from ckpt.storage.base import Entry, EntryKind, Storage, join, name_of
 
@@ -94,8 +94,7 @@ class Index:
         for checkpoint, record in seen.values():
             if record is not None:
                 pinned = checkpoint.step in pins
-                damage = self.damaged.get(checkpoint.step)
-                damaged = damage is not None and damage.version == checkpoint.version
+                damaged = self._damaged(checkpoint)
                 records[checkpoint.step] = (
                     replace(record, pinned=pinned, damaged=damaged) if pinned or damaged else record
                 )
@@ -104,6 +103,23 @@ class Index:
             self.version += 1
         self._seen, self.records, self.committed, self.pins = seen, records, committed, pins
         self.save_catalog()
+
+    def _damaged(self, checkpoint: Committed) -> bool:
+        """Whether a deep check found this checkpoint damaged (see `meta.Damage.record`).
+
+        Only steps with remembered damage (rare) cost a read of their record.
+        """
+        damage = self.damaged.get(checkpoint.step)
+        if damage is None:
+            return False
+        if damage.version == checkpoint.version:
+            return True
+        if damage.record is None:
+            return False
+        try:
+            return record_digest(self.storage, checkpoint) == damage.record
+        except (OSError, ValueError):
+            return True  # its record unreadable now: no better than when it was damaged
 
     def is_damaged(self, step: int) -> bool:
         """Whether a deep check found this very checkpoint of ``step`` damaged."""

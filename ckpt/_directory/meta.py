@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -130,16 +131,20 @@ class Damage:
 
     Attributes:
         step: The step.
-        version: The checkpoint's version then (its directory's or manifest's): a
-            checkpoint saved again at the step is another version, and not damaged.
+        version: The checkpoint's version then (its directory's or manifest's).
         files: The files whose bytes did not match the record (paths under it).
         found_at: When the check found it (seconds since the epoch).
+        record: The digest its record ends with: the checkpoint as committed. A copy of
+            the directory, or a file created and removed in it, changes ``version`` and
+            not this; a checkpoint saved again at the step has a new record, and is not
+            damaged. ``None`` in records of older ckpt (``version`` alone decides).
     """
 
     step: int
     version: str
     files: tuple[str, ...]
     found_at: float
+    record: str | None = None
 
 
 def damage_path(directory: str) -> str:
@@ -174,8 +179,13 @@ def read_damage(storage: Storage, directory: str) -> dict[int, Damage]:
         try:
             step = int(key)
             files = tuple(str(name) for name in item["files"])
-            found[step] = Damage(step, str(item["version"]), files, float(item["found_at"]))
-        except (TypeError, ValueError, KeyError):
+            record = item.get("record")
+            found_at = float(item["found_at"])
+            if not math.isfinite(found_at) or not isinstance(record, (str, type(None))):
+                raise ValueError("not a damage entry")
+            found[step] = Damage(step, str(item["version"]), files, found_at, record)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            logger.warning("ignoring an entry of %s: %.100r", damage_path(directory), item)
             continue
     return found
 
@@ -189,6 +199,7 @@ def write_damage(storage: Storage, directory: str, damage: Mapping[int, Damage])
                 "version": d.version,
                 "files": list(d.files),
                 "found_at": d.found_at,
+                **({"record": d.record} if d.record is not None else {}),
             }
             for step, d in sorted(damage.items())
         },
@@ -198,6 +209,17 @@ def write_damage(storage: Storage, directory: str, damage: Mapping[int, Damage])
 
 
 _PREEMPTION_FORMAT = 1
+# What reading an advisory record that ckpt did not write can raise: it is logged and
+# the record ignored (a huge number is an OverflowError, a wrong type a TypeError...).
+_UNPARSED = (
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
 
 
 def preemption_path(directory: str) -> str:
@@ -217,18 +239,22 @@ def read_preemption(storage: Storage, directory: str) -> PreemptionRecord | None
             raise ValueError("not a ckpt preemption record")
         step = raw["step"]
         after = raw.get("saved_after_s")
+        times = [float(raw["received_at"]), float(raw["grace_s"])]
+        times += [] if after is None else [float(after)]
+        if not all(map(math.isfinite, times)):
+            raise ValueError("a time in it is not a finite number")
         return PreemptionRecord(
             str(raw["signal"]),
-            float(raw["received_at"]),
-            float(raw["grace_s"]),
+            times[0],
+            times[1],
             None if step is None else int(step),
             bool(raw["emergency"]),
             tuple(int(s) for s in raw.get("skipped", ())),
-            None if after is None else float(after),
+            None if after is None else times[2],
         )
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
+    except _UNPARSED as exc:
         logger.warning("ignoring %s: %s", preemption_path(directory), exc)
         return None
 
@@ -266,7 +292,7 @@ def read_replication(storage: Storage, directory: str) -> tuple[str | None, dict
         return (None if to is None else str(to)), done
     except FileNotFoundError:
         return None, {}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+    except _UNPARSED as exc:
         logger.warning("ignoring %s: %s", replication_path(directory), exc)
         return None, {}
 

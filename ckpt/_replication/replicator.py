@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 
 from ckpt import _layout
 from ckpt._directory import meta
@@ -35,7 +34,7 @@ from ckpt.commit.base import Committed
 from ckpt.commit.manifest import ManifestFile, recorded_files
 from ckpt.storage import user_path
 from ckpt.storage._digest import copy_file, digest_of
-from ckpt.storage.base import join, walk_files
+from ckpt.storage.base import join
 
 logger = logging.getLogger("ckpt")
 
@@ -49,13 +48,33 @@ _HELD = "its replica is not committed yet"
 Status = str  # "local" | "uploading" | "replicated"
 
 
-def _files_of(directory: Directory, committed: Committed) -> dict[str, int]:
-    prefix = committed.path.rstrip("/") + "/"
-    return {
-        path.removeprefix(prefix): entry.size
-        for path, entry in walk_files(directory.storage, committed.path)
-        if path.removeprefix(prefix) != _layout.FILES_RECORD
-    }
+def _unverifiable(what: str, step: int, why: str, path: str) -> ChecksumMismatchError:
+    return ChecksumMismatchError(
+        f"{what} step {step} {why}: it is not copied, since nothing could vouch for the "
+        f"bytes that would arrive (`ckpt check --deep` looks at it; saving the step again "
+        f"records it)",
+        path=path,
+    )
+
+
+def _checked_record(source: Directory, committed: Committed, what: str) -> dict[str, ManifestFile]:
+    """The files ``committed``'s record lists, each checked to be copyable as verified."""
+    step = committed.step
+    shown = str(user_path(source.storage, committed.path))
+    try:
+        record = recorded_files(source.storage, committed)
+    except (OSError, ValueError) as exc:
+        raise _unverifiable(what, step, f"has a record that cannot be read ({exc})", shown) from exc
+    if record is None:
+        raise _unverifiable(what, step, "has no record of its files' digests", shown)
+    for name, listed in record.items():
+        if not _layout.plain_relative(name) or name == _layout.FILES_RECORD:
+            raise _unverifiable(what, step, f"has a record naming {name!r}", shown)
+        if listed.xxh3_128 is None:
+            raise _unverifiable(what, step, f"has no XXH3 digest recorded for {name}", shown)
+    if _layout.INFO_FILE not in record:
+        raise _unverifiable(what, step, f"has a record without {_layout.INFO_FILE}", shown)
+    return record
 
 
 def copy_checkpoint(
@@ -63,38 +82,40 @@ def copy_checkpoint(
 ) -> str:
     """Copy one committed checkpoint of ``source`` into ``target`` and commit it there.
 
-    Every file is hashed as it streams and must match ``source``'s record (where it has
-    one); the commit in ``target`` carries those digests, so nothing is read twice.
-    Returns the committed location in ``target``.
+    Exactly the files ``source``'s record lists are copied, each hashed as it streams
+    and compared with its recorded size and digest; the commit in ``target`` carries
+    those digests, so nothing is read twice. A name the record holds is data, checked to
+    be a plain relative path inside the checkpoint before anything is written. A
+    checkpoint without a record (committed by an older ckpt or NeMo RL) is refused:
+    copying it would record digests of whatever bytes arrived. Returns the committed
+    location in ``target``.
 
     Raises:
-        ChecksumMismatchError: If a file does not match its record; nothing commits.
+        ChecksumMismatchError: If the record is missing, unreadable or names a file
+            outside the checkpoint, or a file does not match it; nothing commits.
         OSError: If a read or a write fails; nothing commits.
     """
     step = committed.step
-    record: Mapping[str, ManifestFile] | None = recorded_files(source.storage, committed)
-    files = _files_of(source, committed)
+    record = _checked_record(source, committed, what)
     read = source.storage.read_bytes
-    info = committed.training_info or read(join(committed.path, _layout.INFO_FILE))
-    config = (
-        read(join(committed.path, _layout.CONFIG_FILE)) if _layout.CONFIG_FILE in files else None
-    )
-    for name, data in ((_layout.INFO_FILE, info), (_layout.CONFIG_FILE, config)):
-        listed = None if record is None else record.get(name)
-        if data is None or listed is None or listed.xxh3_128 is None:
+    small = {}
+    for name in (_layout.INFO_FILE, _layout.CONFIG_FILE):
+        if name not in record:
             continue
-        if listed.xxh3_128 != digest_of(data):
+        data = read(join(committed.path, name))
+        if record[name].xxh3_128 != digest_of(data):
             raise ChecksumMismatchError(
                 f"{what} step {step}: {name} does not match the digest of its record; it "
                 f"is damaged where it is, and was not copied",
                 path=str(user_path(source.storage, join(committed.path, name))),
             )
-    attempt = target.start(step, info, config)
+        small[name] = data
+    attempt = target.start(step, small[_layout.INFO_FILE], small.get(_layout.CONFIG_FILE))
     digests: dict[str, str] = {}
     try:
-        for name in sorted(files):
-            if name in (_layout.INFO_FILE, _layout.CONFIG_FILE):
-                continue  # written by start, from the bytes read above
+        for name in sorted(record):
+            if name in small:
+                continue  # written by start, from the bytes checked above
             size, digest = copy_file(
                 source.storage,
                 join(committed.path, name),
@@ -102,11 +123,12 @@ def copy_checkpoint(
                 join(attempt, name),
                 durable=target.place.durable,
             )
-            listed = None if record is None else record.get(name)
-            if listed is not None and listed.xxh3_128 is not None and listed.xxh3_128 != digest:
+            listed = record[name]
+            if listed.xxh3_128 != digest or listed.size != size:
                 raise ChecksumMismatchError(
                     f"{what} step {step}: {name} does not match the digest of its record "
-                    f"(read {size} bytes); it is damaged where it is, and was not copied",
+                    f"(read {size} bytes, {listed.size} recorded); it is damaged where it "
+                    f"is, and was not copied",
                     path=str(user_path(source.storage, join(committed.path, name))),
                 )
             digests[name] = digest

@@ -251,6 +251,34 @@ def read_files_record(storage: Storage, checkpoint: str) -> tuple[ManifestFile, 
     return tuple(decode_file(item) for item in files)
 
 
+def record_digest(storage: Storage, committed: Committed) -> str | None:
+    """The digest a committed checkpoint's record ends with; ``None`` without a record.
+
+    It names the checkpoint as committed, whatever happens to its directory's identity.
+
+    Raises:
+        ValueError: If the record is damaged or not one ckpt wrote.
+        OSError: If it cannot be read.
+    """
+    if committed.kind == "manifest":
+        assert committed.manifest is not None
+        data = storage.read_bytes(committed.manifest, limit=MAX_MANIFEST_BYTES)
+    else:
+        try:
+            data = storage.read_bytes(
+                join(committed.path, _layout.FILES_RECORD), limit=MAX_MANIFEST_BYTES
+            )
+        except FileNotFoundError:
+            return None
+    try:
+        raw: Any = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    check_self_digest(raw)
+    digest = raw.get("digest") if isinstance(raw, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
 def recorded_files(storage: Storage, committed: Committed) -> dict[str, ManifestFile] | None:
     """The files a committed checkpoint's record lists, by path; ``None`` without a record.
 

@@ -15,6 +15,7 @@ from typing import Any, TypeAlias
 
 import torch
 
+from ckpt import _layout
 from ckpt._errors import SerializationError
 
 STATE_FILE = "state.ckpt"
@@ -23,10 +24,10 @@ STATE_FILE = "state.ckpt"
 MapLocation: TypeAlias = str | torch.device | Mapping[str, str | torch.device] | None
 """Where `load_state` puts tensors: ``None``, one device, or saved device -> device."""
 
-_MAGIC = b"\x89CKPTST\n"
+_MAGIC = _layout.STATE_MAGIC
 _FORMAT = 2
 _FORMATS = (1, 2)  # 1: no trailer (written before ckpt hashed its files); still read
-TRAILER = 16
+TRAILER = _layout.STATE_TRAILER
 """Format 2 ends with the XXH3-128 digest (16 bytes) of every byte before it."""
 _DATA_ALIGN = 4096  # where the data section starts: page-aligned, for mmap or O_DIRECT
 _TENSOR_ALIGN = 64  # each tensor's start, from the data section's start
