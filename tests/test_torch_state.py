@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -591,3 +592,48 @@ def test_importing_ckpt_does_not_import_torch() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+# --- DCP checkpoints under damage and crafted metadata (issue 36 #8, #15) ----------------------
+
+
+def _dcp_checkpoint(directory: Path) -> dict[str, Any]:
+    import torch.distributed.checkpoint as dcp
+
+    state = {"w": torch.arange(4096, dtype=torch.float32), "b": torch.ones(7)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled": one process
+        dcp.save(state, checkpoint_id=str(directory), no_dist=True)
+    return state
+
+
+def test_a_cut_dcp_shard_is_a_ckpt_error_not_a_base_exception(tmp_path: Path) -> None:
+    directory = tmp_path / "step_1"
+    _dcp_checkpoint(directory)
+    shard = next(directory.glob("*.distcp"))
+    with shard.open("r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    into = {"w": torch.zeros(4096), "b": torch.zeros(7)}
+    try:
+        load_state(directory, into=into)
+    except Exception as exc:  # what a loop catches: torch's CheckpointException is not one
+        assert isinstance(exc, ckpt.SerializationError)
+        assert f"the DCP checkpoint {directory} could not be loaded" in str(exc)
+    else:
+        pytest.fail("a cut shard loaded")
+
+
+def test_dcp_metadata_naming_a_shard_outside_its_directory_is_refused(tmp_path: Path) -> None:
+
+    other = tmp_path / "other"
+    _dcp_checkpoint(other)
+    directory = tmp_path / "step_1"
+    _dcp_checkpoint(directory)
+    metadata = directory / ".metadata"
+    with metadata.open("rb") as f:
+        loaded = pickle.load(f)  # our own file, just written
+    for info in loaded.storage_data.values():
+        info.relative_path = "../other/" + info.relative_path
+    metadata.write_bytes(pickle.dumps(loaded))
+    with pytest.raises(ckpt.SerializationError, match=r"names '\.\./other/__0_0\.distcp'"):
+        load_state(directory, into={"w": torch.zeros(4096), "b": torch.zeros(7)})

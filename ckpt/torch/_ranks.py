@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from ckpt import _layout
 from ckpt._errors import SerializationError
 from ckpt._unpickle import load_dcp_metadata, load_weights_only
 from ckpt.storage import LocalStorage, Storage, join
@@ -140,6 +141,7 @@ def load_dcp(storage: Storage, where: str, into: Any, process_group: Any) -> Any
     with storage.open_read(path) as f:
         # Read once, here: a refused file is one clear error, not one per rank from DCP.
         metadata = load_dcp_metadata(f, path)
+    _check_dcp_paths(path, metadata)
     reader_type, planner_type = _safe_dcp(where, metadata)
     reader = reader_type(local_dir(storage, where, "loading"))
     try:
@@ -161,8 +163,49 @@ def load_dcp(storage: Storage, where: str, into: Any, process_group: Any) -> Any
             found = failure[0] if isinstance(failure, tuple) else failure
             if isinstance(found, SerializationError):
                 raise SerializationError(str(found)) from exc
-        raise
+        # torch's CheckpointException is a BaseException: `except Exception` misses it.
+        raise SerializationError(
+            f"the DCP checkpoint {where} could not be loaded into `into`: {_failures(exc)}; "
+            f"its shards are cut short or do not match its .metadata (`ckpt check --deep` "
+            f"names a damaged file), or `into` is laid out for another checkpoint"
+        ) from exc
     return into
+
+
+def _failures(exc: BaseException) -> str:
+    """What each rank's failure in DCP's exception was, in one short line."""
+    failures = getattr(exc, "failures", None)
+    if not isinstance(failures, dict) or not failures:
+        return f"{type(exc).__name__}: {str(exc)[:300]}"
+    parts = []
+    for rank, failure in sorted(failures.items())[:4]:
+        found = failure[0] if isinstance(failure, tuple) else failure
+        parts.append(f"rank {rank}: {type(found).__name__}: {str(found)[:200]}")
+    return "; ".join(parts)
+
+
+def _check_dcp_paths(path: str, metadata: Any) -> None:
+    """Refuse a ``.metadata`` whose shards are anywhere but files beside it.
+
+    DCP joins each ``relative_path`` to the checkpoint's directory as it is: a crafted
+    ``../other/__0_0.distcp`` would read another directory's file.
+
+    Raises:
+        SerializationError: Naming the first path that is not a plain file name.
+    """
+    storage_data = getattr(metadata, "storage_data", None) or {}
+    if not isinstance(storage_data, dict):
+        raise SerializationError(f"{path} is not DCP metadata: its storage_data is no mapping")
+    for index, info in storage_data.items():
+        relative = getattr(info, "relative_path", None)
+        offset, length = getattr(info, "offset", 0), getattr(info, "length", 0)
+        plain = _layout.plain_relative(relative) and "/" not in str(relative)
+        if not plain or not all(isinstance(n, int) and n >= 0 for n in (offset, length)):
+            raise SerializationError(
+                f"{path} names {relative!r} (offset {offset!r}, length {length!r}) for "
+                f"{getattr(index, 'fqn', index)!r}: a DCP checkpoint's shards are files "
+                f"beside its .metadata, so it is not loaded"
+            )
 
 
 def this_rank(process_group: Any) -> tuple[int, int] | None:
