@@ -7,6 +7,8 @@ saved, so what ckpt keeps, and which checkpoint is best, is known in advance.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -340,3 +342,24 @@ def test_a_kill_in_a_save_resumes_from_the_last_complete_checkpoint(
         assert not (run / ".ckpt" / "hf" / "set-aside").exists(), op  # removed, as ckpt's own
         assert ckpt.verify(run).problems == (), op
         assert torch.load(Path(trainer_dir(run, RUN_STEPS)) / "rng_state.pth", weights_only=False)
+
+
+@pytest.mark.parametrize("link", [".ckpt/hf/set-aside", ".ckpt/hf"])
+def test_a_link_among_the_callbacks_own_directories_moves_nothing_out(
+    tmp_path: Path, link: str
+) -> None:
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    job.train(run, 2)
+    outside.mkdir()
+    target = run / link
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(outside, target_is_directory=True)
+    mine = run / "checkpoint-500"
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"my weights")
+    with pytest.raises(ckpt.UnsafeFileError, match=rf"{re.escape(str(target))} is not a directory"):
+        job.train(run, 4, resume="latest")
+    assert (mine / "model.safetensors").read_bytes() == b"my weights"
+    assert list(outside.iterdir()) == []

@@ -251,16 +251,29 @@ class CheckpointCallback(TrainerCallback):
 
         return self._manager
 
-    def _own_dir(self, output_dir: str) -> str:
-        """``output_dir/.ckpt/hf``, made if missing; refused if it is not a directory."""
-        path = os.path.join(output_dir, _OWN_DIR)
-        self._storage.make_dirs(path)
-        found = self._storage.entry(path)
-        if found is None or found.kind != "dir":
-            raise UnsafeFileError(
-                f"CheckpointCallback: {path} is not a directory (a link, or a file), where "
-                "the callback keeps its records; move it away"
-            )
+    def _own_dir(self, output_dir: str, *below: str) -> str:
+        """``output_dir/.ckpt/hf`` (and ``below`` it), made where missing.
+
+        Every level is checked, not only the last: a link at ``.ckpt``, ``.ckpt/hf`` or
+        ``set-aside`` would send the records, or the checkpoints set aside, out of
+        ``output_dir``.
+
+        Raises:
+            UnsafeFileError: Naming the first level that is not a plain directory.
+        """
+        self._storage.make_dirs(output_dir)
+        path = output_dir
+        for part in (*_OWN_DIR.split(os.sep), *below):
+            path = os.path.join(path, part)
+            found = self._storage.entry(path)
+            if found is None:
+                self._storage.make_dir(path)
+                found = self._storage.entry(path)
+            if found is None or found.kind != "dir":
+                raise UnsafeFileError(
+                    f"CheckpointCallback: {path} is not a directory (a link, or a file), "
+                    "where the callback keeps its records; nothing was moved: move it away"
+                )
         return path
 
     def _announce(
@@ -288,9 +301,10 @@ class CheckpointCallback(TrainerCallback):
 
     def _announced(self, output_dir: str) -> str | None:
         """The ``checkpoint-N`` the last run's ``saving.json`` names, if it names one."""
-        own = self._storage.entry(os.path.join(output_dir, _OWN_DIR))
-        if own is None or own.kind != "dir":
-            return None  # never a record read through a link
+        for level in (_layout_meta(output_dir), os.path.join(output_dir, _OWN_DIR)):
+            own = self._storage.entry(level)
+            if own is None or own.kind != "dir":
+                return None  # never a record read through a link
         path = os.path.join(output_dir, _OWN_DIR, _SAVING)
         found = self._storage.entry(path)
         if found is None or found.kind != "file":
@@ -331,8 +345,7 @@ class CheckpointCallback(TrainerCallback):
 
     def _set_aside(self, output_dir: str, name: str) -> str:
         """Move ``output_dir/name`` under ``.ckpt/hf/set-aside/`` (a fresh name); say where."""
-        aside = os.path.join(self._own_dir(output_dir), _SET_ASIDE)
-        self._storage.make_dirs(aside)
+        aside = self._own_dir(output_dir, _SET_ASIDE)
         taken = {e.name for e in self._storage.list_dir(aside)}
         target, n = name, 1
         while target in taken:  # an earlier run set aside one of the same name
@@ -391,6 +404,11 @@ class CheckpointCallback(TrainerCallback):
 def _strategy(value: object) -> str:
     """A Trainer strategy's name, whether an enum (``SaveStrategy.BEST``) or a string."""
     return str(getattr(value, "value", value))
+
+
+def _layout_meta(output_dir: str) -> str:
+    """``output_dir/.ckpt``: the first level of the callback's own directory."""
+    return os.path.join(output_dir, _OWN_DIR.split(os.sep)[0])
 
 
 def _output_dir(args: TrainingArguments) -> str:
