@@ -322,7 +322,17 @@ def _leftover_problems(
 ) -> list[Problem]:
     """What crashes left, when no writer is at work: every protocol's, and the trash."""
     directory = user_path(storage, location)
-    problems = [_leftover_problem(directory, leftover) for leftover in find_leftovers(entries)]
+    problems = [
+        # What recovery would do, said alike: a temporary ckpt did not make stays.
+        _leftover_problem(
+            directory,
+            leftover
+            if leftover.kind != "temporary"
+            or commits.made_by_ckpt(storage, join(location, leftover.name))
+            else replace(leftover, kind="foreign", detail=f"it {commits.NOT_OURS}"),
+        )
+        for leftover in find_leftovers(entries)
+    ]
     named = {name_of(c.path) for c in found.values()}
     problems += [
         _problem(
@@ -733,7 +743,8 @@ def _leftover_problem(directory: CheckpointPath, leftover: Leftover) -> Problem:
         "unrecognized_entry",
         path,
         f"{name} is named like a leftover of a crash but {leftover.detail}; recovery "
-        f"leaves it alone and the manager ignores it",
+        f"leaves it alone, the manager ignores it, and a save of step {leftover.step} "
+        f"refuses to start while it is there",
         "move it out of the checkpoint directory if it is not yours",
     )
 

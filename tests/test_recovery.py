@@ -560,3 +560,63 @@ def test_a_crash_while_pruning_loses_only_what_was_to_be_pruned(tmp_path: Path, 
             break
     else:
         pytest.fail("pruning never completed")
+
+
+# --- a power cut may keep later names and lose earlier ones (issue 36 #22) -------------------
+
+
+class _Ordering(LocalStorage):
+    """Local disk, logging what is created and which directories are synced, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, str]] = []
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        self.log.append(("create", path))
+        super().write_bytes(path, data)
+
+    def open_write(self, path: str, *, durable: bool) -> Any:
+        self.log.append(("create", path))
+        return super().open_write(path, durable=durable)
+
+    def sync_dir(self, path: str) -> None:
+        self.log.append(("sync", path))
+        super().sync_dir(path)
+
+
+def test_an_attempts_training_info_is_durable_before_any_other_file_is_created(
+    tmp_path: Path,
+) -> None:
+    storage = _Ordering()
+    directory = tmp_path / "run"
+    with CheckpointManager({"checkpoint_dir": str(directory)}, storage=storage) as manager:
+        path = manager.init_tmp_checkpoint(3, {"step": 3}, {"lr": 0.1})
+        tmp = str(path)
+        # Whatever survives a power cut that keeps any later name in tmp_step_3 keeps
+        # this one: tmp_step_3 was synced after it and before anything else was created.
+        first = storage.log.index(("create", f"{tmp}/training_info.json"))
+        later = [i for i, (op, p) in enumerate(storage.log) if op == "create" and p.startswith(tmp)]
+        synced = storage.log.index(("sync", tmp), first)
+        assert [i for i in later if i > first] == [i for i in later if i > synced]
+        (path / "payload.bin").write_bytes(b"x")
+        manager.finalize_checkpoint(path)
+
+
+def test_ckpt_check_and_recovery_agree_on_a_temporary_ckpt_did_not_make(tmp_path: Path) -> None:
+    directory = tmp_path / "run"
+    with CheckpointManager({"checkpoint_dir": str(directory), "fsync": False}) as manager:
+        with manager.checkpoint(1, {"step": 1}):
+            pass
+    foreign = directory / "tmp_step_2"
+    foreign.mkdir()
+    (foreign / "payload.bin").write_bytes(b"someone's")
+    report = ckpt.verify(directory)
+    (problem,) = report.problems
+    assert problem.code == "unrecognized_entry"
+    assert "no training_info.json, so ckpt did not make it" in problem.message
+    assert "which removes it" not in problem.hint
+    with CheckpointManager({"checkpoint_dir": str(directory), "fsync": False}) as manager:
+        assert (foreign / "payload.bin").read_bytes() == b"someone's"  # recovery left it
+        with pytest.raises(ckpt.CheckpointError, match="tmp_step_2 holds files but no"):
+            manager.init_tmp_checkpoint(2, {"step": 2})

@@ -229,6 +229,11 @@ class Directory:
             attempt = self.protocol.prepare(self.place, step)
             try:
                 storage.write_bytes(join(attempt, _layout.INFO_FILE), info_bytes)
+                if self.place.durable and storage.capabilities.directories:
+                    # Its name reaches the disk before any other file's in the attempt:
+                    # after a power cut the attempt is recognisably ckpt's, whatever else
+                    # of it survived (a disk may keep later entries and lose earlier ones).
+                    storage.sync_dir(attempt)
                 if config_bytes is not None:
                     storage.write_bytes(join(attempt, _layout.CONFIG_FILE), config_bytes)
             except BaseException:
