@@ -605,9 +605,9 @@ def test_an_attempts_training_info_is_durable_before_any_other_file_is_created(
 
 def test_ckpt_check_and_recovery_agree_on_a_temporary_ckpt_did_not_make(tmp_path: Path) -> None:
     directory = tmp_path / "run"
-    with CheckpointManager({"checkpoint_dir": str(directory), "fsync": False}) as manager:
-        with manager.checkpoint(1, {"step": 1}):
-            pass
+    config = {"checkpoint_dir": str(directory), "fsync": False}
+    with CheckpointManager(config) as manager, manager.checkpoint(1, {"step": 1}):
+        pass
     foreign = directory / "tmp_step_2"
     foreign.mkdir()
     (foreign / "payload.bin").write_bytes(b"someone's")
