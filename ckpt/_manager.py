@@ -966,11 +966,14 @@ class CheckpointManager:
         return self._tiers.replica_shown
 
     def replication_status(self) -> dict[int, Status]:
-        """Where each step's checkpoint is: ``"local"``, ``"uploading"`` or ``"replicated"``.
+        """Where each step's checkpoint is, in which tier, and whether it is uploaded.
 
         ``"local"``: committed in ``checkpoint_dir``, its replica not yet; ``"uploading"``:
-        being copied now; ``"replicated"``: committed in ``replicate.to`` (and perhaps
-        still local too). Steps of both tiers are listed. Without ``replicate``, a
+        being copied now; ``"replicated"``: committed in ``replicate.to`` as it is
+        configured now (and perhaps still local too); ``"pruned"``: replicated, then
+        deleted by the replica's own retention. A step the replica lost some other way
+        (the bucket emptied, ``replicate.to`` changed) is ``"local"`` again and is
+        uploaded again. Steps of both tiers are listed. Without ``replicate``, a
         directory that was a replicated run's local tier answers from its own record
         (its steps, ``"local"`` or ``"replicated"``; the replica is not asked, and a
         writer keeps the ``"local"`` ones from retention); any other directory ``{}``.

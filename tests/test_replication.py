@@ -514,3 +514,65 @@ def test_a_step_without_a_record_is_never_copied_as_verified(tmp_path: Path) -> 
             manager.wait_for_replication(60)
         assert [r.step for r in manager.list_checkpoints()] == [5]  # held, not lost
     assert not (tmp_path / "replica" / "step_5").exists()
+
+
+# --- a replica that is the local tier under another name (issue 36 #5) -----------------------
+
+
+def test_a_replica_that_is_the_local_tier_through_a_link_is_refused(tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    local.mkdir()
+    (tmp_path / "alias").symlink_to(local, target_is_directory=True)
+    with pytest.raises(ValidationError, match=r"`replicate\.to` must be a place apart"):
+        ckpt.CheckpointConfig(checkpoint_dir=local, replicate={"to": str(tmp_path / "alias")})
+    with pytest.raises(ValidationError, match=r"`replicate\.to` must be a place apart"):
+        ckpt.CheckpointConfig(checkpoint_dir="s3://b/run", replicate={"to": "s3a://b/run/"})
+    # A link made after the config was checked: refused when the manager opens it.
+    later = tmp_path / "later"
+    config = ckpt.CheckpointConfig(
+        checkpoint_dir=local, fsync=False, replicate={"to": str(later), "keep_local": 1}
+    )
+    later.symlink_to(local, target_is_directory=True)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"`replicate.to` \(.*later\) resolves to"):
+        ckpt.CheckpointManager(config)
+    assert time.monotonic() - started < 10
+    with ckpt.CheckpointManager({"checkpoint_dir": str(local), "fsync": False}) as manager:
+        assert manager.list_checkpoints() == []  # nothing left locked or half-made
+
+
+# --- what replication_status says is what the configured replica holds (issue 36 #6) ---------
+
+
+def test_a_new_replica_gets_every_checkpoint_and_an_emptied_one_is_refilled(
+    tmp_path: Path,
+) -> None:
+    config = _disk_replicated(tmp_path, n=5, keep_local=5)
+    with ckpt.CheckpointManager(config) as manager:
+        for step in (1, 2):
+            manager.save(step, {"step": step}, _state(step))
+        assert manager.wait_for_replication(60)
+    moved = {**config, "replicate": {**config["replicate"], "to": str(tmp_path / "new")}}
+    with ckpt.CheckpointManager(moved) as manager:
+        assert manager.wait_for_replication(60)
+        assert manager.replication_status() == {1: "replicated", 2: "replicated"}
+    assert _steps(tmp_path / "new") == [1, 2]
+    shutil.rmtree(tmp_path / "new")  # the bucket emptied behind the run's back
+    with ckpt.CheckpointManager(moved) as manager:
+        assert manager.replication_status()[1] in ("local", "uploading")
+        assert manager.wait_for_replication(60)
+    assert _steps(tmp_path / "new") == [1, 2]
+    assert ckpt.verify(tmp_path / "new", deep=True).ok
+
+
+def test_steps_the_replicas_retention_pruned_are_a_state_of_their_own(tmp_path: Path) -> None:
+    config = _disk_replicated(tmp_path, n=1, keep_local=3)
+    with ckpt.CheckpointManager(config) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, {"step": step}, _state(step))
+        assert manager.wait_for_replication(60)
+        assert manager.replication_status() == {1: "pruned", 2: "pruned", 3: "replicated"}
+    with ckpt.CheckpointManager(config) as manager:  # and so after a restart: not uploaded
+        assert manager.wait_for_replication(60)
+        assert manager.replication_status() == {1: "pruned", 2: "pruned", 3: "replicated"}
+    assert _steps(tmp_path / "replica") == [3]

@@ -443,13 +443,30 @@ def _ranks_by_metric(spec: RetentionSpec) -> bool:
     return isinstance(spec, (TopKSpec, HybridSpec))
 
 
+# Two spellings of one store's scheme: s3fs answers both, gcsfs both.
+_SCHEME_ALIASES = {"s3a": "s3", "gcs": "gs"}
+
+
+def _place_key(value: Path | str) -> tuple[str, str]:
+    """A place as it resolves: a local path through its links, a URL in one spelling."""
+    if isinstance(value, Path):
+        return "", os.path.realpath(value)
+    scheme, sep, rest = str(value).partition("://")
+    if not sep:
+        return "", os.path.realpath(str(value))
+    scheme = scheme.lower()
+    return _SCHEME_ALIASES.get(scheme, scheme), rest.rstrip("/")
+
+
 def _same_place(a: Path | str, b: Path | str) -> bool:
-    """Whether two checkpoint_dir values name one place (or one is inside the other)."""
-    if isinstance(a, Path) and isinstance(b, Path):
-        x, y = os.path.abspath(a), os.path.abspath(b)
-        return x == y or x.startswith(y + os.sep) or y.startswith(x + os.sep)
-    x, y = str(a).rstrip("/"), str(b).rstrip("/")
-    return x == y or x.startswith(y + "/") or y.startswith(x + "/")
+    """Whether two checkpoint_dir values name one place (or one is inside the other).
+
+    Compared as they resolve, not as they are spelt: a link to the directory, or
+    ``s3a://`` for ``s3://``, is the same place.
+    """
+    (p, x), (q, y) = _place_key(a), _place_key(b)
+    sep = "/" if p else os.sep
+    return p == q and (x == y or x.startswith(y + sep) or y.startswith(x + sep))
 
 
 class ReplicateSpec(_Strict):

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ckpt import _layout
@@ -276,8 +276,24 @@ def replication_path(directory: str) -> str:
     return join(directory, _layout.META_DIR, _layout.REPLICATION_FILE)
 
 
-def read_replication(storage: Storage, directory: str) -> tuple[str | None, dict[int, str]]:
-    """Where the replica is, and the local checkpoints replicated there (step: version).
+@dataclass(frozen=True)
+class ReplicationRecord:
+    """What a local tier records of its replica (``.ckpt/replication.json``).
+
+    Attributes:
+        to: Where the replica was when this was written (as the config named it).
+        replicated: Local checkpoints whose replica was committed there (step: the
+            local version then).
+        pruned: Steps the replica's own retention deleted after they were replicated.
+    """
+
+    to: str | None = None
+    replicated: Mapping[int, str] = field(default_factory=dict)
+    pruned: frozenset[int] = frozenset()
+
+
+def read_replication(storage: Storage, directory: str) -> ReplicationRecord:
+    """Where the replica is, the local checkpoints replicated there, and what it pruned.
 
     A checkpoint of a step whose version differs from the one recorded was saved again
     since, and is not replicated. An unreadable record is logged and taken as empty:
@@ -289,22 +305,22 @@ def read_replication(storage: Storage, directory: str) -> tuple[str | None, dict
             raise ValueError("not a ckpt replication record")
         to = raw.get("to")
         done = {int(step): str(version) for step, version in raw["replicated"].items()}
-        return (None if to is None else str(to)), done
+        pruned = frozenset(int(step) for step in raw.get("pruned", ()))
+        return ReplicationRecord(None if to is None else str(to), done, pruned)
     except FileNotFoundError:
-        return None, {}
+        return ReplicationRecord()
     except _UNPARSED as exc:
         logger.warning("ignoring %s: %s", replication_path(directory), exc)
-        return None, {}
+        return ReplicationRecord()
 
 
-def write_replication(
-    storage: Storage, directory: str, to: str, replicated: Mapping[int, str]
-) -> None:
+def write_replication(storage: Storage, directory: str, record: ReplicationRecord) -> None:
     """Replace the record of what is replicated (atomically, durably)."""
     data = {
         "format": _REPLICATION_FORMAT,
-        "to": to,
-        "replicated": {str(step): replicated[step] for step in sorted(replicated)},
+        "to": record.to,
+        "replicated": {str(step): record.replicated[step] for step in sorted(record.replicated)},
+        "pruned": sorted(record.pruned),
     }
     storage.make_dirs(join(directory, _layout.META_DIR))
     path = replication_path(directory)

@@ -45,7 +45,7 @@ _BACKOFF_S = (0.5, 2.0)
 _STALL_PAUSE_S = (1.0, 30.0)
 _HELD = "its replica is not committed yet"
 
-Status = str  # "local" | "uploading" | "replicated"
+Status = str  # "local" | "uploading" | "replicated" | "pruned"
 
 
 def _unverifiable(what: str, step: int, why: str, path: str) -> ChecksumMismatchError:
@@ -164,9 +164,25 @@ class Replicator:
                     f"{local.shown} is already replicated by another manager of this "
                     f"process; close it first"
                 )
-            _, self._replicated = meta.read_replication(local.storage, local.location)
+            recorded = meta.read_replication(local.storage, local.location)
+            if recorded.to is not None and recorded.to != to:
+                logger.warning(
+                    "the replica was %s and is %s now: every local checkpoint is uploaded "
+                    "to the new one",
+                    recorded.to,
+                    to,
+                )
+                recorded = meta.ReplicationRecord()
+            self._replicated = dict(recorded.replicated)
+            self._pruned = set(recorded.pruned)
+            with replica.shared.mutex:
+                there = set(replica.shared.index.committed)
             for step, committed in sorted(shared.index.committed.items()):
-                if self._replicated.get(step) != committed.version:
+                done = self._replicated.get(step) == committed.version
+                # Recorded as replicated, yet gone from the replica without its own
+                # retention deleting it (an emptied bucket): uploaded again.
+                if not done or (step not in there and step not in self._pruned):
+                    self._replicated.pop(step, None)
                     self._hold(step)
             shared.on_commit = self.committed
         if self._queue:
@@ -207,9 +223,15 @@ class Replicator:
             )
 
     def status(self) -> dict[int, Status]:
-        """Each step of either tier: ``local``, ``uploading`` or ``replicated``."""
+        """Each step of either tier: ``local``, ``uploading``, ``replicated`` or ``pruned``.
+
+        ``replicated``: the configured replica holds it now. ``pruned``: it was
+        replicated and the replica's own retention deleted it since (the local tier may
+        still hold it). A step the replica lost otherwise is ``local`` again, and queued.
+        """
         with self.local.shared.mutex:
             local = set(self.local.shared.index.committed)
+            pruned = set(self._pruned)
         with self.replica.shared.mutex:
             remote = set(self.replica.shared.index.committed)
         with self._cv:
@@ -218,10 +240,12 @@ class Replicator:
         for step in sorted(local | remote):
             if step == uploading:
                 out[step] = "uploading"
-            elif step in queued:
+            elif step in remote:
+                out[step] = "replicated"
+            elif step in queued or step not in pruned:
                 out[step] = "local"
             else:
-                out[step] = "replicated"
+                out[step] = "pruned"
         return out
 
     def wait(self, timeout: float | None) -> bool:
@@ -319,6 +343,8 @@ class Replicator:
             with local.shared.mutex:
                 local.shared.held.pop(step, None)
             return
+        with self.replica.shared.mutex:
+            before = set(self.replica.shared.index.committed)
         try:
             copy_checkpoint(local, committed, self.replica, what="local")
         except (ChecksumMismatchError, FileNotFoundError):
@@ -330,11 +356,14 @@ class Replicator:
                 logger.info("step %d changed while it was uploaded: uploading it again", step)
                 return
             raise
+        with self.replica.shared.mutex:
+            gone = before - set(self.replica.shared.index.committed)  # the replica's retention
         with local.shared.mutex:
             current = local.shared.index.committed.get(step)
             if current is not None and current.version == committed.version:
                 self._replicated[step] = committed.version
                 local.shared.held.pop(step, None)
+            self._pruned = (self._pruned | gone) - {step}
             self._write_record()
         logger.info("replicated step %d to %s", step, self._to)
         local.prune_all()  # the hold is gone: the local tier keeps keep_local again
@@ -343,7 +372,9 @@ class Replicator:
         """The caller holds the local mutex."""
         index = self.local.shared.index
         self._replicated = {s: v for s, v in self._replicated.items() if s in index.committed}
-        meta.write_replication(self.local.storage, self.local.location, self._to, self._replicated)
+        self._pruned &= set(self._replicated)  # only what the local tier still holds matters
+        record = meta.ReplicationRecord(self._to, self._replicated, frozenset(self._pruned))
+        meta.write_replication(self.local.storage, self.local.location, record)
 
     # --- the way back -----------------------------------------------------------------------
 

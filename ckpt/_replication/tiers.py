@@ -38,7 +38,7 @@ def recorded_replica(directory: Directory) -> str | None:
     ranking record of a replicated run's local tier does. Information only: nothing is
     ever read from, written to or deleted at a place a record names.
     """
-    to, _ = meta.read_replication(directory.storage, directory.location)
+    to = meta.read_replication(directory.storage, directory.location).to
     if to is not None:
         return to
     try:
@@ -70,7 +70,7 @@ class OneTier:
         self.recorded = recorded_replica(directory)
         self.replica_shown = None if self.recorded is None else redact_url(self.recorded)
         if hold and self.recorded is not None and not directory.reader:
-            _, replicated = meta.read_replication(directory.storage, directory.location)
+            replicated = meta.read_replication(directory.storage, directory.location).replicated
             shared = directory.shared
             with shared.mutex:
                 for step, committed in shared.index.committed.items():
@@ -89,7 +89,8 @@ class OneTier:
         """A local tier's steps as its record has them (the replica is not asked); else ``{}``."""
         if self.recorded is None:
             return {}
-        _, replicated = meta.read_replication(self.directory.storage, self.directory.location)
+        recorded = meta.read_replication(self.directory.storage, self.directory.location)
+        replicated = recorded.replicated
         return {
             r.step: "replicated" if r.step in replicated else "local"
             for r in self.directory.records()
@@ -132,6 +133,15 @@ class TwoTiers:
         self.local = local
         storage, location = open_storage(spec.to, spec.storage_options, lease_seconds=lease_seconds)
         self.shown = self.replica_shown = redact_url(str(user_path(storage, location)))
+        here, there = local.key.rstrip("/"), storage.canonical(location).rstrip("/")
+        if here == there or here.startswith(there + "/") or there.startswith(here + "/"):
+            # The config's check compares spellings; a link made since, or two store
+            # names for one bucket, show only here, as the storages resolve them.
+            raise ValueError(
+                f"`replicate.to` ({self.shown}) resolves to {there}, which is "
+                f"`checkpoint_dir` ({here}) or one inside the other: a replica must be a "
+                f"place apart"
+            )
         self.replica = Directory(
             storage,
             location,
@@ -195,7 +205,7 @@ class TwoTiers:
 
 
 def _recorded_status(local: Directory, replica: Directory) -> dict[int, Status]:
-    _, replicated = meta.read_replication(local.storage, local.location)
+    replicated = meta.read_replication(local.storage, local.location).replicated
     here = {r.step: r for r in local.records()}
     there = {r.step for r in replica.records()}
     out: dict[int, Status] = {}

@@ -129,7 +129,12 @@ class _Listing:
             columns.append(("damaged", lambda r: "damaged" if r.damaged else ""))
         tiers = self.replication or {}
         if tiers:
-            shown = {"replicated": "yes", "local": "pending", "uploading": "uploading"}
+            shown = {
+                "replicated": "yes",
+                "local": "pending",
+                "uploading": "uploading",
+                "pruned": "pruned there",
+            }
             columns.append(("replica", lambda r: shown.get(tiers.get(r.step, ""), "")))
         return columns
 
@@ -155,7 +160,7 @@ class _Listing:
         local = {r.step for r in self.records}
         there = [s for s, status in self.replication.items() if status == "replicated"]
         only = [s for s in there if s not in local]
-        pending = [s for s, status in self.replication.items() if status != "replicated"]
+        pending = [s for s, status in self.replication.items() if status in ("local", "uploading")]
         line = f"{_plural(len(there), 'checkpoint')} replicated"
         if not self.replica_contacted:
             line += " by this directory's record (not contacted: pass --config CFG to look)"
