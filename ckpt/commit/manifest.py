@@ -24,6 +24,7 @@ no manifest names is never a checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -31,11 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpt import _layout
-from ckpt._errors import CommitConflictError
+from ckpt._errors import CommitConflictError, UnsafeFileError
 from ckpt.commit.base import CommitKind, Committed, Place
 from ckpt.storage import _digest
-from ckpt.storage.base import ConditionalStorage, Storage, join, walk_files
+from ckpt.storage.base import ConditionalStorage, Entry, Storage, describe_kind, join
 
+logger = logging.getLogger("ckpt")
 _FORMAT = 1
 MAX_MANIFEST_BYTES = 64 << 20
 
@@ -181,6 +183,54 @@ def read_manifest(storage: Storage, directory: str, step: int) -> Manifest:
     return decode_manifest(storage.read_bytes(path, limit=MAX_MANIFEST_BYTES), step)
 
 
+def _attempt_files(storage: Storage, attempt: str) -> list[tuple[str, Entry]]:
+    """The files of an attempt, by path under it, sorted; refused if any is not a file.
+
+    A checkpoint is its files' bytes, recorded and replicated: a symbolic link (whose
+    target ckpt would neither record nor copy) or a FIFO is refused by name. An empty
+    directory holds no bytes and is not part of the record: a warning names it, since
+    a replica or a fetched-back copy will not have it.
+
+    Raises:
+        UnsafeFileError: Naming the first entry that is neither a file nor a directory.
+    """
+    prefix = attempt.rstrip("/") + "/"
+    files: list[tuple[str, Entry]] = []
+    empty: list[str] = []
+    pending = [attempt]
+    while pending:
+        directory = pending.pop()
+        entries = storage.list_dir(directory)
+        if not entries and directory != attempt:
+            empty.append(directory.removeprefix(prefix))
+        for entry in entries:
+            full = join(directory, entry.name)
+            relative = full.removeprefix(prefix)
+            if entry.kind == "dir":
+                pending.append(full)
+            elif entry.kind == "file":
+                if relative != _layout.FILES_RECORD:
+                    files.append((relative, entry))
+            else:
+                raise UnsafeFileError(
+                    f"cannot commit {attempt}: {relative} is a {describe_kind(entry.kind)}; a "
+                    f"checkpoint's files are recorded by their bytes, verified and "
+                    f"replicated, and a link's target is none of that: write (or copy) the "
+                    f"file itself there, then finalize again"
+                )
+    if empty:
+        logger.warning(
+            "%s: the empty director%s %s %s no part of the checkpoint's record (a "
+            "checkpoint is its files): a replica or a copy fetched back will not have %s",
+            attempt,
+            "ies" if len(empty) > 1 else "y",
+            ", ".join(sorted(empty)[:5]),
+            "are" if len(empty) > 1 else "is",
+            "them" if len(empty) > 1 else "it",
+        )
+    return sorted(files)
+
+
 def list_attempt(
     storage: Storage, attempt: str, known: Mapping[str, str] | None = None
 ) -> tuple[ManifestFile, ...]:
@@ -191,12 +241,7 @@ def list_attempt(
     every other file is read once to hash it. The record of the rename protocol
     (`_layout.FILES_RECORD`) is not listed: it is what the list goes into.
     """
-    prefix = attempt.rstrip("/") + "/"
-    listed = sorted(
-        (path.removeprefix(prefix), entry)
-        for path, entry in walk_files(storage, attempt)
-        if path.removeprefix(prefix) != _layout.FILES_RECORD
-    )
+    listed = _attempt_files(storage, attempt)
     digests = _digest.file_digests(storage, attempt, listed, dict(known or {}))
     by_version = storage.capabilities.content_versions
     return tuple(
