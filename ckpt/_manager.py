@@ -54,6 +54,8 @@ from ckpt.storage import (
 from policies import ByMetric, ByRecency, Decision, Ranking, RetentionPolicy
 
 logger = logging.getLogger("ckpt")
+# How long, in graces, a loop whose preemption save overran waits for it to commit.
+_LATE_SAVE_WAIT_GRACES = 10
 
 
 def _ranking_record(
@@ -1049,18 +1051,27 @@ class CheckpointManager:
         if self._saver.flush(notice.left()):
             self._record_preemption(notice, step, emergency=False)
             return
+        grace = self.config.preemption_grace_s
         logger.error(
             "preemption_grace_s (%g s) ran out before the save of step %d was committed: "
-            "it goes on in the background until the process is killed",
-            self.config.preemption_grace_s,
+            "it goes on until the process is killed",
+            grace,
             step,
         )
+        # If the scheduler is late too, the save commits late: record it as what it was.
+        if self._saver.flush(_LATE_SAVE_WAIT_GRACES * grace):
+            self._record_preemption(notice, step, emergency=False)
 
     def _emergency(self, notice: Notice) -> None:
         """No save started by the middle of the grace: commit the newest snapshot now."""
         saver = self._saver
         newest = saver.newest_async
         skipped = saver.keep_newest()
+        if newest is None and self._dir.shared.save_lock.locked():
+            # The loop's own save is under way (a save() begun before the signal): it is
+            # the preemption's, and `_after_save` records it when it commits.
+            logger.warning("%s: a save is under way; no emergency save is needed", notice.signal)
+            return
         if newest is None:
             logger.error(
                 "%s: no save was started within half of preemption_grace_s and no "

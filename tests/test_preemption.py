@@ -260,6 +260,27 @@ def test_a_boundary_save_in_time_leaves_the_watchdog_idle(
     assert record["step"] == 1
 
 
+def test_a_boundary_save_that_commits_after_the_grace_is_recorded_as_late(
+    make_manager: Manager, ckpt_dir: Path, term_handler: list[int]
+) -> None:
+    manager = _preemptible(make_manager, grace_s=1.0)
+    handler = HeldHandler()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert manager.should_save(1)
+    opener = threading.Timer(1.6, handler.gate.set)  # the disk answers after the grace
+    opener.start()
+    manager.save_async(1, {"step": 1}, {"w": torch.zeros(8)}, handler=handler)
+    opener.join()
+    record = manager.last_preemption()
+    assert record is not None
+    assert (record.step, record.emergency) == (1, False)
+    assert record.saved_after_s is not None
+    assert record.saved_after_s > 1.0
+    assert "step 1 was committed" in record.describe()
+    assert "late by" in record.describe()
+    assert "nothing was committed" not in record.describe()
+
+
 # --- ckpt ls ---------------------------------------------------------------------------------
 
 

@@ -182,6 +182,8 @@ class PreemptionRecord:
                 else ("saved at the next step boundary")
             )
             after = "" if self.saved_after_s is None else f" {self.saved_after_s:.1f} s after it"
+            late = (self.saved_after_s or 0.0) - self.grace_s
+            after += f", late by {late:.1f} s" if late > 0 else ""
             saved = f"step {self.step} was committed{after} ({how})"
         if self.skipped:
             saved += f"; queued snapshots of step(s) {', '.join(map(str, self.skipped))} dropped"
