@@ -25,7 +25,7 @@ from ckpt.cli import main as cli_main
 from ckpt.commit.manifest import read_files_record, read_manifest, self_digest
 from ckpt.storage import open_storage, walk_files
 from ckpt.torch import load_state
-from conftest import read_tree
+from tests.conftest import read_tree
 
 torch = pytest.importorskip("torch")
 
