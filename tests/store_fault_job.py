@@ -11,6 +11,7 @@ operation, so the fault meets the operation as it runs.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from typing import Any
@@ -57,6 +58,7 @@ def run(manager: ckpt.CheckpointManager, command: dict[str, Any], held: dict[str
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING)  # the test reads what ckpt warned of
     config = json.loads(sys.argv[1])
     manager = ckpt.CheckpointManager(config)
     print(json.dumps({"ready": True}), flush=True)

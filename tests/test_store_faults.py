@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,42 @@ def test_a_replicated_run_saves_locally_through_outages_and_catches_up(
     assert latest.endswith("step_3")
     job.close()
     assert _whole(str(tmp_path / "local"), {}) == [3]
+
+
+def test_a_replicated_run_starts_and_saves_while_its_replica_is_down(
+    tmp_path: Path, s3_server: Any, proxy: FaultProxy
+) -> None:
+    to = f"s3://{s3_server.new_bucket()}/replica"
+    config = {
+        "checkpoint_dir": str(tmp_path / "local"),
+        "fsync": False,
+        "lease_seconds": LEASE,
+        "replicate": {"to": to, "keep_local": 1, "storage_options": _options(proxy.endpoint)},
+    }
+    proxy.fault("refuse")
+    job = Job(config)  # opening does not wait for the replica longer than the store's retries
+    job.ok("save", step=1)
+    job.ok("save", step=2)
+    assert job.ok("replicated", seconds=1) is False
+    assert job.ok("steps") == [1, 2]  # both held locally: neither is uploaded
+    proxy.fault("pass")
+    assert job.ok("replicated", seconds=90) is True
+    log = job.close()
+    _no_thread_died(log)
+    assert "the replica" in log
+    assert "does not answer" in log
+    assert _whole(to, _options(s3_server.endpoint)) == [1, 2]
+
+
+def test_a_run_on_an_unreachable_store_gets_a_ckpt_error_naming_it(proxy: FaultProxy) -> None:
+    proxy.fault("refuse")
+    options = {**_options(proxy.endpoint), "secret": "hunter2"}
+    started = time.monotonic()
+    with pytest.raises(ckpt.StoreUnavailableError) as caught:
+        ckpt.CheckpointManager(
+            {"checkpoint_dir": "s3://somewhere/run", "storage_options": options, "lease_seconds": 2}
+        )
+    assert time.monotonic() - started < 60
+    assert "s3://somewhere/run" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert isinstance(caught.value, ConnectionError)

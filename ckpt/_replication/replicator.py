@@ -141,9 +141,15 @@ def copy_checkpoint(
 class Replicator:
     """The local tier's queue of steps to upload, and the thread that uploads them.
 
+    The replica is opened (its lock or lease taken, recovered, indexed) by the thread,
+    so that a replica that does not answer never keeps a run from starting or saving:
+    the thread keeps trying, and uploads start once it answers. `ready` is set once the
+    replica is open, or its opening failed for good (`open_error`: another writer holds
+    it, say).
+
     Args:
         local: The local tier (the manager's directory, a writer).
-        replica: The replica directory (a writer: its lock or lease is held).
+        replica: The replica directory, not opened yet.
         to: The replica's location as the config names it, for the record.
         name: For the thread's name.
     """
@@ -157,6 +163,9 @@ class Replicator:
         self._fetching: int | None = None
         self._closed = False
         self._stalled: str | None = None  # why the replica does not answer, while it does not
+        self.ready = threading.Event()
+        self.opened = False
+        self.open_error: BaseException | None = None
         shared = local.shared
         with shared.mutex:
             if shared.on_commit is not None:
@@ -175,13 +184,8 @@ class Replicator:
                 recorded = meta.ReplicationRecord()
             self._replicated = dict(recorded.replicated)
             self._pruned = set(recorded.pruned)
-            with replica.shared.mutex:
-                there = set(replica.shared.index.committed)
             for step, committed in sorted(shared.index.committed.items()):
-                done = self._replicated.get(step) == committed.version
-                # Recorded as replicated, yet gone from the replica without its own
-                # retention deleting it (an emptied bucket): uploaded again.
-                if not done or (step not in there and step not in self._pruned):
+                if self._replicated.get(step) != committed.version:
                     self._replicated.pop(step, None)
                     self._hold(step)
             shared.on_commit = self.committed
@@ -232,8 +236,12 @@ class Replicator:
         with self.local.shared.mutex:
             local = set(self.local.shared.index.committed)
             pruned = set(self._pruned)
-        with self.replica.shared.mutex:
-            remote = set(self.replica.shared.index.committed)
+            recorded = set(self._replicated)
+        if self.opened:
+            with self.replica.shared.mutex:
+                remote = set(self.replica.shared.index.committed)
+        else:  # not reached yet: what the local record says it holds
+            remote = recorded
         with self._cv:
             queued, uploading = set(self._queue) | set(self._failed), self._uploading
         out: dict[int, Status] = {}
@@ -256,7 +264,7 @@ class Replicator:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while self._queue or self._uploading is not None:
+            while (self._queue or self._uploading is not None) and self.open_error is None:
                 idle = self._uploading is None
                 if idle and self._failed and not (set(self._queue) - set(self._failed)):
                     break  # what is left failed every time: it waits for a new commit
@@ -265,6 +273,11 @@ class Replicator:
                     return False
                 self._cv.wait(60.0 if left is None else min(left, 60.0))
             failed = dict(self._failed)
+        if self.open_error is not None:
+            raise ReplicationError(
+                f"the replica {self._to} could not be opened ({self.open_error}); nothing "
+                f"is uploaded, and every checkpoint stays in the local tier"
+            ) from self.open_error
         if failed:
             step = min(failed)
             raise ReplicationError(
@@ -288,7 +301,62 @@ class Replicator:
             self._uploading = step
             return step
 
+    def wait_open(self, timeout: float) -> None:
+        """Wait until the replica is open, failed to open, or does not answer."""
+        with self._cv:
+            self._cv.wait_for(
+                lambda: self.ready.is_set() or self._stalled is not None or self._closed,
+                timeout,
+            )
+
+    def _open(self) -> bool:
+        """Open the replica, waiting out a store that does not answer; whether it opened."""
+        pause = _STALL_PAUSE_S[0]
+        while True:
+            try:
+                self.replica.open_writer(None)
+            except (StoreUnavailableError, LeaseLostError) as exc:
+                if self._stalled is None:
+                    logger.warning(
+                        "the replica %s does not answer; the run goes on in the local tier "
+                        "and uploads start once it does: %s",
+                        self._to,
+                        exc,
+                    )
+                with self._cv:
+                    self._stalled = type(exc).__name__
+                    self._cv.notify_all()  # the run's opening goes on without the replica
+                    if self._cv.wait_for(lambda: self._closed, pause):
+                        return False
+                pause = min(pause * 2, _STALL_PAUSE_S[1])
+                continue
+            except BaseException as exc:
+                self.open_error = exc
+                self.ready.set()
+                with self._cv:
+                    self._cv.notify_all()
+                return False
+            break
+        self.opened = True
+        self._stalled = None
+        local = self.local
+        with self.replica.shared.mutex:
+            there = set(self.replica.shared.index.committed)
+        with local.shared.mutex:
+            for step in sorted(self._replicated):
+                # Recorded as replicated, yet gone from the replica without its own
+                # retention deleting it (an emptied bucket): uploaded again.
+                if step not in there and step not in self._pruned:
+                    self._replicated.pop(step)
+                    self._hold(step)
+        with self._cv:
+            self.ready.set()
+            self._cv.notify_all()
+        return True
+
     def _run(self) -> None:
+        if not self._open():
+            return
         while (step := self._next()) is not None:
             error: Exception | None = None
             attempt = 0

@@ -15,10 +15,13 @@ from ckpt._config.schema import ReplicateSpec
 from ckpt._directory import meta
 from ckpt._directory.directory import Directory
 from ckpt._directory.retention import RetentionApplier
+from ckpt._errors import StoreUnavailableError
 from ckpt._replication.replicator import Replicator, Status
 from ckpt.storage import join, open_storage, redact_url, user_path
 
 logger = logging.getLogger("ckpt")
+# How long opening a replicated run waits for its replica before going on without it.
+_OPEN_WAIT_S = 10.0
 
 
 def _step(name: str | None) -> int | None:
@@ -155,12 +158,14 @@ class TwoTiers:
         self.replicator: Replicator | None = None
         if local.reader:
             return  # a reader only looks at both
-        self.replica.open_writer(None)
-        try:
-            self.replicator = Replicator(local, self.replica, self.shown, name)
-        except BaseException:
-            self.replica.release()
-            raise
+        replicator = Replicator(local, self.replica, self.shown, name)
+        # A replica that answers opens here (a crashed writer's lease taken over first);
+        # one that does not answer holds up the run only as long as the store's retries.
+        replicator.wait_open(2 * lease_seconds + _OPEN_WAIT_S)
+        if replicator.open_error is not None:
+            replicator.close()
+            raise replicator.open_error
+        self.replicator = replicator
 
     def latest(self) -> dict[str, Any]:
         """The newest checkpoint of either tier, fetched back if only the replica has it.
@@ -169,6 +174,22 @@ class TwoTiers:
         changed, ``{"name": None, "path": ...}`` where the replica alone has it.
         """
         local = self.local.latest()
+        replicator = self.replicator
+        if replicator is not None and not replicator.opened:
+            if local["name"] is None:
+                raise StoreUnavailableError(
+                    f"the replica {self.shown} has not answered yet, and {self.local.shown} "
+                    f"holds no checkpoint: whether a checkpoint to resume from exists is "
+                    f"unknown, so none is returned (starting afresh could overwrite the "
+                    f"replica's newest); try again once the store is reachable",
+                    url=self.shown,
+                )
+            logger.warning(
+                "the replica %s has not answered yet: the latest checkpoint is the local "
+                "tier's, and the replica may hold a newer one",
+                self.shown,
+            )
+            return local
         replica = self.replica.latest()
         here, there = _step(local["name"]), _step(replica["name"])
         if there is None or (here is not None and here >= there):
@@ -201,7 +222,8 @@ class TwoTiers:
             if self.replicator is not None:
                 self.replicator.close()
         finally:
-            self.replica.release()
+            if self.replicator is None or self.replicator.opened:
+                self.replica.release()
 
 
 def _recorded_status(local: Directory, replica: Directory) -> dict[int, Status]:
