@@ -866,13 +866,20 @@ class CheckpointManager:
         `UserWarning`, naming how many checkpoints and which steps lack the metric, and
         again when none has it and the latest is returned.
 
+        With ``replicate:``, both tiers are considered with the one ranking: a best
+        checkpoint only the replica holds (its retention keeps the top k while the local
+        tier keeps its newest) is fetched back, verified, as `get_latest_checkpoint_path`
+        does; a read-only manager returns its path in the replica.
+
         In a distributed job every rank calls it, and every rank gets the answer (and
         the warnings) of the coordinator.
         """
-        directory = self._usable()
-        answer = self._coord.agree("get_best_checkpoint_path()", directory.best)
+        self._usable()
+        answer = self._coord.agree("get_best_checkpoint_path()", self._tiers.best)
         for text in self._missing_warnings(set(answer["missing"]), answer["of"]):
             warnings.warn(text, MissingMetricWarning, stacklevel=2)
+        if answer.get("path") is not None:
+            return PathStr(answer["path"])  # a reader's answer: in the replica alone
         return self._named(answer["name"])
 
     def _missing_warnings(self, missing: set[int], of: int) -> list[str]:

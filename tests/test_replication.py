@@ -600,3 +600,33 @@ def test_a_link_in_a_checkpoint_is_refused_at_its_commit_and_an_empty_directory_
         assert "the empty directory logs is no part of the checkpoint's record" in caplog.text
         assert manager.wait_for_replication(60)
     assert (tmp_path / "replica" / "step_1" / "model.bin").read_bytes() == b"weights"
+
+
+# --- best looks at both tiers (issue 36 #19) ---------------------------------------------------
+
+
+def test_the_best_checkpoint_may_be_in_the_replica_alone_and_is_fetched_back(
+    tmp_path: Path,
+) -> None:
+    config = {
+        "checkpoint_dir": str(tmp_path / "local"),
+        "fsync": False,
+        "metric_name": "val_loss",
+        "higher_is_better": False,
+        "keep_top_k": 3,
+        "replicate": {"to": str(tmp_path / "replica"), "keep_local": 2},
+    }
+    losses = {1: 0.9, 2: 0.8, 3: 0.3, 4: 0.7, 5: 0.95, 6: 0.9, 7: 0.85}
+    with ckpt.CheckpointManager(config) as manager:
+        for step, loss in losses.items():
+            manager.save(step, {"step": step, "val_loss": loss}, _state(step))
+        assert manager.wait_for_replication(60)
+        assert _steps(tmp_path / "local") == [6, 7]
+        with ckpt.CheckpointManager(config, read_only=True) as reader:
+            found = reader.get_best_checkpoint_path()
+            assert found is not None
+            assert Path(found) == tmp_path / "replica" / "step_3"  # read where it is
+        best = manager.get_best_checkpoint_path()
+        assert best == str(tmp_path / "local" / "step_3")  # fetched back, verified
+        assert manager.load_training_info(best) == {"step": 3, "val_loss": 0.3}
+    assert ckpt.verify(tmp_path / "local", deep=True).ok

@@ -44,6 +44,7 @@ _BACKOFF_S = (0.5, 2.0)
 # While the replica's store does not answer, uploads wait and try again, this often at most.
 _STALL_PAUSE_S = (1.0, 30.0)
 _HELD = "its replica is not committed yet"
+_FETCHED = "it was fetched back from the replica"
 
 Status = str  # "local" | "uploading" | "replicated" | "pruned"
 
@@ -446,10 +447,12 @@ class Replicator:
 
     # --- the way back -----------------------------------------------------------------------
 
-    def fetch(self, step: int) -> str:
+    def fetch(self, step: int, *, keep: bool = False) -> str:
         """Copy the replica's checkpoint of ``step`` into the local tier, verified by hash.
 
-        Returns its local location.
+        Returns its local location. ``keep``: hold it from local retention for as long as
+        this manager is open (a best checkpoint fetched back is older than the
+        ``keep_local`` newest, and would be pruned by its own commit).
 
         Raises:
             ChecksumMismatchError: If a file does not match the replica's record.
@@ -458,11 +461,17 @@ class Replicator:
         with self.replica.shared.mutex:
             committed = self.replica.shared.index.committed[step]
         self._fetching = step
+        local = self.local
+        with local.shared.mutex:
+            local.shared.held.setdefault(step, _FETCHED)
         try:
             where = copy_checkpoint(self.replica, committed, self.local, what="replica")
         finally:
             self._fetching = None
-        local = self.local
+            if not keep:
+                with local.shared.mutex:
+                    if local.shared.held.get(step) == _FETCHED:
+                        del local.shared.held[step]
         with local.shared.mutex:
             fetched = local.shared.index.committed[step]
             self._replicated[step] = fetched.version

@@ -84,6 +84,10 @@ class OneTier:
         """``{"name": ...}`` of the latest checkpoint (`Directory.latest`)."""
         return self.directory.latest()
 
+    def best(self) -> dict[str, Any]:
+        """``{"name", "missing", "of"}`` of the best checkpoint (`Directory.best`)."""
+        return self.directory.best()
+
     def wait(self, timeout: float | None) -> bool:
         """Nothing is replicated: nothing to wait for."""
         return True
@@ -205,6 +209,44 @@ class TwoTiers:
         )
         where = self.replicator.fetch(there)
         return {"name": where.rstrip("/").rsplit("/", 1)[-1]}
+
+    def best(self) -> dict[str, Any]:
+        """The best checkpoint of either tier, by the one ranking; fetched back if need be.
+
+        The replica keeps by the config's own retention (top-k, say) while the local tier
+        keeps only its newest: the best is often in the replica alone. Ties go to the
+        local tier (no copy). ``missing`` and ``of`` are the local tier's.
+        """
+        local = self.local.best()
+        replicator = self.replicator
+        if replicator is not None and not replicator.opened:
+            return local  # the replica has not answered: the local tier's, as latest does
+        there = self.replica.best()
+        if there["name"] is None:
+            return local
+        step = _step(there["name"])
+        here = {r.step: r for r in self.local.records()}
+        theirs = {r.step: r for r in self.replica.records()}
+        mine = _step(local["name"])
+        if step is None or step not in theirs:
+            return local
+        if step in here:  # the local tier holds it too: no copy
+            return {**local, "name": str(here[step].path).rstrip("/").rsplit("/", 1)[-1]}
+        if mine in here:
+            ranked = self.local.retention.ranking.rank([here[mine], theirs[step]])
+            if ranked[0] is here[mine]:
+                return local
+        if replicator is None:  # a reader: read it where it is
+            path = user_path(self.replica.storage, join(self.replica.location, there["name"]))
+            return {**local, "name": None, "path": str(path)}
+        logger.warning(
+            "the best checkpoint, step %d, is in the replica %s and not in %s: fetching it back",
+            step,
+            self.shown,
+            self.local.shown,
+        )
+        where = replicator.fetch(step, keep=True)
+        return {**local, "name": where.rstrip("/").rsplit("/", 1)[-1]}
 
     def wait(self, timeout: float | None) -> bool:
         """`Replicator.wait` (a reader has nothing to wait for)."""
