@@ -12,7 +12,7 @@ from typing import Any
 from ckpt import _layout
 from ckpt._config.serialize import decode_pins, decode_ranking
 from ckpt._directory.records import PreemptionRecord
-from ckpt._errors import UnsafeFileError
+from ckpt._errors import SerializationError, UnsafeFileError
 from ckpt.storage.base import EntryKind, Storage, describe_kind, join
 
 logger = logging.getLogger("ckpt")
@@ -103,11 +103,20 @@ def read_ranking(storage: Storage, directory: str) -> dict[str, Any] | None:
 
     Raises:
         UnsafeFileError: If ``.ckpt`` or the file is a link or a special file.
-        ValueError: If the file does not hold a ranking record.
+        SerializationError: If the file does not hold a ranking record (a
+            ``ValueError``).
         OSError: If it cannot be read.
     """
     data = _meta_file(storage, directory, _layout.RANKING_FILE)
-    return None if data is None else decode_ranking(data)
+    if data is None:
+        return None
+    try:
+        return decode_ranking(data)
+    except ValueError as exc:
+        raise SerializationError(
+            f"{join(directory, _layout.META_DIR, _layout.RANKING_FILE)} is not a ranking "
+            f"record ckpt wrote ({exc}); a writer replaces it at its next commit"
+        ) from None
 
 
 def read_pins(storage: Storage, directory: str) -> set[int]:
@@ -115,11 +124,20 @@ def read_pins(storage: Storage, directory: str) -> set[int]:
 
     Raises:
         UnsafeFileError: If ``.ckpt`` or its pins file is a link or a special file.
-        ValueError: If the pins file does not hold a list of steps.
+        SerializationError: If the pins file does not hold a list of steps (a
+            ``ValueError``).
         OSError: If it cannot be read.
     """
     data = _meta_file(storage, directory, _layout.PINS_FILE)
-    return set() if data is None else decode_pins(data)
+    if data is None:
+        return set()
+    try:
+        return decode_pins(data)
+    except ValueError as exc:
+        raise SerializationError(
+            f"{join(directory, _layout.META_DIR, _layout.PINS_FILE)} is not a pins record "
+            f"ckpt wrote ({exc})"
+        ) from None
 
 
 _DAMAGE_FORMAT = 1
