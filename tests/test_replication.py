@@ -581,25 +581,34 @@ def test_steps_the_replicas_retention_pruned_are_a_state_of_their_own(tmp_path: 
 # --- a link or an empty directory in a checkpoint is never dropped silently (issue 36 #7) ----
 
 
-def test_a_link_in_a_checkpoint_is_refused_at_its_commit_and_an_empty_directory_named(
+def test_a_link_or_an_empty_directory_in_a_checkpoint_is_named_at_its_commit(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = _disk_replicated(tmp_path, keep_local=2)
-    (tmp_path / "weights.bin").write_bytes(b"weights")
+    (tmp_path / "dataset").mkdir()
     with ckpt.CheckpointManager(config) as manager:
         tmp = manager.init_tmp_checkpoint(1, {"step": 1})
-        (tmp / "model.bin").symlink_to(tmp_path / "weights.bin")
-        with pytest.raises(ckpt.UnsafeFileError, match=r"model\.bin is a symbolic link"):
-            manager.finalize_checkpoint(tmp)
-        assert manager.list_checkpoints() == []
-        (tmp / "model.bin").unlink()
         (tmp / "model.bin").write_bytes(b"weights")
+        (tmp / "data").symlink_to(tmp_path / "dataset", target_is_directory=True)
         (tmp / "logs").mkdir()
         with caplog.at_level("WARNING", logger="ckpt"):
             manager.finalize_checkpoint(tmp)
-        assert "the empty directory logs is no part of the checkpoint's record" in caplog.text
+        assert "data (a symbolic link), logs (an empty directory) are no part" in caplog.text
         assert manager.wait_for_replication(60)
-    assert (tmp_path / "replica" / "step_1" / "model.bin").read_bytes() == b"weights"
+    replica = tmp_path / "replica" / "step_1"
+    assert (replica / "model.bin").read_bytes() == b"weights"
+    assert not (replica / "data").exists()
+    assert not (replica / "logs").exists()
+    assert sorted(read_files_record_names(tmp_path / "local" / "step_1")) == [
+        "model.bin",
+        "training_info.json",
+    ]
+
+
+def read_files_record_names(checkpoint: Path) -> list[str]:
+    files = read_files_record(ckpt.LocalStorage(), str(checkpoint))
+    assert files is not None
+    return [f.path for f in files]
 
 
 # --- best looks at both tiers (issue 36 #19) ---------------------------------------------------

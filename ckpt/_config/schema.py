@@ -29,6 +29,7 @@ from pydantic_core import PydanticCustomError
 from ckpt._errors import ConfigFileError
 from ckpt._text import short_repr
 from ckpt.storage import redact_url, refuse_credentials, url_protocol
+from ckpt.storage._open import same_place
 from ckpt.storage.local import read_named_file
 from policies import AnyOf, EveryNSteps, Hybrid, KeepAll, LatestN, Ranking, RetentionPolicy, TopK
 
@@ -443,32 +444,6 @@ def _ranks_by_metric(spec: RetentionSpec) -> bool:
     return isinstance(spec, (TopKSpec, HybridSpec))
 
 
-# Two spellings of one store's scheme: s3fs answers both, gcsfs both.
-_SCHEME_ALIASES = {"s3a": "s3", "gcs": "gs"}
-
-
-def _place_key(value: Path | str) -> tuple[str, str]:
-    """A place as it resolves: a local path through its links, a URL in one spelling."""
-    if isinstance(value, Path):
-        return "", os.path.realpath(value)
-    scheme, sep, rest = str(value).partition("://")
-    if not sep:
-        return "", os.path.realpath(str(value))
-    scheme = scheme.lower()
-    return _SCHEME_ALIASES.get(scheme, scheme), rest.rstrip("/")
-
-
-def _same_place(a: Path | str, b: Path | str) -> bool:
-    """Whether two checkpoint_dir values name one place (or one is inside the other).
-
-    Compared as they resolve, not as they are spelt: a link to the directory, or
-    ``s3a://`` for ``s3://``, is the same place.
-    """
-    (p, x), (q, y) = _place_key(a), _place_key(b)
-    sep = "/" if p else os.sep
-    return p == q and (x == y or x.startswith(y + sep) or y.startswith(x + sep))
-
-
 class ReplicateSpec(_Strict):
     """``replicate:``: a second tier that every committed checkpoint is copied to.
 
@@ -707,7 +682,7 @@ class CheckpointConfig(_Strict):
                     {},
                 )
         replicate = self.replicate
-        if replicate is not None and _same_place(replicate.to, self.checkpoint_dir):
+        if replicate is not None and same_place(replicate.to, self.checkpoint_dir):
             raise PydanticCustomError(
                 "ckpt_replicate",
                 "`replicate.to` must be a place apart from `checkpoint_dir` ({dir}), got "

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpt import _layout
-from ckpt._errors import CommitConflictError, UnsafeFileError
+from ckpt._errors import CommitConflictError
 from ckpt.commit.base import CommitKind, Committed, Place
 from ckpt.storage import _digest
 from ckpt.storage.base import ConditionalStorage, Entry, Storage, describe_kind, join
@@ -184,25 +184,23 @@ def read_manifest(storage: Storage, directory: str, step: int) -> Manifest:
 
 
 def _attempt_files(storage: Storage, attempt: str) -> list[tuple[str, Entry]]:
-    """The files of an attempt, by path under it, sorted; refused if any is not a file.
+    """The files of an attempt, by path under it, sorted; what is not a file is named.
 
-    A checkpoint is its files' bytes, recorded and replicated: a symbolic link (whose
-    target ckpt would neither record nor copy) or a FIFO is refused by name. An empty
-    directory holds no bytes and is not part of the record: a warning names it, since
-    a replica or a fetched-back copy will not have it.
-
-    Raises:
-        UnsafeFileError: Naming the first entry that is neither a file nor a directory.
+    A checkpoint is its files' bytes, recorded and replicated. A symbolic link (a
+    dataset linked in, say: pruning never follows it), a FIFO or an empty directory
+    holds no bytes of the checkpoint's own: none is in the record, none is verified or
+    replicated, and a warning at the commit names each, since a replica or a copy
+    fetched back will not have it.
     """
     prefix = attempt.rstrip("/") + "/"
     files: list[tuple[str, Entry]] = []
-    empty: list[str] = []
+    skipped: list[str] = []
     pending = [attempt]
     while pending:
         directory = pending.pop()
         entries = storage.list_dir(directory)
         if not entries and directory != attempt:
-            empty.append(directory.removeprefix(prefix))
+            skipped.append(f"{directory.removeprefix(prefix)} (an empty directory)")
         for entry in entries:
             full = join(directory, entry.name)
             relative = full.removeprefix(prefix)
@@ -212,21 +210,16 @@ def _attempt_files(storage: Storage, attempt: str) -> list[tuple[str, Entry]]:
                 if relative != _layout.FILES_RECORD:
                     files.append((relative, entry))
             else:
-                raise UnsafeFileError(
-                    f"cannot commit {attempt}: {relative} is a {describe_kind(entry.kind)}; a "
-                    f"checkpoint's files are recorded by their bytes, verified and "
-                    f"replicated, and a link's target is none of that: write (or copy) the "
-                    f"file itself there, then finalize again"
-                )
-    if empty:
+                skipped.append(f"{relative} (a {describe_kind(entry.kind)})")
+    if skipped:
         logger.warning(
-            "%s: the empty director%s %s %s no part of the checkpoint's record (a "
-            "checkpoint is its files): a replica or a copy fetched back will not have %s",
+            "%s: %s %s no part of the checkpoint's record (a checkpoint is its files' "
+            "bytes): never verified, and a replica or a copy fetched back will not have "
+            "%s; write the file itself there to keep it",
             attempt,
-            "ies" if len(empty) > 1 else "y",
-            ", ".join(sorted(empty)[:5]),
-            "are" if len(empty) > 1 else "is",
-            "them" if len(empty) > 1 else "it",
+            ", ".join(sorted(skipped)[:5]),
+            "are" if len(skipped) > 1 else "is",
+            "them" if len(skipped) > 1 else "it",
         )
     return sorted(files)
 

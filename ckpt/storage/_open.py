@@ -162,6 +162,30 @@ def open_storage(
     return opened, opened.canonical(str(checkpoint_dir))
 
 
+# Two spellings of one store's scheme: s3fs answers both, gcsfs both.
+_SCHEME_ALIASES = {"s3a": "s3", "gcs": "gs"}
+
+
+def _place_key(value: PathInput) -> tuple[str, str]:
+    """A place as it resolves: a local path through its links, a URL in one spelling."""
+    protocol = url_protocol(value)
+    if protocol is None:
+        return "", os.path.realpath(_local(value))
+    rest = str(value).split("://", 1)[1]
+    return _SCHEME_ALIASES.get(protocol, protocol), rest.rstrip("/")
+
+
+def same_place(a: PathInput, b: PathInput) -> bool:
+    """Whether two ``checkpoint_dir`` values name one place, or one is inside the other.
+
+    Compared as they resolve, not as they are spelt: a link to the directory, or
+    ``s3a://`` for ``s3://``, is the same place.
+    """
+    (p, x), (q, y) = _place_key(a), _place_key(b)
+    sep = "/" if p else os.sep
+    return p == q and (x == y or x.startswith(y + sep) or y.startswith(x + sep))
+
+
 def location_of(storage: Storage, value: PathInput) -> str:
     """The location string of ``value`` (a user's path or URL) on ``storage``."""
     if isinstance(storage, FsspecStorage):
