@@ -2,9 +2,10 @@
 
 A fault-injecting proxy (`faultproxy.FaultProxy`) sits between the job's s3fs and
 moto's server on 127.0.0.1. Each scenario starts a fault for a set time right as the
-job starts an operation: outages of 2 s, of half the lease and of twice the lease
-(``lease_seconds: 4``), during a save that prunes, a commit, a lease renewal, an
-upload and a fetch-back, for a run on ``s3://`` and for a run replicated to it.
+job starts an operation: refused connections for 2 s, connections cut mid-transfer for
+half the lease and a black hole for twice the lease (``lease_seconds: 4``), during a
+save that prunes, a commit, a lease renewal, an upload and a fetch-back, for a run on
+``s3://`` and for a run replicated to it; and a replica down when the run starts.
 
 What must hold: an outage shorter than the lease costs time and a warning, never an
 error; a longer one may fail the operation it meets, always with a ckpt error (never
@@ -46,7 +47,7 @@ LEASE = 4.0
 OUTAGES: list[tuple[Mode, float, bool]] = [
     ("refuse", 2.0, True),
     ("cut", LEASE / 2, True),
-    ("refuse", 2 * LEASE, False),
+    ("stall", 2 * LEASE, False),
 ]
 JOB = Path(__file__).with_name("store_fault_job.py")
 ANSWER_S = 120.0  # no operation of the job may take longer: a hang fails the test
@@ -196,6 +197,7 @@ def test_a_run_on_s3_rides_out_outages(op: str, s3_server: Any, proxy: FaultProx
         assert job.ok("steps") == saved[-2:]
     _no_thread_died(job.close())
     assert _whole(url, _options(s3_server.endpoint)) == saved[-2:]
+    assert proxy.connections > 0
 
 
 def test_a_lease_taken_over_during_an_outage_is_lost_for_good(
