@@ -405,7 +405,9 @@ class FsspecStorage:
         try:
             yield cast(BinaryIO, _PartWriter(_Translated(f, lambda e: self.unavailable(path, e))))
             self._fence(path)  # completing the upload is what makes the object appear
-            self._request(path, f.close)
+            # Once: fsspec marks a file closed even when its closing flush failed, so a
+            # second close would report an upload that never completed.
+            _Translated(f, lambda e: self.unavailable(path, e)).close()
         except BaseException:
             abort()
             raise
