@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -608,3 +609,17 @@ def test_latest_and_best_never_answer_with_a_damaged_checkpoint_nor_skip_one_sil
             assert result.returncode == 1
             assert result.stdout == ""
             assert last.startswith("ckpt: error: ")
+
+
+def test_prune_dry_run_gives_the_latest_steps_reason_once(tmp_path: Path, capsys: Any) -> None:
+    run = tmp_path / "run"
+    config = {"checkpoint_dir": str(run), "fsync": False, "metric_name": "loss"}
+    with ckpt.CheckpointManager({**config, "higher_is_better": False, "keep_top_k": 1}) as m:
+        for step, loss in ((1, 0.1), (2, 0.5), (3, 0.9)):
+            with m.checkpoint(step, {"loss": loss}):
+                pass
+    assert _cli.main(["prune", str(run), "--dry-run", "--json"]) == 0
+    kept = {k["step"]: k["reason"] for k in json.loads(capsys.readouterr().out)["kept"]}
+    assert kept[3] == "latest step (exempt from top-k)"
+    assert _cli.main(["ls", str(run)]) == 0
+    assert " on disk; " in capsys.readouterr().out.splitlines()[0]

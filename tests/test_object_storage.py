@@ -370,6 +370,7 @@ def test_the_cli_takes_an_s3_url(s3: dict[str, Any], s3_server: Any, tmp_path: P
     listing = cli("ls", url)
     assert listing.returncode == 0, listing.stderr
     assert "3 checkpoints" in listing.stdout
+    assert " stored; " in listing.stdout.splitlines()[0]  # not "on disk": it is a store
     best = cli("best", url)
     assert best.returncode == 0, best.stderr
     assert best.stdout.strip().startswith(f"{url}/step_2."), best

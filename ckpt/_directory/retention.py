@@ -15,7 +15,7 @@ from ckpt._directory.index import Index
 from ckpt._directory.records import CheckpointRecord
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Place
-from policies import ByMetric, Decision, Hybrid, Ranking, RetentionPolicy, decide
+from policies import AnyOf, ByMetric, Decision, Hybrid, Ranking, RetentionPolicy, decide
 
 logger = logging.getLogger("ckpt")
 
@@ -121,7 +121,9 @@ class RetentionApplier:
         """The policy and protections of `remove_old_checkpoints(exclude_latest)`."""
         policy = self.retention
         protect = dict(protected)
-        if exclude_latest and index.records:
+        parts = policy.policies if isinstance(policy, AnyOf) else (policy,)
+        if exclude_latest and index.records and not any(isinstance(p, Hybrid) for p in parts):
+            # Hybrid exempts the latest itself: a second reason would only repeat it.
             protect[max(index.records)] = "latest step (exclude_latest=True)"
         elif not exclude_latest and isinstance(policy, Hybrid):
             policy = policy.without_latest()

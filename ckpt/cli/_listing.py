@@ -10,7 +10,7 @@ from typing import Any
 from ckpt import CheckpointManager, CheckpointRecord, PreemptionRecord
 from ckpt.cli._configs import _config_for
 from ckpt.cli._output import _iso, _local, _plural, _Progress, _size, _table, _value
-from ckpt.storage import CheckpointPath, open_storage, redact_url, walk_files
+from ckpt.storage import CheckpointPath, open_storage, redact_url, url_protocol, walk_files
 from policies import Decision, metric_value
 
 
@@ -92,7 +92,8 @@ class _Listing:
         named = self.ranking is None or self.ranking in (self.retention or "")
         if self.decisions is not None and not named:
             policy += f"; ranking {self.ranking}"  # once here, not on every row
-        out = [f"{self.directory}: {count}, {total} on disk; {policy}"]
+        where = "on disk" if url_protocol(self.directory) is None else "stored"
+        out = [f"{self.directory}: {count}, {total} {where}; {policy}"]
         shown = list(self.metrics())[:3]
         header = ["step", *shown, "size", "committed", "pinned"]
         damaged = [r.step for r in self.records if r.damaged]
