@@ -236,3 +236,17 @@ with CheckpointManager({{"checkpoint_dir": {str(tmp_path)!r}, "keep_top_k": 1}})
     hint = "saving model state needs torch: pip install -e '.[torch]' in ckpt's clone"
     assert result.stdout.splitlines() == [str(tmp_path / "step_3"), hint, hint, "False"]
     assert not (tmp_path / "step_4").exists()
+
+
+def test_the_path_type_the_manager_returns_prints_its_public_home(tmp_path: Path) -> None:
+    import pickle
+
+    from ckpt.storage import PathStr
+
+    assert repr(PathStr) == "<class 'ckpt.storage.PathStr'>"
+    with ckpt.CheckpointManager({"checkpoint_dir": str(tmp_path), "fsync": False}) as manager:
+        with manager.checkpoint(1, {}):
+            pass
+        latest = manager.get_latest_checkpoint_path()
+    assert type(latest) is PathStr
+    assert pickle.loads(pickle.dumps(latest)) == latest

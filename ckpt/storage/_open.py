@@ -35,6 +35,8 @@ class PathStr(str):
     one resume snippet runs on both.
     """
 
+    __module__ = "ckpt.storage"  # where users import it from, and what its type prints
+
     path: CheckpointPath
     """The same location as the storage's path type."""
 
