@@ -623,3 +623,21 @@ def test_prune_dry_run_gives_the_latest_steps_reason_once(tmp_path: Path, capsys
     assert kept[3] == "latest step (exempt from top-k)"
     assert _cli.main(["ls", str(run)]) == 0
     assert " on disk; " in capsys.readouterr().out.splitlines()[0]
+
+
+def test_check_fails_on_errors_only_when_asked(tmp_path: Path, capsys: Any) -> None:
+    run = tmp_path / "run"
+    with ckpt.CheckpointManager({"checkpoint_dir": str(run), "fsync": False}) as manager:
+        with manager.checkpoint(1, {}):
+            pass
+        manager.init_tmp_checkpoint(2, {})  # a crash's leftover: a warning
+    assert _cli.main(["check", str(run)]) == 1
+    assert _cli.main(["check", str(run), "--fail-on", "error"]) == 0
+    assert "leftover_temporary" in capsys.readouterr().out  # still printed
+    assert _cli.main(["check", str(run), "--fail-on", "error", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["schema"], report["fail_on"]) == (1, "error")
+    assert [p["code"] for p in report["problems"]] == ["leftover_temporary"]
+    (run / "step_1" / "training_info.json").write_text("{")  # damage: an error
+    assert _cli.main(["check", str(run), "--fail-on", "error"]) == 1
+    capsys.readouterr()

@@ -192,6 +192,10 @@ def _warn_if_contradicting(
         )
 
 
+#: The version of ``ckpt check --json``'s layout (see docs/cli.md): bumped when it changes.
+CHECK_JSON_SCHEMA = 1
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     directory = location(args.directory)
     config = _config_for(directory, args.config) if args.config else None
@@ -201,12 +205,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     ignore = set(args.ignore)
     ignored = [p for p in report.problems if p.code in ignore]
     report = replace(report, problems=tuple(p for p in report.problems if p.code not in ignore))
+    failing = report.problems if args.fail_on == "warning" else report.errors
     if args.json:
-        _print_json({**report.to_dict(), "ignored": [p.to_dict() for p in ignored]})
+        _print_json(
+            {
+                "schema": CHECK_JSON_SCHEMA,
+                **report.to_dict(),
+                "ignored": [p.to_dict() for p in ignored],
+                "fail_on": args.fail_on,
+            }
+        )
     else:
         for line in _report_lines(report, len(ignored)):
             print(line)
-    return 1 if report.problems else 0
+    return 1 if failing else 0
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import Any
 
 from ckpt import PROBLEM_CODES, __version__
@@ -23,13 +24,23 @@ exit status: 0 success, 1 failure (an error, a problem found, nothing found),
 2 usage error. Errors are one line on stderr; --debug shows the traceback."""
 
 _CHECK_EPILOG = """\
-exit status: 0 when no problem is found; 1 when any problem is found, an error
-(a damaged checkpoint, an interrupted overwrite) or a warning (a crash leftover that
-the next writer cleans up, a checkpoint the config's retention would prune, one
-without the ranking metric); 2 on a usage error. Accept known warnings with
---ignore CODE, for example --ignore missing_metric. --deep reads every file and
-checks it against the digest recorded at its commit (checksum_mismatch), and
-remembers the damaged checkpoints so that best and latest skip them."""
+exit status: 0 when no problem is found; 1 when a problem is found, by default an
+error (a damaged checkpoint, an interrupted overwrite) or a warning (a crash leftover
+that the next writer cleans up, a checkpoint the config's retention would prune, one
+without the ranking metric); with --fail-on error, errors only; 2 on a usage error.
+Accept known warnings with --ignore CODE, for example --ignore missing_metric.
+--deep reads every file and checks it against the digest recorded at its commit
+(checksum_mismatch), and remembers the damaged checkpoints so that best and latest
+skip them.
+
+""" + "\n".join(
+    textwrap.fill(
+        f"{label}: " + ", ".join(sorted(c for c, s in PROBLEM_CODES.items() if s == severity)),
+        width=84,
+        subsequent_indent="  ",
+    )
+    for label, severity in (("errors", "error"), ("warnings", "warning"))
+)
 
 
 def _step(text: str) -> int:
@@ -155,6 +166,13 @@ def _add_queries(commands: _Commands) -> None:
         "--deep",
         action="store_true",
         help="read every file of every checkpoint and check its digest (reads all bytes)",
+    )
+    sub.add_argument(
+        "--fail-on",
+        choices=("error", "warning"),
+        default="warning",
+        help="the least severe problem that makes the exit status 1 (default: warning, "
+        "any problem; error: damage only, warnings printed but not failing)",
     )
     _with_json(sub)
 
