@@ -511,8 +511,19 @@ def test_a_yaml_error_names_its_line_column_and_the_line(tmp_path: Path) -> None
     message = str(info.value)
     assert message.startswith(f"{path} is not valid YAML at line 4, column 10: ")
     assert "expected ',' or ']', but got ':'" in message
-    assert message.endswith("that line is `enabled: true`")
+    assert message.endswith("\n  4 |   enabled: true\n    |          ^")
     assert "object at 0x" not in message
+
+
+def test_a_yaml_error_quotes_the_line_as_written_with_a_caret(tmp_path: Path) -> None:
+    # The stray space before `metric_name` is the whole mistake: the quote must keep it.
+    text = "checkpointing:\n  keep_top_k: 3\n   metric_name: val_loss\n"
+    path = _write(tmp_path / "indent.yaml", text)
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    line, caret = str(info.value).splitlines()[-2:]
+    assert line == "  3 |    metric_name: val_loss"
+    assert caret == "    |" + " " * len("    metric_name") + "^"  # under the `:` YAML refused
 
 
 def test_a_duplicate_key_is_an_error_naming_both_lines(tmp_path: Path) -> None:

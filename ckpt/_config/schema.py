@@ -851,10 +851,13 @@ def _yaml_error(path: str | os.PathLike[str], text: str, error: yaml.MarkedYAMLE
     if mark is None:
         return f"{path} is not valid YAML: {what}"
     lines = text.splitlines() or [""]
-    shown = lines[min(mark.line, len(lines) - 1)].strip()[:200]
+    # As written, leading spaces and all: a stray space can be the whole mistake.
+    shown = lines[min(mark.line, len(lines) - 1)].rstrip()[:200].expandtabs(1)
+    number = str(mark.line + 1)
+    gutter = " " * len(number)
     return (
         f"{path} is not valid YAML at line {mark.line + 1}, column {mark.column + 1}: "
-        f"{what}; that line is `{shown}`"
+        f"{what}:\n  {number} | {shown}\n  {gutter} | {' ' * min(mark.column, 200)}^"
     )
 
 

@@ -76,7 +76,7 @@ def _read_config_file(path: str) -> tuple[Mapping[str, Any], tuple[str, ...]]:
     except OSError as exc:
         raise CliError(f"cannot read the config {path}: {exc.strerror or exc}") from exc
     except ConfigFileError as exc:
-        raise CliError(" ".join(str(exc).split())) from exc
+        raise CliError(str(exc)) from exc  # a YAML error's caret is on a line of its own
 
 
 def _load_config(path: str, overrides: Mapping[str, Any]) -> CheckpointConfig:
