@@ -51,7 +51,15 @@ from ckpt.storage import (
     open_storage,
     user_path,
 )
-from policies import ByMetric, ByRecency, Decision, Ranking, RetentionPolicy
+from policies import (
+    ByMetric,
+    ByRecency,
+    CheckpointView,
+    Decision,
+    Ranking,
+    RetentionPolicy,
+    ranked,
+)
 
 logger = logging.getLogger("ckpt")
 # How long, in graces, a loop whose preemption save overran waits for it to commit.
@@ -87,6 +95,31 @@ def _ranking_record(
         return encode_ranking(None, True, None, kept)
     # A ranking of the run's own: the retention the config describes ranks by it too.
     return encode_ranking(None, True, short_repr(ranking, 200))
+
+
+def _probe(ranking: Ranking, metric: str | None) -> None:
+    """Try a ranking of the caller's own on three made-up checkpoints.
+
+    What it returns is checked here, before anything is committed, rather than after the
+    first save's commit (where a wrong type would fail a save that succeeded). A ranking
+    is pure, so asking it costs nothing; an exception of its own (it expects keys these
+    checkpoints lack, say) proves nothing, and is left to show with real checkpoints.
+
+    Raises:
+        TypeError: Naming the ranking and what it returned.
+    """
+    views = [
+        CheckpointView(step, {"step": step, **({metric: 1.0 / step} if metric else {})})
+        for step in (1, 2, 3)
+    ]
+    try:
+        ranked(ranking, views)
+    except TypeError as exc:
+        if ".rank() must return" in str(exc):
+            raise TypeError(f"{exc} (checked when the manager was built)") from None
+        logger.debug("could not try %r on made-up checkpoints", ranking, exc_info=True)
+    except Exception:
+        logger.debug("could not try %r on made-up checkpoints", ranking, exc_info=True)
 
 
 def _check_step(step: object) -> int:
@@ -164,6 +197,8 @@ class CheckpointManager:
         self.retention: RetentionPolicy
         self.ranking, config_retention = policies_from_config(self.config, ranking=ranking)
         self.retention = retention if retention is not None else config_retention
+        if ranking is not None:
+            _probe(ranking, self.config.metric_name)
         given = storage
         storage, location = open_storage(
             self.config.checkpoint_dir,

@@ -11,7 +11,7 @@ from policies._incremental import (
     fixed_key,
     incremental_parts,
 )
-from policies._ranking import ByMetric, ByRecency, Ranking
+from policies._ranking import ByMetric, ByRecency, Ranking, ranked
 from policies._retention import (
     AnyOf,
     EveryNSteps,
@@ -44,4 +44,5 @@ __all__ = [
     "fixed_key",
     "incremental_parts",
     "metric_value",
+    "ranked",
 ]

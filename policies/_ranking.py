@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, cast, runtime_checkable
 
 from policies._view import CheckpointView, metric_value
 
@@ -28,6 +29,32 @@ class Ranking(Protocol):
             views were given in.
         """
         ...
+
+
+V = TypeVar("V", bound=CheckpointView)
+
+
+def ranked(ranking: Ranking, checkpoints: Sequence[V]) -> list[V]:
+    """``ranking.rank(checkpoints)``, checked to be exactly those checkpoints, best first.
+
+    A ranking of one's own that returns something else (steps, metrics, a generator
+    already spent) would otherwise fail far from its cause, after a checkpoint was
+    committed; every caller of ``rank`` in ckpt goes through here.
+
+    Raises:
+        TypeError: Naming the ranking and what it returned.
+    """
+    given = list(checkpoints)
+    result = ranking.rank(given)
+    out = list(result) if isinstance(result, (list, tuple)) else None
+    ids = {id(view) for view in given}
+    if out is None or len(out) != len(given) or not all(id(view) in ids for view in out):
+        shown = reprlib.repr(result)
+        raise TypeError(
+            f"{ranking!r}.rank() must return the checkpoints it was given (the same "
+            f"view objects, best first, as a list), got {shown}"
+        )
+    return cast(list[V], out)
 
 
 @dataclass(frozen=True)

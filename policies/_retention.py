@@ -13,7 +13,7 @@ from policies._incremental import (
     fixed_key,
     incremental_parts,
 )
-from policies._ranking import ByRecency, Ranking
+from policies._ranking import ByRecency, Ranking, ranked
 from policies._view import CheckpointView
 
 
@@ -58,9 +58,9 @@ def _top(
     candidates = [
         view for view in checkpoints if every_n_steps is None or view.step % every_n_steps == 0
     ]
-    ranked = ranking.rank(candidates)[:k]
+    best = ranked(ranking, candidates)[:k]
     scope = f" among multiples of {every_n_steps}" if every_n_steps is not None else ""
-    return {view.step: f"top-{k}{scope} by {ranking!r}: #{i}" for i, view in enumerate(ranked, 1)}
+    return {view.step: f"top-{k}{scope} by {ranking!r}: #{i}" for i, view in enumerate(best, 1)}
 
 
 @dataclass(frozen=True)

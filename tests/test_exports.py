@@ -114,6 +114,7 @@ POLICIES_EXPORTS = [
     "fixed_key",
     "incremental_parts",
     "metric_value",
+    "ranked",
 ]
 
 

@@ -1220,3 +1220,30 @@ def test_best_and_latest_are_nemo_rls_strings_that_join_like_the_paths_it_hands_
         assert json.loads(json.dumps({"resume": path})) == {"resume": str(path)}
         again = pickle.loads(pickle.dumps(path))
         assert (again, again.path) == (path, path.path)
+
+
+# --- a custom policy's wrong return type is caught before anything is committed (issue 37 #13) --
+
+
+class _StepsNotViews:
+    """A ranking that returns steps instead of the checkpoints."""
+
+    def rank(self, checkpoints: Any) -> Any:
+        return sorted((c.step for c in checkpoints), reverse=True)
+
+    def __repr__(self) -> str:
+        return "_StepsNotViews()"
+
+
+def test_a_custom_ranking_returning_the_wrong_type_fails_before_any_save(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "run"
+    with pytest.raises(
+        TypeError, match=r"_StepsNotViews\(\)\.rank\(\) must return .* got \[3, 2, 1\]"
+    ):
+        ckpt.CheckpointManager(
+            {"checkpoint_dir": str(directory), "metric_name": "loss", "keep_top_k": 1},
+            ranking=_StepsNotViews(),
+        )
+    assert not directory.exists()  # nothing was opened, let alone committed

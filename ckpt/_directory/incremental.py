@@ -28,6 +28,7 @@ from policies import (
     fixed_key,
     incremental_parts,
     metric_value,
+    ranked,
 )
 
 _Parts = tuple[tuple[RetentionPolicy, ...], tuple[Bounded, ...]]
@@ -163,9 +164,8 @@ class Tracker:
         ):
             self._missing.add(step)
         if self.best is not None:
-            self.best = (
-                self.ranking.rank([index[self.best], index[step]])[0].step if self.keyed else None
-            )
+            pair = [index[self.best], index[step]]
+            self.best = ranked(self.ranking, pair)[0].step if self.keyed else None
 
     def doomed(self, index: Mapping[int, CheckpointRecord], step: int) -> list[int]:
         """The steps retention deletes now that the new ``step`` is in ``index``.

@@ -15,7 +15,16 @@ from ckpt._directory.index import Index
 from ckpt._directory.records import CheckpointRecord
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Place
-from policies import AnyOf, ByMetric, Decision, Hybrid, Ranking, RetentionPolicy, decide
+from policies import (
+    AnyOf,
+    ByMetric,
+    Decision,
+    Hybrid,
+    Ranking,
+    RetentionPolicy,
+    decide,
+)
+from policies import ranked as rank
 
 logger = logging.getLogger("ckpt")
 
@@ -150,11 +159,11 @@ class RetentionApplier:
         tracker = self._tracker
         tracker.sync(index.version)
         if tracker.best is None and index.records:
-            ranked = self.ranking.rank(list(index.records.values()))
+            ranked = rank(self.ranking, list(index.records.values()))
             tracker.best = ranked[0].step if ranked else None
         if index.damaged and tracker.best is not None and index.is_damaged(tracker.best):
             healthy = [r for s, r in index.records.items() if not index.is_damaged(s)]
-            ranked = self.ranking.rank(healthy)
+            ranked = rank(self.ranking, healthy)
             return ranked[0].step if ranked else None
         return tracker.best
 

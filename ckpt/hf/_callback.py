@@ -24,7 +24,7 @@ from ckpt import (
     UnsafeFileError,
 )
 from ckpt._adapter import given_keys, merge
-from policies import metric_value
+from policies import metric_value, ranked
 
 logger = logging.getLogger("ckpt.hf")
 
@@ -505,5 +505,5 @@ def best_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
         ckpt.MissingMetricWarning: If some checkpoints lack the metric (they rank last).
     """
     with _reader(output_dir) as reader:
-        ranked = reader.ranking.rank(_committed_by_callback(reader))
-        return _trainer_path(ranked[0] if ranked else None)  # type: ignore[arg-type]
+        best_first = ranked(reader.ranking, _committed_by_callback(reader))
+        return _trainer_path(best_first[0] if best_first else None)

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from ckpt import CheckpointConfig, CheckpointManager, CheckpointRecord
 from ckpt._adapter import RETENTION_KEYS, given_keys, merge
-from policies import CheckpointView, decide, metric_value
+from policies import CheckpointView, decide, metric_value, ranked
 
 #: The training-info key naming Lightning's file inside a checkpoint's directory.
 FILE_KEY = "lightning_file"
@@ -376,20 +376,20 @@ def _view(callback: ModelCheckpoint, manager: CheckpointManager) -> dict[str, An
     A checkpoint a deep check found damaged is never best or last (nor resumed from).
     """
     records = [r for r in manager.list_checkpoints() if not r.damaged]
-    ranked = manager.ranking.rank(records)
+    best_first = ranked(manager.ranking, records)
     monitor = callback.monitor
     scored = [
-        (_file_of(r), value)  # type: ignore[arg-type]
-        for r in ranked
+        (_file_of(r), value)
+        for r in best_first
         if monitor is not None and (value := metric_value(r.info, monitor)) is not None
     ]
     # A retention block of the config keeps no "k" of Lightning's: every scored one counts.
     k = None if callback._retention_given or callback.save_top_k < 0 else callback.save_top_k
     top = dict(scored[:k])
-    best = ranked[0] if ranked else None
+    best = best_first[0] if best_first else None
     best_score = None if best is None or monitor is None else metric_value(best.info, monitor)
     return {
-        "best": "" if best is None else _file_of(best),  # type: ignore[arg-type]
+        "best": "" if best is None else _file_of(best),
         "best_score": best_score,
         "last": _file_of(records[-1]) if records else "",
         "top": top,
