@@ -363,3 +363,18 @@ def test_a_link_among_the_callbacks_own_directories_moves_nothing_out(
         job.train(run, 4, resume="latest")
     assert (mine / "model.safetensors").read_bytes() == b"my weights"
     assert list(outside.iterdir()) == []
+
+
+def test_ckpt_ls_of_a_trainer_run_shows_metrics_before_timings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ckpt.cli import main as cli_main
+
+    job.train(tmp_path, 4)
+    capsys.readouterr()  # the Trainer's own log lines
+    assert cli_main(["ls", str(tmp_path)]) == 0
+    header = capsys.readouterr().out.splitlines()[1].split()
+    assert header[:2] == ["step", "eval_score"]  # the ranking's metric first
+    shown = header[1 : header.index("size")]
+    assert shown
+    assert not [c for c in shown if c.endswith(("runtime", "_per_second", "flos", "epoch"))]

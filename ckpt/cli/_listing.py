@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -277,14 +278,24 @@ def _recorded(directory: str) -> tuple[dict[str, Any] | None, dict[str, Any] | N
     return ranking, None if retention is None else retention.get("config")
 
 
+# Bookkeeping a trainer logs beside its metrics (the HF Trainer's eval_runtime,
+# eval_samples_per_second, total_flos, epoch...): listed after the metrics proper.
+_TIMING = re.compile(r"(runtime|_per_second|flos|(^|_)epoch|_time|(^|_)(global_)?step)$")
+
+
 def _metric_counts(records: Sequence[CheckpointRecord], first: str | None = None) -> dict[str, int]:
-    """How many checkpoints have a usable value of each numeric metric, ``first`` first."""
+    """How many checkpoints have a usable value of each numeric metric.
+
+    ``first`` (the ranking's metric) comes first, then the metrics in the order the
+    checkpoints give them, then timings and counters (`_TIMING`), which make poor columns.
+    """
     counts: dict[str, int] = {first: 0} if first else {}
     for record in records:
         for key in record.info:
             if key != "step" and metric_value(record.info, key) is not None:
                 counts[key] = counts.get(key, 0) + 1
-    return counts
+    order = sorted(counts, key=lambda k: (k != first, bool(_TIMING.search(k))))
+    return {key: counts[key] for key in order}
 
 
 def _sizes(records: Sequence[CheckpointRecord]) -> dict[int, int | None]:
