@@ -97,6 +97,16 @@ def _ranking_record(
     return encode_ranking(None, True, short_repr(ranking, 200))
 
 
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(key: tuple[str, str], message: str) -> None:
+    """Log ``message`` at WARNING the first time ``key`` is seen in this process."""
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning("%s", message)
+
+
 def _probe(ranking: Ranking, metric: str | None) -> None:
     """Try a ranking of the caller's own on three made-up checkpoints.
 
@@ -199,6 +209,15 @@ class CheckpointManager:
         self.retention = retention if retention is not None else config_retention
         if ranking is not None:
             _probe(ranking, self.config.metric_name)
+        elif self.config.keep_top_k is not None and self.config.metric_name is None:
+            _warn_once(
+                ("keep_top_k", str(self.config.checkpoint_dir)),
+                f"`keep_top_k: {self.config.keep_top_k}` without `metric_name` ranks by "
+                f"recency: it keeps the {self.config.keep_top_k} newest checkpoints (and "
+                f"the latest). Set `metric_name` (and `higher_is_better`) to keep the best "
+                f"by a metric, or write `retention: {{kind: latest_n, n: "
+                f"{self.config.keep_top_k}}}` to say that newest is what you mean",
+            )
         given = storage
         storage, location = open_storage(
             self.config.checkpoint_dir,

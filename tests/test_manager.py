@@ -1247,3 +1247,30 @@ def test_a_custom_ranking_returning_the_wrong_type_fails_before_any_save(
             ranking=_StepsNotViews(),
         )
     assert not directory.exists()  # nothing was opened, let alone committed
+
+
+# --- mistakes are said when made (issue 37 #9, #10) -------------------------------------------
+
+
+def test_a_metric_typo_is_said_at_the_first_commit_with_the_closest_key(
+    make_manager: Make, save: Save, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = make_manager(metric_name="val_loss", higher_is_better=False, keep_top_k=2)
+    with caplog.at_level("WARNING", logger="ckpt"):
+        save(manager, 1, {"val_los": 0.5, "lr": 0.1})
+        save(manager, 2, {"val_los": 0.4, "lr": 0.1})
+    said = [
+        r.getMessage() for r in caplog.records if "the metric this run ranks by" in r.getMessage()
+    ]
+    assert len(said) == 1  # once, at the first commit
+    assert "step 1's training info has no usable `val_loss`" in said[0]
+    assert "did you mean `val_los`?" in said[0]
+
+
+def test_keep_top_k_without_a_metric_says_it_keeps_the_newest(
+    make_manager: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="ckpt"):
+        make_manager(keep_top_k=2)
+    assert "`keep_top_k: 2` without `metric_name` ranks by recency" in caplog.text
+    assert "keeps the 2 newest checkpoints" in caplog.text

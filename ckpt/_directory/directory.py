@@ -16,6 +16,7 @@ remembers which thread of this process holds each, in step with the index.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -54,7 +55,7 @@ from ckpt.storage import (
     walk_files,
 )
 from ckpt.storage._digest import digest_of
-from policies import Decision
+from policies import ByMetric, Decision, metric_value
 
 logger = logging.getLogger("ckpt")
 
@@ -101,6 +102,7 @@ class Directory:
         self.grace = grace
         self.key = storage.canonical(location)
         self.shown = user_path(storage, location)
+        self._metric_checked = False  # the first commit's info against the ranking's metric
         # A reader's own state; a writer shares the registry's from `open_writer` on.
         self.shared = Shared(self.place, grace=grace)
 
@@ -375,10 +377,33 @@ class Directory:
             done,
         )
         logger.info("committed %s", done.path)
+        if not self._metric_checked:
+            self._metric_checked = True
+            self._check_metric(step, info)
         if shared.on_commit is not None:
             shared.on_commit(step)
         return self.retention.committed(
             index, step, new=existing is None, version_before=version_before
+        )
+
+    def _check_metric(self, step: int, info: Mapping[str, Any]) -> None:
+        """Warn, once, if the first commit lacks the metric the run ranks by (a typo?)."""
+        ranking = self.retention.ranking
+        if type(ranking) is not ByMetric or metric_value(info, ranking.name) is not None:
+            return
+        logged = [key for key in info if key != "step" and metric_value(info, key) is not None]
+        close = difflib.get_close_matches(ranking.name, logged, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean `{close[0]}`? (set `metric_name: {close[0]}`, or log `{ranking.name}`)"
+            if close
+            else f"it logs {', '.join(f'`{key}`' for key in logged[:5]) or 'no metric'}"
+        )
+        logger.warning(
+            "step %d's training info has no usable `%s`, the metric this run ranks by: it "
+            "ranks last, and top-k keeps the others first; %s",
+            step,
+            ranking.name,
+            hint,
         )
 
     def _training_info(self, tmp: str) -> tuple[bytes, dict[str, Any]]:
