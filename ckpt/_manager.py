@@ -94,7 +94,8 @@ def _ranking_record(
     if type(ranking) is ByRecency:
         return encode_ranking(None, True, None, kept)
     # A ranking of the run's own: the retention the config describes ranks by it too.
-    return encode_ranking(None, True, short_repr(ranking, 200))
+    # Both are recorded as what they are, so that `ckpt ls` can name them.
+    return encode_ranking(None, True, short_repr(ranking, 200), kept)
 
 
 _warned: set[tuple[str, str]] = set()

@@ -641,3 +641,28 @@ def test_check_fails_on_errors_only_when_asked(tmp_path: Path, capsys: Any) -> N
     (run / "step_1" / "training_info.json").write_text("{")  # damage: an error
     assert _cli.main(["check", str(run), "--fail-on", "error"]) == 1
     capsys.readouterr()
+
+
+class _Reversed:
+    """A ranking of the run's own: the lowest step is best."""
+
+    def rank(self, checkpoints: Any) -> Any:
+        return sorted(checkpoints, key=lambda c: c.step)
+
+    def __repr__(self) -> str:
+        return "LowestStepFirst()"
+
+
+def test_ls_and_best_name_a_custom_ranking_from_the_record(tmp_path: Path, capsys: Any) -> None:
+    run = tmp_path / "run"
+    config = {"checkpoint_dir": str(run), "fsync": False}
+    with ckpt.CheckpointManager(config, ranking=_Reversed()) as manager:
+        for step in (1, 2):
+            with manager.checkpoint(step, {}):
+                pass
+    assert _cli.main(["ls", str(run)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "the run ranks by LowestStepFirst(), an object of its own (recorded)" in first
+    with pytest.raises(SystemExit):
+        _cli.main(["best", str(run)])
+    assert "ranks by LowestStepFirst(), an object of the run's own" in capsys.readouterr().err

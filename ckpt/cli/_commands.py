@@ -32,6 +32,7 @@ from ckpt.cli._listing import (
     _metric_counts,
     _sizes,
     recorded_config,
+    recorded_custom_ranking,
     recorded_ranking,
 )
 from ckpt.cli._output import _plural, _print_json, _Progress, _size, _table, step_ranges
@@ -62,9 +63,15 @@ def _cmd_best(args: argparse.Namespace) -> int:
         _refuse_unrecorded_metric(directory, args.metric)
     if args.config is None:
         if args.metric is None and recorded is None:
+            custom = recorded_custom_ranking(directory)
+            why = (
+                f"{directory} ranks by {custom}, an object of the run's own that only its code has"
+                if custom is not None
+                else f"{directory} records no ranking of its own"
+            )
             parser.error(
                 f"give --metric NAME and --max or --min (or a --config that sets "
-                f"metric_name): {directory} records no ranking of its own"
+                f"metric_name): {why}"
             )
         if args.metric is None:
             overrides = {**recorded, **overrides}  # type: ignore[dict-item]

@@ -85,7 +85,12 @@ class _Listing:
         if not self.records:
             return [f"{self.directory}: no checkpoints"]
         total = _size(sum(s or 0 for s in self.sizes.values()))
-        if self.retention is None:
+        if self.retention is None and self.ranking is not None and self.metric_name is None:
+            policy = (
+                f"retention unknown: the run ranks by {self.ranking}, an object of its own "
+                f"(recorded); order and best below are by recency"
+            )
+        elif self.retention is None:
             policy = "retention unknown (no --config, and the run recorded none)"
         else:
             policy = f"retention {self.retention} ({self.retention_source})"
@@ -194,6 +199,7 @@ def _list(directory: str, config_file: str | None) -> _Listing:
     # Without a config, the listing ranks and retains the way the run does, as far as it
     # recorded it; where it recorded no retention, no decision is shown.
     recorded = recorded_config(directory) if config_file is None else None
+    custom = recorded_custom_ranking(directory) if config_file is None else None
     if config_file is None and recorded is None:
         run_ranking = _recorded(directory)[0]  # ranked as the run does, retention unknown
         config = _config_for(directory, None, run_ranking)
@@ -221,7 +227,7 @@ def _list(directory: str, config_file: str | None) -> _Listing:
         directory=directory,
         config_file=config_file,
         metric_name=config.metric_name,
-        ranking=ranking if known or config.metric_name else None,
+        ranking=custom if custom is not None else ranking if known or config.metric_name else None,
         retention=retention if known else None,
         retention_source=(
             None if not known else "from --config" if config_file else "recorded by the run"
@@ -266,16 +272,28 @@ def recorded_config(directory: str) -> dict[str, Any] | None:
     return recorded
 
 
-def _recorded(directory: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def _records(directory: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The run's ranking and retention records as written; ``None``s where unusable."""
     try:
         with CheckpointManager(_config_for(directory, None), read_only=True) as reader:
-            ranking, retention = reader.recorded_ranking(), reader.recorded_retention()
+            return reader.recorded_ranking(), reader.recorded_retention()
     except (OSError, ValueError) as exc:
         logging.getLogger("ckpt").warning("ignoring the run's recorded ranking: %s", exc)
         return None, None
+
+
+def _recorded(directory: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    ranking, retention = _records(directory)
     if ranking is None or "custom" in ranking:
         return None, None  # ranked by an object only the run's code has
     return ranking, None if retention is None else retention.get("config")
+
+
+def recorded_custom_ranking(directory: str) -> str | None:
+    """The repr of the run's own ranking object, as its writer recorded it; else ``None``."""
+    ranking = _records(directory)[0]
+    custom = None if ranking is None else ranking.get("custom")
+    return custom if isinstance(custom, str) else None
 
 
 # Bookkeeping a trainer logs beside its metrics (the HF Trainer's eval_runtime,
