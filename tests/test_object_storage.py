@@ -625,3 +625,22 @@ def test_the_readmes_resume_loop_runs_unchanged_on_s3(s3: dict[str, Any]) -> Non
     assert second["start"] == 900 + 1  # resumed after the latest
     with (latest / "model.pt").open("rb") as f:
         assert torch.equal(torch.load(f)["weight"], model.weight)
+
+
+@pytest.mark.torch
+def test_the_path_the_manager_returns_carries_its_store_to_load_state(
+    s3: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    from ckpt.torch import load_state
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)  # only storage_options reach the server
+    with ckpt.CheckpointManager(s3["config"]) as manager:
+        manager.save(1, {"step": 1}, {"w": torch.full((4,), 7.0)})
+        latest = manager.get_latest_checkpoint_path()
+        best = manager.get_best_checkpoint_path()
+    assert latest is not None
+    assert best is not None
+    assert torch.equal(load_state(latest)["w"], torch.full((4,), 7.0))  # no `/ ""` needed
+    assert torch.equal(load_state(best)["w"], torch.full((4,), 7.0))

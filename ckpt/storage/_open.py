@@ -68,6 +68,8 @@ _EXTRAS = {
 
 
 def _upath(value: PathInput) -> UPath | None:
+    if isinstance(value, PathStr):
+        value = value.path  # the path a manager returned: its store's options travel with it
     upath = sys.modules.get("upath")  # a UPath exists only once upath is imported
     return value if upath is not None and isinstance(value, upath.UPath) else None
 
