@@ -11,7 +11,7 @@ from policies._incremental import (
     fixed_key,
     incremental_parts,
 )
-from policies._ranking import ByMetric, ByRecency, Ranking, ranked
+from policies._ranking import ByKey, ByMetric, ByRecency, Ranking, ranked
 from policies._retention import (
     AnyOf,
     EveryNSteps,
@@ -27,6 +27,7 @@ from policies._view import CheckpointView, metric_value
 __all__ = [
     "AnyOf",
     "Bounded",
+    "ByKey",
     "ByMetric",
     "ByRecency",
     "CheckpointView",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from policies._view import CheckpointView, metric_value
 
@@ -85,6 +85,54 @@ class ByMetric:
     def key(self, view: CheckpointView, /) -> tuple[int, int | float, int]:
         """The sort key `rank` orders by, smallest first: a total order, ties by step."""
         value = metric_value(view.info, self.name)
+        if value is None:
+            return (1, 0, -view.step)
+        return (0, -value if self.higher_is_better else value, -view.step)
+
+
+@dataclass(frozen=True, repr=False)
+class ByKey:
+    """Rank by a number a function computes from each checkpoint's training info.
+
+    Orbax's ``best_fn``: ``ByKey(lambda info: info["reward"] - 0.1 * info["kl"])``. A
+    checkpoint for which ``key`` returns ``None``, NaN, infinity or no number, or raises
+    `KeyError`, `TypeError`, `ValueError` or `ArithmeticError` (a metric it lacks),
+    ranks after every checkpoint that has a value, as with `ByMetric`; ties go to the
+    higher step.
+
+    A manager records the ranking it uses (``.ckpt/ranking.json``) for ``ckpt ls`` and
+    ``ckpt best``: a ``ByKey`` is recorded as its repr, which names ``key`` by its
+    qualified name (give it a named function rather than a lambda, so that the record
+    says which). The command line cannot rank by it; pass ``--metric`` there.
+
+    Attributes:
+        key: A function of the training info (a mapping) to a number.
+        higher_is_better: Whether a larger number is better.
+    """
+
+    key: Callable[[Mapping[str, Any]], Any]
+    higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        if not callable(self.key):
+            raise TypeError(f"ByKey needs a function of the training info, got {self.key!r}")
+
+    def __repr__(self) -> str:
+        module = getattr(self.key, "__module__", None)
+        name = getattr(self.key, "__qualname__", None) or repr(self.key)
+        where = f"{module}.{name}" if module and module != "builtins" else name
+        return f"ByKey({where}, higher_is_better={self.higher_is_better!r})"
+
+    def rank(self, checkpoints: Sequence[CheckpointView], /) -> list[CheckpointView]:
+        """Order ``checkpoints`` by ``key``, best first (see the class docstring)."""
+        return sorted(checkpoints, key=self._sort_key)
+
+    def _sort_key(self, view: CheckpointView, /) -> tuple[int, int | float, int]:
+        try:
+            found = self.key(view.info)
+        except (KeyError, TypeError, ValueError, ArithmeticError):
+            found = None
+        value = metric_value({"value": found}, "value")
         if value is None:
             return (1, 0, -view.step)
         return (0, -value if self.higher_is_better else value, -view.step)

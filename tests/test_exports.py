@@ -97,6 +97,7 @@ COMMIT_EXPORTS = [
 POLICIES_EXPORTS = [
     "AnyOf",
     "Bounded",
+    "ByKey",
     "ByMetric",
     "ByRecency",
     "CheckpointView",

@@ -7,10 +7,12 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import ckpt
 import policies
 from policies import (
     AnyOf,
@@ -700,3 +702,43 @@ def test_policies_never_imports_ckpt() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- ByKey: a function of the training info as the ranking (issue 37 #12) -----------------------
+
+
+def _reward_minus_kl(info: Any) -> Any:
+    return info["reward"] - 0.1 * info["kl"]
+
+
+def test_by_key_ranks_by_a_function_and_puts_what_it_cannot_score_last() -> None:
+    ranking = policies.ByKey(_reward_minus_kl)
+    views = [
+        policies.CheckpointView(1, {"reward": 1.0, "kl": 2.0}),  # 0.8
+        policies.CheckpointView(2, {"reward": 0.9, "kl": 0.1}),  # 0.89
+        policies.CheckpointView(3, {"reward": 5.0}),  # no kl
+        policies.CheckpointView(4, {"reward": float("nan"), "kl": 0.0}),
+        policies.CheckpointView(5, {"reward": 0.9, "kl": 0.1}),  # ties with 2: higher step
+    ]
+    assert [v.step for v in ranking.rank(views)] == [5, 2, 1, 4, 3]
+    lower = policies.ByKey(_reward_minus_kl, higher_is_better=False)
+    assert [v.step for v in lower.rank(views)][:3] == [1, 5, 2]
+    assert repr(ranking) == (f"ByKey({__name__}._reward_minus_kl, higher_is_better=True)")
+    with pytest.raises(TypeError, match="ByKey needs a function"):
+        policies.ByKey("reward")  # type: ignore[arg-type]
+
+
+def test_by_key_drives_best_and_top_k_and_is_named_by_ckpt_ls(tmp_path: Path, capsys: Any) -> None:
+    from ckpt.cli import main as cli_main
+
+    run = tmp_path / "run"
+    config = {"checkpoint_dir": str(run), "fsync": False, "keep_top_k": 1}
+    with ckpt.CheckpointManager(config, ranking=policies.ByKey(_reward_minus_kl)) as manager:
+        for step, (reward, kl) in enumerate([(1.0, 2.0), (0.9, 0.1), (0.5, 0.0)], 1):
+            with manager.checkpoint(step, {"reward": reward, "kl": kl}):
+                pass
+        assert Path(manager.get_best_checkpoint_path() or "").name == "step_2"
+        assert [r.step for r in manager.list_checkpoints()] == [2, 3]  # top-1 and the latest
+    capsys.readouterr()
+    assert cli_main(["ls", str(run)]) == 0
+    assert "ranks by ByKey(" in capsys.readouterr().out

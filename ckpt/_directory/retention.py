@@ -154,6 +154,10 @@ class RetentionApplier:
             return max((s for s in index.records if not index.is_damaged(s)), default=None)
         return tracker.latest
 
+    def first(self, candidates: list[CheckpointRecord]) -> CheckpointRecord:
+        """The best of ``candidates`` (not empty) by this applier's ranking."""
+        return rank(self.ranking, candidates)[0]
+
     def best(self, index: Index) -> int | None:
         """The first checkpoint by the ranking not found damaged, kept current per commit."""
         tracker = self._tracker

@@ -18,7 +18,6 @@ from ckpt._directory.retention import RetentionApplier
 from ckpt._errors import StoreUnavailableError
 from ckpt._replication.replicator import Replicator, Status
 from ckpt.storage import join, open_storage, redact_url, user_path
-from policies import ranked as rank
 
 logger = logging.getLogger("ckpt")
 # How long opening a replicated run waits for its replica before going on without it.
@@ -233,10 +232,8 @@ class TwoTiers:
             return local
         if step in here:  # the local tier holds it too: no copy
             return {**local, "name": str(here[step].path).rstrip("/").rsplit("/", 1)[-1]}
-        if mine in here:
-            ranked = rank(self.local.retention.ranking, [here[mine], theirs[step]])
-            if ranked[0] is here[mine]:
-                return local
+        if mine in here and self.local.retention.first([here[mine], theirs[step]]) is here[mine]:
+            return local
         if replicator is None:  # a reader: read it where it is
             path = user_path(self.replica.storage, join(self.replica.location, there["name"]))
             return {**local, "name": None, "path": str(path)}
