@@ -327,3 +327,24 @@ def test_the_nemo_rl_suite_script_runs_a_checkouts_tests_against_ckpt(tmp_path: 
     )
     assert ran.returncode == 0, ran.stderr
     assert "1 failed, 1 passed" in ran.stdout, ran.stdout
+
+
+def test_every_table_of_every_page_has_its_header_rows() -> None:
+    """A row stranded after a code block renders as literal `|` text, on GitHub and the site."""
+    separator = re.compile(r"^\|( *:?-{3,}:? *\|)+\s*$")
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        fenced = False
+        group: list[int] = []
+        for number, line in enumerate([*lines, ""], 1):
+            if line.lstrip().startswith("```"):
+                fenced = not fenced
+            is_row = not fenced and line.startswith("|")
+            if is_row:
+                group.append(number)
+                continue
+            if group and (len(group) < 2 or not separator.match(lines[group[1] - 1])):
+                broken.append(f"{page.relative_to(ROOT)}:{group[0]}")
+            group = []
+    assert broken == []
