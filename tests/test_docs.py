@@ -348,3 +348,10 @@ def test_every_table_of_every_page_has_its_header_rows() -> None:
                 broken.append(f"{page.relative_to(ROOT)}:{group[0]}")
             group = []
     assert broken == []
+
+
+def test_the_site_home_page_links_every_page_the_readme_does() -> None:
+    link = re.compile(r"\]\((?:docs/)?([a-z0-9-]+\.md)[)#]")
+    readme = set(link.findall((ROOT / "README.md").read_text(encoding="utf-8")))
+    home = set(link.findall((ROOT / "docs" / "index.md").read_text(encoding="utf-8")))
+    assert readme - home == set()
