@@ -355,3 +355,17 @@ def test_the_site_home_page_links_every_page_the_readme_does() -> None:
     readme = set(link.findall((ROOT / "README.md").read_text(encoding="utf-8")))
     home = set(link.findall((ROOT / "docs" / "index.md").read_text(encoding="utf-8")))
     assert readme - home == set()
+
+
+def test_the_architecture_page_maps_every_module() -> None:
+    import ast
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    mapped = re.findall(r"^\| `([\w.]+)` \| (.*) \|$", text.split("## Module map", 1)[1], re.M)
+    found = {}
+    for path in sorted([*(ROOT / "ckpt").rglob("*.py"), *(ROOT / "policies").rglob("*.py")]):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        found[name] = " ".join(doc.split("\n\n")[0].split())
+    assert dict(mapped) == found
