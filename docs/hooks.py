@@ -1,6 +1,9 @@
 """MkDocs hooks: pages generated from the code at build time, so they cannot drift.
 
-A page asks for a generated block with a marker on a line of its own:
+A page asks for a generated block with a marker on a line of its own, and holds the
+block, written out, up to an end marker (``<!-- /ckpt:NAME -->``), so that the page reads
+whole where no hook runs (on GitHub); the build writes the block anew, and a test checks
+that the page holds what the build would write:
 
 * ``<!-- ckpt:config-table -->``: the keys of `ckpt.CheckpointConfig`, one row each
   (key, type, default, description), from the model's JSON Schema;
@@ -17,7 +20,11 @@ import json
 import re
 from typing import Any
 
-MARKER = re.compile(r"^(?P<indent>[ \t]*)<!-- ckpt:(?P<name>[a-z-]+) -->[ \t]*$", re.MULTILINE)
+MARKER = re.compile(
+    r"^(?P<indent>[ \t]*)<!-- ckpt:(?P<name>[a-z-]+) -->[ \t]*$"
+    r"(?:\n(?P<held>.*?)^(?P=indent)<!-- /ckpt:(?P=name) -->[ \t]*$)?",
+    re.MULTILINE | re.DOTALL,
+)
 RETENTION_ANCHOR = "retention-block"
 
 Schema = dict[str, Any]
@@ -160,7 +167,10 @@ def render(markdown: str) -> str:
         if name not in GENERATORS:
             raise ValueError(f"unknown generated block {name!r}; known: {sorted(GENERATORS)}")
         indent = match.group("indent")
-        return "\n".join(indent + line if line else line for line in GENERATORS[name]().split("\n"))
+        lines = [indent + line if line else line for line in GENERATORS[name]().split("\n")]
+        return "\n".join(
+            [f"{indent}<!-- ckpt:{name} -->", *lines, f"{indent}<!-- /ckpt:{name} -->"]
+        )
 
     return MARKER.sub(replace, markdown)
 

@@ -5,8 +5,10 @@ a reader pasting them into one session would. They may use what a reader's own
 training script has and the docs do not define: `USER_OBJECTS` builds those (a real
 torch model and optimizer, a training step, a run config and its YAML file). A block
 that defines ``test_*`` functions is a test a reader would put in their suite: each is
-called, with a ``tmp_path`` if it takes one. Blocks that include a file with
-``--8<--`` (MkDocs snippets) run that file's section in their place.
+called, with a ``tmp_path`` if it takes one. A block marked
+``<!-- example: docs/examples/FILE.py:SECTION -->`` is written out on the page (so that
+it reads whole on GitHub) and must be exactly that section of the runnable example
+file, which its own tests run.
 
 The YAML blocks of checkpointing configs are validated the same way.
 """
@@ -35,7 +37,7 @@ PAGES = [
 _FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
 )
-_SNIPPET = re.compile(r'^--8<-- "(?P<file>[^":]+):(?P<section>[\w-]+)"$')
+_EXAMPLE = re.compile(r"<!-- example: (?P<file>[^\s:]+):(?P<section>[\w-]+) -->\n[ \t]*\Z")
 
 # What the docs call the reader's own: the run's config, shared by run.yaml.
 RUN_CONFIG = {
@@ -55,12 +57,18 @@ def blocks(page: Path, lang: str) -> list[tuple[int, str]]:
         if match["lang"] != lang:
             continue
         code = textwrap.dedent(match["body"])
-        snippet = _SNIPPET.match(code.strip())
-        if snippet:
-            code = _section(ROOT / snippet["file"], snippet["section"])
-        elif "8<" in code:  # a snippet line a formatter rewrote still compiles: say so
-            raise ValueError(f"{page.name}: a block includes a snippet in no form MkDocs reads")
-        found.append((text[: match.start()].count("\n") + 1, code))
+        line = text[: match.start()].count("\n") + 1
+        example = _EXAMPLE.search(text[: match.start()][-300:])
+        source = _section(ROOT / example["file"], example["section"]) if example else code
+        if source.rstrip() != code.rstrip():
+            assert example is not None
+            raise ValueError(
+                f"{page.name}:{line}: the block differs from {example['file']}, section "
+                f"{example['section']}: copy the section onto the page again"
+            )
+        if "--8<--" in code:
+            raise ValueError(f"{page.name}:{line}: a snippet include, which GitHub shows raw")
+        found.append((line, code))
     return found
 
 

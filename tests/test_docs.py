@@ -98,7 +98,8 @@ def test_configuration_page_is_generated_and_keeps_indentation(hooks: ModuleType
     for marker in ("config-table", "retention-table", "json-schema"):
         assert f"<!-- ckpt:{marker} -->" in page
     rendered = hooks.render(page)
-    assert "<!-- ckpt:" not in rendered
+    assert rendered == page  # written out on the page, as the build writes it
+    assert hooks.render(hooks.render("x\n<!-- ckpt:config-table -->\ny\n")).count("| key |") == 1
     for name in CheckpointConfig.model_fields:
         assert f"| `{name}` |" in rendered, name
     # The schema sits in a collapsed admonition: every line of it stays indented.
@@ -165,7 +166,7 @@ def test_custom_ranking_is_order_independent_and_puts_bad_values_last(
 def test_every_example_section_on_the_page_exists(example: ModuleType) -> None:
     page = (DOCS / "custom-policies.md").read_text(encoding="utf-8")
     source = Path(example.__file__).read_text(encoding="utf-8")
-    sections = re.findall(r'--8<-- "docs/examples/custom_policy\.py:(\w+)"', page)
+    sections = re.findall(r"<!-- example: docs/examples/custom_policy\.py:(\w+) -->", page)
     assert sections == ["imports", "ranking", "retention", "manager", "run", "pure"]
     for name in sections:
         assert f"# --8<-- [start:{name}]" in source
@@ -369,3 +370,18 @@ def test_the_architecture_page_maps_every_module() -> None:
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         found[name] = " ".join(doc.split("\n\n")[0].split())
     assert dict(mapped) == found
+
+
+def test_every_page_reads_whole_without_the_build() -> None:
+    """GitHub shows a page as it is: no snippet include, every generated block written out."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ckpt_docs_hooks_whole", DOCS / "hooks.py")
+    assert spec is not None
+    assert spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    for page in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        assert "--8<--" not in text, page
+        assert hooks.render(text) == text, f"{page}: its generated blocks are stale"
