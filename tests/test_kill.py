@@ -38,7 +38,7 @@ kill before every operation. The invariants:
 Kill and restart processes are forked from a fork server that has done the imports
 once (a fresh interpreter costs ~0.4 s, ~2 s with torch for ``async``; ~1300 of them
 would take many minutes on 2 cores); the fault-free run is also made in a fresh
-interpreter and must make the same operations. Run alone with ``pytest -m kill -s`` to
+interpreter and must make the same operations. Run alone with ``pytest -m kill -s -n 0`` to
 see the report, one line per mode.
 """
 

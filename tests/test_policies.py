@@ -478,7 +478,11 @@ def test_bad_counts_raise_value_error_naming_the_field(factory: Any, field: str)
 
 
 @pytest.mark.parametrize("cls", [TopK, Hybrid])
-@pytest.mark.parametrize("bad", ["m", None, 3, KeepAll(), object()], ids=repr)
+@pytest.mark.parametrize(
+    "bad",
+    ["m", None, 3, KeepAll(), object()],
+    ids=lambda v: type(v).__name__ if type(v) is object else repr(v),
+)
 def test_ranking_that_is_not_a_ranking_raises_type_error(cls: Any, bad: object) -> None:
     with pytest.raises(TypeError, match=r"\.ranking"):
         cls(1, bad)
