@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 import ckpt
 import policies
@@ -385,3 +386,11 @@ def test_every_page_reads_whole_without_the_build() -> None:
         text = page.read_text(encoding="utf-8")
         assert "--8<--" not in text, page
         assert hooks.render(text) == text, f"{page}: its generated blocks are stale"
+
+
+def test_the_sites_tables_keep_a_key_name_on_one_line() -> None:
+    text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    (sheet,) = yaml.safe_load(text.split("\nextra_css:", 1)[1].split("\n\n", 1)[0])
+    css = (DOCS / sheet).read_text(encoding="utf-8")
+    assert "td:first-child code" in css
+    assert "white-space: nowrap" in css

@@ -228,18 +228,23 @@ def test_a_lease_taken_over_during_an_outage_is_lost_for_good(
     assert _whole(url, _options(s3_server.endpoint)) == [1, 2]
 
 
+def _replicated(tmp_path: Path, to: str, proxy: FaultProxy) -> dict[str, Any]:
+    """A run on a local disk replicated to ``to`` through the proxy; keep_local 1."""
+    return {
+        "checkpoint_dir": str(tmp_path / "local"),
+        "fsync": False,
+        "lease_seconds": LEASE,
+        "replicate": {"to": to, "keep_local": 1, "storage_options": _options(proxy.endpoint)},
+    }
+
+
 @pytest.mark.parametrize(("mode", "seconds", "short"), OUTAGES)
 def test_a_replicated_run_saves_locally_through_outages_and_catches_up(
     mode: Mode, seconds: float, short: bool, tmp_path: Path, s3_server: Any, proxy: FaultProxy
 ) -> None:
     to = f"s3://{s3_server.new_bucket()}/replica"
-    config = {
-        "checkpoint_dir": str(tmp_path / "local"),
-        "fsync": False,
-        "lease_seconds": LEASE,
-        "retention": {"kind": "latest_n", "n": 2},  # the upload of step 3 prunes the replica
-        "replicate": {"to": to, "keep_local": 1, "storage_options": _options(proxy.endpoint)},
-    }
+    config = _replicated(tmp_path, to, proxy)
+    config["retention"] = {"kind": "latest_n", "n": 2}  # the upload of step 3 prunes there
     job = Job(config)
     job.ok("save", step=1)
     assert job.ok("replicated", seconds=60) is True
@@ -268,12 +273,7 @@ def test_a_replicated_run_starts_and_saves_while_its_replica_is_down(
     tmp_path: Path, s3_server: Any, proxy: FaultProxy
 ) -> None:
     to = f"s3://{s3_server.new_bucket()}/replica"
-    config = {
-        "checkpoint_dir": str(tmp_path / "local"),
-        "fsync": False,
-        "lease_seconds": LEASE,
-        "replicate": {"to": to, "keep_local": 1, "storage_options": _options(proxy.endpoint)},
-    }
+    config = _replicated(tmp_path, to, proxy)
     proxy.fault("refuse")
     job = Job(config)  # opening does not wait for the replica longer than the store's retries
     job.ok("save", step=1)

@@ -276,6 +276,11 @@ def read_files_record(storage: Storage, checkpoint: str) -> tuple[ManifestFile, 
         data = storage.read_bytes(join(checkpoint, _layout.FILES_RECORD), limit=MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         return None
+    return decode_files_record(data)
+
+
+def decode_files_record(data: bytes) -> tuple[ManifestFile, ...]:
+    """The files a ``.ckpt-files.json`` lists; `ValueError` if it is not one ckpt wrote."""
     try:
         raw: Any = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -289,6 +294,18 @@ def read_files_record(storage: Storage, checkpoint: str) -> tuple[ManifestFile, 
     return tuple(decode_file(item) for item in files)
 
 
+def _record_bytes(storage: Storage, committed: Committed) -> bytes | None:
+    """The bytes of a committed checkpoint's record (its manifest, or its files record)."""
+    if committed.kind == "manifest":
+        assert committed.manifest is not None
+        return storage.read_bytes(committed.manifest, limit=MAX_MANIFEST_BYTES)
+    try:
+        path = join(committed.path, _layout.FILES_RECORD)
+        return storage.read_bytes(path, limit=MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        return None
+
+
 def record_digest(storage: Storage, committed: Committed) -> str | None:
     """The digest a committed checkpoint's record ends with; ``None`` without a record.
 
@@ -298,16 +315,9 @@ def record_digest(storage: Storage, committed: Committed) -> str | None:
         ValueError: If the record is damaged or not one ckpt wrote.
         OSError: If it cannot be read.
     """
-    if committed.kind == "manifest":
-        assert committed.manifest is not None
-        data = storage.read_bytes(committed.manifest, limit=MAX_MANIFEST_BYTES)
-    else:
-        try:
-            data = storage.read_bytes(
-                join(committed.path, _layout.FILES_RECORD), limit=MAX_MANIFEST_BYTES
-            )
-        except FileNotFoundError:
-            return None
+    data = _record_bytes(storage, committed)
+    if data is None:
+        return None
     try:
         raw: Any = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -327,13 +337,14 @@ def recorded_files(storage: Storage, committed: Committed) -> dict[str, Manifest
         ValueError: If the record is damaged or not one ckpt wrote.
         OSError: If it cannot be read.
     """
+    data = _record_bytes(storage, committed)
+    if data is None:
+        return None
     if committed.kind == "manifest":
-        assert committed.manifest is not None
-        data = storage.read_bytes(committed.manifest, limit=MAX_MANIFEST_BYTES)
-        files: tuple[ManifestFile, ...] | None = decode_manifest(data, committed.step).files
+        files = decode_manifest(data, committed.step).files
     else:
-        files = read_files_record(storage, committed.path)
-    return None if files is None else {f.path: f for f in files}
+        files = decode_files_record(data)
+    return {f.path: f for f in files}
 
 
 def remove_manifest(storage: Storage, path: str, version: str) -> bool:
