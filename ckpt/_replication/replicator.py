@@ -214,7 +214,7 @@ class Replicator:
         if step == self._fetching:
             return  # fetched back from the replica: replicated already (see `fetch`)
         self._hold(step)
-        stalled = self._stalled
+        stalled = self._stalled or (None if self.opened else "it has not answered yet")
         if stalled is not None:
             with self._cv:
                 uploading = set() if self._uploading is None else {self._uploading}

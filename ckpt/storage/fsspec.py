@@ -101,6 +101,38 @@ def transport_failure(exc: BaseException) -> bool:
     return type(exc).__module__.split(".", 1)[0] in _TRANSPORT
 
 
+def _ride_out_outages(fs: Any, seconds: float) -> None:
+    """Have s3fs retry a refused or dropped connection, for about ``seconds`` in all.
+
+    s3fs retries read timeouts and cut responses, but not a refused connection
+    (botocore's ``EndpointConnectionError``), and gives up after 5 tries (about 2 s of
+    pauses): a part of an upload, which ckpt cannot send again once streamed, would fail
+    on an outage much shorter than the lease. So connection errors are made retryable
+    (s3fs's own hook; once per process) and the file system gets enough tries for its
+    growing pauses (0.1 s x 1.7^i, at most 15 s each) to span ``seconds``.
+    """
+    import botocore.exceptions  # noqa: PLC0415 - s3fs is here, and so is botocore
+    from s3fs import core  # noqa: PLC0415
+
+    kinds: list[type[BaseException]] = [botocore.exceptions.ConnectionError]
+    with contextlib.suppress(ImportError):
+        import aiohttp  # noqa: PLC0415
+
+        kinds.append(aiohttp.ClientConnectionError)
+    with _retry_mutex:
+        for kind in kinds:
+            if not issubclass(kind, core.S3_RETRYABLE_ERRORS):
+                core.add_retryable_error(kind)
+    tries, waited = 0, 0.0
+    while waited < seconds:
+        waited += min(1.7**tries * 0.1, 15.0)
+        tries += 1
+    fs.retries = max(int(getattr(fs, "retries", 5)), tries + 1)
+
+
+_retry_mutex = threading.Lock()
+
+
 class _Translated:
     """A file of the store whose transport failures surface as `StoreUnavailableError`."""
 
@@ -192,6 +224,8 @@ class FsspecStorage:
             conditional_replace=conditional,
             content_versions=self.dialect == "s3",
         )
+        if self.dialect == "s3":
+            _ride_out_outages(fs, self.lease_seconds)
         # The leases `lock` took: (the key prefix each guards, its own key, the lease).
         self._leases: list[tuple[str, str, Lease]] = []
         self._leases_mutex = threading.Lock()
@@ -241,8 +275,9 @@ class FsspecStorage:
         url = redact_url(self.canonical(path))
         detail = redact_url(str(exc))[:300]
         return StoreUnavailableError(
-            f"the store did not answer a request for {url} for {self.lease_seconds:g} s "
-            f"({type(exc).__name__}: {detail}); what it was part of did not complete: "
+            f"the store did not answer a request for {url}, retried for up to "
+            f"{self.lease_seconds:g} s ({type(exc).__name__}: {detail}); what it was part "
+            f"of did not complete: "
             f"try again once the store is reachable",
             url=url,
         )
