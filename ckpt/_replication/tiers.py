@@ -45,7 +45,8 @@ def recorded_replica(directory: Directory) -> str | None:
     if to is not None:
         return to
     try:
-        record = directory.record()
+        # Straight from the file: `Directory.record` re-lists a reader's whole directory.
+        record = meta.read_ranking(directory.storage, directory.location)
     except (OSError, ValueError):
         return None
     retention = (record or {}).get("retention") or {}
