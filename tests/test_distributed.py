@@ -176,8 +176,12 @@ def test_dtensor_state_goes_through_dcp_and_reshards_on_another_world_size(
     # Outside the job: DCP state needs a template to load into; a plain part needs a rank.
     with pytest.raises(TypeError, match="pass `into=`"):
         load_state(directory / "step_1")
-    with pytest.raises(TypeError, match="`into` is only for those"):
-        load_state(directory / "step_3", into={})
+    # A plain part fills `into` in place, like a single process's state file.
+    into = {"w": torch.zeros_like(load_state(directory / "step_3", rank=1)["w"])}
+    before = into["w"]
+    assert load_state(directory / "step_3", rank=1, into=into) is into
+    assert into["w"] is before
+    assert float(before[0]) == 1.0
     with pytest.raises(ckpt.StateNotFoundError, match="no saved state for rank 5 of 2"):
         load_state(directory / "step_3", rank=5)
     assert float(load_state(directory / "step_3", rank=1)["w"][0]) == 1.0

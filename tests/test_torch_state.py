@@ -25,6 +25,7 @@ import ckpt
 torch = pytest.importorskip("torch")
 import ckpt.torch._io as torch_io  # noqa: E402 - after the skip
 import ckpt.torch._plan as torch_plan  # noqa: E402
+import ckpt.torch._read as torch_read  # noqa: E402
 from ckpt.torch import (  # noqa: E402
     STATE_FILE,
     DeviceUnavailableError,
@@ -297,6 +298,8 @@ def through_host_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch_plan, "_DIRECT_DEVICES", frozenset())
     monkeypatch.setattr(torch_io, "_MAX_STAGING", 256)
     monkeypatch.setattr(torch_io, "_MIN_STAGING", 64)
+    monkeypatch.setattr(torch_read, "_MAX_STAGING", 256)
+    monkeypatch.setattr(torch_read, "_MIN_STAGING", 64)
 
 
 @pytest.mark.usefixtures("through_host_buffer")

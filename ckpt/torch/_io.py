@@ -11,7 +11,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
 import torch
-import xxhash
 
 from ckpt._errors import (
     CheckpointError,
@@ -31,7 +30,7 @@ from ckpt.storage import (
     open_storage,
     user_path,
 )
-from ckpt.torch import _plan, _ranks
+from ckpt.torch import _into, _plan, _ranks, _read
 from ckpt.torch._format import (
     _MAGIC,
     _MAX_HEADER,
@@ -280,51 +279,6 @@ def _check_device(device: torch.device) -> None:
         ) from exc
 
 
-def _read_exact(f: BinaryIO, view: memoryview, path: str, digest: xxhash.xxh3_128 | None) -> None:
-    done = 0
-    # Checked, it reads in pieces and hashes each at once, while it is still in the cache.
-    most = _MAX_IO if digest is None else _OVERLAP_PIECE
-    while done < len(view):
-        n = f.readinto(  # type: ignore[attr-defined]  # FileIO and BytesIO have it
-            view[done : done + most]
-        )
-        if not n:
-            raise SerializationError(f"{path} is truncated (it was changed while being read?)")
-        if digest is not None:
-            digest.update(view[done : done + n])
-        done += n
-
-
-def _skip(f: BinaryIO, nbytes: int, path: str, digest: xxhash.xxh3_128 | None) -> None:
-    """Move ``nbytes`` on: hashed (read) where the file is checked, else one seek."""
-    if digest is None:
-        f.seek(nbytes, os.SEEK_CUR)
-        return
-    while nbytes:
-        chunk = f.read(min(nbytes, _MAX_IO))
-        if not chunk:
-            raise SerializationError(f"{path} is truncated (it was changed while being read?)")
-        digest.update(chunk)
-        nbytes -= len(chunk)
-
-
-def _read_tensor(
-    f: BinaryIO, entry: TensorEntry, device: torch.device, path: str, digest: xxhash.xxh3_128 | None
-) -> torch.Tensor:
-    if device.type in _plan.direct_devices():
-        raw = torch.empty(entry.nbytes, dtype=torch.uint8, device=device)
-        _read_exact(f, raw.numpy().data, path, digest)
-        return raw.view(entry.dtype).reshape(entry.shape)
-    out = torch.empty(entry.shape, dtype=entry.dtype, device=device)
-    target = out.reshape(-1).view(torch.uint8)
-    staging = _Staging(min(_MAX_STAGING, max(_MIN_STAGING, entry.nbytes)))
-    for start in range(0, entry.nbytes, staging.size):
-        buffer = staging.get(min(staging.size, entry.nbytes - start), device)
-        _read_exact(f, buffer.numpy().data, path, digest)
-        target[start : start + buffer.numel()].copy_(buffer)
-    return out
-
-
 def _read_tensors(
     f: BinaryIO,
     entries: list[TensorEntry],
@@ -332,31 +286,40 @@ def _read_tensors(
     map_location: MapLocation,
     path: str,
     *,
-    digest: xxhash.xxh3_128 | None,
+    checked: _read.Checked | None,
+    targets: dict[int, list[torch.Tensor]] | None = None,
 ) -> list[torch.Tensor]:
     """Every tensor of the file, in file order, on its device.
 
-    ``f`` is at the data section's start, which is ``data_size`` bytes long. With a
-    ``digest``, every byte to the section's end is read into it in order (the gaps
-    between tensors too), else gaps are skipped. `DeviceUnavailableError` comes before
-    any read.
+    ``f`` is at the data section's start, which is ``data_size`` bytes long. With
+    ``checked``, every byte to the section's end is read into it in order (the gaps
+    between tensors too), else gaps are skipped. A tensor with ``targets`` (from
+    ``into``) is read into the first and copied to the others, which are returned in
+    its place; the others are new. `DeviceUnavailableError` comes before any read.
     """
-    targets = {name: _device_for(name, map_location) for name in {e.device for e in entries}}
-    for device in set(targets.values()):
+    targets = targets or {}
+    new = [e for i, e in enumerate(entries) if i not in targets]
+    devices = {name: _device_for(name, map_location) for name in {e.device for e in new}}
+    for device in set(devices.values()):
         _check_device(device)
+    staging = _read._Staging()
     tensors = []
     position = 0  # from the data section's start
-    for entry in entries:
-        device = targets[entry.device]
-        if not entry.nbytes:  # nothing to read: no seek, no buffer
-            tensors.append(torch.empty(entry.shape, dtype=entry.dtype, device=device))
-            continue
-        if position != entry.offset:
-            _skip(f, entry.offset - position, path, digest)
-        tensors.append(_read_tensor(f, entry, device, path, digest))
-        position = entry.end
-    if digest is not None and position != data_size:
-        _skip(f, data_size - position, path, digest)
+    for index, entry in enumerate(entries):
+        wanted = targets.get(index)
+        tensor = wanted[0] if wanted else _read.new_tensor(entry, devices[entry.device])
+        if entry.nbytes:
+            if position != entry.offset:
+                _read.skip(f, entry.offset - position, path, checked)
+            _read.fill(f, entry, tensor, staging=staging, path=path, checked=checked)
+            position = entry.end
+        if wanted:
+            with torch.no_grad():
+                for other in wanted[1:]:
+                    other.copy_(tensor)
+        tensors.append(tensor)
+    if checked is not None and position != data_size:
+        _read.skip(f, data_size - position, path, checked)
     return tensors
 
 
@@ -431,12 +394,13 @@ def load_state(
     path = join(where, STATE_FILE)
     if into is not None:
         parts = _parts(storage, where)
-        if parts is None or _ranks.DCP_METADATA not in parts:
+        if parts is not None and _ranks.DCP_METADATA in parts:
+            return _ranks.load_dcp(storage, where, into, process_group)
+        if not isinstance(into, dict):
             raise TypeError(
-                f"{where} is not a torch.distributed.checkpoint checkpoint (one saved "
-                f"with DTensors): `into` is only for those; load it without `into`"
+                f"`into` must be a dict (the state to load into, in place), got "
+                f"{type(into).__name__}"
             )
-        return _ranks.load_dcp(storage, where, into, process_group)
     try:
         f = storage.open_read(path, follow_links=True)
     except UnsafeFileError:
@@ -449,7 +413,13 @@ def load_state(
         parts = _parts(storage, where)
         if parts is not None:
             return _load_part(
-                storage, where, parts, map_location, rank=rank, process_group=process_group
+                storage,
+                where,
+                parts,
+                map_location,
+                rank=rank,
+                process_group=process_group,
+                into=into,
             )
         found = storage.entry(where)
         if found is None:
@@ -464,10 +434,12 @@ def load_state(
             f"other way holds its own files)",
             path,
         ) from exc
-    return _read_file(f, path, map_location)
+    return _read_file(f, path, map_location, into)
 
 
-def load_file(storage: Storage, path: str, map_location: MapLocation) -> Any:
+def load_file(
+    storage: Storage, path: str, map_location: MapLocation, into: dict[str, Any] | None = None
+) -> Any:
     """Read the state file at ``path`` (a rank's own file of a distributed checkpoint)."""
     try:
         f = storage.open_read(path, follow_links=True)
@@ -475,10 +447,12 @@ def load_file(storage: Storage, path: str, map_location: MapLocation) -> Any:
         raise SerializationError(
             f"{path} is not a plain file, not a state file written by ckpt.torch"
         ) from None
-    return _read_file(f, path, map_location)
+    return _read_file(f, path, map_location, into)
 
 
-def _read_file(f: BinaryIO, path: str, map_location: MapLocation) -> Any:
+def _read_file(
+    f: BinaryIO, path: str, map_location: MapLocation, into: dict[str, Any] | None
+) -> Any:
     with f:
         try:
             head = f.read(16)
@@ -496,29 +470,39 @@ def _read_file(f: BinaryIO, path: str, map_location: MapLocation) -> Any:
                 raise Invalid(f"its header is not JSON ({exc})") from None
             entries, data_size = entries_of(header)
             del header["tensors"]  # the parsed descriptions: entries hold what is needed
+            plan = None if into is None else _into.plan_into(header["state"], into, entries)
             start = data_start(length)
-            checked = has_trailer(header)
-            expected = start + data_size + (TRAILER if checked else 0)
+            expected = start + data_size + (TRAILER if has_trailer(header) else 0)
             if size != expected:
                 raise Invalid(f"it is {size} bytes long, not {expected} (truncated?)")
-            digest = _digest.hasher() if checked else None
-            if digest is not None:
-                digest.update(head)
-                digest.update(body)
-                _skip(f, start - 16 - len(body), path, digest)
-            else:
-                f.seek(start)
-            tensors = _read_tensors(f, entries, data_size, map_location, path, digest=digest)
-            if digest is not None:
-                trailer = f.read(TRAILER)
-                if trailer != digest.digest():
+            with _read.checking(has_trailer(header)) as checked:
+                if checked is not None:
+                    checked.update(head)
+                    checked.update(body)
+                    _read.skip(f, start - 16 - len(body), path, checked)
+                else:
+                    f.seek(start)
+                tensors = _read_tensors(
+                    f,
+                    entries,
+                    data_size,
+                    map_location,
+                    path,
+                    checked=checked,
+                    targets=None if plan is None else plan.targets,
+                )
+                if checked is not None and f.read(TRAILER) != _read.expected_trailer(checked):
+                    into_note = "; the tensors of `into` hold its unchecked bytes" if into else ""
                     raise ChecksumMismatchError(
                         f"{path} is damaged: its bytes do not hash to the XXH3-128 digest "
                         f"it ends with (a flipped bit, or a change made after it was "
-                        f"written); nothing was loaded. Load another checkpoint, or "
-                        f"restore this one from a copy",
+                        f"written); nothing was loaded{into_note}. Load another "
+                        f"checkpoint, or restore this one from a copy",
                         path=path,
                     )
+            if plan is not None and into is not None:
+                plan.apply(tensors)
+                return into
             return decode_state(header["state"], tensors)
         except (Invalid, RecursionError) as exc:
             raise SerializationError(
@@ -549,6 +533,7 @@ def _load_part(
     *,
     rank: int | None,
     process_group: Any,
+    into: dict[str, Any] | None,
 ) -> Any:
     if _ranks.DCP_METADATA in parts:
         return _ranks.load_dcp(storage, where, None, process_group)  # says `into` is needed
@@ -578,4 +563,4 @@ def _load_part(
         raise StateNotFoundError(
             errno.ENOENT, f"no saved state for rank {me} of {world} in {where}", name
         )
-    return load_file(storage, join(where, name), map_location)
+    return load_file(storage, join(where, name), map_location, into)
