@@ -745,10 +745,16 @@ class CheckpointManager:
     def wait_until_finished(self) -> None:
         """Block until every `save_async` of this manager is committed (or failed).
 
+        The files of the checkpoints retention deleted meanwhile are removed too (a
+        delete removes them in the background, off the save's path).
+
         Raises:
             Exception: The first error of a background save not raised yet.
         """
-        self._saver.wait()
+        try:
+            self._saver.wait()
+        finally:
+            self._dir.flush_deletes()
 
     # --- retention ----------------------------------------------------------------
 

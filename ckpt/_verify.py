@@ -94,12 +94,16 @@ class VerifyReport:
         problems: Every problem found, errors first.
         writer_active: Whether a writer held the directory's lock during the check; its
             temporaries are then saves in progress, not leftovers.
+        deleting: While a writer is active: the files of checkpoints it deleted that its
+            reaper is still removing (in ``.ckpt/trash``). Nothing reads them; a writer
+            removes them off its saves' path.
     """
 
     directory: CheckpointPath
     steps: tuple[int, ...]
     problems: tuple[Problem, ...]
     writer_active: bool
+    deleting: tuple[CheckpointPath, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -122,6 +126,7 @@ class VerifyReport:
             "directory": str(self.directory),
             "ok": self.ok,
             "writer_active": self.writer_active,
+            "deleting": [str(path) for path in self.deleting],
             "steps": list(self.steps),
             "problems": [problem.to_dict() for problem in self.problems],
         }
@@ -267,6 +272,7 @@ def verify(
     if deep and meta_ok:
         _remember_damage(storage, location, damaged)
     problems += _name_problems(directory, entries, broken)
+    deleting: tuple[CheckpointPath, ...] = ()
     if live:
         # While a writer works, its temporaries are saves and overwrites in progress.
         problems += [
@@ -274,6 +280,7 @@ def verify(
             for leftover in find_leftovers(entries)
             if leftover.kind == "foreign"
         ]
+        deleting = _deleting(storage, location, meta_ok=meta_ok)
     else:
         problems += _leftover_problems(storage, location, entries, found, meta_ok=meta_ok)
     pins = _check_pins(storage, location, records, problems) if meta_ok else set()
@@ -283,7 +290,9 @@ def verify(
     if settings is not None:
         _check_retention(settings, records, problems)
     problems.sort(key=lambda p: (p.severity != "error", str(p.path), p.code))
-    return VerifyReport(directory, tuple(sorted(records)), tuple(problems), writer_active=live)
+    return VerifyReport(
+        directory, tuple(sorted(records)), tuple(problems), writer_active=live, deleting=deleting
+    )
 
 
 def _name_problems(
@@ -310,6 +319,18 @@ def _name_problems(
         if name.startswith(("step_", "tmp_step_", "old_step_")) and not _known(name)
     ]
     return problems
+
+
+def _deleting(storage: Storage, location: str, *, meta_ok: bool) -> tuple[CheckpointPath, ...]:
+    """What a live writer's reaper has yet to remove: its trash.
+
+    (On an object store a deleted checkpoint's attempt cannot be told from a save in
+    progress, which no manifest names yet either: only the trash is reported.)
+    """
+    if not meta_ok:
+        return ()
+    trash = trash_dir(location)
+    return tuple(user_path(storage, join(trash, e.name)) for e in storage.list_dir(trash))
 
 
 def _leftover_problems(

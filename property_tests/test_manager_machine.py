@@ -60,6 +60,8 @@ from hypothesis.stateful import (
 
 import ckpt
 from ckpt import CheckpointManager
+from ckpt._directory.registry import writers
+from ckpt.commit.reaper import Reaper
 from ckpt.storage import (
     Capabilities,
     Entry,
@@ -527,7 +529,18 @@ class ManagerMachine(RuleBasedStateMachine):
             self.storage.arm(crash_at)
         self.manager = CheckpointManager(self._config(), storage=self.storage)
         self.storage.disarm()
+        # The reaper removes deleted checkpoints' files when a rule says (`reap`), so a
+        # kill can land in a removal at a chosen point, as it can between any two calls.
+        self._reaper().threaded = False
         return self.manager
+
+    def _reaper(self) -> Reaper:
+        assert self.storage is not None
+        return writers[self.storage.canonical(self.directory)].reaper
+
+    def _reaping(self) -> set[str]:
+        """The names (in the directory or its trash) the reaper has yet to remove."""
+        return {name_of(path) for path in self._reaper().pending()} if self.manager else set()
 
     def _restart(self) -> None:
         """Abandon the manager and build a new one; its recovery removes every attempt."""
@@ -649,6 +662,25 @@ class ManagerMachine(RuleBasedStateMachine):
         for name in [n for n, (_, goes) in self.strays.items() if goes]:
             del self.strays[name]
 
+    @precondition(lambda self: self.manager is not None and bool(self._reaper().pending()))
+    @rule(crash_at=crash_points, cut=st.booleans())
+    def reap(self, crash_at: int | None, cut: bool) -> None:
+        """The reaper removes the next deleted checkpoint's files; a kill there loses
+        nothing (what it had not removed, recovery removes)."""
+        if self._call("reap", crash_at, cut, self._reaper().step):
+            self._unchanged()
+
+    @precondition(lambda self: self.manager is not None)
+    @rule(crash_at=crash_points, cut=st.booleans())
+    def wait_until_finished(self, crash_at: int | None, cut: bool) -> None:
+        """``wait_until_finished`` flushes the reaper: nothing is left to remove after it."""
+        manager = self.manager
+        assert manager is not None
+        if self._call("wait_until_finished", crash_at, cut, manager.wait_until_finished):
+            self._unchanged()
+            return
+        assert self._reaper().pending() == ()
+
     @precondition(lambda self: self.cuts)
     @rule()
     def power_cut(self) -> None:
@@ -702,7 +734,11 @@ class ManagerMachine(RuleBasedStateMachine):
     def _write(self, step: int, name: str, data: bytes) -> None:
         if step not in self.open:
             path = self._attempt_path(step)
-            assert self.inner.entry(path) is None or path in self.paths.values()
+            assert (
+                self.inner.entry(path) is None
+                or path in self.paths.values()
+                or name_of(path) in self._reaping()
+            )
             return
         attempt = self.open[step]
         target = join(attempt.path, name)
@@ -790,7 +826,11 @@ class ManagerMachine(RuleBasedStateMachine):
             self._unchanged()
             return
         self.open.pop(step, None)
-        assert self.inner.entry(path) is None or path in self.paths.values()
+        assert (
+            self.inner.entry(path) is None
+            or path in self.paths.values()
+            or name_of(path) in self._reaping()  # committed, deleted, not removed yet
+        )
 
     @rule(
         target=steps,
@@ -942,6 +982,8 @@ class ManagerMachine(RuleBasedStateMachine):
         )
         if self.protocol == "manifest":
             expected |= {f"step_{s}.manifest.json" for s in self.committed}
+            # deleted: no manifest names them, and the reaper has yet to remove them
+            expected |= self._reaping() & self._names()
         assert self._names() == expected
 
     def _checkpoints_are_byte_identical(self) -> None:
@@ -990,14 +1032,17 @@ class ManagerMachine(RuleBasedStateMachine):
             ".pins.json.partial",
             ".ranking.json.partial",
         }
-        assert self.inner.list_dir(join(meta, "trash")) == []
+        # In the trash: only what the reaper has yet to remove (a kill leaves the rest for
+        # the next recovery, which is a new manager's, so it is empty again here).
+        assert {e.name for e in self.inner.list_dir(join(meta, "trash"))} <= self._reaping()
         leftovers = {
             n for n in self._names() if n.startswith(("old_", "tmp_step")) or _ATTEMPT.fullmatch(n)
         }
         ours = {name_of(a.path) for a in self.open.values()} | {
             name_of(p) for p in self.paths.values()
         }
-        assert leftovers <= ours | self.strays.keys()
+        assert leftovers <= ours | self.strays.keys() | self._reaping()
+        assert not self._reaping() & ours  # the reaper never holds a checkpoint or a save
 
     def _the_manager_agrees(self) -> None:
         assert self.manager is not None

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import ckpt
+from ckpt.commit import reaper
 
 Snapshot = dict[str, tuple[str, int, str]]
 
@@ -61,6 +62,16 @@ def read_tree(root: Path) -> dict[str, bytes]:
         for path in sorted(root.rglob("*"))
         if path.is_file() and not path.is_symlink()
     }
+
+
+@pytest.fixture
+def deletes_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove deleted checkpoints' files on the caller's thread, not the reaper's.
+
+    For tests that crash a process at each of its storage operations, counted in
+    order: on the reaper's thread a crash would stop that thread, not the process.
+    """
+    monkeypatch.setattr(reaper, "BACKGROUND", False)
 
 
 @pytest.fixture

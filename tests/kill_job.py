@@ -83,6 +83,7 @@ from typing import Any, NoReturn
 
 import ckpt
 import ckpt.storage.local
+from ckpt.commit.reaper import Reaper
 
 # (step, val_loss) of each save, in order. Events 3 and 7 overwrite the step saved just
 # before them; retention prunes step 1 at event 2, steps 2 and 4 at event 5, step 3 at 7.
@@ -103,6 +104,7 @@ TIDY = len(EVENTS)  # the event of the final remove_old_checkpoints()
 WATCHDOG_S = 120
 ASYNC_IN_FLIGHT = 3  # max_pending_saves: the saves save_async lets wait behind the loop
 MAIN, BACKGROUND = "MainThread", "ckpt-save"  # the threads operations are made on
+REAPER = "ckpt-reaper"  # the removal of deleted checkpoints' files
 WRITER, FINALIZER = "writer", "ckpt"  # (finalize) the payload's thread; the commit's and prune's
 
 
@@ -386,8 +388,25 @@ def _state(manager: ckpt.CheckpointManager, directory: Path) -> dict[str, Any]:
     }
 
 
+def _wait_for_each_removal() -> None:
+    """Make each delete wait for the reaper to remove its files.
+
+    The removals still run on the reaper's thread, where a kill must find them; waiting
+    for each keeps every run's operations in one order, so that a kill point names the
+    same operation in every run.
+    """
+    submit = Reaper.submit
+
+    def submit_and_wait(self: Reaper, path: str) -> None:
+        submit(self, path)
+        self.flush()
+
+    Reaper.submit = submit_and_wait  # type: ignore[method-assign]
+
+
 def run(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
+    _wait_for_each_removal()
     if args.mode == "async":
         _import_torch()  # a slow import: made before the hooks are set
     ops: FileOps | None = None
@@ -433,6 +452,8 @@ def _save(
     manager: ckpt.CheckpointManager, start: int, ops: FileOps | None, *, record: bool
 ) -> dict[int, dict[str, str]]:
     """Save the events from ``start`` on, writing the payload; (``record``) their files."""
+    if ops is not None:
+        ops.follow_main = True  # the reaper's removals are the save's that deleted
     versions: dict[int, dict[str, str]] = {}
     for event in range(start, len(EVENTS)):
         if ops is not None:

@@ -94,12 +94,14 @@ def main() -> None:
     try:
         save(manager, 1, 0.5)
         save(manager, 2, 0.9)
+        manager.wait_until_finished()  # step 1's removal, on the reaper's thread, is done
         counting = True
         try:
             if args.scenario == "commit":
                 save(manager, 3, 0.95)
             else:
                 save(manager, 2, 0.99)
+            manager.wait_until_finished()  # the call's own removal counts as its change
         except Exception as exc:
             result = {"raised": type(exc).__name__, "message": str(exc)}
         counting = False

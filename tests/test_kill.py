@@ -445,9 +445,17 @@ def check_enumeration(ops: list[list[Any]], mode: str) -> None:
         if mode == "finalize":
             check_finalize_ops(ops)
         else:
-            assert {thread for _, _, _, thread in ops} == {job.MAIN}
+            assert {thread for _, _, _, thread in ops} == {job.MAIN, job.REAPER}
     assert kinds["unlink"] >= 1
     assert kinds["rmdir"] >= 1
+    # Deletes are off the save's path: every deleted checkpoint's file is removed on the
+    # reaper's thread (recovery, at the start, removes what a crash left on its own).
+    removals = {
+        thread
+        for kind, what, e, thread in ops
+        if kind in ("unlink", "rmdir") and what.startswith(".ckpt/trash/") and e >= 0
+    }
+    assert removals == {job.REAPER}
     assert {event for _, _, event, _ in ops} == set(range(-1, n))
     assert len(ops) >= 150
 
@@ -466,15 +474,17 @@ def check_finalize_ops(ops: list[list[Any]]) -> None:
         assert len(publish) == 1, (event, mine)
         assert mine[publish[0]][2] == job.FINALIZER
         assert max(writes) < publish[0]
-    pruned = {thread for kind, what, _, thread in ops if what.startswith(".ckpt/trash")}
-    assert job.FINALIZER in pruned
+    pruned = {thread for _, what, e, thread in ops if what.startswith(".ckpt/trash/") and e >= 0}
+    assert pruned == {job.REAPER}
+    trashed = {thread for kind, what, _, thread in ops if "-> .ckpt/trash" in what}
+    assert job.FINALIZER in trashed
 
 
 def check_async_ops(ops: list[list[Any]]) -> None:
     """Every save's operations, the state file's included, are on the background thread."""
     assert {thread for _, _, e, thread in ops if e in (job.STARTUP, job.TIDY)} == {job.MAIN}
     for event, (step, _) in enumerate(job.EVENTS):
-        assert {thread for _, _, e, thread in ops if e == event} == {job.BACKGROUND}
+        assert {thread for _, _, e, thread in ops if e == event} - {job.REAPER} == {job.BACKGROUND}
         mine = [(kind, what) for kind, what, e, _ in ops if e == event]
         # the state file: written under a temporary name, fsynced, renamed, then published
         partial = f"tmp_step_{step}/.state.ckpt.partial"

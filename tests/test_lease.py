@@ -112,6 +112,7 @@ def _attack(s3_server: Any, tmp_path: Path, scenario: str, point: int) -> str:
         # The stopped writer renews nothing: this manager takes the lease over.
         with ckpt.CheckpointManager(job.config(url, s3_server.options())) as taker:
             job.save(taker, 4, 0.1)
+            taker.wait_until_finished()  # what it pruned is removed: the snapshot is still
             best = taker.get_best_checkpoint_path()
             assert best is not None
             before = _visible(s3_server, bucket, taker)
@@ -119,7 +120,13 @@ def _attack(s3_server: Any, tmp_path: Path, scenario: str, point: int) -> str:
             os.kill(proc.pid, signal.SIGCONT)
             out, _ = proc.communicate(timeout=120)
             result = json.loads((work / "result.json").read_text())
-            assert result["raised"] == "LeaseLostError", (paused_at, result, out)
+            if ".manifest.json" in paused_at or "training_info" in paused_at:
+                assert result["raised"] == "LeaseLostError", (paused_at, result, out)
+            else:
+                # A removal, on the reaper's thread: fenced there (and logged), or the
+                # writer's next request finds the lease lost. What it removes no manifest
+                # names; the check below is what matters: nothing the new writer sees changed.
+                assert result["raised"] in (None, "LeaseLostError"), (paused_at, result, out)
             # Nothing the new writer committed changed, and its best is still there.
             assert _visible(s3_server, bucket, taker) == before, paused_at
             with ckpt.CheckpointManager(

@@ -155,6 +155,7 @@ def test_checkpoint_context_manager_removes_tmp_on_exception(
         failing_save()
     assert entered == [ckpt_dir / "tmp_step_2"]
     assert names(ckpt_dir) == [".ckpt", "step_1"]
+    manager.wait_until_finished()
     assert list((ckpt_dir / ".ckpt" / "trash").iterdir()) == []
     assert steps(manager) == [1]
 
@@ -307,6 +308,7 @@ def test_overwrite_replaces_content_and_leaves_nothing_behind(
     assert files["model.bin"] == b"new"
     assert manager.load_training_info(ckpt_dir / "step_2") == {"score": 0.9}
     assert names(ckpt_dir) == [".ckpt", "step_1", "step_2"]
+    manager.wait_until_finished()  # the displaced copy is removed in the background
     assert list((ckpt_dir / ".ckpt" / "trash").iterdir()) == []
     assert [dict(r.info) for r in manager.list_checkpoints()] == [{"score": 0.1}, {"score": 0.9}]
     assert manager.get_best_checkpoint_path() == str(ckpt_dir / "step_2")

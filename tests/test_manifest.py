@@ -80,6 +80,7 @@ def test_an_overwrite_replaces_the_manifest_and_removes_the_old_attempt(
     assert [r.info["loss"] for r in manager.list_checkpoints()] == [0.1]
 
 
+@pytest.mark.usefixtures("deletes_inline")
 def test_retention_removes_the_manifest_before_the_files(
     make_manager: Make, ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

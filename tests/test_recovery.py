@@ -478,6 +478,7 @@ def _crashed_overwrite(
 
 
 @pytest.mark.parametrize("can_exchange", [True, False], ids=["exchange", "two-renames"])
+@pytest.mark.usefixtures("deletes_inline")
 def test_a_crash_at_any_point_of_an_overwrite_loses_nothing(
     tmp_path: Path, tree: Tree, can_exchange: bool
 ) -> None:
@@ -501,6 +502,7 @@ def test_a_crash_at_any_point_of_an_overwrite_loses_nothing(
 
 
 @pytest.mark.parametrize("can_exchange", [True, False], ids=["exchange", "two-renames"])
+@pytest.mark.usefixtures("deletes_inline")
 def test_a_crash_during_recovery_is_recovered_later(
     tmp_path: Path, tree: Tree, can_exchange: bool
 ) -> None:

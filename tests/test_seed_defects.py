@@ -475,6 +475,7 @@ class _DiesInRemoveTree(LocalStorage):
         super().remove_tree(path)
 
 
+@pytest.mark.usefixtures("deletes_inline")
 def test_7_a_kill_during_removal_never_leaves_a_half_deleted_step(
     make_manager: Make, save: Save, ckpt_dir: Path
 ) -> None:
@@ -656,6 +657,7 @@ def test_11_finalize_syncs_the_tree_before_the_rename_and_the_parent_after(
     assert ("sync_dir", ckpt_dir) in storage.calls[renamed + 1 :]
 
 
+@pytest.mark.usefixtures("deletes_inline")
 def test_11_overwrite_syncs_before_publishing_and_before_removing_the_old_copy(
     make_manager: Make, save: Save, ckpt_dir: Path
 ) -> None:

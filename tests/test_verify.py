@@ -214,6 +214,7 @@ def test_the_report_is_json_ready(ckpt_dir: Path, write_step: WriteStep) -> None
         "directory": str(ckpt_dir),
         "ok": False,
         "writer_active": False,
+        "deleting": [],
         "steps": [1],
         "problems": [
             {

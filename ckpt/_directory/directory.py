@@ -42,6 +42,7 @@ from ckpt._errors import (
 )
 from ckpt.commit import directory as commits
 from ckpt.commit.base import CommitProtocol, Place
+from ckpt.commit.reaper import WAIT_S
 from ckpt.handler import WrittenFile
 from ckpt.storage import (
     PathInput,
@@ -147,7 +148,7 @@ class Directory:
                 shared.recovery += shared.recover()  # see the disk as it is now
             shared.users += 1
         self.shared = shared
-        self.place = Place(shared.storage, shared.location, self.place.durable)
+        self.place = Place(shared.storage, shared.location, self.place.durable, shared.reaper)
 
     def release(self) -> None:
         """Leave the directory; the last writer of it saves the catalog and unlocks."""
@@ -160,6 +161,9 @@ class Directory:
                 return
             lock, shared.lock = shared.lock, None
             try:
+                # The trash is emptied while the lock is still this process's: a writer
+                # that opens the directory next would otherwise race the reaper for it.
+                self.flush_deletes()
                 if lock is not None:
                     with contextlib.suppress(LeaseLostError):  # not ours to write then
                         lock.check()
@@ -173,6 +177,18 @@ class Directory:
     def check_writer(self) -> None:
         """Raise `LeaseLostError` if this process is no longer the directory's writer."""
         self.shared.check_writer()
+
+    def flush_deletes(self) -> None:
+        """Wait until the files of every checkpoint deleted so far are removed."""
+        reaper = self.shared.reaper
+        if not reaper.flush():
+            logger.error(
+                "%s: the files of %d deleted checkpoints were not removed in %g s; the next "
+                "writer's recovery removes them",
+                self.shown,
+                len(reaper.pending()),
+                WAIT_S,
+            )
 
     def current(self) -> Shared:
         """The shared state, re-listed first where this manager is a reader."""
@@ -281,6 +297,10 @@ class Directory:
             )
         return path, step
 
+    def _reaping(self, attempt: str) -> bool:
+        """Whether ``attempt`` is a deleted checkpoint's files, waiting for the reaper."""
+        return name_of(attempt) in {name_of(path) for path in self.shared.reaper.pending()}
+
     def _committed(self, attempt: str, step: int) -> bool:
         """Whether ``attempt`` is the committed checkpoint of ``step`` (manifest attempts are)."""
         committed = self.shared.index.committed.get(step)
@@ -340,7 +360,8 @@ class Directory:
         directories = storage.capabilities.directories
         found = storage.entry(tmp) if directories else None
         gone = directories and (found is None or found.kind != "dir")
-        if gone or self._committed(tmp, step):
+        # A deleted checkpoint's files wait for the reaper: never to be committed again.
+        if gone or self._reaping(tmp) or self._committed(tmp, step):
             raise InvalidCheckpointPathError(
                 f"{tmp} does not exist (was it finalized or aborted already?)"
             )
@@ -463,6 +484,8 @@ class Directory:
             shared.live.pop(step, None)
             if self._committed(tmp, step):
                 return  # finalized already: no longer a temporary (manifest attempts stay put)
+            if self._reaping(tmp):
+                return  # committed and deleted since: the reaper is removing it
             if self.storage.entry(tmp) is not None:
                 commits.abandon(self.place, tmp)
                 logger.info("aborted %s", tmp)

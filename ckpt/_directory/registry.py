@@ -12,7 +12,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ckpt import _layout
@@ -20,6 +20,7 @@ from ckpt._directory import meta as _meta
 from ckpt._directory.index import Index
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Place, RecoveryAction
+from ckpt.commit.reaper import Reaper
 from ckpt.commit.rename import trash_dir
 from ckpt.storage.base import Entry, Lock, join, name_of, parent_of
 
@@ -47,10 +48,12 @@ class Shared:
     """The state of one checkpoint directory that this process's managers share."""
 
     def __init__(self, place: Place, *, grace: float = 600.0) -> None:
-        # Recovery and the directories it makes are as durable as the first opener asked.
-        self.place = place
         self.storage = storage = place.storage
         self.location = location = place.directory
+        # Deletes here remove their files in the background, one at a time.
+        self.reaper = Reaper(storage, location)
+        # Recovery and the directories it makes are as durable as the first opener asked.
+        self.place = replace(place, reaper=self.reaper)
         # Where no lock keeps other writers out, an attempt this young may be theirs.
         self.grace = 0.0 if storage.capabilities.locking else grace
         self.index = Index(storage, location)
@@ -114,10 +117,11 @@ class Shared:
         """
         with self.mutex:
             ours = {name_of(attempt.path) for attempt in self.live.values()}
+            ours |= {name_of(path) for path in self.reaper.pending()}  # being removed
             self.index.load_catalog()  # recovery reads the manifests too
             listed: dict[str, Entry] = {}
             actions = commits.recover(
-                self.place,
+                replace(self.place, reaper=None),  # done before the directory is used
                 keep=ours,
                 grace=self.grace,
                 cache=self.index.manifests,  # the scan below reuses what recovery read

@@ -379,6 +379,11 @@ def _report_lines(report: VerifyReport, ignored: int) -> list[str]:
     if report.writer_active:
         head += "; a writer is active (its temporaries are saves in progress)"
     out = [head]
+    if report.deleting:
+        out.append(
+            f"deleting: {_plural(len(report.deleting), 'deleted checkpoint')} whose files the "
+            f"writer is removing in the background (nothing reads them)"
+        )
     skipped = f" ({ignored} ignored)" if ignored else ""
     if not report.problems:
         return [*out, f"ok: no problems{skipped}"]

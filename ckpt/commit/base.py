@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from ckpt.commit.reaper import Reaper
 from ckpt.storage import CheckpointPath, Storage
 
 CommitKind = Literal["rename", "manifest"]
@@ -32,16 +33,26 @@ class Place:
         storage: Where the directory is.
         directory: The checkpoint directory, as a storage path.
         durable: Whether each change is synced to the disk before it counts as done.
+        reaper: Removes what deletes took out of sight, in the background (a writer's
+            place has one); without one, `reap` removes at once.
     """
 
     storage: Storage
     directory: str
     durable: bool
+    reaper: Reaper | None = field(default=None, compare=False)
 
     def sync(self, path: str | None = None) -> None:
         """Sync the directory (or ``path``, a directory in it), where this place is durable."""
         if self.durable:
             self.storage.sync_dir(self.directory if path is None else path)
+
+    def reap(self, path: str) -> None:
+        """Remove ``path``, which a delete has taken out of sight already (see `Reaper`)."""
+        if self.reaper is not None:
+            self.reaper.submit(path)
+        else:
+            self.storage.remove_tree(path)
 
 
 @dataclass(frozen=True)

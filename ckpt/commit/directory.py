@@ -381,6 +381,8 @@ class _Recovery:
                 storage.remove_tree(join(meta, entry.name))
         trash = trash_dir(self.directory)
         for entry in storage.list_dir(trash):
+            if entry.name in self.keep:  # this process's reaper is removing it
+                continue
             storage.remove_tree(join(trash, entry.name))
             self.act(
                 "finished_delete",

@@ -379,7 +379,7 @@ def delete_manifest_checkpoint(place: Place, committed: Committed) -> None:
             f"since this writer indexed it (another writer replaced it)"
         )
     place.sync()
-    storage.remove_tree(committed.path)
+    place.reap(committed.path)  # no manifest names it now: nothing reads it
 
 
 def _conflict(path: str, step: int) -> CommitConflictError:

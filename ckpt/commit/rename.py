@@ -38,15 +38,16 @@ def trash_dir(directory: str) -> str:
 def discard(place: Place, path: str) -> None:
     """Delete ``path`` in two phases: one rename out of its name, then the removal.
 
-    If the removal fails, the entry stays in the trash for the next recovery, and
-    the error is logged rather than raised: its name is already gone.
+    The removal is the place's reaper's, in the background, where it has one. If it
+    fails, the entry stays in the trash for the next recovery, and the error is logged
+    rather than raised: its name is already gone.
     """
     storage = place.storage
     trashed = join(trash_dir(place.directory), f"{name_of(path)}.{uuid.uuid4().hex[:12]}")
     storage.rename(path, trashed)
     place.sync()
     try:
-        storage.remove_tree(trashed)
+        place.reap(trashed)
     except OSError as exc:
         logger.error("could not remove %s (left for the next recovery): %s", trashed, exc)
 
