@@ -43,6 +43,11 @@ def metric_value(info: Mapping[str, Any], name: str) -> int | float | None:
         The value unchanged (an ``int`` stays exact), or ``None`` when it is not usable.
     """
     value = info.get(name)
+    kind = type(value)
+    if kind is float:  # what JSON gives: answered without the ABC checks below (hot path)
+        return value if math.isfinite(value) else None  # type: ignore[arg-type]
+    if kind is int:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     if isinstance(value, numbers.Integral):

@@ -82,6 +82,7 @@ from types import CodeType, FrameType
 from typing import Any, NoReturn
 
 import ckpt
+import ckpt._directory.index
 import ckpt.storage.local
 from ckpt.commit.reaper import Reaper
 
@@ -407,6 +408,10 @@ def _wait_for_each_removal() -> None:
 def run(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
     _wait_for_each_removal()
+    # The catalog (the index a cold start reads instead of every training_info.json) is
+    # saved every 64 commits and at close; every other commit here, so that kills land
+    # in its updates and restarts read what they left.
+    ckpt._directory.index.CATALOG_EVERY = 2
     if args.mode == "async":
         _import_torch()  # a slow import: made before the hooks are set
     ops: FileOps | None = None

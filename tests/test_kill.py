@@ -373,12 +373,17 @@ def check_final(directory: Path, versions: dict[int, dict[str, str]]) -> list[st
     if entries != [".ckpt"] + [f"step_{s}" for s in sorted(FINAL)]:
         problems.append(f"at the end: entries {entries}")
     meta = directory / ".ckpt"
-    if sorted(os.listdir(meta)) != ["lock", "ranking.json", "trash"] or os.listdir(meta / "trash"):
+    own = sorted(set(os.listdir(meta)) - {"catalog.json"})  # the catalog: once it was saved
+    if own != ["lock", "ranking.json", "trash"] or os.listdir(meta / "trash"):
         problems.append(f"at the end: .ckpt holds {sorted(map(str, meta.rglob('*')))}")
     with ckpt.CheckpointManager(job.config(directory), read_only=True) as reader:
         listing = {r.step: tree(r.path) for r in reader.list_checkpoints()}
         if listing != {s: versions[v] for s, v in FINAL.items()}:
             problems.append(f"at the end: steps {sorted(listing)} or their files differ")
+        for record in reader.list_checkpoints():  # what the catalog gave is what is on disk
+            on_disk = json.loads((Path(record.path) / "training_info.json").read_text())
+            if dict(record.info) != on_disk:
+                problems.append(f"at the end: step {record.step}'s info is {dict(record.info)}")
         if reader.get_latest_checkpoint_path() != str(directory / "step_6"):
             problems.append(f"at the end: latest is {reader.get_latest_checkpoint_path()}")
         if reader.get_best_checkpoint_path() != str(directory / "step_5"):
@@ -448,6 +453,8 @@ def check_enumeration(ops: list[list[Any]], mode: str) -> None:
             assert {thread for _, _, _, thread in ops} == {job.MAIN, job.REAPER}
     assert kinds["unlink"] >= 1
     assert kinds["rmdir"] >= 1
+    # the catalog's updates are among the kill points: written aside, then renamed over
+    assert any(kind == "rename" and what.endswith(".ckpt/catalog.json") for kind, what, _, _ in ops)
     # Deletes are off the save's path: every deleted checkpoint's file is removed on the
     # reaper's thread (recovery, at the start, removes what a crash left on its own).
     removals = {

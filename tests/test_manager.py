@@ -754,11 +754,11 @@ class _CountingStorage(LocalStorage):
     def __init__(self) -> None:
         self.info_reads = 0
 
-    def read_bytes(self, path: str) -> bytes:
+    def read_bytes(self, path: str, **kwargs: Any) -> bytes:
         path = Path(path)
         if path.name == "training_info.json":
             self.info_reads += 1
-        return super().read_bytes(path)
+        return super().read_bytes(path, **kwargs)
 
 
 def test_read_only_rereads_only_what_changed(make_manager: Make, save: Save) -> None:

@@ -313,11 +313,23 @@ def test_a_manifest_naming_a_link_is_not_a_checkpoint_and_the_link_target_surviv
     assert ("broken_manifest", "step_1.manifest.json") in problems
 
 
+def writer_dir(manager: ckpt.CheckpointManager) -> Path:
+    return Path(manager.checkpoint_dir)
+
+
 def test_a_writer_reads_each_manifest_once_to_recover_and_index(make_manager: Make) -> None:
     writer = make_manager(commit_protocol="manifest")
     for step in (1, 2):
         _save(writer, step, {"v": step})
     writer.close()
+    # The catalog the writer left answers for both: a cold start reads neither.
+    storage = _CountingReads()
+    again = make_manager(commit_protocol="manifest", storage=storage)
+    assert [r.step for r in again.list_checkpoints()] == [1, 2]
+    assert [name for name in storage.reads if name.endswith(".manifest.json")] == []
+    again.close()
+    # Without it, each is read once, for recovery and the index together.
+    (writer_dir(again) / ".ckpt" / "catalog.json").unlink()
     storage = _CountingReads()
     again = make_manager(commit_protocol="manifest", storage=storage)
     assert [r.step for r in again.list_checkpoints()] == [1, 2]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+from collections.abc import Iterator
 from dataclasses import replace
+from types import MappingProxyType
 
 from ckpt import _layout
 from ckpt._config.serialize import encode_pins
@@ -16,7 +20,7 @@ from ckpt._directory.records import (
 )
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Committed, Place
-from ckpt.commit.catalog import load_catalog, save_catalog
+from ckpt.commit.catalog import Infos, load_catalog, save_catalog
 from ckpt.commit.manifest import Manifest, record_digest
 from ckpt.storage import user_path
 from ckpt.storage.base import Entry, EntryKind, Storage, join, name_of
@@ -25,6 +29,31 @@ logger = logging.getLogger("ckpt")
 
 CATALOG_EVERY = 64
 """Commits between two saves of the catalog: a crash costs a cold start this many reads."""
+
+
+def _info_version(found: Entry | None) -> str | None:
+    """What identifies a ``training_info.json``'s contents: its version and size."""
+    if found is None or found.kind != "file":
+        return None
+    return f"{found.version}:{found.size}"
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: a scan, or a ranking of the whole history.
+
+    Each makes a few objects per checkpoint.
+    At 100,000 checkpoints the collector's passes over them cost a cold start a third of
+    its time (and the first `best` half of its), and these make no reference cycles for
+    it to find.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class Index:
@@ -50,11 +79,14 @@ class Index:
         # remembered too (None), so it is warned of once.
         self._seen: dict[tuple[int, str, str], tuple[Committed, CheckpointRecord | None]] = {}
         self.manifests: commits.ManifestCache = {}  # shared with recovery
-        # On an object store the manifests read are saved in a catalog for cold starts.
-        self._catalog = not storage.capabilities.directories
+        # The records read are saved in a catalog for cold starts: the manifests, and
+        # each step_N directory's training info under the version the listing gave it.
+        self.infos: Infos = {}
+        self._info_versions: dict[str, str] = {}  # step_N -> its info file's, as last read
         self.writable = False  # a reader changes nothing, not even the catalog
         self._catalogued: dict[str, str] | None = None  # what it holds: name -> version
         self._commits = 0  # since the catalog was saved
+        self._infos_changed = 0  # infos read, added or dropped since it was saved
 
     @property
     def meta(self) -> str:
@@ -65,6 +97,10 @@ class Index:
 
         ``entries`` is a listing of the directory just taken, if the caller has one.
         """
+        with gc_paused():
+            self._scan(entries)
+
+    def _scan(self, entries: dict[str, Entry] | None) -> None:
         pins = self.read_pins()
         self.damaged = _meta.read_damage(self.storage, self.location)
         if entries is None:
@@ -77,18 +113,19 @@ class Index:
             if key not in self._seen:
                 logger.warning("ignoring %s", manifest.detail)
             seen[key] = (Committed(manifest.step, "manifest", "", "", 0.0), None)
+        infos: Infos = {}
         for step, checkpoint in found.items():
             key = (step, checkpoint.kind, checkpoint.version)
             cached = self._seen.get(key)
-            if cached is not None:
-                seen[key] = cached
-                continue
-            if checkpoint.kind == "rename":
+            if cached is None:
+                cached = (checkpoint, self._read(checkpoint, entries))
+            seen[key] = cached
+            record = cached[1]
+            if checkpoint.kind == "rename" and record is not None:
                 name = _layout.step_name(step)
-                kind = entries[name].kind
-            else:
-                name, kind = name_of(checkpoint.path), "dir"  # a manifest vouches for it
-            seen[key] = (checkpoint, self._load(checkpoint, kind, name))
+                known = self._info_versions.get(name)
+                if known is not None:
+                    infos[name] = (known, checkpoint.mtime, record.info)
         records: dict[int, CheckpointRecord] = {}
         committed: dict[int, Committed] = {}
         for checkpoint, record in seen.values():
@@ -102,7 +139,40 @@ class Index:
         if records != self.records or pins != self.pins:
             self.version += 1
         self._seen, self.records, self.committed, self.pins = seen, records, committed, pins
+        self._infos_changed += len(self.infos.keys() - infos.keys())  # gone since
+        self.infos = infos
+        self._info_versions = {name: version for name, (version, _, _) in infos.items()}
         self.save_catalog()
+
+    def _read(self, checkpoint: Committed, entries: dict[str, Entry]) -> CheckpointRecord | None:
+        """The record of a checkpoint this index has not seen.
+
+        A ``step_N`` directory's comes from the catalog where its ``training_info.json``
+        has the very version (inode, size, modification time) the catalog saw, else is
+        read: an info file rewritten in place since is read again, never trusted.
+        """
+        if checkpoint.kind != "rename":
+            return self._load(checkpoint, "dir", name_of(checkpoint.path))  # a manifest vouches
+        name = _layout.step_name(checkpoint.step)
+        kind = entries[name].kind
+        found = (
+            self.storage.entry(join(checkpoint.path, _layout.INFO_FILE)) if kind == "dir" else None
+        )
+        version = _info_version(found)
+        known = self.infos.get(name)
+        if known is not None and version is not None and known[0] == version:
+            self._info_versions[name] = version
+            return CheckpointRecord(
+                step=checkpoint.step,
+                path=self._root / name,
+                info=MappingProxyType(known[2]),
+                committed_at=checkpoint.mtime,
+            )
+        self._infos_changed += 1
+        record = self._load(checkpoint, kind, name)
+        if record is not None and version is not None:  # the version before the read
+            self._info_versions[name] = version
+        return record
 
     def _damaged(self, checkpoint: Committed) -> bool:
         """Whether a deep check found this checkpoint damaged (see `meta.Damage.record`).
@@ -140,7 +210,17 @@ class Index:
         self.records[record.step] = record
         self.committed[record.step] = checkpoint
         self.version += 1
-        if self._catalog and checkpoint.manifest is not None:
+        if checkpoint.kind == "rename":
+            self._infos_changed += 1
+            name = _layout.step_name(record.step)
+            version = _info_version(self.storage.entry(join(checkpoint.path, _layout.INFO_FILE)))
+            if version is not None:
+                self._info_versions[name] = version
+                self.infos[name] = (version, checkpoint.mtime, record.info)
+            self._commits += 1
+            if self._commits >= CATALOG_EVERY:
+                self.save_catalog(force=True)
+        if checkpoint.manifest is not None:
             manifest = Manifest(
                 record.step,
                 name_of(checkpoint.path),
@@ -154,43 +234,53 @@ class Index:
                 self.save_catalog(force=True)
 
     def load_catalog(self) -> None:
-        """Fill an empty manifest cache from the catalog (on an object store)."""
-        if not self._catalog or self._catalogued is not None:
+        """Fill the empty caches of manifests and infos from the catalog."""
+        if self._catalogued is not None:
             return
-        saved = load_catalog(self.storage, self.location)
+        saved, infos = load_catalog(self.storage, self.location)
         self._catalogued = {name: version for name, (version, _) in saved.items()}
         for name, found in saved.items():
             self.manifests.setdefault(name, found)
+        if self.infos:
+            for name, info in infos.items():
+                self.infos.setdefault(name, info)
+        else:
+            self.infos = infos
 
     def save_catalog(self, *, force: bool = False) -> None:
         """Save the manifests read for the next cold start, if enough are new (or ``force``).
 
         It is only a cache: a failure to write it is logged, never raised.
         """
-        if not (self._catalog and self.writable):
+        if not self.writable:
             return
         manifests = {
             name: (version, found)
             for name, (version, found) in self.manifests.items()
             if isinstance(found, Manifest)
         }
+        now = {name: version for name, (version, _) in manifests.items()}
         saved = self._catalogued or {}
-        stale = sum(1 for name, (version, _) in manifests.items() if saved.get(name) != version)
-        stale += len(saved.keys() - manifests.keys())
+        stale = sum(1 for name, version in now.items() if saved.get(name) != version)
+        stale += len(saved.keys() - now.keys()) + self._infos_changed
         if not stale or (stale < 16 and not force):
             return
         try:
-            save_catalog(self.storage, self.location, manifests)
+            save_catalog(self.storage, self.location, manifests, self.infos)
         except OSError as exc:
             logger.warning("could not save the catalog of %s: %s", self.location, exc)
             return
-        self._catalogued = {name: version for name, (version, _) in manifests.items()}
+        self._catalogued = now
         self._commits = 0
+        self._infos_changed = 0
 
     def remove(self, step: int) -> None:
         """Forget a checkpoint this process just deleted."""
         del self.records[step]
         del self.committed[step]
+        self._info_versions.pop(_layout.step_name(step), None)
+        if self.infos.pop(_layout.step_name(step), None) is not None:
+            self._infos_changed += 1
         self.version += 1
 
     def read_pins(self) -> set[int]:

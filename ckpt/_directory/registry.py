@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ckpt import _layout
 from ckpt._directory import meta as _meta
-from ckpt._directory.index import Index
+from ckpt._directory.index import Index, gc_paused
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Place, RecoveryAction
 from ckpt.commit.reaper import Reaper
@@ -115,7 +115,7 @@ class Shared:
         tool, a crash of NeMo RL's manager). An attempt that a save of this process is
         writing is not a leftover, and is left alone.
         """
-        with self.mutex:
+        with self.mutex, gc_paused():
             ours = {name_of(attempt.path) for attempt in self.live.values()}
             ours |= {name_of(path) for path in self.reaper.pending()}  # being removed
             self.index.load_catalog()  # recovery reads the manifests too

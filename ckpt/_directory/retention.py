@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from ckpt._directory.incremental import Tracker
-from ckpt._directory.index import Index
+from ckpt._directory.index import Index, gc_paused
 from ckpt._directory.records import CheckpointRecord
 from ckpt.commit import directory as commits
 from ckpt.commit.base import Place
@@ -163,7 +163,8 @@ class RetentionApplier:
         tracker = self._tracker
         tracker.sync(index.version)
         if tracker.best is None and index.records:
-            ranked = rank(self.ranking, list(index.records.values()))
+            with gc_paused():
+                ranked = rank(self.ranking, list(index.records.values()))
             tracker.best = ranked[0].step if ranked else None
         if index.damaged and tracker.best is not None and index.is_damaged(tracker.best):
             healthy = [r for s, r in index.records.items() if not index.is_damaged(s)]

@@ -1,18 +1,23 @@
-"""A saved copy of the manifests a writer has read, so that a cold start reads one object.
+"""A saved copy of the records a writer has read, so that a cold start reads one file.
 
-On an object store each manifest is a request: a restart beside 1,000 checkpoints
-would make 1,000 of them. The catalog (``.ckpt/catalog.json``) keeps, for each
-manifest, the version (ETag) it had and what a listing's reader needs of it (its
-attempt, commit time and training info). It is only a cache: a cold start trusts an
-entry only while the listing shows the manifest with that same version, and reads
-every other manifest itself, so a stale, missing or damaged catalog costs requests,
-never correctness. The manifests stay the truth.
+On an object store each manifest is a request, and on a disk each ``step_N`` is a read
+of its ``training_info.json``: a restart beside 100,000 checkpoints would make 100,000
+of them. The catalog (``.ckpt/catalog.json``) keeps, for each manifest, the version
+(ETag) it had and what a listing's reader needs of it (its attempt, commit time and
+training info), and for each ``step_N`` directory the version of its
+``training_info.json`` (inode, size and modification time), its commit time and its
+training info. It is only a cache: a cold start trusts a manifest's entry only while
+the one listing it makes anyway shows that manifest with that same version, and a
+``step_N``'s only while its info file still has the version recorded (one ``lstat``,
+no read), and reads every other checkpoint itself, so a stale, missing or damaged
+catalog costs reads, never correctness. The checkpoints stay the truth.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from ckpt import _layout
@@ -30,15 +35,48 @@ def catalog_path(directory: str) -> str:
     return join(directory, _layout.META_DIR, _layout.CATALOG_FILE)
 
 
-def load_catalog(storage: Storage, directory: str) -> dict[str, tuple[str, Manifest]]:
-    """The manifests the catalog holds, by name, with the version each had; ``{}`` if none."""
+Infos = dict[str, tuple[str, float, Mapping[str, Any]]]
+"""``step_N`` -> (its info file's version, its commit time, its training info)."""
+
+
+def _read(storage: Storage, directory: str) -> Any:
     try:
-        raw: Any = json.loads(storage.read_bytes(catalog_path(directory), limit=MAX_CATALOG_BYTES))
+        return json.loads(storage.read_bytes(catalog_path(directory), limit=MAX_CATALOG_BYTES))
     except FileNotFoundError:
-        return {}
+        return None
     except (OSError, ValueError, RecursionError) as exc:
         logger.warning("ignoring the catalog of %s: %s", directory, exc)
+        return None
+
+
+def load_catalog(storage: Storage, directory: str) -> tuple[dict[str, tuple[str, Manifest]], Infos]:
+    """What the catalog holds: manifests and ``step_N`` infos by name; empty if none."""
+    raw = _read(storage, directory)
+    if raw is None:
+        return {}, {}
+    return _manifests(raw, directory), _infos(raw)
+
+
+def _infos(raw: Any) -> Infos:
+    ours = isinstance(raw, dict) and raw.get("format") == _FORMAT
+    entries = raw.get("checkpoints") if ours else None
+    if not isinstance(entries, dict):
         return {}
+    found: Infos = {}
+    for name, item in entries.items():
+        if (
+            isinstance(item, list)
+            and len(item) == 3
+            and isinstance(item[0], str)
+            and type(item[1]) in (int, float)
+            and isinstance(item[2], dict)
+            and _layout.STEP.fullmatch(name) is not None
+        ):
+            found[name] = (item[0], float(item[1]), item[2])
+    return found
+
+
+def _manifests(raw: Any, directory: str) -> dict[str, tuple[str, Manifest]]:
     found: dict[str, tuple[str, Manifest]] = {}
     entries = (
         raw.get("manifests") if isinstance(raw, dict) and raw.get("format") == _FORMAT else None
@@ -61,9 +99,15 @@ def load_catalog(storage: Storage, directory: str) -> dict[str, tuple[str, Manif
 
 
 def save_catalog(
-    storage: Storage, directory: str, manifests: dict[str, tuple[str, Manifest]]
+    storage: Storage,
+    directory: str,
+    manifests: dict[str, tuple[str, Manifest]],
+    infos: Infos | None = None,
 ) -> None:
-    """Replace the catalog with ``manifests`` (their file lists are left out: not needed)."""
+    """Replace the catalog with ``manifests`` and the ``step_N`` directories' ``infos``.
+
+    The manifests' file lists are left out: a listing does not need them.
+    """
     entries = {
         name: {
             "version": version,
@@ -73,5 +117,12 @@ def save_catalog(
         }
         for name, (version, m) in sorted(manifests.items())
     }
-    data = json.dumps({"format": _FORMAT, "manifests": entries}, separators=(",", ":"))
+    checkpoints = {
+        name: [version, mtime, dict(info)]
+        for name, (version, mtime, info) in sorted((infos or {}).items())
+    }
+    data = json.dumps(
+        {"format": _FORMAT, "manifests": entries, "checkpoints": checkpoints},
+        separators=(",", ":"),
+    )
     storage.replace_file(catalog_path(directory), data.encode(), durable=True)

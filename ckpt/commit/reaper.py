@@ -21,6 +21,7 @@ disk with trash.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -109,6 +110,9 @@ class Reaper:
             self._changed.notify_all()
         try:
             self.storage.remove_tree(path)
+        except BaseException as exc:
+            logger.error("could not remove %s (left for the next recovery): %s", path, exc)
+            raise
         finally:
             with self._changed:
                 self._busy = None
@@ -136,8 +140,7 @@ class Reaper:
                     self._thread = None
                     self._changed.notify_all()
                     return
-                path = self._todo[0]
-            try:
+            # It must live on whatever a removal raises (logged by `step`): the entry
+            # waits for the next recovery.
+            with contextlib.suppress(BaseException):
                 self.step()
-            except BaseException as exc:  # it must live on: the entry waits for recovery
-                logger.error("could not remove %s (left for the next recovery): %s", path, exc)
