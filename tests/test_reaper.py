@@ -209,3 +209,42 @@ def test_the_reaper_thread_survives_what_a_removal_raises(tmp_path: Path) -> Non
     assert calls == [str(tmp_path / "a"), str(tmp_path / "b")]
     assert not (tmp_path / "b").exists()
     assert (tmp_path / "a").exists()  # left for recovery
+
+
+EXITS_WITHOUT_CLOSE = """
+import sys, time
+import ckpt
+from ckpt.storage import LocalStorage
+
+class Slow(LocalStorage):
+    def remove_tree(self, path):
+        time.sleep(1.0)  # a slow delete, still running when the loop ends
+        super().remove_tree(path)
+
+manager = ckpt.CheckpointManager(
+    {"checkpoint_dir": sys.argv[1], "keep_top_k": 1, "fsync": False}, storage=Slow()
+)
+for step in (1, 2):
+    manager.finalize_checkpoint(manager.init_tmp_checkpoint(step, {}))
+print("saved", flush=True)
+"""
+
+
+@pytest.mark.subprocess
+def test_a_process_that_exits_without_close_still_finishes_its_removals(
+    ckpt_dir: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", EXITS_WITHOUT_CLOSE, str(ckpt_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "saved\n"
+    assert names(ckpt_dir) == [".ckpt", "step_2"]
+    assert _trash(ckpt_dir) == []

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 
+from ckpt._exit import Unfinished
 from ckpt.storage.base import Storage
 
 logger = logging.getLogger("ckpt")
@@ -37,6 +38,8 @@ BACKGROUND = True
 its storage operations, counted in order, remove on the caller's thread instead)."""
 WAIT_S = 600.0
 """How long a delete waits for room in a full backlog, or `Reaper.flush` for the rest."""
+EXIT_WAIT_S = 60.0
+"""How long a process that exits without closing its manager waits for the reaper."""
 
 
 class Reaper:
@@ -85,6 +88,7 @@ class Reaper:
                 self._changed.wait(left)
             self._todo.append(path)
             if self.threaded and self._thread is None:
+                _live.add(self)
                 self._thread = threading.Thread(
                     target=self._run, name=f"ckpt-reaper {self._name}"[:60], daemon=True
                 )
@@ -133,14 +137,29 @@ class Reaper:
                 self._changed.wait(left)
         return True
 
+    def _finish_at_exit(self) -> None:
+        if not self.flush(EXIT_WAIT_S):
+            logger.error(
+                "the reaper of %s did not finish in %g s at exit; the next writer's recovery "
+                "removes what is left",
+                self._name,
+                EXIT_WAIT_S,
+            )
+
     def _run(self) -> None:
         while True:
             with self._changed:
                 if not self._todo:
                     self._thread = None
+                    _live.discard(self)
                     self._changed.notify_all()
                     return
             # It must live on whatever a removal raises (logged by `step`): the entry
             # waits for the next recovery.
             with contextlib.suppress(BaseException):
                 self.step()
+
+
+# Live reapers with work: an interpreter that exits without `close()` still empties the
+# trash it can (what it cannot, the next recovery removes).
+_live: Unfinished[Reaper] = Unfinished("the reaper", Reaper._finish_at_exit)
