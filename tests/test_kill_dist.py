@@ -145,12 +145,17 @@ def test_sigkill_a_rank_before_each_of_its_file_operations(
         where = f"rank {victim} killed before {killed}"
         assert exits[victim] == -9, where
         survivor = seen[1 - victim]
-        assert survivor.get("error") in ("CollectiveTimeoutError", "CollectiveError"), (
-            where,
-            survivor,
-        )
-        assert survivor["ranks"] == [victim], (where, survivor)
-        assert survivor["elapsed"] < 2 * TIMEOUT_S + 2, (where, survivor)
+        if survivor.get("done"):
+            # Killed in its own close, after the last step the ranks take together: the
+            # coordinator saving the catalog (a cache the next start rebuilds).
+            assert "catalog.json" in killed[2], (where, survivor)
+        else:
+            assert survivor.get("error") in ("CollectiveTimeoutError", "CollectiveError"), (
+                where,
+                survivor,
+            )
+            assert survivor["ranks"] == [victim], (where, survivor)
+            assert survivor["elapsed"] < 2 * TIMEOUT_S + 2, (where, survivor)
         before = visible(directory)  # no partial checkpoint, whatever the point
         exits, seen = job(server, directory, tmp_path / f"r{index}")
         assert exits == [0, 0], (where, seen)
