@@ -14,7 +14,6 @@ a job restart on the same node. Run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -23,15 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from save_overhead import _populate  # this directory is on sys.path when run as a script
+
 from ckpt import CheckpointManager
-
-
-def _populate(directory: Path, count: int) -> None:
-    directory.mkdir(parents=True)
-    for step in range(count):
-        path = directory / f"step_{step}"
-        path.mkdir()
-        (path / "training_info.json").write_text(json.dumps({"step": step, "loss": 1 / (step + 1)}))
 
 
 def _config(directory: Path) -> dict[str, object]:
