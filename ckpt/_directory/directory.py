@@ -155,6 +155,8 @@ class Directory:
         if self.reader:
             return
         shared = self.shared
+        if shared.reaper.threaded:  # outside the registry's mutex: other opens need not wait
+            self.flush_deletes()
         with writers_mutex:
             shared.users -= 1
             if shared.users:
