@@ -436,6 +436,9 @@ class Replicator:
             self._write_record()
         logger.info("replicated step %d to %s", step, self._to)
         local.prune_all()  # the hold is gone: the local tier keeps keep_local again
+        with local.shared.mutex:
+            if self._replicated.keys() - local.shared.index.committed.keys():
+                self._write_record()  # what that prune deleted is no longer the record's
 
     def _write_record(self) -> None:
         """The caller holds the local mutex."""
