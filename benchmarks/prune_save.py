@@ -86,8 +86,6 @@ def main() -> None:
             f"medians{' (removal overlapping the next save)' if args.overlap else ''}"
         )
         med = {name: statistics.median(values) for name, values in times.items()}
-        if os.environ.get("CKPT_BENCH_ROUNDS"):
-            print({name: [round(v, 2) for v in values] for name, values in times.items()})
         for name in ("plain", "pruning"):
             print(f"{name:8} save blocks {med[name]:.3f} s")
         print(f"pruning / plain: {med['pruning'] / med['plain']:.3f}x")

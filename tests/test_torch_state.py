@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -205,6 +206,21 @@ def test_large_and_strided_tensors_are_hashed_on_the_helper_thread_in_order(
     # would read a block that the next copy had overwritten, and the trailer would lie.
     monkeypatch.setattr(torch_io, "_MAX_STAGING", 1 << 20)
     monkeypatch.setattr(torch_io, "_OVERLAP_MIN", 64 << 10)
+    real = torch_read._digest.hasher
+
+    class _Slow:  # a helper thread that lags, so that the test cannot pass by its speed
+        def __init__(self) -> None:
+            self._inner = real()
+
+        def update(self, data: Any) -> None:
+            if len(data) >= 64 << 10:
+                time.sleep(0.002)
+            self._inner.update(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr(torch_read._digest, "hasher", _Slow)
     gen = torch.Generator().manual_seed(1)
     state = {
         "big": torch.rand(3 << 20, generator=gen),  # 12 MiB, written from its own memory

@@ -82,7 +82,6 @@ class Index:
         # The records read are saved in a catalog for cold starts: the manifests, and
         # each step_N directory's training info under the version the listing gave it.
         self.infos: Infos = {}
-        self._info_versions: dict[str, str] = {}  # step_N -> its info file's, as last read
         self.writable = False  # a reader changes nothing, not even the catalog
         self._catalogued: dict[str, str] | None = None  # what it holds: name -> version
         self._commits = 0  # since the catalog was saved
@@ -114,16 +113,17 @@ class Index:
                 logger.warning("ignoring %s", manifest.detail)
             seen[key] = (Committed(manifest.step, "manifest", "", "", 0.0), None)
         infos: Infos = {}
+        versions: dict[str, str] = {}  # step_N -> its info file's version, as read now
         for step, checkpoint in found.items():
             key = (step, checkpoint.kind, checkpoint.version)
             cached = self._seen.get(key)
             if cached is None:
-                cached = (checkpoint, self._read(checkpoint, entries))
+                cached = (checkpoint, self._read(checkpoint, entries, versions))
             seen[key] = cached
             record = cached[1]
             if checkpoint.kind == "rename" and record is not None:
                 name = _layout.step_name(step)
-                known = self._info_versions.get(name)
+                known = versions.get(name) or self.infos.get(name, (None,))[0]
                 if known is not None:
                     infos[name] = (known, checkpoint.mtime, record.info)
         records: dict[int, CheckpointRecord] = {}
@@ -141,15 +141,17 @@ class Index:
         self._seen, self.records, self.committed, self.pins = seen, records, committed, pins
         self._infos_changed += len(self.infos.keys() - infos.keys())  # gone since
         self.infos = infos
-        self._info_versions = {name: version for name, (version, _, _) in infos.items()}
         self.save_catalog()
 
-    def _read(self, checkpoint: Committed, entries: dict[str, Entry]) -> CheckpointRecord | None:
+    def _read(
+        self, checkpoint: Committed, entries: dict[str, Entry], versions: dict[str, str]
+    ) -> CheckpointRecord | None:
         """The record of a checkpoint this index has not seen.
 
         A ``step_N`` directory's comes from the catalog where its ``training_info.json``
         has the very version (inode, size, modification time) the catalog saw, else is
         read: an info file rewritten in place since is read again, never trusted.
+        ``versions`` receives the info file's version of each record it returns.
         """
         if checkpoint.kind != "rename":
             return self._load(checkpoint, "dir", name_of(checkpoint.path))  # a manifest vouches
@@ -161,7 +163,7 @@ class Index:
         version = _info_version(found)
         known = self.infos.get(name)
         if known is not None and version is not None and known[0] == version:
-            self._info_versions[name] = version
+            versions[name] = version
             return CheckpointRecord(
                 step=checkpoint.step,
                 path=self._root / name,
@@ -171,7 +173,7 @@ class Index:
         self._infos_changed += 1
         record = self._load(checkpoint, kind, name)
         if record is not None and version is not None:  # the version before the read
-            self._info_versions[name] = version
+            versions[name] = version
         return record
 
     def _damaged(self, checkpoint: Committed) -> bool:
@@ -215,7 +217,6 @@ class Index:
             name = _layout.step_name(record.step)
             version = _info_version(self.storage.entry(join(checkpoint.path, _layout.INFO_FILE)))
             if version is not None:
-                self._info_versions[name] = version
                 self.infos[name] = (version, checkpoint.mtime, record.info)
             self._commits += 1
             if self._commits >= CATALOG_EVERY:
@@ -278,7 +279,6 @@ class Index:
         """Forget a checkpoint this process just deleted."""
         del self.records[step]
         del self.committed[step]
-        self._info_versions.pop(_layout.step_name(step), None)
         if self.infos.pop(_layout.step_name(step), None) is not None:
             self._infos_changed += 1
         self.version += 1

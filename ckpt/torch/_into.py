@@ -77,10 +77,8 @@ class _Walker:
             self._tensor(node, into, path)
         elif isinstance(into, MutableMapping):
             self._mapping(node, into, path)
-        elif isinstance(into, (MutableSequence, tuple)):
+        else:  # a list or a tuple: callers walk only `_CONTAINERS`
             self._sequence(node, into, path)
-        else:  # pragma: no cover - callers pass containers and tensors only
-            raise TypeError(f"not a container: {type(into).__name__}")
 
     def _tensor(self, node: Any, into: torch.Tensor, path: tuple[Any, ...]) -> None:
         kind = _kind(node)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import queue
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
@@ -51,27 +49,9 @@ _MAX_STAGING = 64 << 20  # the host buffer that bounces tensors not in CPU memor
 _MIN_STAGING = 1 << 20
 _OVERLAP_MIN = 1 << 20  # blocks hashed on the helper thread: from 1 MiB
 _OVERLAP_PIECE = 4 << 20  # ...a piece at a time, each written while it is hashed
-_HASH_TIMEOUT_S = 120.0  # a 4 MiB piece hashes in about 0.2 ms: only a hung thread waits this
 
 
-class _Staging:
-    """One reused host buffer for tensors that cannot be written from their own memory."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._buffer: torch.Tensor | None = None
-
-    def get(self, nbytes: int, device: torch.device) -> torch.Tensor:
-        """A CPU uint8 tensor of ``nbytes`` bytes (valid until the next call)."""
-        buffer = self._buffer
-        if buffer is None or buffer.numel() < nbytes:
-            pin = device.type == "cuda" and torch.cuda.is_available()
-            buffer = torch.empty(max(nbytes, self.size), dtype=torch.uint8, pin_memory=pin)
-            self._buffer = buffer
-        return buffer[:nbytes]
-
-
-def _byte_blocks(tensor: torch.Tensor, staging: _Staging) -> Iterator[memoryview]:
+def _byte_blocks(tensor: torch.Tensor, staging: _read.Staging) -> Iterator[memoryview]:
     """``tensor``'s bytes in row-major order, in blocks that must be used in turn."""
     if tensor.numel() == 0:
         return
@@ -161,100 +141,56 @@ def save_file(
     if found.kind not in ("dir", "symlink"):  # a link to a directory is fine
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", where)
     final = join(where, name)
-    staging = _Staging(min(_MAX_STAGING, max(_MIN_STAGING, plan.largest_bounce)))
+    staging = _read.Staging(min(_MAX_STAGING, max(_MIN_STAGING, plan.largest_bounce)))
     with storage.open_write(final, durable=fsync) as f:
         digest = _write(f, plan, staging)
     _digest.remember(storage, where, name, digest)
     return user_path(storage, final), len(plan.prefix) + plan.data_size + TRAILER, digest
 
 
-class _Overlapped:
-    """Hash blocks on a helper thread while the caller writes them, in order.
+def _write_hashed(f: BinaryIO, checked: _read.Checked, block: memoryview | bytes) -> None:
+    """Write ``block`` to ``f`` while the helper thread hashes it, a piece at a time.
 
     xxhash releases the GIL for inputs over 64 KiB, and so does a write, so on two
     cores the digest costs a save almost nothing (inline it cost ~9% of a save at
-    2.4 GB/s). Blocks under `_OVERLAP_MIN` are hashed inline: for them a thread's
-    hand-off costs more than the hash. Each block is hashed before the next is asked
-    for, so a reused staging buffer is never changed under the hash.
+    2.4 GB/s). Each piece is hashed before the next is written, so a reused staging
+    buffer is never changed under the hash, and the hash reads what the write just
+    read: from the cache.
     """
-
-    def __init__(self) -> None:
-        self.digest = _digest.hasher()
-        self._todo: queue.SimpleQueue[memoryview | bytes | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while (block := self._todo.get()) is not None:
-            try:
-                self.digest.update(block)
-            except BaseException as exc:  # handed to the writer, which raises it
-                self._done.put(exc)
-            else:
-                self._done.put(None)
-
-    def write(self, f: BinaryIO, block: memoryview | bytes) -> None:
-        """Write ``block`` to ``f`` and add it to the digest."""
-        if len(block) < _OVERLAP_MIN:
-            f.write(block)
-            self.digest.update(block)
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ckpt-hash", daemon=True)
-            self._thread.start()
-        view = memoryview(block)
-        for start in range(0, len(view), _OVERLAP_PIECE):
-            # In pieces, so that the hash reads what the write just read: from the cache.
-            piece = view[start : start + _OVERLAP_PIECE]
-            self._todo.put(piece)
-            try:
-                f.write(piece)
-            finally:
-                error = self._answer()  # the piece is free again only once hashed
-            if error is not None:
-                raise error
-
-    def _answer(self) -> BaseException | None:
+    view = memoryview(block)
+    for start in range(0, len(view), _OVERLAP_PIECE):
+        piece = view[start : start + _OVERLAP_PIECE]
+        checked.update(piece)
         try:
-            return self._done.get(timeout=_HASH_TIMEOUT_S)
-        except queue.Empty:
-            return CheckpointError(
-                f"the thread hashing the state file did not answer in {_HASH_TIMEOUT_S:g} s; "
-                f"no file was written"
-            )
-
-    def close(self) -> None:
-        """Stop the helper thread (if one was started)."""
-        if self._thread is not None:
-            self._todo.put(None)
-            self._thread.join(timeout=_HASH_TIMEOUT_S)  # a daemon: never keeps a process
-            self._thread = None
+            f.write(piece)
+        finally:
+            checked.sync()  # the piece is free again only once hashed
 
 
-def _write(f: BinaryIO, plan: _Plan, staging: _Staging) -> str:
+def _write(f: BinaryIO, plan: _Plan, staging: _read.Staging) -> str:
     """Stream the file into ``f``, hashing it as it goes; the whole file's hex digest.
 
     The trailer is the digest of every byte before it; the digest returned (what a
     checkpoint's record holds) covers the trailer too, from the same single pass.
     """
-    hashing = _Overlapped()
-    try:
-        hashing.write(f, plan.prefix)
+    # Blocks under `_OVERLAP_MIN` are hashed inline: for them a thread's hand-off costs
+    # more than the hash.
+    with _read.checking(True, offload_from=_OVERLAP_MIN) as checked:
+        assert checked is not None
+        _write_hashed(f, checked, plan.prefix)
         position = 0  # from the data section's start
         for tensor, entry in zip(plan.tensors, plan.entries, strict=True):
-            hashing.write(f, bytes(entry["offset"] - position))
+            _write_hashed(f, checked, bytes(entry["offset"] - position))
             position = entry["offset"]
             for block in _byte_blocks(tensor, staging):
-                hashing.write(f, block)
+                _write_hashed(f, checked, block)
                 position += len(block)
-    finally:
-        hashing.close()
     if position != plan.data_size:
         raise CheckpointError(
             f"the state changed while it was being saved ({position} bytes of tensor data "
             f"instead of {plan.data_size}); no file was written"
         )
-    digest = hashing.digest
+    digest = checked.digest
     trailer = digest.digest()
     f.write(trailer)
     digest.update(trailer)
@@ -302,12 +238,16 @@ def _read_tensors(
     devices = {name: _device_for(name, map_location) for name in {e.device for e in new}}
     for device in set(devices.values()):
         _check_device(device)
-    staging = _read._Staging()
+    staging = _read.Staging(_read._MIN_STAGING)
     tensors = []
     position = 0  # from the data section's start
     for index, entry in enumerate(entries):
         wanted = targets.get(index)
-        tensor = wanted[0] if wanted else _read.new_tensor(entry, devices[entry.device])
+        tensor = (
+            wanted[0]
+            if wanted
+            else torch.empty(entry.shape, dtype=entry.dtype, device=devices[entry.device])
+        )
         if entry.nbytes:
             if position != entry.offset:
                 _read.skip(f, entry.offset - position, path, checked)
@@ -361,8 +301,11 @@ def load_state(
             most 64 MiB.
         storage: Where ``directory`` is (default: the storage its path or URL names;
             on an object store the file is read in ranged requests).
-        into: For a DCP checkpoint (one saved with DTensors): the state dict to load
-            into, in place, with DTensors laid out on this job's mesh; it is returned.
+        into: A state dict to load into, in place, and return (DCP's contract): every
+            key it holds (nested) must be in the checkpoint, a tensor of the same shape
+            and dtype, filled where it is; plain values are set; what the checkpoint
+            holds beyond it is not loaded. For a DCP checkpoint (one saved with
+            DTensors) its DTensors are laid out on this job's mesh and DCP reshards.
         rank: Which rank's part of a distributed checkpoint to read (default: this
             process's rank in ``process_group``; needed outside a distributed job).
         process_group: The group whose rank and size count (default: the default
@@ -375,11 +318,12 @@ def load_state(
         StateNotFoundError: If ``directory`` or its `STATE_FILE` does not exist (a
             `FileNotFoundError`).
         SerializationError: If the file is not one `save_state` wrote (another format, a
-            pickle, a truncated or altered file, a directory, a FIFO or a device).
+            pickle, a truncated or altered file, a directory, a FIFO or a device), or
+            ``into`` does not match it (naming the key; nothing is changed then).
         DeviceUnavailableError: If a tensor would go to a device this process cannot use
             (a `RuntimeError`); nothing is read then. Pass ``map_location="cpu"``, say.
-        TypeError: If ``map_location`` is not one of the forms above, or a DCP
-            checkpoint is loaded without ``into``.
+        TypeError: If ``map_location`` is not one of the forms above, ``into`` is not
+            a dict, or a DCP checkpoint is loaded without ``into``.
         ValueError: If a distributed checkpoint was saved by another number of ranks
             than this job has and its parts are plain state files (only DCP reshards),
             or ``rank`` is needed and not given.

@@ -37,13 +37,15 @@ class Checked:
     """The digest of a file read in order, computed on a helper thread behind the reads.
 
     `update` hands a view over; the caller must not change its bytes until `sync`
-    (a reused buffer) or the end (a tensor's own memory, which is only read further on).
-    Views under a piece are hashed inline when nothing is waiting, else queued, so the
-    order is always the file's.
+    (a reused buffer, a block a save writes) or the end (a tensor's own memory, which
+    is only read further on). Views under ``offload_from`` bytes are hashed inline when
+    nothing is waiting (a thread's hand-off costs more than their hash), else queued,
+    so the order is always the file's.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, offload_from: int = _PIECE) -> None:
         self.digest = _digest.hasher()
+        self._offload_from = offload_from
         self._todo: queue.SimpleQueue[memoryview | bytes | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -60,7 +62,7 @@ class Checked:
 
     def update(self, block: memoryview | bytes) -> None:
         """Add ``block`` (the file's next bytes) to the digest."""
-        if not self._pending and len(block) < _PIECE:
+        if not self._pending and len(block) < self._offload_from:
             self.digest.update(block)
             return
         if self._thread is None:
@@ -131,18 +133,23 @@ def _own_memory(tensor: torch.Tensor) -> memoryview | None:
     return flat.view(torch.uint8).numpy().data
 
 
-class _Staging:
-    """One reused host buffer for tensors that cannot be read into their own memory."""
+class Staging:
+    """One reused host buffer for tensors that cannot be read or written in place.
 
-    def __init__(self) -> None:
+    Saves and loads share it: a GPU tensor, or a strided one, goes through it a block
+    at a time, so neither ever holds a second copy of the state.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
         self._buffer: torch.Tensor | None = None
 
     def get(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        """A CPU uint8 tensor of ``nbytes`` bytes (valid until the next call)."""
         buffer = self._buffer
         if buffer is None or buffer.numel() < nbytes:
             pin = device.type == "cuda" and torch.cuda.is_available()
-            size = max(nbytes, _MIN_STAGING)
-            buffer = torch.empty(size, dtype=torch.uint8, pin_memory=pin)
+            buffer = torch.empty(max(nbytes, self.size), dtype=torch.uint8, pin_memory=pin)
             self._buffer = buffer
         return buffer[:nbytes]
 
@@ -152,7 +159,7 @@ def fill(
     entry: TensorEntry,
     target: torch.Tensor,
     *,
-    staging: _Staging,
+    staging: Staging,
     path: str,
     checked: Checked | None,
 ) -> None:
@@ -188,18 +195,13 @@ def fill(
             checked.sync()  # the buffer is filled again next
 
 
-def new_tensor(entry: TensorEntry, device: torch.device) -> torch.Tensor:
-    """An uninitialised tensor for ``entry`` on ``device``."""
-    return torch.empty(entry.shape, dtype=entry.dtype, device=device)
-
-
 @contextlib.contextmanager
-def checking(enabled: bool) -> Iterator[Checked | None]:
-    """A `Checked` for a file with a digest (``enabled``), stopped however the read ends."""
+def checking(enabled: bool, *, offload_from: int = _PIECE) -> Iterator[Checked | None]:
+    """A `Checked` for a file with a digest (``enabled``), stopped however it ends."""
     if not enabled:
         yield None
         return
-    checked = Checked()
+    checked = Checked(offload_from)
     try:
         yield checked
     finally:
